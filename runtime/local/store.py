@@ -1,0 +1,90 @@
+"""The shared-memory object store: one tmpfs file per object under a per-session directory.
+
+A writer creates ``<root>/<object id>`` exclusively, reserves its size with ``posix_fallocate``
+(so a full store is an error, not a SIGBUS), and copies the frame in once. Readers map the file
+read-only and get zero-copy views. Freeing unlinks the file; mappings still open keep their pages
+until they are dropped, so a reader never sees memory vanish under it.
+
+The whole session lives in one directory, so cleanup after a crash is one ``rmtree``.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from runtime.errors import ObjectLostError, ObjectStoreFullError
+from runtime.local import serialization
+from runtime.local.serialization import Frame
+
+INLINE_MAX = 64 * 1024  # values smaller than this travel inside messages
+PREFIX = "compactor-rt-"
+
+
+def default_parent() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def session_dirs(parent: str | None = None) -> list[str]:
+    """Store directories of every session on this machine (for leak checks and cleanup)."""
+    parent = parent or default_parent()
+    return [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(PREFIX)]
+
+
+class ObjectStore:
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    @classmethod
+    def create(cls, session_id: str, parent: str | None = None) -> ObjectStore:
+        root = os.path.join(parent or default_parent(), PREFIX + session_id)
+        os.makedirs(root, mode=0o700)
+        return cls(root)
+
+    def path(self, object_id: str) -> str:
+        return os.path.join(self.root, object_id)
+
+    def write(self, object_id: str, frame: Frame) -> int:
+        """Write ``frame`` as object ``object_id``; returns its size in bytes."""
+        path = self.path(object_id)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, frame.size)
+            except OSError as e:
+                os.unlink(path)
+                if e.errno in (errno.ENOSPC, errno.EFBIG):
+                    raise ObjectStoreFullError(
+                        f"object store {self.root} is full: cannot store {frame.size} bytes"
+                    ) from e
+                raise
+            with mmap.mmap(fd, frame.size) as mm:
+                frame.write_into(memoryview(mm))
+        finally:
+            os.close(fd)
+        return frame.size
+
+    def read(self, object_id: str) -> Any:
+        """The value of a stored object; large buffers are views into a read-only mapping."""
+        try:
+            fd = os.open(self.path(object_id), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectLostError(f"object {object_id} is no longer in the object store") from None
+        try:
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        return serialization.loads(memoryview(mm))
+
+    def delete(self, object_id: str) -> None:
+        try:
+            os.unlink(self.path(object_id))
+        except FileNotFoundError:
+            pass
+
+    def destroy(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
