@@ -6,6 +6,7 @@ These wrappers hold a callable and its validated options; every call goes to the
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import uuid
 from collections.abc import Callable
@@ -57,7 +58,7 @@ class RemoteFunction:
         return RemoteFunction(self._fn, merged, self._function_id)
 
     def __reduce__(self) -> Any:
-        return (RemoteFunction, (self._fn, self._options, self._function_id))
+        return _reduce_wrapper(self, self._fn, self._options, self._function_id)
 
 
 class ActorClass:
@@ -100,7 +101,7 @@ class ActorClass:
         return ActorClass(self._cls, merged, self._class_id)
 
     def __reduce__(self) -> Any:
-        return (ActorClass, (self._cls, self._options, self._class_id))
+        return _reduce_wrapper(self, self._cls, self._options, self._class_id)
 
 
 class ActorMethod:
@@ -152,6 +153,35 @@ class ActorHandle:
     def __reduce__(self) -> Any:
         return (ActorHandle, (self.actor_id, self.class_name, sorted(self._method_names),
                               self.backend_ref))
+
+
+def _reduce_wrapper(wrapper: Any, target: Any, options: dict[str, Any], wrapper_id: str) -> Any:
+    """Pickle a module-level wrapper by reference (its module is imported where it is loaded,
+    so tracebacks show real source lines); anything else (``__main__``, closures) by value."""
+    module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", "")
+    if module and module != "__main__" and "<locals>" not in qualname:
+        try:
+            found = _lookup(module, qualname)
+        except (ImportError, AttributeError):
+            found = None
+        if isinstance(found, type(wrapper)) and (
+            getattr(found, "_fn", None) is target or getattr(found, "_cls", None) is target
+        ):
+            return (_load_wrapper, (module, qualname, options, wrapper_id))
+    return (type(wrapper), (target, options, wrapper_id))
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _load_wrapper(module: str, qualname: str, options: dict[str, Any], wrapper_id: str) -> Any:
+    found = _lookup(module, qualname)
+    target = found._fn if isinstance(found, RemoteFunction) else found._cls
+    return type(found)(target, options, wrapper_id)
 
 
 def remote(*args: Any, **options: Any) -> Any:

@@ -32,8 +32,8 @@ class ActorManager:
         name = options.get("name")
         if name is not None and name in self.names:
             raise ValueError(f"an actor named {name!r} already exists; names must be unique")
-        a = Actor(actor_id or uuid.uuid4().hex, class_name, methods, cls_blob, args_blob, arg_ids, options,
-                  restarts_left=options["max_restarts"])
+        a = Actor(actor_id or uuid.uuid4().hex, class_name, methods, cls_blob, args_blob,
+                  arg_ids, options, restarts_left=options["max_restarts"])
         self.b.dir.pin(arg_ids)
         self.actors[a.id] = a
         if name is not None:

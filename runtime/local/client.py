@@ -52,7 +52,7 @@ class WorkerBackend(Backend):
                     options: dict[str, Any]) -> ObjectRef:
         ref = LocalObjectRef(new_id())
         args_blob, arg_ids = values.dump_args(args, kwargs)
-        fn_blob = self.code.blob(fn.function_id, fn.function)
+        fn_blob = self.code.blob(fn.function_id, fn)
         self.channel.send(("submit", ref.id, fn.function_id, fn_blob, fn.__qualname__,
                            args_blob, arg_ids, options))
         return ref
@@ -61,7 +61,7 @@ class WorkerBackend(Backend):
                      options: dict[str, Any]) -> ActorHandle:
         actor_id = new_id()
         args_blob, arg_ids = values.dump_args(args, kwargs)
-        cls_blob = self.code.blob(cls.class_id, cls.cls)
+        cls_blob = self.code.blob(cls.class_id, cls)
         methods = cls.method_names()
         reply = self.channel.request(
             "create_actor",

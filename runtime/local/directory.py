@@ -121,7 +121,8 @@ class ObjectDirectory:
 
     def _check(self, w: Waiter, now: float | None = None) -> bool:
         done = [oid for oid in w.ids if self.is_done(oid)]
-        if len(done) >= w.need or (w.deadline is not None and (now or time.monotonic()) >= w.deadline):
+        expired = w.deadline is not None and (now or time.monotonic()) >= w.deadline
+        if len(done) >= w.need or expired:
             w.on_done(done)
             return True
         return False

@@ -157,7 +157,7 @@ class LocalBackend(Backend):
                         options["scheduling"])
         blob = self.code.get(fn.function_id)
         if blob is None:
-            blob, _ = serialization.dumps_small(fn.function)
+            blob, _ = serialization.dumps_small(fn)
         args_blob, arg_ids = values.dump_args(args, kwargs)
         ref = LocalObjectRef(_new_id())
         with self.lock:
@@ -252,7 +252,7 @@ class LocalBackend(Backend):
         self._check_open()
         self.check_fits(f"actor {cls.__name__}", options["num_cpus"], options["memory"],
                         options["scheduling"])
-        cls_blob, _ = serialization.dumps_small(cls.cls)
+        cls_blob, _ = serialization.dumps_small(cls)
         args_blob, arg_ids = values.dump_args(args, kwargs)
         methods = cls.method_names()
         with self.lock:

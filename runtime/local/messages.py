@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.local import values
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 class MessageHandler:
     def __init__(self, backend: LocalBackend) -> None:
         self.b = backend
-        self.requests = {
+        self.requests: dict[str, Callable[[WorkerProc, int, Any], None]] = {
             "get": self.req_get, "wait": self.req_wait, "create_actor": self.req_create_actor,
             "get_actor": self.req_get_actor, "info": self.req_info,
         }

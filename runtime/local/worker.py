@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
+from collections.abc import Callable
 from typing import Any
 
 from runtime.local import serialization, values
@@ -32,7 +33,7 @@ class Worker:
         self.pool: ThreadPoolExecutor | None = None
 
     def serve(self) -> None:
-        handlers = {"task": self.run_task, "actor_init": self.init_actor, "call": self.call}
+        handlers: dict[str, Callable[..., None]] = {"task": self.run_task, "actor_init": self.init_actor, "call": self.call}
         while True:
             msg = self.channel.inbox.get()
             handler = handlers[msg[0]]
@@ -54,7 +55,7 @@ class Worker:
             result = fn(*args, **kwargs)
             del args, kwargs
             loc, contained = values.encode_value(result, self.store, object_id)
-        except BaseException as e:  # noqa: BLE001 - every failure is reported to the caller
+        except BaseException as e:
             blob, tb = values.encode_error(e)
             self.channel.send(("fail", object_id, blob, tb))
             return
@@ -66,8 +67,8 @@ class Worker:
         fn = self.functions.get(fn_id)
         if fn is None:
             try:
-                fn = serialization.loads_small(fn_blob)  # type: ignore[arg-type]
-            except BaseException as e:  # noqa: BLE001
+                fn = serialization.loads_small(fn_blob).function  # type: ignore[arg-type]
+            except BaseException as e:
                 blob, tb = values.encode_error(e)
                 self.channel.send(("fail", task_id, blob, tb))
                 return
@@ -77,10 +78,10 @@ class Worker:
     def init_actor(self, cls_blob: bytes, args_blob: bytes, deps: dict[str, Any],
                    max_concurrency: int) -> None:
         try:
-            cls = serialization.loads_small(cls_blob)
+            cls = serialization.loads_small(cls_blob).cls
             args, kwargs = self._inputs(args_blob, deps)
             self.actor = cls(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             blob, tb = values.encode_error(e)
             self.channel.send(("actor_failed", blob, tb))
             return

@@ -1,0 +1,131 @@
+"""What only the embedded backend can show: its processes, its shared memory and its start-up."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import runtime
+from runtime.local.store import session_dirs
+
+
+@runtime.remote
+def pid() -> int:
+    return os.getpid()
+
+
+@runtime.remote
+class Holder:
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _wait_until(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_shutdown_leaves_no_processes_and_no_shared_memory():
+    before = set(session_dirs())
+    ctx = runtime.init("local", num_cpus=2)
+    store_root = ctx.backend.store.root  # type: ignore[attr-defined]
+    pids = set(runtime.get([pid.remote() for _ in range(8)]))
+    actor = Holder.remote()
+    pids.add(runtime.get(actor.pid.remote()))
+    try:
+        kept = runtime.put(np.zeros(1_000_000))
+        assert os.listdir(store_root) == [kept.id]
+    finally:
+        runtime.shutdown()
+    assert not os.path.exists(store_root)
+    assert set(session_dirs()) <= before
+    assert _wait_until(lambda: not any(psutil.pid_exists(p) and
+                                       psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                                       for p in pids))
+    with pytest.raises(runtime.NotInitializedError):
+        runtime.get(pid.remote())
+
+
+def test_objects_are_freed_when_no_ref_is_left():
+    with runtime.init("local", num_cpus=2) as ctx:
+        root = ctx.backend.store.root  # type: ignore[attr-defined]
+        ref = runtime.put(np.zeros(1_000_000))
+        path = os.path.join(root, ref.id)
+        assert os.path.exists(path)
+        value = runtime.get(ref)
+        del ref
+        gc.collect()
+        assert _wait_until(lambda: not os.path.exists(path))
+        assert value.sum() == 0  # a reader's mapping stays valid after the free
+
+
+def test_context_manager_and_double_init():
+    with runtime.init("local", num_cpus=1), pytest.raises(RuntimeError, match="already init"):
+        runtime.init("local")
+    assert not runtime.is_initialized()
+
+
+def test_backend_from_environment(monkeypatch):
+    monkeypatch.setenv("COMPACTOR_BACKEND", "local")
+    with runtime.init(num_cpus=1) as ctx:
+        assert ctx.backend_name == "local"
+        assert runtime.get(pid.remote()) != os.getpid()
+
+
+def test_killed_driver_leaves_no_workers_or_shared_memory(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys, time
+        import runtime
+
+        @runtime.remote
+        def pid_then_sleep():
+            time.sleep(60)
+
+        @runtime.remote
+        def pid():
+            return os.getpid()
+
+        ctx = runtime.init("local", num_cpus=2)
+        pids = runtime.get([pid.remote() for _ in range(4)])
+        runtime.put(b"x" * 1_000_000)
+        refs = [pid_then_sleep.remote() for _ in range(2)]
+        print(ctx.backend.store.root, *set(pids), flush=True)
+        time.sleep(60)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    try:
+        line = proc.stdout.readline().split()  # type: ignore[union-attr]
+        root, pids = line[0], [int(p) for p in line[1:]]
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _wait_until(lambda: not any(psutil.pid_exists(p) for p in pids))
+        assert _wait_until(lambda: not os.path.exists(root))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_init_and_first_task_are_fast():
+    start = time.perf_counter()
+    with runtime.init("local", num_cpus=2):
+        runtime.get(pid.remote())
+        elapsed = time.perf_counter() - start
+    # the benchmark reports the real figure; this only guards against a regression to seconds
+    assert elapsed < 3.0
