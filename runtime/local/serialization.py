@@ -14,6 +14,7 @@ and keeps them alive while it lives.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import threading
@@ -63,19 +64,42 @@ class Frame:
             offset = _align(offset + b.nbytes)
         self.size = offset
 
-    def write_into(self, out: memoryview) -> None:
-        offsets = []
+    def _parts(self) -> list[memoryview | bytes]:
+        """The frame as consecutive byte strings (buffers as views, never copied)."""
+        table = bytearray()
         offset = _align(_HEAD.size + _BUF.size * len(self.buffers) + len(self.header))
+        data: list[memoryview | bytes] = []
         for b in self.buffers:
-            offsets.append((offset, b.nbytes))
-            out[offset:offset + b.nbytes] = b
-            offset = _align(offset + b.nbytes)
-        _HEAD.pack_into(out, 0, MAGIC, len(self.header), len(self.buffers))
-        pos = _HEAD.size
-        for off, n in offsets:
-            _BUF.pack_into(out, pos, off, n)
-            pos += _BUF.size
-        out[pos:pos + len(self.header)] = self.header
+            table += _BUF.pack(offset, b.nbytes)
+            data.append(b)
+            end = offset + b.nbytes
+            offset = _align(end)
+            if offset > end:
+                data.append(bytes(offset - end))
+        head = _HEAD.pack(MAGIC, len(self.header), len(self.buffers)) + table + self.header
+        first = _align(len(head))
+        return [head + bytes(first - len(head)), *data]
+
+    def write_into(self, out: memoryview) -> None:
+        pos = 0
+        for part in self._parts():
+            n = len(part) if isinstance(part, bytes) else part.nbytes
+            out[pos:pos + n] = part
+            pos += n
+
+    def write_to_fd(self, fd: int) -> None:
+        """Write the frame at the start of file ``fd`` with as few system calls as possible."""
+        parts = [memoryview(p).cast("B") for p in self._parts()]
+        pos = 0
+        while parts:
+            batch = parts[:512]
+            written = os.pwritev(fd, batch, pos)
+            pos += written
+            while parts and written >= parts[0].nbytes:
+                written -= parts[0].nbytes
+                parts.pop(0)
+            if written:
+                parts[0] = parts[0][written:]
 
     def to_bytes(self) -> bytes:
         out = bytearray(self.size)

@@ -1,7 +1,7 @@
 """The shared-memory object store: one tmpfs file per object under a per-session directory.
 
-A writer creates ``<root>/<object id>`` exclusively, reserves its size with ``posix_fallocate``
-(so a full store is an error, not a SIGBUS), and copies the frame in once. Readers map the file
+A writer creates ``<root>/<object id>`` exclusively and writes the frame with one ``pwritev``
+(a full store is an ``ENOSPC`` error, never a SIGBUS as with writes through a mapping). Readers map the file
 read-only and get zero-copy views. Freeing unlinks the file; mappings still open keep their pages
 until they are dropped, so a reader never sees memory vanish under it.
 
@@ -51,19 +51,16 @@ class ObjectStore:
     def write(self, object_id: str, frame: Frame) -> int:
         """Write ``frame`` as object ``object_id``; returns its size in bytes."""
         path = self.path(object_id)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         try:
-            try:
-                os.posix_fallocate(fd, 0, frame.size)
-            except OSError as e:
-                os.unlink(path)
-                if e.errno in (errno.ENOSPC, errno.EFBIG):
-                    raise ObjectStoreFullError(
-                        f"object store {self.root} is full: cannot store {frame.size} bytes"
-                    ) from e
-                raise
-            with mmap.mmap(fd, frame.size) as mm:
-                frame.write_into(memoryview(mm))
+            frame.write_to_fd(fd)
+        except OSError as e:
+            os.unlink(path)
+            if e.errno in (errno.ENOSPC, errno.EFBIG):
+                raise ObjectStoreFullError(
+                    f"object store {self.root} is full: cannot store {frame.size} bytes"
+                ) from e
+            raise
         finally:
             os.close(fd)
         return frame.size
