@@ -1,0 +1,263 @@
+"""``compact_partition``: one compaction round of a partition, on the runtime.
+
+Steps (one module each, see ``compactor.pipeline``): plan, hash_bucket, dedupe, materialize,
+commit. A round that fails anywhere commits nothing; files it wrote are deleted (or, if that
+fails too, stay unreferenced for ``gc``); running it again converges to the same state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from typing import Any
+
+import runtime
+from compactor.manifest import DataFile
+from compactor.partition import Partition
+from compactor.pipeline import index_store
+from compactor.pipeline.dedupe import GroupResult
+from compactor.pipeline.materialize import MaterializeOutput
+from compactor.pipeline.plan import NothingToDo, RoundPlan, plan_round
+from compactor.pipeline.tasks import Dedupe, hash_task, materialize_task, peak_rss
+from compactor.result import CompactionResult
+from compactor.table import Table
+
+DEFAULT_TARGET_FILE_SIZE = 256 << 20
+MERGE_ATTEMPTS = 3  # a dedupe actor that dies mid-merge restarts and reloads its index
+
+Progress = Callable[[str, int, int], None]  # (step, done, total)
+
+
+def _quiet(step: str, done: int, total: int) -> None:
+    pass
+
+
+def _gather(refs: list[Any], step: str, progress: Progress) -> list[Any]:
+    """Results in input order, reporting progress as they complete."""
+    progress(step, 0, len(refs))
+    pending = list(refs)
+    done = 0
+    while pending:
+        ready, pending = runtime.wait(pending, num_returns=1)
+        done += len(ready)
+        runtime.get(ready)  # raise early on a failure
+        progress(step, done, len(refs))
+    return runtime.get(refs)
+
+
+def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
+    """The round's dedupe actors: reused from earlier rounds in this runtime when alive."""
+    total_memory = int(runtime.cluster_resources()["memory"])
+    handles = []
+    for g in range(plan.groups):
+        name = (f"dedupe:{table.metadata.table_id}:{partition.key}:{plan.bucket_count}:"
+                f"{plan.groups}:{g}")
+        try:
+            handles.append(runtime.get_actor(name))
+            continue
+        except ValueError:
+            pass
+        handles.append(Dedupe.options(
+            name=name, memory=min(plan.dedupe_memory, total_memory // 2),
+        ).remote(table.storage, partition.key.dir, plan.group_buckets(g), plan.bucket_count,
+                 plan.order_type))
+    return handles
+
+
+def _merge(plan: RoundPlan, actors: list[Any], hash_refs: list[Any],
+           progress: Progress) -> list[GroupResult]:
+    state = plan.base.position if plan.base is not None else None
+    paths = index_store.paths_of(plan.base)
+    sizes = {b: len(files) for b, files in enumerate(plan.base.buckets)} if plan.base else {}
+    results: list[GroupResult | None] = [None] * len(actors)
+    for attempt in range(MERGE_ATTEMPTS):
+        refs = {
+            g: actors[g].merge.remote(
+                state, None if paths is None else {b: paths[b] for b in plan.group_buckets(g)},
+                sizes, plan.rows_per_file, g, hash_refs)
+            for g in range(len(actors)) if results[g] is None
+        }
+        try:
+            for g, value in zip(refs, _gather(list(refs.values()), "dedupe", progress),
+                                strict=True):
+                results[g] = value
+        except runtime.ActorDiedError:
+            if attempt == MERGE_ATTEMPTS - 1:
+                raise
+            for g, ref in refs.items():  # keep what finished; redo what died
+                if not runtime.wait([ref], timeout=0)[0]:
+                    continue
+                try:
+                    results[g] = runtime.get(ref)
+                except runtime.ActorDiedError:
+                    pass
+    return [r for r in results if r is not None]
+
+
+def _cleanup(table: Table, written: list[DataFile], index_paths: list[str]) -> None:
+    """Best effort: remove files of a round that did not commit."""
+    fs = table.storage.fs
+    for f in written:
+        path = table.storage.strip(f.url)
+        if path is not None:
+            try:
+                fs.rm_file(path)
+            except OSError:
+                pass
+    for rel in index_paths:
+        try:
+            fs.rm_file(table.storage.path(rel))
+        except OSError:
+            pass
+
+
+def compact_partition(
+    table: Table,
+    partition: Partition | Mapping[str, Any] | None = None,
+    *,
+    target_file_size: int = DEFAULT_TARGET_FILE_SIZE,
+    bucket_count: int | None = None,
+    rebase: bool = False,
+    backend: str | None = None,
+    address: str | None = None,
+    progress: Progress | None = None,
+) -> CompactionResult:
+    """Fold every delta above the partition's high watermark into its compacted state.
+
+    Runs on the current runtime, or starts one (``backend``/``address``, default local) for the
+    round. Raises the ``CompactorError`` of bad input (nothing committed), ``CommitConflict``
+    if another round committed first.
+    """
+    if not isinstance(partition, Partition):
+        partition = table.partition(partition)
+    with ExitStack() as stack:
+        if not runtime.is_initialized():
+            stack.enter_context(runtime.init(backend, address=address))
+        return _round(table, partition, target_file_size, bucket_count, rebase,
+                      progress or _quiet)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _round(table: Table, partition: Partition, target_file_size: int,
+           bucket_count: int | None, rebase: bool, progress: Progress) -> CompactionResult:
+    start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    rss: dict[str, int] = {}
+    t = time.perf_counter()
+    groups = max(1, math.floor(runtime.cluster_resources()["CPU"]))
+    try:
+        plan = plan_round(table, partition, target_file_size=target_file_size,
+                          bucket_count=bucket_count, rebase=rebase, groups=groups)
+    except NothingToDo as e:
+        snap = partition.snapshot()
+        hw = snap.high_watermark
+        count = snap.compacted.bucket_count if snap.compacted else table.bucket_count
+        return CompactionResult(table.url, str(partition.key), False, False, None, hw, hw,
+                                count, 0, 0, snap.compacted.rows if snap.compacted else 0, 0, 0,
+                                0, 0, 0, 0, 0, 0, 0, time.perf_counter() - start,
+                                message=str(e))
+    seconds["plan"], rss["plan"] = time.perf_counter() - t, peak_rss()
+    written: list[DataFile] = []
+    new_index_paths: list[str] = []
+    actors = _actors(table, partition, plan)
+    try:
+        t = time.perf_counter()
+        args = (table.primary_key, table.ordering_column, plan.order_type, plan.bucket_count,
+                plan.groups)
+        hash_refs = [hash_task.options(memory=task.memory).remote(table.storage, task.input,
+                                                                  *args)
+                     for task in plan.tasks]
+        hashed = _gather(hash_refs, "hash_bucket", progress)
+        seconds["hash_bucket"] = time.perf_counter() - t
+        rss["hash_bucket"] = max((h.peak_rss for h in hashed), default=0)
+
+        t = time.perf_counter()
+        merged = _merge(plan, actors, hash_refs, progress)
+        del hash_refs, hashed
+        seconds["dedupe"] = time.perf_counter() - t
+        rss["dedupe"] = max(runtime.get([a.peak_rss.remote() for a in actors]))
+        plans = {b: p for g in merged for b, p in g.plans.items()}
+        new_index_paths += [p.index_path for p in plans.values()]
+        new_index_paths += [p for g in merged for p in g.fresh_index_paths.values()]
+
+        t = time.perf_counter()
+        total_memory = int(runtime.cluster_resources()["memory"])
+        mat_refs = [materialize_task.options(
+            memory=min(total_memory, max(64 << 20, int(3 * p.rows_out * plan.row_bytes))),
+        ).remote(table.storage, partition.key, p, plan.sources, table.schema)
+            for p in plans.values()]
+        outputs: list[MaterializeOutput] = []
+        for out in _gather(mat_refs, "materialize", progress):
+            outputs.append(out)
+            written.extend(out.written)
+            rss["materialize"] = max(rss.get("materialize", 0), out.peak_rss)
+        seconds["materialize"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress("commit", 0, 1)
+        buckets, index_paths, referenced = _layout(plan, plans, outputs, merged)
+        result_fields = _figures(plan, merged, outputs, referenced)
+        state = partition.commit_compaction(
+            plan.snapshot, high_watermark=plan.high_watermark, buckets=buckets,
+            hash_algorithm=table.hash_algorithm,
+            properties={index_store.PROPERTY: json.dumps(index_paths)},
+            metrics={k: float(v) for k, v in result_fields.items()},
+        )
+        progress("commit", 1, 1)
+    except BaseException:
+        for a in actors:
+            a.abort.remote()
+        _cleanup(table, written, new_index_paths)
+        raise
+    runtime.get([a.commit.remote(state.position) for a in actors])
+    seconds["commit"], rss["commit"] = time.perf_counter() - t, peak_rss()
+    return CompactionResult(
+        table.url, str(partition.key), True, plan.rebuild, state.position,
+        plan.snapshot.high_watermark, plan.high_watermark, plan.bucket_count,
+        len(plan.snapshot.deltas), **result_fields,  # type: ignore[arg-type]
+        seconds=time.perf_counter() - start, step_seconds=seconds, step_peak_rss=rss,
+    )
+
+
+def _layout(plan: RoundPlan, plans: dict[int, Any], outputs: list[MaterializeOutput],
+            merged: list[GroupResult]) -> tuple[list[list[DataFile]], list[str], list[DataFile]]:
+    """Per bucket: files kept in place + files written; the index path; the referenced files."""
+    written = {o.bucket: list(o.written) for o in outputs}
+    old_paths = index_store.paths_of(plan.base) if plan.base is not None else None
+    fresh = {b: p for g in merged for b, p in g.fresh_index_paths.items()}
+    buckets: list[list[DataFile]] = []
+    paths: list[str] = []
+    referenced: list[DataFile] = []
+    for b in range(plan.bucket_count):
+        old = list(plan.base.buckets[b]) if plan.base is not None else []
+        if b in plans:
+            kept = [old[i] for i in plans[b].keep]
+            buckets.append(kept + written.get(b, []))
+            paths.append(plans[b].index_path)
+        else:
+            kept = old
+            buckets.append(old)
+            paths.append(fresh[b] if b in fresh else old_paths[b])  # type: ignore[index]
+        referenced += kept
+    return buckets, paths, referenced
+
+
+def _figures(plan: RoundPlan, merged: list[GroupResult], outputs: list[MaterializeOutput],
+             referenced: list[DataFile]) -> dict[str, int]:
+    written = [f for o in outputs for f in o.written]
+    return {
+        "rows_in": plan.rows_in,
+        "rows_out": sum(g.keys for g in merged),
+        "deletes_applied": sum(g.deleted for g in merged),
+        "duplicates_dropped": sum(g.duplicates_dropped for g in merged),
+        "files_read": len(plan.tasks) + sum(o.files_read for o in outputs),
+        "bytes_read": plan.bytes_in + sum(o.bytes_read for o in outputs),
+        "files_written": len(written),
+        "bytes_written": sum(f.size for f in written),
+        "files_referenced": len(referenced),
+        "bytes_referenced": sum(f.size for f in referenced),
+        "buckets_touched": len(outputs),
+    }

@@ -1,0 +1,124 @@
+"""Step 2: hash-bucket one source file into key records, grouped by dedupe actor.
+
+Reads only the key, ordering and op columns, computes the key digest (``hashing.key_digest``)
+and emits, per group of buckets, the records ``(hi, lo, [order], pos, file, row, op)`` the
+dedupe actors merge. Whole rows stay where they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from compactor import files
+from compactor.errors import NullKey, SchemaMismatch, UnknownOp
+from compactor.fs import Storage
+from compactor.hashing import NullKeyError, bucket_of, key_digest
+from compactor.manifest import CdcOps, DataFile, DeltaKind
+from compactor.merge import OP_DELETE, OP_UPSERT, record_schema
+
+
+@dataclass(frozen=True)
+class HashInput:
+    """One source file of a round and how to read it."""
+
+    file: DataFile
+    ordinal: int
+    position: int  # stream position of the delta (or the old watermark, for compacted files)
+    kind: DeltaKind
+    cdc: CdcOps | None
+    row_groups: tuple[int, ...] | None = None  # a slice of a large file; None: all of it
+    first_row: int = 0  # row index (in the file) of the slice's first row
+
+
+@dataclass(frozen=True)
+class HashOutput:
+    records: dict[int, pa.Table]  # group -> records
+    rows: int
+    bytes_read: int
+    peak_rss: int = 0  # of the process that ran it (set by the task wrapper)
+
+
+def group_of_buckets(buckets: np.ndarray, bucket_count: int, groups: int) -> np.ndarray:
+    """Contiguous bucket ranges per group: group g holds buckets [g*B/G, (g+1)*B/G)."""
+    return (buckets.astype(np.int64) * groups // bucket_count).astype(np.int32)
+
+
+def _ops(data: pa.Table, item: HashInput) -> np.ndarray:
+    n = data.num_rows
+    if item.kind is DeltaKind.UPSERT:
+        return np.full(n, OP_UPSERT, dtype=np.int8)
+    if item.kind is DeltaKind.DELETE:
+        return np.full(n, OP_DELETE, dtype=np.int8)
+    assert item.cdc is not None
+    column = data.column(item.cdc.column)
+    is_upsert = pc.is_in(column, value_set=pa.array(list(item.cdc.upsert), column.type))
+    is_delete = pc.is_in(column, value_set=pa.array(list(item.cdc.delete), column.type))
+    unknown = pc.invert(pc.or_(is_upsert, is_delete))
+    if pc.any(unknown).as_py():
+        row = pc.index(unknown, True).as_py()
+        raise UnknownOp(
+            f"{item.file.url}: row {item.first_row + row}: op value {column[row].as_py()!r} in column "
+            f"{item.cdc.column!r} is neither upsert {list(item.cdc.upsert)} nor delete "
+            f"{list(item.cdc.delete)}"
+        )
+    return np.where(is_delete.to_numpy(zero_copy_only=False), OP_DELETE, OP_UPSERT).astype(np.int8)
+
+
+def hash_file(
+    storage: Storage,
+    item: HashInput,
+    primary_key: tuple[str, ...],
+    ordering_column: str | None,
+    order_type: pa.DataType | None,
+    bucket_count: int,
+    groups: int,
+) -> HashOutput:
+    parquet = files.open_verified(storage, item.file)
+    try:
+        columns = list(primary_key)
+        if ordering_column is not None:
+            columns.append(ordering_column)
+        if item.kind is DeltaKind.CDC and item.cdc is not None:
+            columns.append(item.cdc.column)
+        if item.row_groups is None:
+            data = parquet.read(columns=columns)
+        else:
+            data = parquet.read_row_groups(list(item.row_groups), columns=columns)
+    finally:
+        parquet.close()
+    try:
+        hi, lo = key_digest(data, primary_key)
+    except NullKeyError as e:
+        raise NullKey(f"{item.file.url}: row {item.first_row + e.row}: null in primary-key column "
+                      f"{e.column!r}") from None
+    n = data.num_rows
+    cols: dict[str, pa.Array | np.ndarray] = {"hi": hi, "lo": lo}
+    if ordering_column is not None:
+        order = data.column(ordering_column).combine_chunks()
+        if order_type is not None and order.type != order_type:
+            try:
+                order = order.cast(order_type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise SchemaMismatch(
+                    f"{item.file.url}: ordering column {ordering_column!r} has type "
+                    f"{order.type}, the table's is {order_type}: {e}"
+                ) from None
+        cols["order"] = order
+    cols["pos"] = np.full(n, item.position, dtype=np.int64)
+    cols["file"] = np.full(n, item.ordinal, dtype=np.int32)
+    cols["row"] = np.arange(item.first_row, item.first_row + n, dtype=np.int64)
+    cols["op"] = _ops(data, item)
+    records = pa.table(cols, schema=record_schema(order_type if ordering_column else None))
+    group = group_of_buckets(bucket_of(hi, bucket_count), bucket_count, groups)
+    by_group = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[by_group], np.arange(groups + 1))
+    out = {}
+    for g in range(groups):
+        lo_i, hi_i = bounds[g], bounds[g + 1]
+        if hi_i > lo_i:
+            out[g] = records.take(pa.array(by_group[lo_i:hi_i]))
+    return HashOutput(out, n, item.file.size)

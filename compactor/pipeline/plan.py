@@ -1,0 +1,175 @@
+"""Step 1: plan a round from a consistent snapshot, sizing every task from Parquet footers.
+
+The plan fixes what the round folds in (every delta above the high watermark, up to the
+snapshot's version), the bucket layout, the source files and their ordinals, how many rows go
+to an output file, and the ``memory`` each task and actor asks the scheduler for, so that
+memory-aware scheduling keeps a round within the machine or cluster. Files larger than
+``SPLIT_ROWS`` are hashed in several tasks by row groups.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from compactor import files
+from compactor.manifest import CompactedState, DataFile, DeltaKind
+from compactor.partition import Partition
+from compactor.pipeline import index_store, locators
+from compactor.pipeline.hash_bucket import HashInput
+from compactor.snapshot import Snapshot
+from compactor.table import Table
+
+SPLIT_ROWS = 4_000_000  # rows per hash task at most (whole row groups)
+RECORD_BYTES = 64  # digest, locator, op and bookkeeping per key record in memory
+MIN_TASK_MEMORY = 64 << 20
+FOOTER_THREADS = 16
+
+
+@dataclass(frozen=True)
+class HashTask:
+    input: HashInput
+    memory: int
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    snapshot: Snapshot
+    base: CompactedState | None  # the compacted state whose index the round merges into
+    rebuild: bool  # old compacted files are re-hashed (rebase, or no usable index)
+    bucket_count: int
+    groups: int
+    tasks: tuple[HashTask, ...]
+    sources: dict[int, DataFile]  # ordinal -> file, for materialize
+    high_watermark: int
+    rows_per_file: int
+    row_bytes: float  # decoded (Arrow) bytes per row, for materialize memory requests
+    dedupe_memory: int
+    order_type: pa.DataType | None
+
+    @property
+    def rows_in(self) -> int:
+        return sum(d.rows for d in self.snapshot.deltas)
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(d.size for d in self.snapshot.deltas)
+
+    def group_buckets(self, group: int) -> list[int]:
+        return [b for b in range(self.bucket_count)
+                if b * self.groups // self.bucket_count == group]
+
+
+class NothingToDo(Exception):  # noqa: N818 - a normal outcome, not an error
+    """No delta above the high watermark and no rebase asked for."""
+
+
+def _footer_stats(table: Table, file: DataFile, columns: list[str]) -> tuple[list[int], int, int]:
+    """(rows per row group, decoded bytes of ``columns``, decoded bytes of all columns)."""
+    parquet = files.open_verified(table.storage, file)
+    try:
+        meta = parquet.metadata
+        names = parquet.schema_arrow.names
+        wanted = {names.index(c) for c in columns if c in names}
+        groups, key_bytes, all_bytes = [], 0, 0
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            groups.append(rg.num_rows)
+            all_bytes += rg.total_byte_size
+            for c in range(rg.num_columns):
+                col = rg.column(c)
+                if col.path_in_schema.split(".")[0] in columns or c in wanted:
+                    key_bytes += col.total_uncompressed_size
+        return groups, key_bytes, all_bytes
+    finally:
+        parquet.close()
+
+
+def plan_round(table: Table, partition: Partition, *, target_file_size: int,
+               bucket_count: int | None, rebase: bool, groups: int,
+               rebuild: bool = False) -> RoundPlan:
+    snapshot = partition.snapshot()
+    compacted = snapshot.compacted
+    if compacted is not None and bucket_count is not None \
+            and bucket_count != compacted.bucket_count and not rebase:
+        raise ValueError(
+            f"partition {partition.key} of {table.url} is compacted into "
+            f"{compacted.bucket_count} buckets; changing that to {bucket_count} is a rebase "
+            "(a full rewrite): ask for it with rebase=True (--rebase)"
+        )
+    count = bucket_count or (compacted.bucket_count if compacted else table.bucket_count)
+    if not 1 <= count <= locators.MAX_BUCKETS:
+        raise ValueError(f"bucket count {count} must be between 1 and {locators.MAX_BUCKETS}")
+    rebuild = compacted is not None and (rebase or rebuild
+                                         or index_store.paths_of(compacted) is None)
+    if not snapshot.deltas and not rebuild:
+        raise NothingToDo(f"partition {partition.key} of {table.url} has no pending deltas")
+
+    key_cols = [*table.primary_key]
+    if table.ordering_column:
+        key_cols.append(table.ordering_column)
+    items: list[tuple[DataFile, int, DeltaKind, object]] = []
+    if rebuild:
+        assert compacted is not None
+        items += [(f, compacted.high_watermark, DeltaKind.UPSERT, None) for f in compacted.files]
+    for d in snapshot.deltas:
+        items += [(f, d.position, d.kind, d.cdc) for f in d.files]
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        stats = list(pool.map(
+            lambda it: _footer_stats(table, it[0], key_cols + (
+                [it[3].column] if it[3] is not None else [])),  # type: ignore[attr-defined]
+            items))
+
+    tasks: list[HashTask] = []
+    sources: dict[int, DataFile] = {}
+    total_rows = total_bytes = decoded = 0
+    for j, ((file, position, kind, cdc), (rg_rows, key_bytes, all_bytes)) in enumerate(
+            zip(items, stats, strict=True)):
+        ordinal = locators.source(j)
+        sources[ordinal] = file
+        total_rows += file.rows
+        total_bytes += file.size
+        decoded += all_bytes
+        per_row_key = key_bytes / max(file.rows, 1)
+        start = first = 0
+        chunk: list[int] = []
+        chunk_rows = 0
+        for g, n in enumerate([*rg_rows, 0]):
+            if chunk and (n == 0 or chunk_rows + n > SPLIT_ROWS):
+                whole = len(chunk) == len(rg_rows)
+                memory = max(MIN_TASK_MEMORY, int(chunk_rows * (2 * per_row_key + RECORD_BYTES)))
+                tasks.append(HashTask(HashInput(
+                    file, ordinal, position, kind, cdc,  # type: ignore[arg-type]
+                    None if whole else tuple(chunk), first), memory))
+                first, chunk, chunk_rows = start, [], 0
+            if n:
+                chunk.append(g)
+                chunk_rows += n
+                start += n
+        if not rg_rows:  # an empty file still gets hashed (it may carry schema only)
+            tasks.append(HashTask(HashInput(file, ordinal, position, kind, cdc),  # type: ignore[arg-type]
+                                  MIN_TASK_MEMORY))
+    base = None if rebuild else compacted
+    if base is not None:
+        for b, bucket in enumerate(base.buckets):
+            for i, f in enumerate(bucket):
+                sources[locators.compacted(b, i)] = f
+        total_rows += base.rows
+        total_bytes += base.size
+    bytes_per_row = total_bytes / max(total_rows, 1)
+    keys = (base.rows if base is not None else 0) + snapshot.pending_rows
+    order_type = (table.schema.field(table.ordering_column).type
+                  if table.ordering_column else None)
+    groups = max(1, min(groups, count))
+    return RoundPlan(
+        snapshot=snapshot, base=base, rebuild=rebuild, bucket_count=count, groups=groups,
+        tasks=tuple(tasks), sources=sources,
+        high_watermark=snapshot.deltas[-1].position if snapshot.deltas else
+        snapshot.high_watermark,
+        rows_per_file=max(1, int(target_file_size / max(bytes_per_row, 1e-9))),
+        row_bytes=decoded / max(sum(f.rows for f, *_ in items), 1),
+        dedupe_memory=max(MIN_TASK_MEMORY, int(3 * keys * RECORD_BYTES / groups)),
+        order_type=order_type,
+    )
