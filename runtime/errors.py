@@ -48,7 +48,7 @@ class TaskError(RuntimeBaseError):
     """A task raised an exception that could not be transported as itself (e.g. not picklable)."""
 
 
-class RemoteTraceback(Exception):  # noqa: N818 - mirrors concurrent.futures' name
+class RemoteTraceback(Exception):
     """Carries the formatted traceback of a remote failure; set as ``__cause__`` of the error."""
 
     def __init__(self, tb: str) -> None:

@@ -1,0 +1,128 @@
+"""What a delta's files must contain, checked before anything is committed.
+
+Per kind, a file must carry:
+
+- UPSERT: the key columns, the ordering column (if the table has one) and every column the table
+  declares not nullable. Other table columns may be absent (read as null); new columns are added
+  to the table schema as nullable.
+- DELETE: the key columns and the ordering column (if any). Other columns are ignored: a delete
+  may carry the whole before-image, as CDC exports do.
+- CDC: as UPSERT, plus the op column, whose every value must be one of the configured upsert or
+  delete values. The op column is not part of the table schema.
+
+Keys may never be null. For a Parquet file, null checks use the footer's per-row-group null
+counts and read a key column only where those do not prove it null-free; the op column is read
+(it is small, and the only way to know its values). Errors name the file (or "appended data")
+and the row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from compactor.errors import CorruptFile, MissingColumn, NullKey, UnknownOp
+from compactor.manifest import CdcOps, DeltaKind
+
+
+@dataclass(frozen=True)
+class DeltaSpec:
+    """A delta kind applied to one table: which columns its files need and what they hold."""
+
+    kind: DeltaKind
+    table_schema: pa.Schema
+    primary_key: tuple[str, ...]
+    ordering_column: str | None
+    cdc: CdcOps | None
+
+    def __post_init__(self) -> None:
+        if (self.kind is DeltaKind.CDC) != (self.cdc is not None):
+            raise ValueError("a CDC delta needs CdcOps, and only a CDC delta takes them")
+        if self.cdc is not None and self.cdc.column in self.table_schema.names:
+            raise ValueError(f"CDC op column {self.cdc.column!r} is a table column")
+
+    @property
+    def _ordering(self) -> tuple[str, ...]:
+        return () if self.ordering_column is None else (self.ordering_column,)
+
+    def required(self) -> tuple[str, ...]:
+        if self.kind is DeltaKind.DELETE:
+            return (*self.primary_key, *self._ordering)
+        not_null = tuple(f.name for f in self.table_schema if not f.nullable)
+        op = () if self.cdc is None else (self.cdc.column,)
+        return tuple(dict.fromkeys((*self.primary_key, *self._ordering, *not_null, *op)))
+
+    def table_columns(self, schema: pa.Schema, source: str) -> pa.Schema:
+        """Check ``schema`` has the required columns; return the part that is table data."""
+        for name in self.required():
+            if name not in schema.names:
+                raise MissingColumn(f"{source}: missing column {name!r} ({self.kind} delta)")
+        if self.kind is DeltaKind.DELETE:
+            return pa.schema([schema.field(n) for n in self.required()])
+        op = None if self.cdc is None else self.cdc.column
+        return pa.schema([f for f in schema if f.name != op])
+
+    def check_rows(self, data: pa.Table, source: str, offset: int = 0) -> None:
+        """Raise on a null key or an unknown op in ``data`` (rows numbered from ``offset``)."""
+        self._check(data, self.primary_key, source, offset)
+
+    def _check(self, data: pa.Table, keys: list[str] | tuple[str, ...], source: str,
+               offset: int) -> None:
+        for name in keys:
+            row = _first(pc.is_null(data.column(name)))
+            if row is not None:
+                raise NullKey(f"{source}: null in key column {name!r} at row {offset + row}")
+        if self.cdc is not None:
+            self._check_ops(data.column(self.cdc.column), source, offset)
+
+    def _check_ops(self, column: pa.ChunkedArray, source: str, offset: int) -> None:
+        assert self.cdc is not None
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        allowed = [*self.cdc.upsert, *self.cdc.delete]
+        try:
+            value_set = pa.array(allowed, type=column.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise UnknownOp(
+                f"{source}: op column {self.cdc.column!r} has type {column.type}, which cannot "
+                f"hold the configured op values {allowed}"
+            ) from None
+        known = pc.fill_null(pc.is_in(column, value_set=value_set), False)
+        row = _first(pc.invert(known))
+        if row is not None:
+            raise UnknownOp(
+                f"{source}: op column {self.cdc.column!r} holds {column[row].as_py()!r} at row "
+                f"{offset + row}; expected one of {allowed}"
+            )
+
+    def check_parquet(self, parquet: pq.ParquetFile, source: str) -> None:
+        """:meth:`check_rows` for a Parquet file, reading as little of it as it can."""
+        meta = parquet.metadata
+        index = {meta.schema.column(j).path: j for j in range(meta.num_columns)}
+        offset = 0
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            keys = [n for n in self.primary_key if not _proved_not_null(group, index.get(n))]
+            columns = keys if self.cdc is None else [*keys, self.cdc.column]
+            if columns:
+                try:
+                    data = parquet.read_row_group(g, columns=columns)
+                except (pa.ArrowException, OSError) as e:
+                    raise CorruptFile(f"{source}: row group {g} is unreadable ({e})") from None
+                self._check(data, keys, source, offset)
+            offset += group.num_rows
+
+
+def _first(mask: pa.ChunkedArray | pa.Array) -> int | None:
+    index = pc.index(mask, True).as_py()
+    return None if index < 0 else int(index)
+
+
+def _proved_not_null(group: pq.RowGroupMetaData, column: int | None) -> bool:
+    if column is None:
+        return False
+    stats = group.column(column).statistics
+    return bool(stats is not None and stats.has_null_count and stats.null_count == 0)

@@ -1,0 +1,78 @@
+"""The compactor's error tree.
+
+Every failure the table model reports on purpose is a :class:`CompactorError`, and its message is
+one line naming the table, partition, file, column or row at fault, so a CLI can print it as is.
+Errors that mean "the input is wrong" also derive from :class:`ValueError`, and errors that mean
+"that thing is not there" from :class:`LookupError`, so generic handlers keep working.
+Credentials never appear in these messages: they name URLs and paths only.
+"""
+
+from __future__ import annotations
+
+
+class CompactorError(Exception):
+    """Base class of every error the compactor raises on purpose."""
+
+
+class TableNotFound(CompactorError, LookupError):
+    """The root URL holds no table (nothing there, or something that is not a table)."""
+
+
+class TableExists(CompactorError):
+    """A table was to be created at a root URL that already holds one."""
+
+
+class InvalidTableSpec(CompactorError, ValueError):
+    """A table definition is inconsistent (unknown key column, unsupported key type, ...)."""
+
+
+class UnknownPartition(CompactorError, LookupError):
+    """A partition was read that has no commits, or a commit number beyond its head."""
+
+
+class InvalidPartition(CompactorError, ValueError):
+    """Partition values do not match the table's partition columns."""
+
+
+class CommitConflict(CompactorError):
+    """Another writer committed first in a way this commit cannot be rebased over."""
+
+
+class SchemaMismatch(CompactorError, ValueError):
+    """Data does not fit the table schema (incompatible type, missing required column, ...)."""
+
+
+class MissingColumn(SchemaMismatch):
+    """A data file lacks a column the delta kind needs (a key, the ordering or the op column)."""
+
+
+class NullKey(CompactorError, ValueError):
+    """A primary-key column holds a null; the message names the file and row."""
+
+
+class UnknownOp(CompactorError, ValueError):
+    """A CDC op column holds a value that maps to neither upsert nor delete."""
+
+
+class EmptyDelta(CompactorError, ValueError):
+    """A delta has no files, or no rows at all."""
+
+
+class ForeignFile(CompactorError, ValueError):
+    """A file to register is not on the table's filesystem."""
+
+
+class MissingFile(CompactorError, LookupError):
+    """A referenced data file does not exist (any more)."""
+
+
+class ChangedFile(CompactorError):
+    """A referenced data file exists but differs from the one that was registered."""
+
+
+class CorruptFile(CompactorError, ValueError):
+    """A file is not readable Parquet (or a metadata file is not valid JSON)."""
+
+
+class OutsideTableRoot(CompactorError, ValueError):
+    """A write was addressed outside the table root; it is refused, never performed."""

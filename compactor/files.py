@@ -1,0 +1,92 @@
+"""Data files referenced in place: describing, fingerprinting, verifying and opening them.
+
+A registered file is pinned by its size and fingerprint: the S3 ETag where there is one (it
+changes whenever the object is rewritten), otherwise size and modification time. Before a file is
+read it is verified against its :class:`DataFile`, so a file changed or removed since it was
+committed is reported by name instead of being read as if it were the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from compactor.errors import ChangedFile, CorruptFile, ForeignFile, MissingFile
+from compactor.fs import Storage
+from compactor.manifest import DataFile
+
+
+def fingerprint(info: Mapping[str, Any]) -> str:
+    """A string that changes whenever the file described by fsspec ``info`` is rewritten."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return f"etag:{str(etag).strip(chr(34))}"
+    mtime = next((info[k] for k in ("mtime", "LastModified", "created") if k in info), None)
+    if isinstance(mtime, datetime):
+        mtime = mtime.timestamp()
+    return f"stat:{info['size']}:{mtime!r}"
+
+
+def resolve(storage: Storage, url: str) -> str:
+    """The filesystem path of ``url``; :class:`ForeignFile` if on another filesystem."""
+    path = storage.strip(url)
+    if path is None:
+        raise ForeignFile(f"file {url} is not on the table's filesystem ({storage.protocol})")
+    return path
+
+
+def _info(storage: Storage, path: str) -> dict[str, Any]:
+    try:
+        info = storage.info(path)
+    except FileNotFoundError:
+        raise MissingFile(f"file {storage.url_of(path)} does not exist") from None
+    if info.get("type") == "directory":
+        raise MissingFile(f"file {storage.url_of(path)} is a directory, not a file")
+    return info
+
+
+def open_parquet(storage: Storage, path: str) -> pq.ParquetFile:
+    """Open ``path`` as Parquet (reads the footer only); :class:`CorruptFile` if it is not."""
+    try:
+        return pq.ParquetFile(storage.fs.open(path, "rb"))
+    except FileNotFoundError:
+        raise MissingFile(f"file {storage.url_of(path)} does not exist") from None
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise CorruptFile(f"file {storage.url_of(path)} is not valid Parquet ({e})") from None
+
+
+def describe(storage: Storage, url: str) -> tuple[DataFile, pq.ParquetFile]:
+    """Stat and open the Parquet file at ``url``: its :class:`DataFile` and footer."""
+    path = resolve(storage, url)
+    info = _info(storage, path)
+    parquet = open_parquet(storage, path)
+    described = DataFile(storage.url_of(path), int(info["size"]), parquet.metadata.num_rows,
+                         fingerprint(info))
+    return described, parquet
+
+
+def written(storage: Storage, path: str, rows: int) -> DataFile:
+    """The :class:`DataFile` of a file the table just wrote (rows known, no footer read)."""
+    info = _info(storage, path)
+    return DataFile(storage.url_of(path), int(info["size"]), rows, fingerprint(info))
+
+
+def verify(storage: Storage, file: DataFile) -> None:
+    """Raise :class:`MissingFile` or :class:`ChangedFile` unless ``file`` is as registered."""
+    info = _info(storage, resolve(storage, file.url))
+    now = fingerprint(info)
+    if int(info["size"]) != file.size or now != file.fingerprint:
+        raise ChangedFile(
+            f"file {file.url} changed since it was registered (size {file.size} -> "
+            f"{info['size']}, fingerprint {file.fingerprint} -> {now})"
+        )
+
+
+def open_verified(storage: Storage, file: DataFile) -> pq.ParquetFile:
+    """Verify ``file`` is unchanged, then open it as Parquet (footer only)."""
+    verify(storage, file)
+    return open_parquet(storage, resolve(storage, file.url))

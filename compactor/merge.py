@@ -1,0 +1,451 @@
+"""The dedupe kernel: fold a round's key records into a primary-key index, vectorized.
+
+Records and the index are Arrow tables (they cross process boundaries zero-copy and persist as
+Parquet). A *record* is one delta or compacted row seen through its key::
+
+    hi, lo   uint64  the key digest (compactor.hashing.key_digest)
+    order    any     the ordering column's value; the column is absent when the table has none
+    pos      int64   stream position: the commit number of the delta the row came from
+    file     int32   file ordinal
+    row      int64   row index within the file
+    op       int8    OP_UPSERT (0) or OP_DELETE (1)
+
+The *index* is records too: one per key, sorted by ``(hi, lo)``. A bucket is a range of ``hi``
+(``hashing.bucket_of``), so the index of a group of buckets is simply their records, and
+indexes of disjoint buckets concatenate in bucket order.
+
+Merge rule (DESIGN.md, "Merge semantics"): per key, the winner among the index entry and all
+incoming records is the greatest ``(order, pos, file, row)``, compared lexicographically; if the
+winner is a delete the key is gone. ``order`` compares by value: a null is lower than every
+value; for floating point, NaN is higher than every number (as in DuckDB) and -0.0 equals 0.0;
+strings and binary compare bytewise, decimals numerically.
+
+Tombstones: with an ordering column, a later round may bring a record whose ``order`` is *older*
+than a delete already applied; it must lose to that delete. So when records have an ``order``
+column, a winning delete stays in the index as a tombstone (``op`` = OP_DELETE) and it, not the
+absence of the key, is what later records compare against. Without an ordering column every
+later record has a greater ``pos`` than anything indexed, so deleted keys are simply dropped.
+
+Cost: incoming records are sorted once by key (a SIMD sort of packed 64-bit words); only keys
+seen more than once are compared field by field; winners are located in the sorted index by
+binary search. A round costs O(m log m + n) for m incoming records and an index of n keys, the
+n term being one copy of the index columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "OP_DELETE",
+    "OP_UPSERT",
+    "MergeInputError",
+    "MergeResult",
+    "empty_index",
+    "index_schema",
+    "merge",
+    "record_schema",
+    "surviving_rows",
+]
+
+OP_UPSERT = 0
+OP_DELETE = 1
+
+_FIXED = ("hi", "lo", "pos", "file", "row", "op")
+
+
+class MergeInputError(ValueError):
+    """Records or index do not have the documented columns and types."""
+
+
+def record_schema(order_type: pa.DataType | None = None) -> pa.Schema:
+    """Schema of records and index; ``order_type`` None: the table has no ordering column."""
+    order = [pa.field("order", order_type)] if order_type is not None else []
+    return pa.schema([
+        ("hi", pa.uint64()), ("lo", pa.uint64()), *order,
+        ("pos", pa.int64()), ("file", pa.int32()), ("row", pa.int64()), ("op", pa.int8()),
+    ])
+
+
+# The index is records (one per key, tombstones included), so it has their schema.
+index_schema = record_schema
+
+
+def empty_index(order_type: pa.DataType | None = None) -> pa.Table:
+    return record_schema(order_type).empty_table()
+
+
+@dataclass(frozen=True, eq=False)
+class MergeResult:
+    """The new index and what the merge changed.
+
+    ``inserted``, ``updated`` and ``deleted`` count keys that became live, got a newer live row,
+    or stopped being live. ``duplicates_dropped`` counts incoming records that lost to a newer
+    version of their key. ``superseded_files`` are the sorted file ordinals whose
+    rows the old index held live and the new one no longer does: every other file of the old
+    index is untouched and can be referenced in place.
+    """
+
+    index: pa.Table = field(repr=False)
+    records_in: int
+    inserted: int
+    updated: int
+    deleted: int
+    duplicates_dropped: int
+    superseded_files: np.ndarray
+
+
+def _numpy(table: pa.Table, name: str, dtype: type[np.generic]) -> np.ndarray:
+    column = table.column(name)
+    if column.null_count:
+        raise MergeInputError(f"column {name!r} has nulls")
+    return np.asarray(column.to_numpy(), dtype=dtype)
+
+
+class _Records:
+    """A record table's fixed-width columns as numpy arrays, plus its ``order`` values."""
+
+    def __init__(self, table: pa.Table, what: str) -> None:
+        missing = [name for name in _FIXED if name not in table.column_names]
+        if missing:
+            raise MergeInputError(f"{what} lack column(s) {missing}; have {table.column_names}")
+        schema = record_schema()
+        self.columns = {
+            name: _numpy(table, name, schema.field(name).type.to_pandas_dtype())
+            for name in _FIXED
+        }
+        self.hi, self.lo, self.op = self.columns["hi"], self.columns["lo"], self.columns["op"]
+        if len(self.op) and (self.op.min() < OP_UPSERT or self.op.max() > OP_DELETE):
+            raise MergeInputError(f"{what}: op must be {OP_UPSERT} (upsert) or {OP_DELETE}")
+        self.order: pa.Array | None = None
+        if "order" in table.column_names:
+            self.order = table.column("order").combine_chunks()
+
+    def __len__(self) -> int:
+        return len(self.hi)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return record_schema(None if self.order is None else self.order.type)
+
+    def take(self, indices: np.ndarray) -> pa.Table:
+        columns: dict[str, object] = {name: a[indices] for name, a in self.columns.items()}
+        if self.order is not None:
+            columns["order"] = self.order.take(indices)
+        return pa.table(columns).select(self.schema.names).cast(self.schema)
+
+
+# --- ordering values as numpy sort keys --------------------------------------------------------
+
+
+def _is_instant_like(t: pa.DataType) -> bool:
+    """Dates, times, timestamps and durations: integers underneath, compared as such."""
+    return pa.types.is_temporal(t) and not pa.types.is_interval(t)
+
+
+def _order_keys(order: pa.Array) -> list[np.ndarray]:
+    """Numpy arrays whose lexicographic order (first array most significant) is the order rule."""
+    t = order.type
+    keys = []
+    valid = None
+    if order.null_count:
+        valid = order.is_valid().to_numpy(zero_copy_only=False)
+        keys.append(valid.view(np.uint8))
+    if pa.types.is_floating(t):
+        values = order.cast(pa.float64()).fill_null(0.0).to_numpy()
+        nan = np.isnan(values)
+        keys += [nan.view(np.uint8), np.where(nan, 0.0, values) + 0.0]  # + 0.0: -0.0 -> 0.0
+    elif pa.types.is_integer(t) or pa.types.is_boolean(t) or _is_instant_like(t):
+        if pa.types.is_boolean(t):
+            order = order.cast(pa.uint8())
+        elif not pa.types.is_integer(t):
+            order = order.view(pa.int32() if t.bit_width == 32 else pa.int64())
+        values = order.fill_null(0).to_numpy(zero_copy_only=False)
+        keys.append(values.astype(np.uint64 if values.dtype == np.uint64 else np.int64))
+    else:
+        try:
+            rank = pc.rank(order, tiebreaker="dense").to_numpy()
+        except pa.ArrowNotImplementedError as exc:
+            raise MergeInputError(f"ordering values of type {t} cannot be compared") from exc
+        keys.append(rank if valid is None else np.where(valid, rank, 0))
+    return keys
+
+
+def _comparison_keys(
+    records: _Records, indices: np.ndarray, order_keys: list[np.ndarray]
+) -> list[np.ndarray]:
+    """The merge rule's (order..., pos, file, row) of records ``indices``, as numpy sort keys."""
+    return [*order_keys, *(records.columns[name][indices] for name in ("pos", "file", "row"))]
+
+
+def _lowest(a: np.ndarray) -> int | float:
+    return -np.inf if a.dtype.kind == "f" else int(np.iinfo(a.dtype).min)
+
+
+def _group_argmax(starts: np.ndarray, sizes: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
+    """Mask of the lexicographically greatest element of each group (groups are contiguous)."""
+    best = np.ones(len(keys[0]), dtype=bool)
+    for key in keys:
+        group_max = np.maximum.reduceat(np.where(best, key, _lowest(key)), starts)
+        best &= key == np.repeat(group_max, sizes)
+    if best.sum() != len(starts):
+        raise MergeInputError("records repeat a (file, row) locator within one key")
+    return best
+
+
+def _greater(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    """Elementwise: is tuple a greater than tuple b, lexicographically?"""
+    greater = np.zeros(len(a[0]), dtype=bool)
+    tied = np.ones(len(a[0]), dtype=bool)
+    for x, y in zip(a, b, strict=True):
+        greater |= tied & (x > y)
+        tied &= x == y
+    return greater
+
+
+# --- sorting and locating 128-bit keys ---------------------------------------------------------
+
+
+def _sort_by_key(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A permutation sorting by (hi, lo), and the mask of sorted positions that start a key.
+
+    Equal keys end up adjacent, in unspecified order. np.sort of 64-bit words is SIMD-accelerated
+    where np.argsort and np.lexsort are not, so the row number is packed under the top bits of
+    ``hi`` and the words sorted. Only rows whose top bits tie are compared in full; tie runs that
+    mix distinct keys (rare) are re-sorted exactly.
+    """
+    n = len(hi)
+    bits = max(1, (n - 1).bit_length())
+    if bits > 40:
+        perm = np.lexsort((lo, hi))
+        first = np.ones(n, dtype=bool)
+        first[1:] = (np.diff(hi[perm]) != 0) | (np.diff(lo[perm]) != 0)
+        return perm, first
+    low = np.uint64((1 << bits) - 1)
+    packed = np.sort((hi & ~low) | np.arange(n, dtype=np.uint64))
+    perm = (packed & low).astype(np.int64)
+    prefix = packed >> np.uint64(bits)
+    tie = prefix[1:] == prefix[:-1]
+    first = np.ones(n, dtype=bool)
+    first[1:] = ~tie
+    if not tie.any():
+        return perm, first
+    in_tie = np.zeros(n, dtype=bool)
+    in_tie[1:] |= tie
+    in_tie[:-1] |= tie
+    where = np.flatnonzero(in_tie)
+    linked = tie[where[:-1]]  # where[j] and where[j - 1] are neighbours in one tie run
+
+    rows = perm[where]
+    key_hi, key_lo = hi[rows], lo[rows]
+
+    def same_key_as_previous() -> np.ndarray:
+        same = np.zeros(len(where), dtype=bool)
+        same[1:] = linked & (key_hi[1:] == key_hi[:-1]) & (key_lo[1:] == key_lo[:-1])
+        return same
+
+    same = same_key_as_previous()
+    run_start = np.concatenate([[True], ~linked])
+    if not (same | run_start).all():
+        # Some tie runs mix distinct keys: sort those rows by (hi, lo). A run's rows share the
+        # top bits of hi, so sorting all of them at once keeps each inside its run's positions.
+        run_id = np.cumsum(run_start)
+        mixed = np.flatnonzero(np.isin(run_id, run_id[~(same | run_start)]))
+        exact = mixed[np.lexsort((key_lo[mixed], key_hi[mixed]))]
+        rows[mixed], key_hi[mixed], key_lo[mixed] = rows[exact], key_hi[exact], key_lo[exact]
+        perm[where[mixed]] = rows[mixed]
+        same = same_key_as_previous()
+    first[where] = ~same
+    return perm, first
+
+
+def _locate(
+    hi: np.ndarray, lo: np.ndarray, q_hi: np.ndarray, q_lo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query key: (number of index keys below it, whether the index holds it).
+
+    The index (hi, lo) is sorted and unique. Distinct keys share ``hi`` only by a 2**-64 chance,
+    so a query meets one candidate; ties are resolved by expanding their candidate ranges.
+    """
+    if len(hi) == 0:
+        return np.zeros(len(q_hi), dtype=np.int64), np.zeros(len(q_hi), dtype=bool)
+    left = np.searchsorted(hi, q_hi, side="left")
+    span = np.searchsorted(hi, q_hi, side="right") - left
+    at = left.copy()
+    found = np.zeros(len(q_hi), dtype=bool)
+    one = np.flatnonzero(span == 1)
+    candidate = lo[left[one]]
+    found[one] = candidate == q_lo[one]
+    at[one] += candidate < q_lo[one]
+    many = np.flatnonzero(span > 1)
+    if len(many):
+        sizes = span[many]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        offsets = np.arange(sizes.sum()) - np.repeat(starts, sizes)
+        candidates = lo[np.repeat(left[many], sizes) + offsets]
+        query = np.repeat(q_lo[many], sizes)
+        at[many] += np.add.reduceat((candidates < query).astype(np.int64), starts)
+        found[many] = np.logical_or.reduceat(candidates == query, starts)
+    return at, found
+
+
+def _dedupe(cols: _Records) -> np.ndarray:
+    """Indices of each key's winning record, in (hi, lo) order (deletes included)."""
+    n = len(cols)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    perm, first = _sort_by_key(cols.hi, cols.lo)
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, n))
+    contested = np.repeat(sizes > 1, sizes)
+    if not contested.any():
+        return perm
+    rows = perm[contested]
+    sub_sizes = sizes[sizes > 1]
+    sub_starts = np.concatenate([[0], np.cumsum(sub_sizes)[:-1]])
+    order_keys = _order_keys(cols.order.take(rows)) if cols.order is not None else []
+    wins = _group_argmax(sub_starts, sub_sizes, _comparison_keys(cols, rows, order_keys))
+    keep = ~contested
+    keep[np.flatnonzero(contested)[wins]] = True
+    return perm[keep]
+
+
+# --- merge -------------------------------------------------------------------------------------
+
+
+def _decode_order(table: pa.Table) -> pa.Table:
+    if "order" not in table.column_names:
+        return table
+    order = table.column("order")
+    if not pa.types.is_dictionary(order.type):
+        return table
+    decoded = order.cast(order.type.value_type)
+    return table.set_column(table.column_names.index("order"), "order", decoded)
+
+
+def _unify_order(index: pa.Table, incoming: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Give both tables the same ordering column type (or fail clearly)."""
+    index, incoming = _decode_order(index), _decode_order(incoming)
+    has = ("order" in index.column_names, "order" in incoming.column_names)
+    if has == (False, False):
+        return index, incoming
+    if has == (False, True) and index.num_rows == 0:
+        return empty_index(incoming.schema.field("order").type), incoming
+    if has[0] != has[1]:
+        side = "index" if has[0] else "incoming records"
+        raise MergeInputError(f"only the {side} have an ordering column")
+    a, b = index.schema.field("order").type, incoming.schema.field("order").type
+    if a == b:
+        return index, incoming
+    try:
+        common = pa.unify_schemas(
+            [pa.schema([("order", a)]), pa.schema([("order", b)])], promote_options="permissive"
+        ).field("order").type
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise MergeInputError(f"ordering column types {a} and {b} are incompatible") from exc
+
+    def cast(table: pa.Table) -> pa.Table:
+        i = table.column_names.index("order")
+        return table.set_column(i, "order", table.column("order").cast(common))
+
+    return cast(index), cast(incoming)
+
+
+def merge(index: pa.Table, incoming: pa.Table) -> MergeResult:
+    """Fold ``incoming`` records (any order, duplicates allowed) into ``index``.
+
+    ``index`` is a previous result's ``index`` (or ``empty_index(...)``); it is not modified.
+    """
+    index, incoming = _unify_order(index, incoming)
+    old, new = _Records(index, "index"), _Records(incoming, "incoming records")
+    winners = _dedupe(new)
+    upsert = new.op[winners] == OP_UPSERT
+    # Deleted keys stay as tombstones only where an older-ordered record could still arrive.
+    enters = upsert | (new.order is not None)
+    at, found = _locate(old.hi, old.lo, new.hi[winners], new.lo[winners])
+    wins = ~found
+    matched = np.flatnonzero(found)
+    if len(matched):
+        mine, theirs = winners[matched], at[matched]
+        order_keys: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        if new.order is not None and old.order is not None:
+            both = _order_keys(pa.concat_arrays([new.order.take(mine), old.order.take(theirs)]))
+            order_keys = ([k[: len(mine)] for k in both], [k[len(mine) :] for k in both])
+        wins[matched] = _greater(
+            _comparison_keys(new, mine, order_keys[0]), _comparison_keys(old, theirs, order_keys[1])
+        )
+    was_live = np.zeros(len(winners), dtype=bool)
+    was_live[matched] = old.op[at[matched]] == OP_UPSERT
+    replaced = at[found & wins]
+    entering = wins & enters
+    changed = wins & was_live
+    return MergeResult(
+        index=_splice(old, replaced, new.take(winners[entering]), at[entering]),
+        records_in=len(new),
+        inserted=int((wins & upsert & ~was_live).sum()),
+        updated=int((changed & upsert).sum()),
+        deleted=int((changed & ~upsert).sum()),
+        duplicates_dropped=len(new) - int(wins.sum()),
+        superseded_files=np.unique(old.columns["file"][at[changed]]),
+    )
+
+
+def _splice(old: _Records, removed: np.ndarray, entering: pa.Table, at: np.ndarray) -> pa.Table:
+    """The old index without rows ``removed``, with sorted ``entering`` rows inserted at ``at``.
+
+    ``at[j]`` counts the old rows whose key is below entering row j, so entering row j lands
+    just before old row ``at[j]`` (which, for a replaced key, is the removed old version).
+    """
+    n, k = len(old), entering.num_rows
+    if n == 0:
+        return entering
+    before_old = np.arange(n) + np.searchsorted(at, np.arange(n), side="right")
+    order = np.empty(n + k, dtype=np.int64)
+    order[before_old] = np.arange(n)
+    order[at + np.arange(k)] = n + np.arange(k)
+    keep = np.ones(n + k, dtype=bool)
+    keep[before_old[removed]] = False
+    order = order[keep]
+    columns: dict[str, object] = {}
+    for name in entering.column_names:
+        if name == "order":
+            assert old.order is not None
+            combined = pa.concat_arrays([old.order, entering.column(name).combine_chunks()])
+            columns[name] = combined.take(order)
+        else:
+            both = np.concatenate([old.columns[name], entering.column(name).to_numpy()])
+            columns[name] = both[order]
+    return pa.table(columns, schema=entering.schema)
+
+
+def surviving_rows(index: pa.Table, files: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+    """Per file ordinal, the sorted row indices the index keeps live (int64 arrays).
+
+    With ``files``, only those files, each present (an empty array: nothing of it survives).
+    """
+    live = _numpy(index, "op", np.int8) == OP_UPSERT
+    file = _numpy(index, "file", np.int32)[live]
+    row = _numpy(index, "row", np.int64)[live]
+    wanted = None if files is None else np.unique(np.fromiter(files, dtype=np.int64))
+    if wanted is not None:
+        keep = np.isin(file, wanted)
+        file, row = file[keep], row[keep]
+    if len(file) and file.min() >= 0 and row.min() >= 0 and row.max() < 2**32:
+        packed = np.sort((file.astype(np.uint64) << np.uint64(32)) | row.astype(np.uint64))
+        file = (packed >> np.uint64(32)).astype(np.int32)
+        row = (packed & np.uint64(2**32 - 1)).astype(np.int64)
+    else:
+        perm = np.lexsort((row, file))
+        file, row = file[perm], row[perm]
+    cuts = np.flatnonzero(np.diff(file)) + 1
+    result = {int(f[0]): rows for f, rows in zip(np.split(file, cuts), np.split(row, cuts),
+                                                  strict=True) if len(f)}
+    if wanted is not None:
+        for f in wanted.tolist():
+            result.setdefault(int(f), np.empty(0, dtype=np.int64))
+    return result

@@ -1,0 +1,217 @@
+"""A partition: its stream of deltas (appended or registered in place) and compacted states.
+
+Every write validates first and commits last: files are checked (existence, Parquet footer,
+schema, key columns, null keys, CDC ops) before the table schema is evolved or a commit is
+attempted, so bad input leaves the partition unchanged. Appends retry a lost commit race at the
+next number (a delta does not depend on what came before it); a compaction commit is rebased over
+deltas that landed meanwhile (they are above its watermark) but conflicts with another compaction.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from compactor import files, layout
+from compactor.commit_log import CommitLog, Entry
+from compactor.delta import DeltaSpec
+from compactor.errors import CommitConflict, EmptyDelta, UnknownPartition
+from compactor.layout import PartitionKey
+from compactor.manifest import CdcOps, CompactedState, DataFile, Delta, DeltaKind
+from compactor.snapshot import Snapshot, compaction_entry, delta_entry, is_compaction
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from compactor.table import Table
+
+_REGISTER_THREADS = 16  # footers of many files are read concurrently (round trips on S3)
+
+
+class Partition:
+    """One partition of a table. Cheap to create; safe to share between threads."""
+
+    def __init__(self, table: Table, key: PartitionKey) -> None:
+        self.table = table
+        self.key = key
+        self.log = CommitLog(table.storage, key, table.metadata.checkpoint_interval)
+        self._known_head = 0  # a commit number known to exist: where head searches start
+
+    def __repr__(self) -> str:
+        return f"Partition({self.table.url!r}, {str(self.key)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Partition) and other.table.url == self.table.url
+                and other.key == self.key)
+
+    def __hash__(self) -> int:
+        return hash((self.table.url, self.key))
+
+    @property
+    def values(self) -> dict[str, str]:
+        return self.key.values
+
+    # -- reading -------------------------------------------------------------------------------
+    def version(self) -> int:
+        """The newest commit number (0 if the partition has none)."""
+        self._known_head = self.log.head(self._known_head or None)
+        return self._known_head
+
+    def snapshot(self, version: int | None = None) -> Snapshot:
+        """The partition as of commit ``version`` (default: the newest): a consistent view.
+
+        Raises :class:`UnknownPartition` if the partition has no commits, or no such commit.
+        """
+        snapshot = self.log.load(version)
+        if snapshot.version == 0:
+            raise UnknownPartition(f"partition {self.key} of {self.table.url} has no commits")
+        self._known_head = max(self._known_head, snapshot.version)
+        return snapshot
+
+    def deltas(self, since: int = 0, until: int | None = None) -> list[Delta]:
+        """Every delta at a position in ``(since, until]`` (``until`` default: newest),
+        including deltas already folded into a compacted state. Reads commit files only."""
+        head = self.version() if until is None else until
+        if head == 0:
+            raise UnknownPartition(f"partition {self.key} of {self.table.url} has no commits")
+        entries = self.log.read_from(since + 1, head)
+        if since + len(entries) < head:
+            raise UnknownPartition(
+                f"partition {self.key} of {self.table.url} has no commit {since + len(entries) + 1}"
+            )
+        return [Delta.from_dict(e["delta"]) for e in entries if e.get("kind") == "delta"]
+
+    # -- appending deltas ----------------------------------------------------------------------
+    def _spec(self, kind: DeltaKind, cdc: CdcOps | None) -> DeltaSpec:
+        if kind is DeltaKind.CDC and cdc is None:
+            cdc = CdcOps()
+        meta = self.table.metadata
+        return DeltaSpec(DeltaKind(kind), meta.schema, meta.primary_key, meta.ordering_column, cdc)
+
+    def append(
+        self,
+        data: pa.Table | pa.RecordBatch,
+        *,
+        kind: DeltaKind = DeltaKind.UPSERT,
+        cdc: CdcOps | None = None,
+    ) -> Delta:
+        """Write ``data`` as a Parquet file of this partition and commit it as a delta.
+
+        ``cdc`` configures a CDC delta's op column (default ``CdcOps()``: ``Op`` in I/U/D).
+        Returns the committed delta; its ``position`` is the stream position.
+        """
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        spec = self._spec(kind, cdc)
+        source = f"appended data for partition {self.key} of {self.table.url}"
+        incoming = spec.table_columns(data.schema, source)
+        spec.check_rows(data, source)
+        if data.num_rows == 0:
+            raise EmptyDelta(f"{source}: no rows")
+        schema_version = self.table.evolve_schema([(incoming, source)])
+        rel = layout.new_data_file(self.key)
+        with self.table.storage.open_output(rel) as out:
+            pq.write_table(data, out)
+        written = files.written(self.table.storage, self.table.storage.path(rel), data.num_rows)
+        return self._commit_delta(spec, (written,), schema_version)
+
+    def register(
+        self,
+        urls: Iterable[str],
+        *,
+        kind: DeltaKind = DeltaKind.UPSERT,
+        cdc: CdcOps | None = None,
+    ) -> Delta:
+        """Commit existing Parquet files as one delta, referenced in place (nothing is copied).
+
+        Each file is checked (exists, is Parquet, has the columns the kind needs, no null keys,
+        known CDC ops, compatible schema) before anything is committed.
+        """
+        spec = self._spec(kind, cdc)
+        urls = list(urls)
+        if not urls:
+            raise EmptyDelta(f"partition {self.key} of {self.table.url}: no files to register")
+
+        def inspect(url: str) -> tuple[DataFile, pa.Schema, str]:
+            described, parquet = files.describe(self.table.storage, url)
+            source = f"file {described.url}"
+            with closing(parquet):
+                incoming = spec.table_columns(parquet.schema_arrow, source)
+                spec.check_parquet(parquet, source)
+            return described, incoming, source
+
+        with ThreadPoolExecutor(min(_REGISTER_THREADS, len(urls))) as pool:
+            inspected = list(pool.map(inspect, urls))
+        if sum(f.rows for f, _, _ in inspected) == 0:
+            raise EmptyDelta(f"files {urls} hold no rows")
+        schema_version = self.table.evolve_schema((s, src) for _, s, src in inspected)
+        return self._commit_delta(spec, tuple(f for f, _, _ in inspected), schema_version)
+
+    def _commit_delta(
+        self, spec: DeltaSpec, data_files: tuple[DataFile, ...], schema_version: int
+    ) -> Delta:
+        made: dict[int, Delta] = {}
+
+        def make(number: int, commit_id: str) -> dict[str, Any]:
+            made[number] = Delta(number, spec.kind, data_files, schema_version, time.time(),
+                                 spec.cdc)
+            return delta_entry(made[number], commit_id)
+
+        number = self.log.commit(make, base=self._known_head or self.log.head())
+        self._known_head = max(self._known_head, number)
+        return made[number]
+
+    # -- compaction ----------------------------------------------------------------------------
+    def commit_compaction(
+        self,
+        base: Snapshot,
+        *,
+        high_watermark: int,
+        buckets: Sequence[Sequence[DataFile]],
+        hash_algorithm: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+        properties: Mapping[str, str] | None = None,
+    ) -> CompactedState:
+        """Commit a compaction round planned on snapshot ``base``.
+
+        ``buckets[b]`` lists bucket ``b``'s files in stream order; ``high_watermark`` is the last
+        stream position folded in. Deltas appended since ``base`` stay pending above the
+        watermark; if another compaction committed since ``base``, raises
+        :class:`CommitConflict` and commits nothing.
+        """
+        where = f"partition {self.key} of {self.table.url}"
+        if base.partition != self.key:
+            raise ValueError(f"{where}: snapshot is of partition {base.partition}")
+        if not base.high_watermark <= high_watermark <= base.version:
+            raise ValueError(
+                f"{where}: high watermark {high_watermark} is outside "
+                f"[{base.high_watermark}, {base.version}] of the base snapshot"
+            )
+        if not buckets:
+            raise ValueError(f"{where}: a compacted state needs at least one bucket")
+        schema_version = max(base.schema_version, self.table.metadata.version)
+        made: dict[int, CompactedState] = {}
+
+        def make(number: int, commit_id: str) -> dict[str, Any]:
+            made[number] = CompactedState(
+                number, high_watermark, hash_algorithm or self.table.hash_algorithm,
+                tuple(tuple(b) for b in buckets), schema_version, time.time(),
+                dict(metrics or {}), dict(properties or {}),
+            )
+            return compaction_entry(made[number], commit_id)
+
+        def rebase(number: int, entry: Entry) -> None:
+            if is_compaction(entry):
+                raise CommitConflict(
+                    f"{where}: another compaction committed at {number} after commit "
+                    f"{base.version} this round was planned on; nothing was committed"
+                )
+
+        number = self.log.commit(make, base=base.version, rebase=rebase)
+        self._known_head = max(self._known_head, number)
+        return made[number]

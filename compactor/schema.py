@@ -1,0 +1,99 @@
+"""Table schemas: storage as JSON, primary-key types, and the schema-evolution rule.
+
+The rule: a file may add columns (they join the table schema as
+nullable, older rows read them as null); a column it shares with the table must have the same
+logical type. ``string``/``large_string``/``string_view`` are one logical type, as are the binary
+flavours, and a dictionary-encoded column has its value type (Parquet writers differ in these
+only in encoding). Anything else, ``int32`` vs ``int64`` included, is a type change and refused
+with the column, the old and the new type named.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pyarrow as pa
+
+from compactor.errors import CorruptFile, InvalidTableSpec, SchemaMismatch
+
+
+def schema_to_text(schema: pa.Schema) -> str:
+    """An Arrow schema as text for JSON metadata (base64 Arrow IPC: exact, and never pickle)."""
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+
+
+def schema_from_text(text: str, *, source: str) -> pa.Schema:
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text, validate=True)))
+    except (ValueError, pa.ArrowInvalid) as e:
+        raise CorruptFile(f"{source}: stored schema is not a valid Arrow schema ({e})") from None
+
+
+def is_key_type(t: pa.DataType) -> bool:
+    """Whether a column of type ``t`` can be (part of) a primary key."""
+    return bool(
+        pa.types.is_integer(t)
+        or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+        or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+        or pa.types.is_fixed_size_binary(t)
+        or pa.types.is_date(t) or pa.types.is_timestamp(t)
+    )
+
+
+def check_table_columns(
+    schema: pa.Schema, primary_key: tuple[str, ...], ordering_column: str | None
+) -> None:
+    """Validate key and ordering columns of a new table; raise :class:`InvalidTableSpec`."""
+    if not primary_key:
+        raise InvalidTableSpec("a table needs at least one primary key column")
+    if len(set(primary_key)) != len(primary_key):
+        raise InvalidTableSpec(f"primary key {list(primary_key)} repeats a column")
+    if len(set(schema.names)) != len(schema.names):
+        raise InvalidTableSpec(f"schema repeats a column name: {schema.names}")
+    for name in primary_key:
+        if name not in schema.names:
+            raise InvalidTableSpec(f"primary key column {name!r} is not in the schema")
+        if not is_key_type(schema.field(name).type):
+            raise InvalidTableSpec(
+                f"primary key column {name!r} has type {schema.field(name).type}; keys must be "
+                "integer, string, binary, date or timestamp"
+            )
+    if ordering_column is not None:
+        if ordering_column not in schema.names:
+            raise InvalidTableSpec(f"ordering column {ordering_column!r} is not in the schema")
+        if ordering_column in primary_key:
+            raise InvalidTableSpec(f"ordering column {ordering_column!r} is a key column")
+
+
+def _logical(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return pa.binary()
+    return t
+
+
+def same_logical_type(a: pa.DataType, b: pa.DataType) -> bool:
+    return bool(_logical(a) == _logical(b))
+
+
+def evolve(table: pa.Schema, incoming: pa.Schema, *, source: str) -> pa.Schema:
+    """``table`` extended by the columns ``incoming`` adds (as nullable).
+
+    Raises :class:`SchemaMismatch` naming ``source``, the column and both types if a shared
+    column changed type. (Which columns a file must have depends on the delta kind.)
+    """
+    added: list[pa.Field] = []
+    for field in incoming:
+        if field.name in table.names:
+            old = table.field(field.name).type
+            if not same_logical_type(old, field.type):
+                raise SchemaMismatch(
+                    f"{source}: column {field.name!r} changes type from {old} (table) "
+                    f"to {field.type}"
+                )
+        else:
+            added.append(pa.field(field.name, field.type, nullable=True))
+    return pa.schema([*table, *added], metadata=table.metadata) if added else table
