@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import runtime
+from compactor.faults import maybe_fail
 from compactor.manifest import DataFile
 from compactor.partition import Partition
 from compactor.pipeline import index_store
@@ -136,13 +137,19 @@ def compact_partition(
     with ExitStack() as stack:
         if not runtime.is_initialized():
             stack.enter_context(runtime.init(backend, address=address))
-        return _round(table, partition, target_file_size, bucket_count, rebase,
-                      progress or _quiet)
+        try:
+            return _round(table, partition, target_file_size, bucket_count, rebase,
+                          progress or _quiet)
+        except index_store.IndexUnavailable:
+            # the persisted index is gone or unreadable: rebuild it from the compacted files
+            return _round(table, partition, target_file_size, bucket_count, rebase,
+                          progress or _quiet, rebuild=True)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _round(table: Table, partition: Partition, target_file_size: int,
-           bucket_count: int | None, rebase: bool, progress: Progress) -> CompactionResult:
+           bucket_count: int | None, rebase: bool, progress: Progress,
+           rebuild: bool = False) -> CompactionResult:
     start = time.perf_counter()
     seconds: dict[str, float] = {}
     rss: dict[str, int] = {}
@@ -150,7 +157,8 @@ def _round(table: Table, partition: Partition, target_file_size: int,
     groups = max(1, math.floor(runtime.cluster_resources()["CPU"]))
     try:
         plan = plan_round(table, partition, target_file_size=target_file_size,
-                          bucket_count=bucket_count, rebase=rebase, groups=groups)
+                          bucket_count=bucket_count, rebase=rebase, groups=groups,
+                          rebuild=rebuild)
     except NothingToDo as e:
         snap = partition.snapshot()
         hw = snap.high_watermark
@@ -198,6 +206,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
 
         t = time.perf_counter()
         progress("commit", 0, 1)
+        maybe_fail("commit")
         buckets, index_paths, referenced = _layout(plan, plans, outputs, merged)
         result_fields = _figures(plan, merged, outputs, referenced)
         state = partition.commit_compaction(

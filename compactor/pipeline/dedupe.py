@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.hashing import bucket_of
 from compactor.merge import OP_DELETE, merge, record_schema
@@ -83,6 +84,7 @@ class DedupeActor:
               bucket_sizes: dict[int, int], rows_per_file: int, group: int,
               outputs: list[HashOutput]) -> GroupResult:
         reloaded = self._ensure(state, index_paths)
+        maybe_fail("dedupe")
         parts = [o.records[group] for o in outputs if group in o.records]
         old = pa.concat_tables([self.index[b] for b in self.buckets])
         incoming = (pa.concat_tables(parts, promote_options="permissive") if parts

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from compactor import files
 from compactor.errors import NullKey, SchemaMismatch, UnknownOp
+from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.hashing import NullKeyError, bucket_of, key_digest
 from compactor.manifest import CdcOps, DataFile, DeltaKind
@@ -77,6 +78,7 @@ def hash_file(
     bucket_count: int,
     groups: int,
 ) -> HashOutput:
+    maybe_fail("hash_bucket")
     parquet = files.open_verified(storage, item.file)
     try:
         columns = list(primary_key)

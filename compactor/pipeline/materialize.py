@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from compactor import files, layout
 from compactor.errors import SchemaMismatch
+from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.manifest import DataFile
@@ -76,6 +77,7 @@ def read_rows(storage: Storage, file: DataFile, rows: np.ndarray, schema: pa.Sch
 
 def materialize_bucket(storage: Storage, partition: PartitionKey, plan: BucketPlan,
                        sources: dict[int, DataFile], schema: pa.Schema) -> MaterializeOutput:
+    maybe_fail("materialize")
     written: list[DataFile] = []
     pending: list[pa.Table] = []
     pending_rows = 0
