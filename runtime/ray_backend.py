@@ -96,7 +96,9 @@ class RayBackend(Backend):
                     f"num_cpus and memory size a new local Ray instance; the cluster at "
                     f"address={address!r} has its own resources"
                 )
-            ray.init(address=address, **ray_init_options)
+            # "local" always starts a new instance: a bare ray.init() would join whatever cluster
+            # another program left running on this machine
+            ray.init(address=address or "local", **ray_init_options)
         self._autoscaling = autoscaling
         self._remote_functions: dict[str, Any] = {}  # function_id -> Ray remote function
         self._actor_classes: dict[str, Any] = {}  # class_id -> Ray actor class
