@@ -95,7 +95,8 @@ SPECS: dict[str, OptionSpec] = {
         OptionSpec("max_concurrency", _ACTOR, None, 1, _max_concurrency,
                    "method calls an actor runs at once (threads); 1 keeps calls serial"),
         OptionSpec("scheduling", _BOTH, None, None, _scheduling,
-                   "placement hint: 'DEFAULT', 'SPREAD', NodeAffinity(...) or PlacementGroupSlot(...)"),
+                   "placement hint: 'DEFAULT', 'SPREAD', NodeAffinity(...) or "
+                   "PlacementGroupSlot(...)"),
     )
 }
 

@@ -94,7 +94,7 @@ class DedupeActor:
         new = result.index
         live = new.num_rows - int(np.count_nonzero(new.column("op").to_numpy() == OP_DELETE))
         bucket = bucket_of(new.column("hi").to_numpy(), self.bucket_count)
-        bounds = np.searchsorted(bucket, np.array(self.buckets + [self.buckets[-1] + 1]))
+        bounds = np.searchsorted(bucket, np.array([*self.buckets, self.buckets[-1] + 1]))
         plans: dict[int, BucketPlan] = {}
         fresh: dict[int, str] = {}
         self.pending = {}

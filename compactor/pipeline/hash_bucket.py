@@ -62,7 +62,8 @@ def _ops(data: pa.Table, item: HashInput) -> np.ndarray:
     if pc.any(unknown).as_py():
         row = pc.index(unknown, True).as_py()
         raise UnknownOp(
-            f"{item.file.url}: row {item.first_row + row}: op value {column[row].as_py()!r} in column "
+            f"{item.file.url}: row {item.first_row + row}: op value {column[row].as_py()!r} in "
+            f"column "
             f"{item.cdc.column!r} is neither upsert {list(item.cdc.upsert)} nor delete "
             f"{list(item.cdc.delete)}"
         )

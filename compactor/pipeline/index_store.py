@@ -20,7 +20,7 @@ from compactor.manifest import CompactedState
 PROPERTY = "index"
 
 
-class IndexUnavailable(Exception):  # noqa: N818 - a signal for the driver, not a user error
+class IndexUnavailable(Exception):
     """The persisted index of a bucket cannot be used; the round rebuilds it from data."""
 
 

@@ -89,7 +89,7 @@ def materialize_bucket(storage: Storage, partition: PartitionKey, plan: BucketPl
         chunk, rest = data.slice(0, n), data.slice(n)
         rel = layout.new_compacted_file(partition, plan.bucket)
         with storage.open_output(rel) as out:
-            pq.write_table(chunk, out, **WRITE_OPTIONS)  # type: ignore[arg-type]
+            pq.write_table(chunk, out, **WRITE_OPTIONS)
         written.append(files.written(storage, storage.path(rel), chunk.num_rows))
         pending = [rest] if rest.num_rows else []
         pending_rows = rest.num_rows

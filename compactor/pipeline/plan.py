@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from compactor import files
-from compactor.manifest import CompactedState, DataFile, DeltaKind
+from compactor.manifest import CdcOps, CompactedState, DataFile, DeltaKind
 from compactor.partition import Partition
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import HashInput
@@ -62,7 +62,7 @@ class RoundPlan:
                 if b * self.groups // self.bucket_count == group]
 
 
-class NothingToDo(Exception):  # noqa: N818 - a normal outcome, not an error
+class NothingToDo(Exception):
     """No delta above the high watermark and no rebase asked for."""
 
 
@@ -110,7 +110,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
     key_cols = [*table.primary_key]
     if table.ordering_column:
         key_cols.append(table.ordering_column)
-    items: list[tuple[DataFile, int, DeltaKind, object]] = []
+    items: list[tuple[DataFile, int, DeltaKind, CdcOps | None]] = []
     if rebuild:
         assert compacted is not None
         items += [(f, compacted.high_watermark, DeltaKind.UPSERT, None) for f in compacted.files]
@@ -119,7 +119,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
         stats = list(pool.map(
             lambda it: _footer_stats(table, it[0], key_cols + (
-                [it[3].column] if it[3] is not None else [])),  # type: ignore[attr-defined]
+                [it[3].column] if it[3] is not None else [])),
             items))
 
     tasks: list[HashTask] = []
@@ -141,7 +141,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
                 whole = len(chunk) == len(rg_rows)
                 memory = max(MIN_TASK_MEMORY, int(chunk_rows * (2 * per_row_key + RECORD_BYTES)))
                 tasks.append(HashTask(HashInput(
-                    file, ordinal, position, kind, cdc,  # type: ignore[arg-type]
+                    file, ordinal, position, kind, cdc,
                     None if whole else tuple(chunk), first), memory))
                 first, chunk, chunk_rows = start, [], 0
             if n:
@@ -149,7 +149,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
                 chunk_rows += n
                 start += n
         if not rg_rows:  # an empty file still gets hashed (it may carry schema only)
-            tasks.append(HashTask(HashInput(file, ordinal, position, kind, cdc),  # type: ignore[arg-type]
+            tasks.append(HashTask(HashInput(file, ordinal, position, kind, cdc),
                                   MIN_TASK_MEMORY))
     base = None if rebuild else compacted
     if base is not None:

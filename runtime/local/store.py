@@ -1,7 +1,8 @@
 """The shared-memory object store: one tmpfs file per object under a per-session directory.
 
 A writer creates ``<root>/<object id>`` exclusively and writes the frame with one ``pwritev``
-(a full store is an ``ENOSPC`` error, never a SIGBUS as with writes through a mapping). Readers map the file
+(a full store is an ``ENOSPC`` error, never a SIGBUS as with writes through a mapping).
+Readers map the file
 read-only and get zero-copy views. Freeing unlinks the file; mappings still open keep their pages
 until they are dropped, so a reader never sees memory vanish under it.
 

@@ -14,9 +14,9 @@ submit tasks, call actors, put and get.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from collections.abc import Callable
 from typing import Any
 
 from runtime.local import serialization, values
@@ -33,7 +33,9 @@ class Worker:
         self.pool: ThreadPoolExecutor | None = None
 
     def serve(self) -> None:
-        handlers: dict[str, Callable[..., None]] = {"task": self.run_task, "actor_init": self.init_actor, "call": self.call}
+        handlers: dict[str, Callable[..., None]] = {
+            "task": self.run_task, "actor_init": self.init_actor, "call": self.call,
+        }
         while True:
             msg = self.channel.inbox.get()
             handler = handlers[msg[0]]

@@ -55,7 +55,7 @@ class Scenario:
         self.part.append(data, kind=DeltaKind.CDC, cdc=CdcOps("op"))
         self.deltas.append(("cdc", data))
 
-    def compact_and_check(self, **kwargs: object):  # noqa: ANN201
+    def compact_and_check(self, **kwargs: object):
         result = compact_partition(self.table, self.part, **kwargs)  # type: ignore[arg-type]
         self.check()
         return result
@@ -205,7 +205,7 @@ def test_changed_delta_file_fails_cleanly_and_commits_nothing(rt, tmp_path):
     version = s.part.version()
     from compactor import CompactorError
 
-    with pytest.raises(CompactorError, match="src.parquet"):
+    with pytest.raises(CompactorError, match=r"src\.parquet"):
         compact_partition(s.table, s.part)
     assert s.part.version() == version
     assert s.part.snapshot().compacted is None

@@ -17,7 +17,7 @@ from tests.compactor.test_compaction import SCHEMA, Scenario, _rows
 
 
 @pytest.fixture
-def faulty(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # noqa: ANN201
+def faulty(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """Arm one fault (STEP, ACTION) before the runtime starts (workers inherit it)."""
 
     def arm(step: str, action: str) -> Path:
@@ -90,10 +90,8 @@ def test_compaction_on_the_ray_backend(tmp_path):
     pytest.importorskip("ray")
     import ray
 
-    if ray.is_initialized():  # the runtime suite's shared instance
-        ctx = runtime.init("ray")
-    else:
-        ctx = runtime.init("ray", num_cpus=2)
+    # join the runtime suite's shared instance if there is one
+    ctx = runtime.init("ray") if ray.is_initialized() else runtime.init("ray", num_cpus=2)
     with ctx:
         s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn")
         _two_rounds(s)
