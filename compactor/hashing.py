@@ -46,6 +46,8 @@ binary_view, fixed_size_binary
 decimal32/64/128/256            10   (scale mod 2**16) << 32     the unscaled value as a 256-bit
                                      | 32                        two's complement integer, least
                                                                  significant 64-bit word first
+                                                                 (read from Arrow's buffer: a
+                                                                 little-endian host is assumed)
 ==============================  ===  ==========================  ==================================
 
 So the digest depends on logical values only: int32 ``5`` and uint64 ``5`` agree, as do equal
@@ -212,8 +214,8 @@ class _Block:
         min_words = int(nwords.min())
         for k in range(max_words):
             if k >= min_words:
-                active = np.flatnonzero(nwords > k) if active is None else active
-                active = active[nwords[active] > k]
+                rows_left = np.arange(len(nwords)) if active is None else active
+                active = rows_left[nwords[rows_left] > k]
             rows = slice(None) if active is None else active
             word = word_at[starts[rows] + 8 * k]
             tail = np.minimum(lengths[rows] - 8 * k, 8)

@@ -57,6 +57,8 @@ OP_UPSERT = 0
 OP_DELETE = 1
 
 _FIXED = ("hi", "lo", "pos", "file", "row", "op")
+# Row numbers packed under hi when sorting; beyond 2**40 rows plain lexsort is used.
+_MAX_PACKED_ROW_BITS = 40
 
 
 class MergeInputError(ValueError):
@@ -221,7 +223,7 @@ def _sort_by_key(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """
     n = len(hi)
     bits = max(1, (n - 1).bit_length())
-    if bits > 40:
+    if bits > _MAX_PACKED_ROW_BITS:
         perm = np.lexsort((lo, hi))
         first = np.ones(n, dtype=bool)
         first[1:] = (np.diff(hi[perm]) != 0) | (np.diff(lo[perm]) != 0)
@@ -254,8 +256,9 @@ def _sort_by_key(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if not (same | run_start).all():
         # Some tie runs mix distinct keys: sort those rows by (hi, lo). A run's rows share the
         # top bits of hi, so sorting all of them at once keeps each inside its run's positions.
-        run_id = np.cumsum(run_start)
-        mixed = np.flatnonzero(np.isin(run_id, run_id[~(same | run_start)]))
+        starts = np.flatnonzero(run_start)
+        run_mixed = np.logical_or.reduceat(~(same | run_start), starts)
+        mixed = np.flatnonzero(np.repeat(run_mixed, np.diff(np.append(starts, len(where)))))
         exact = mixed[np.lexsort((key_lo[mixed], key_hi[mixed]))]
         rows[mixed], key_hi[mixed], key_lo[mixed] = rows[exact], key_hi[exact], key_lo[exact]
         perm[where[mixed]] = rows[mixed]
@@ -269,13 +272,17 @@ def _locate(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each query key: (number of index keys below it, whether the index holds it).
 
-    The index (hi, lo) is sorted and unique. Distinct keys share ``hi`` only by a 2**-64 chance,
-    so a query meets one candidate; ties are resolved by expanding their candidate ranges.
+    The index (hi, lo) is non-empty, sorted and unique. Distinct keys share ``hi`` only by a
+    2**-64 chance, so a query meets one candidate; ties are resolved by expanding their
+    candidate ranges.
     """
-    if len(hi) == 0:
-        return np.zeros(len(q_hi), dtype=np.int64), np.zeros(len(q_hi), dtype=bool)
+    n = len(hi)
     left = np.searchsorted(hi, q_hi, side="left")
-    span = np.searchsorted(hi, q_hi, side="right") - left
+    span = (hi[np.minimum(left, n - 1)] == q_hi).astype(np.int64)
+    span[left == n] = 0
+    # Only a query whose hi also follows its first match can have more than one candidate.
+    more = np.flatnonzero((span == 1) & (hi[np.minimum(left + 1, n - 1)] == q_hi) & (left + 1 < n))
+    span[more] = np.searchsorted(hi, q_hi[more], side="right") - left[more]
     at = left.copy()
     found = np.zeros(len(q_hi), dtype=bool)
     one = np.flatnonzero(span == 1)
@@ -367,7 +374,10 @@ def merge(index: pa.Table, incoming: pa.Table) -> MergeResult:
     upsert = new.op[winners] == OP_UPSERT
     # Deleted keys stay as tombstones only where an older-ordered record could still arrive.
     enters = upsert | (new.order is not None)
-    at, found = _locate(old.hi, old.lo, new.hi[winners], new.lo[winners])
+    if len(old):
+        at, found = _locate(old.hi, old.lo, new.hi[winners], new.lo[winners])
+    else:
+        at, found = np.zeros(len(winners), dtype=np.int64), np.zeros(len(winners), dtype=bool)
     wins = ~found
     matched = np.flatnonzero(found)
     if len(matched):
@@ -399,28 +409,24 @@ def _splice(old: _Records, removed: np.ndarray, entering: pa.Table, at: np.ndarr
     """The old index without rows ``removed``, with sorted ``entering`` rows inserted at ``at``.
 
     ``at[j]`` counts the old rows whose key is below entering row j, so entering row j lands
-    just before old row ``at[j]`` (which, for a replaced key, is the removed old version).
+    just before old row ``at[j]`` (which, for a replaced key, is the removed old version). The
+    old rows move as contiguous runs (np.delete / np.insert), so this is a copy, not a gather.
     """
-    n, k = len(old), entering.num_rows
-    if n == 0:
+    if len(old) == 0:
         return entering
-    before_old = np.arange(n) + np.searchsorted(at, np.arange(n), side="right")
-    order = np.empty(n + k, dtype=np.int64)
-    order[before_old] = np.arange(n)
-    order[at + np.arange(k)] = n + np.arange(k)
-    keep = np.ones(n + k, dtype=bool)
-    keep[before_old[removed]] = False
-    order = order[keep]
-    columns: dict[str, object] = {}
-    for name in entering.column_names:
-        if name == "order":
-            assert old.order is not None
-            combined = pa.concat_arrays([old.order, entering.column(name).combine_chunks()])
-            columns[name] = combined.take(order)
-        else:
-            both = np.concatenate([old.columns[name], entering.column(name).to_numpy()])
-            columns[name] = both[order]
-    return pa.table(columns, schema=entering.schema)
+    removed = np.sort(removed)
+    at = at - np.searchsorted(removed, at, side="left")  # in the coordinates after removal
+    columns: dict[str, object] = {
+        name: np.insert(np.delete(old.columns[name], removed), at,
+                        entering.column(name).to_numpy())
+        for name in _FIXED
+    }
+    if old.order is not None:
+        n = len(old)
+        rows = np.insert(np.delete(np.arange(n), removed), at, n + np.arange(len(at)))
+        both = pa.concat_arrays([old.order, entering.column("order").combine_chunks()])
+        columns["order"] = both.take(rows)
+    return pa.table(columns).select(entering.schema.names).cast(entering.schema)
 
 
 def surviving_rows(index: pa.Table, files: Iterable[int] | None = None) -> dict[int, np.ndarray]:
