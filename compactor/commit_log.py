@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 Entry = Mapping[str, Any]
 
 _MAX_ATTEMPTS = 1000
-_BATCH = 16  # commits fetched per round trip while reading forward (concurrently on S3)
+_FIRST_BATCH, _MAX_BATCH = 2, 64  # commits fetched per round trip while reading forward
 
 
 def _dumps(obj: Any) -> bytes:
@@ -71,18 +71,22 @@ class CommitLog:
 
     # -- reading ---------------------------------------------------------------------------------
     def read_from(self, start: int, stop: int | None = None) -> list[Entry]:
-        """Entries ``start, start+1, ...`` up to ``stop`` (inclusive) or the first missing one."""
+        """Entries ``start, start+1, ...`` up to ``stop`` (inclusive) or the first missing one.
+
+        Reads in batches (concurrent requests on S3) that start small, since a writer that lost
+        a race usually has only a commit or two to catch up on, and double up to a limit.
+        """
         entries: list[Entry] = []
-        number = start
+        number, batch = start, _FIRST_BATCH
         while stop is None or number <= stop:
-            last = number + _BATCH - 1 if stop is None else min(number + _BATCH - 1, stop)
+            last = number + batch - 1 if stop is None else min(number + batch - 1, stop)
             rels = [log_file(self.partition, n) for n in range(number, last + 1)]
             found = self.storage.read_many(rels)
             for rel in rels:
                 if rel not in found:
                     return entries
                 entries.append(self._parse(rel, found[rel]))
-            number = last + 1
+            number, batch = last + 1, min(2 * batch, _MAX_BATCH)
         return entries
 
     def head(self, known: int | None = None) -> int:

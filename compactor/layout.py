@@ -31,6 +31,7 @@ LOG_DIR = "_log"
 CHECKPOINT_DIR = "_checkpoints"
 
 _NUMBER_WIDTH = 20
+_MAX_COMPONENT = 255  # bytes in a file name on common local filesystems
 
 
 def metadata_file(version: int) -> str:
@@ -80,7 +81,14 @@ class PartitionKey:
                 f"partition values name columns {sorted(given)} but the table is partitioned "
                 f"by {list(columns)}"
             )
-        return cls(tuple((c, _text(c, given[c])) for c in columns))
+        key = cls(tuple((c, _text(c, given[c])) for c in columns))
+        for column, component in zip(columns, key._components(), strict=True):
+            if len(component) > _MAX_COMPONENT:
+                raise InvalidPartition(
+                    f"partition column {column!r}: value is {len(component)} bytes once escaped;"
+                    f" at most {_MAX_COMPONENT} fit in a path component"
+                )
+        return key
 
     @classmethod
     def from_dir(cls, rel: str) -> PartitionKey:
@@ -100,8 +108,10 @@ class PartitionKey:
         """This partition's directory, relative to the table root."""
         if not self.items:
             return f"{PARTITIONS_DIR}/{UNPARTITIONED}"
-        parts = (f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in self.items)
-        return f"{PARTITIONS_DIR}/{'/'.join(parts)}"
+        return f"{PARTITIONS_DIR}/{'/'.join(self._components())}"
+
+    def _components(self) -> list[str]:
+        return [f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in self.items]
 
     def __str__(self) -> str:
         # The escaped form: one line, whatever the values hold.

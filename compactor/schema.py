@@ -63,6 +63,12 @@ def check_table_columns(
             raise InvalidTableSpec(f"ordering column {ordering_column!r} is not in the schema")
         if ordering_column in primary_key:
             raise InvalidTableSpec(f"ordering column {ordering_column!r} is a key column")
+        kind = schema.field(ordering_column).type
+        if not (is_key_type(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)):
+            raise InvalidTableSpec(
+                f"ordering column {ordering_column!r} has type {kind}; it must be a number, "
+                "string, binary, date or timestamp"
+            )
 
 
 def _logical(t: pa.DataType) -> pa.DataType:

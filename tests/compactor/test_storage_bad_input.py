@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,7 +37,6 @@ from tests.compactor._storage import (
     files_under,
     new_table,
     write_bytes,
-    write_parquet,
 )
 
 
@@ -56,7 +56,7 @@ class Case:
     setup: Callable[[Partition, str], tuple[Callable[[], object], list[str]]]
 
 
-def _register_bytes(data: bytes, **kwargs: object) -> Callable[..., tuple[Callable[[], object],
+def _register_bytes(data: bytes, **kwargs: Any) -> Callable[..., tuple[Callable[[], object],
                                                                           list[str]]]:
     def setup(part: Partition, root: str) -> tuple[Callable[[], object], list[str]]:
         url = write_bytes(export_url(root), data)
@@ -80,7 +80,7 @@ def _one_bad_among_good(part: Partition, root: str) -> tuple[Callable[[], object
     return (lambda: part.register([good, bad, good])), [bad, "not valid Parquet"]
 
 
-def _appended(data: pa.Table, **kwargs: object) -> Callable[..., tuple[Callable[[], object],
+def _appended(data: pa.Table, **kwargs: Any) -> Callable[..., tuple[Callable[[], object],
                                                                        list[str]]]:
     def setup(part: Partition, root: str) -> tuple[Callable[[], object], list[str]]:
         return (lambda: part.append(data, **kwargs)), ["appended data for partition default"]
@@ -167,7 +167,7 @@ def test_bad_input_is_refused_clearly_and_commits_nothing(table_root: str, name:
 def test_missing_not_nullable_column(table_root: str) -> None:
     schema = pa.schema([("id", pa.int64()), pa.field("v", pa.string(), nullable=False)])
     part = new_table(table_root, schema).partition()
-    with pytest.raises(MissingColumn, match="appended data .*: missing column 'v'"):
+    with pytest.raises(MissingColumn, match=r"appended data .*: missing column 'v'"):
         part.append(pa.table({"id": [1]}))
     assert part.append(pa.table({"id": [1]}), kind=DeltaKind.DELETE).position == 1
 
@@ -181,7 +181,7 @@ def test_unknown_partition(table_root: str) -> None:
         absent.snapshot()
     with pytest.raises(UnknownPartition, match="day=d9"):
         absent.deltas()
-    with pytest.raises(UnknownPartition, match="day=d1 in .* has no commit 5 \\(newest is 1\\)"):
+    with pytest.raises(UnknownPartition, match=r"day=d1 in .* has no commit 5 \(newest is 1\)"):
         table.partition({"day": "d1"}).snapshot(version=5)
     assert absent.version() == 0
     assert [p.values for p in table.partitions()] == [{"day": "d1"}]
@@ -192,5 +192,19 @@ def test_corrupt_commit_file_is_named(table_root: str) -> None:
     part = table.partition()
     part.append(pa.table({"id": [1], "v": ["x"]}, schema=SCHEMA))
     table.storage.create(f"{part.key.dir}/_log/00000000000000000002.json", b"{not json")
-    with pytest.raises(CorruptFile, match="00000000000000000002.json: not a valid commit file"):
+    with pytest.raises(CorruptFile, match=r"00000000000000000002\.json: not a valid commit file"):
         part.snapshot()
+
+
+def test_errors_cross_process_boundaries() -> None:
+    import pickle
+
+    import compactor.errors as errors
+
+    classes = [c for c in vars(errors).values()
+               if isinstance(c, type) and issubclass(c, errors.CompactorError)]
+    assert len(classes) >= 15
+    for cls in classes:
+        clone = pickle.loads(pickle.dumps(cls("partition day=d1 of s3://b/t: something")))
+        assert type(clone) is cls
+        assert str(clone) == "partition day=d1 of s3://b/t: something"

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compactor import CommitConflict, DataFile, Partition, Storage, open_table
 from compactor.layout import checkpoint_dir
@@ -52,16 +57,21 @@ def test_threads_appending_lose_nothing_and_get_consecutive_positions(table_root
     assert part.log.checkpoints() == [7, 14, 21, 28, 35]
 
 
-@pytest.mark.parametrize("backend", ["file", "s3"])
-def test_processes_appending_lose_nothing(backend: str, table_root: str) -> None:
-    if not table_root.startswith(backend):
-        pytest.skip("memory:// is not shared between processes")
+@pytest.fixture(params=["file", "s3"])
+def shared_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A table root that several processes can reach (memory:// is per process)."""
+    if request.param == "file":
+        return f"file://{tmp_path}/t"
+    return f"s3://{request.getfixturevalue('s3_bucket')}/t"
+
+
+def test_processes_appending_lose_nothing(shared_root: str) -> None:
     writers, count = 4, 5
-    new_table(table_root, checkpoint_interval=6)
+    new_table(shared_root, checkpoint_interval=6)
     with ProcessPoolExecutor(writers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(_append_many, [table_root] * writers, range(writers),
+        results = list(pool.map(_append_many, [shared_root] * writers, range(writers),
                                 [count] * writers))
-    part = open_table(table_root).partition()
+    part = open_table(shared_root).partition()
     _check_nothing_lost(part, [p for r in results for p in r], writers, count)
 
 
@@ -242,3 +252,42 @@ def test_snapshot_of_many_deltas_sums_rows(table_root: str) -> None:
     assert snap.pending_rows == 1 + 2 + 3 + 4
     ids = _all_ids(part)
     assert pc.sum(pa.array(ids)).as_py() == sum(sum(range(i + 1)) for i in range(4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=st.lists(st.one_of(st.just(("append", 0.0)),
+                              st.tuples(st.just("compact"), st.floats(0, 1))),
+                    min_size=1, max_size=30),
+       interval=st.integers(1, 6))
+def test_every_version_replays_to_the_modelled_state(ops: list[tuple[str, float]],
+                                                     interval: int) -> None:
+    """Model: a compaction at watermark w keeps exactly the deltas above w pending."""
+    name = f"/prop-{uuid.uuid4().hex}"
+    try:
+        _check_model(f"memory://{name}/t", ops, interval)
+    finally:
+        fsspec.filesystem("memory").rm(name, recursive=True)
+
+
+def _check_model(root: str, ops: list[tuple[str, float]], interval: int) -> None:
+    part = new_table(root, checkpoint_interval=interval).partition()
+    model: dict[int, tuple[int, list[int]]] = {}  # version -> (watermark, pending positions)
+    watermark, pending = 0, []
+    for op, fraction in ops:
+        if op == "append":
+            pending.append(part.append(_rows([1])).position)
+        else:
+            base = part.snapshot() if part.version() else None
+            if base is None:
+                continue
+            watermark = base.high_watermark + round(fraction * (base.version -
+                                                                base.high_watermark))
+            part.commit_compaction(base, high_watermark=watermark, buckets=[[]])
+            pending = [p for p in pending if p > watermark]
+        model[part.version()] = (watermark, list(pending))
+    reader = open_table(root).partition()
+    for version, (mark, positions) in model.items():
+        snap = reader.snapshot(version)
+        assert (snap.high_watermark, [d.position for d in snap.deltas]) == (mark, positions)
+    assert reader.log.checkpoints() == [n for n in range(1, part.version() + 1)
+                                        if n % interval == 0]

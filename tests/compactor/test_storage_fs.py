@@ -59,7 +59,7 @@ def test_racing_creates_exactly_one_wins(table_root: str) -> None:
                                  "a/.."])
 def test_writes_cannot_leave_the_root(table_root: str, rel: str) -> None:
     storage = Storage(table_root)
-    with pytest.raises(OutsideTableRoot, match="table root|plain relative path"):
+    with pytest.raises(OutsideTableRoot, match=r"table root|plain relative path"):
         storage.create(rel, b"x")
     with pytest.raises(OutsideTableRoot):
         storage.open_output(rel)
@@ -94,5 +94,5 @@ def test_s3_server_enforces_if_none_match(s3_server: str, s3_bucket: str) -> Non
 
 
 def test_protocol_without_conditional_create_is_refused() -> None:
-    with pytest.raises(InvalidTableSpec, match="'ftp'.*no conditional create"):
+    with pytest.raises(InvalidTableSpec, match=r"'ftp'.*no conditional create"):
         Storage("ftp://example.invalid/t")
