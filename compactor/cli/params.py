@@ -1,0 +1,184 @@
+"""Click parameter types for what the commands take: sizes, partition values, CDC ops, schemas.
+
+A value that does not parse is a usage error (exit 2) naming the option and the bad text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import click
+import pyarrow as pa
+
+SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*")
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: ``1048576``, ``64MB`` (10**6), ``1GiB`` (2**30), ``1.5GB``."""
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in SIZE_UNITS:
+        raise ValueError(
+            f"{text!r} is not a size; write bytes or a number with one of "
+            "KB MB GB TB (powers of 1000) or KiB MiB GiB TiB (powers of 1024), e.g. 256MB"
+        )
+    size = int(float(match.group(1)) * SIZE_UNITS[unit])
+    if size < 1:
+        raise ValueError(f"{text!r} is not a positive size")
+    return size
+
+
+def format_size(size: float) -> str:
+    """``size`` bytes for people: ``1.9 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in text.split(","):
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"{item!r} in {text!r} is not NAME=VALUE")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+class PartitionValues(click.ParamType):
+    """``day=2024-05-01,region=eu`` -> ``{"day": "2024-05-01", "region": "eu"}``."""
+
+    name = "k=v[,k=v...]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> dict[str, str]:
+        if isinstance(value, dict):
+            return value
+        try:
+            pairs = _pairs(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        values = dict(pairs)
+        if len(values) != len(pairs):
+            self.fail(f"{value!r} names a partition column twice", param, ctx)
+        return values
+
+
+class OpValues(click.ParamType):
+    """``I=upsert,U=upsert,D=delete`` -> ``(("I", "U"), ("D",))``: upsert and delete values."""
+
+    name = "v=upsert|delete[,...]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            pairs = _pairs(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        wrong = [meaning for _, meaning in pairs if meaning.lower() not in ("upsert", "delete")]
+        if wrong:
+            self.fail(f"op meaning {wrong[0]!r} is neither 'upsert' nor 'delete'", param, ctx)
+        upsert = tuple(op for op, meaning in pairs if meaning.lower() == "upsert")
+        delete = tuple(op for op, meaning in pairs if meaning.lower() == "delete")
+        if not upsert or not delete:
+            self.fail(f"{value!r} needs at least one upsert and one delete value", param, ctx)
+        return upsert, delete
+
+
+class Columns(click.ParamType):
+    """``a,b`` -> ``("a", "b")``."""
+
+    name = "col[,col...]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        names = tuple(n.strip() for n in str(value).split(","))
+        if not all(names):
+            self.fail(f"{value!r} has an empty column name", param, ctx)
+        return names
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas that are not inside brackets or parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+_DECIMAL = re.compile(r"decimal(?:128)?\(\s*(\d+)\s*,\s*(\d+)\s*\)")
+_TIMESTAMP_TZ = re.compile(r"timestamp\[\s*(s|ms|us|ns)\s*,\s*(?:tz\s*=\s*)?([^\]]+?)\s*\]")
+
+
+def parse_type(text: str) -> pa.DataType:
+    """An Arrow type from its usual name: ``int64``, ``string``, ``timestamp[us, tz=UTC]``..."""
+    text = text.strip()
+    if m := _DECIMAL.fullmatch(text):
+        return pa.decimal128(int(m.group(1)), int(m.group(2)))
+    if m := _TIMESTAMP_TZ.fullmatch(text):
+        return pa.timestamp(m.group(1), tz=m.group(2))
+    try:
+        return pa.type_for_alias(text)
+    except ValueError:
+        raise ValueError(
+            f"unknown type {text!r}; use an Arrow type name such as int64, string, float64, "
+            "bool, date32, timestamp[us], timestamp[us, tz=UTC], decimal(18,2)"
+        ) from None
+
+
+def parse_schema(text: str) -> pa.Schema:
+    """``id:int64 not null, name:string, lsn:int64`` -> an Arrow schema."""
+    fields = []
+    for item in _split_top_level(text):
+        name, colon, rest = item.partition(":")
+        if not colon or not name.strip():
+            raise ValueError(f"{item!r} in the schema is not NAME:TYPE")
+        nullable = True
+        if re.search(r"\s+not\s+null$", rest, re.IGNORECASE):
+            rest, nullable = re.sub(r"\s+not\s+null$", "", rest, flags=re.IGNORECASE), False
+        fields.append(pa.field(name.strip(), parse_type(rest), nullable=nullable))
+    return pa.schema(fields)
+
+
+class SchemaText(click.ParamType):
+    name = "name:type[,...]"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> pa.Schema:
+        if isinstance(value, pa.Schema):
+            return value
+        try:
+            return parse_schema(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)

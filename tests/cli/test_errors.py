@@ -1,0 +1,96 @@
+"""Exit codes, usage errors, one-line errors naming the thing at fault, and ``--help``."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import SCHEMA, compactor, upserts, write_parquet
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["no-such-command"], "No such command"),
+    (["compact"], "Missing argument 'URL'"),
+    (["compact", "t", "--no-such-option"], "No such option"),
+    (["compact", "t", "--target-file-size", "12XB"], "'12XB' is not a size"),
+    (["compact", "t", "--backend", "spark"], "'spark' is not one of"),
+    (["compact", "t", "--buckets", "0"], "--buckets"),
+    (["show", "t", "--partition", "day"], "'day' in 'day' is not NAME=VALUE"),
+    (["append", "t", "--kind", "upsert"], "Missing argument 'PATH...'"),
+    (["append", "t", "x.parquet", "--kind", "merge"], "'merge' is not one of"),
+    (["append", "t", "x.parquet", "--kind", "upsert", "--op-column", "Op"],
+     "apply to --kind cdc only"),
+    (["append", "t", "x.parquet", "--kind", "cdc", "--op-values", "I=insert"], "'insert'"),
+    (["table", "create", "t", "-k", "id"], "exactly one of --schema and --schema-from"),
+    (["table", "create", "t", "-k", "id", "--schema", "id:int65"], "unknown type 'int65'"),
+])
+def test_bad_arguments_exit_2_and_say_what_is_wrong(args: list[str], complaint: str,
+                                                    tmp_path: Path) -> None:
+    run = compactor(*args, cwd=tmp_path)
+    assert run.code == 2, run
+    assert complaint in run.err, run
+    assert not (tmp_path / "t").exists()
+
+
+def test_failures_exit_1_with_one_line_naming_the_thing_at_fault(table_url: str,
+                                                                  tmp_path: Path) -> None:
+    missing_table = tmp_path / "nowhere"
+    run = compactor("show", missing_table)
+    assert run.code == 1 and run.err.count("\n") == 1 and str(missing_table) in run.err, run
+    as_json = compactor("verify", missing_table, "--json")
+    assert as_json.code == 1
+    assert as_json.json()["error_type"] == "TableNotFound"
+    assert str(missing_table) in as_json.json()["error"]
+
+    compactor("table", "create", table_url, "-k", "id", "--order-by", "lsn",
+              "--partition-by", "day", "--schema", SCHEMA)
+    good = write_parquet(tmp_path / "good.parquet", upserts([1, 2], "a", 0))
+    no_key = write_parquet(tmp_path / "no-key.parquet", {"v": ["x"], "lsn": [1]})
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    absent = tmp_path / "absent.parquet"
+    in_day = ["-p", "day=1"]
+    assert compactor("append", table_url, *in_day, "--kind", "upsert", good).code == 0
+
+    cases: list[tuple[list[str], str]] = [
+        ([good, str(absent)], str(absent)), ([good, no_key], no_key),
+        ([str(corrupt)], str(corrupt)), ([str(tmp_path / "*.csv")], "*.csv")]
+    for paths, fault in cases:
+        run = compactor("append", table_url, *in_day, "--kind", "upsert", *paths)
+        assert run.code == 1, run
+        [line] = run.err.splitlines()
+        assert line.startswith("error: ") and fault in line, run
+    assert compactor("append", table_url, *in_day, "--kind", "cdc", good).code == 1  # no Op
+    copied = compactor("append", table_url, *in_day, "--kind", "upsert", "--copy", no_key)
+    assert copied.code == 1 and no_key in copied.err, copied  # the user's file, not our copy
+    data = Path(table_url) / "partitions" / "day=1" / "data"
+    assert not data.exists() or not any(data.iterdir()), "a copy that did not commit is removed"
+    assert compactor("history", table_url, *in_day, "--json").json()["head"] == 1  # unchanged
+
+    unpartitioned = compactor("compact", table_url)
+    assert unpartitioned.code == 2 and "pass --partition day=..." in unpartitioned.err
+    wrong = compactor("compact", table_url, "-p", "region=eu")
+    assert wrong.code == 1 and "partitioned by ['day']" in wrong.err
+    never = compactor("history", table_url, "-p", "day=2")
+    assert never.code == 1 and "day=2" in never.err and "no commits" in never.err
+    exists = compactor("table", "create", table_url, "-k", "id", "--schema", SCHEMA)
+    assert exists.code == 1 and "already exists" in exists.err
+
+    debug = compactor("show", missing_table, "--debug")
+    assert debug.code == 1 and "Traceback" in debug.err and "TableNotFound" in debug.err
+
+
+def test_help_explains_every_command_with_an_example() -> None:
+    commands = [["table", "create"], ["append"], ["compact"], ["show"], ["history"],
+                ["verify"], ["read"], ["demo"]]
+    top = compactor("--help")
+    assert top.code == 0 and "Exit codes" in top.out
+    for name in ("append", "compact", "demo", "history", "read", "show", "table", "verify"):
+        assert name in top.out
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda c: compactor(*c, "--help"), commands))
+    for run in runs:
+        assert run.code == 0, run
+        assert "Example" in run.out and "--json" in run.out and "--endpoint-url" in run.out, run

@@ -1,0 +1,224 @@
+"""The ``compactor`` executable on local disk with the local backend: a whole workflow,
+``--dry-run``, ``verify`` against corrupted files, racing rounds, and the demo."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tests.cli.conftest import (
+    SCHEMA,
+    compactor,
+    in_terminal,
+    replace_keeping_fingerprint,
+    replay,
+    start,
+    upserts,
+    write_parquet,
+)
+
+DAY = "day=2024-05-01"
+
+
+def _files_under(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_workflow_create_append_compact_show_history_verify_read(tmp_path: Path) -> None:
+    table = tmp_path / "orders"
+    exports = tmp_path / "exports"
+    base = upserts(list(range(100)), "base", 0)
+    cdc = {"op": ["u", "d", "i", "u"], **upserts([5, 6, 200, 5], "cdc", 100)}
+    deletes = {"id": [7, 8], "lsn": [150, 1]}  # key 8's delete is older than its upsert: loses
+    write_parquet(exports / "base" / "part-0.parquet", {k: v[:60] for k, v in base.items()})
+    write_parquet(exports / "base" / "part-1.parquet", {k: v[60:] for k, v in base.items()})
+    write_parquet(exports / "base" / "_SUCCESS.parquet", base)  # marker names are skipped
+    write_parquet(exports / "cdc-0001.parquet", cdc)
+    write_parquet(exports / "deletes.parquet", deletes)
+
+    created = compactor("table", "create", table, "--primary-key", "id", "--order-by", "lsn",
+                        "--partition-by", "day", "--buckets", "4", "--schema", SCHEMA, "--json")
+    assert created.code == 0, created
+    assert created.json()["primary_key"] == ["id"]
+    assert created.json()["partition_by"] == ["day"]
+
+    appended = [
+        compactor("append", table, "-p", DAY, "--kind", "upsert", exports / "base", "--json"),
+        compactor("append", table, "-p", DAY, "--kind", "cdc", "--op-column", "op",
+                  "--op-values", "i=upsert,u=upsert,d=delete", str(exports / "cdc-*.parquet")),
+        compactor("append", table, "-p", DAY, "--kind", "delete", exports / "deletes.parquet"),
+    ]
+    assert [a.code for a in appended] == [0, 0, 0], appended
+    first = appended[0].json()
+    assert first["delta"]["files"] == 2 and first["delta"]["rows"] == 100
+    assert first["file_urls"][0].endswith("exports/base/part-0.parquet")  # in place, in order
+
+    shown = compactor("show", table, "-p", DAY, "--json")
+    assert shown.code == 0, shown
+    [part] = shown.json()["partitions"]
+    assert [d["kind"] for d in part["pending"]["deltas"]] == ["upsert", "cdc", "delete"]
+    assert part["compacted"] is None
+
+    compacted = compactor("compact", table, "-p", DAY, "--target-file-size", "64MB", "--json")
+    assert compacted.code == 0, compacted
+    result = compacted.json()
+    expected = replay([("upsert", base), ("cdc", cdc), ("delete", deletes)])
+    assert result["committed"] and result["position"] == 4 and result["high_watermark_after"] == 3
+    assert result["rows_in"] == 106 and result["rows_out"] == len(expected)
+    assert "hash_bucket" in compacted.err and "materialize" in compacted.err  # log lines: no TTY
+
+    verified = compactor("verify", table, "-p", DAY)
+    assert verified.code == 0, verified
+    assert verified.out.startswith("OK")
+
+    log = compactor("history", table, "-p", DAY, "--json").json()
+    assert [(c["commit"], c["type"]) for c in log["commits"]] == [
+        (1, "delta"), (2, "delta"), (3, "delta"), (4, "compaction")]
+    assert log["commits"][3]["rows"] == len(expected)
+    assert compactor("history", table, "-p", DAY, "--limit", "1", "--json").json()[
+        "commits"][0]["commit"] == 4
+
+    out = tmp_path / "now"
+    exported = compactor("read", table, "-p", DAY, "--to", out, "--json")
+    assert exported.code == 0, exported
+    data = pq.read_table(out).sort_by("id")
+    assert data.schema.names == ["id", "v", "lsn"]
+    assert dict(zip(data["id"].to_pylist(),
+                    zip(data["v"].to_pylist(), data["lsn"].to_pylist(), strict=True),
+                    strict=True)) == expected
+    again = compactor("read", table, "-p", DAY, "--to", out)
+    assert again.code == 1 and "not empty" in again.err
+
+    nothing = compactor("compact", table, "-p", DAY, "--json")
+    assert nothing.code == 0 and nothing.json()["committed"] is False
+
+    listing = compactor("show", table)  # a partitioned table without -p: one line per partition
+    assert listing.code == 0 and DAY in listing.out
+    tables = compactor("show", tmp_path, "--json")  # not a table: the tables under it
+    assert [t["table"]["url"] for t in tables.json()["tables"]] == [f"file://{table}"]
+
+
+def test_dry_run_changes_nothing_and_a_round_on_a_terminal_shows_bars(table_url: str,
+                                                                    tmp_path: Path) -> None:
+    compactor("table", "create", table_url, "-k", "id", "--order-by", "lsn", "--schema", SCHEMA)
+    for n in range(2):
+        data = write_parquet(tmp_path / f"in-{n}.parquet", upserts([1, 2, 3], f"r{n}", 10 * n))
+        assert compactor("append", table_url, "--kind", "upsert", data).code == 0
+    before = _files_under(Path(table_url))
+
+    plan = compactor("compact", table_url, "--dry-run", "--target-file-size", "1GiB", "--json")
+    assert plan.code == 0, plan
+    info = plan.json()
+    assert info["dry_run"] and not info["nothing_to_do"]
+    assert [d["position"] for d in info["deltas"]] == [1, 2]
+    assert info["rows_in"] == 6 and info["hash_tasks"] == 2
+    assert info["target_file_size"] == 2**30 and info["hash_task_memory"]["min"] > 0
+    text = compactor("compact", table_url, "--dry-run", "--buckets", "8")
+    assert text.code == 0 and "dry run, nothing changed" in text.out and "8 in" in text.out
+
+    assert _files_under(Path(table_url)) == before
+    assert compactor("history", table_url, "--json").json()["head"] == 2
+
+    code, screen = in_terminal("compact", table_url)
+    assert code == 0, screen
+    assert "━" in screen and "hash_bucket" in screen and "materialize" in screen  # bars
+    assert "s] hash_bucket" not in screen  # not the log lines of a pipe
+    assert "compacted" in screen and "peak memory" in screen  # the summary
+    assert compactor("history", table_url, "--json").json()["head"] == 3
+
+
+def test_verify_catches_corrupted_compacted_files(table_url: str, tmp_path: Path) -> None:
+    compactor("table", "create", table_url, "-k", "id", "--order-by", "lsn", "--buckets", "2",
+              "--schema", SCHEMA)
+    rows = upserts(list(range(1000)), "v", 0)
+    compactor("append", table_url, "--kind", "upsert", write_parquet(tmp_path / "a.parquet", rows))
+    assert compactor("compact", table_url).code == 0
+    shown = compactor("show", table_url, "--files", "--json").json()
+    urls = [f["url"] for b in shown["partitions"][0]["compacted"]["buckets"]
+            for f in b["file_list"]]
+    first, second = (Path(u.removeprefix("file://")) for u in urls[:2])
+
+    # Other valid rows, same size and mtime: the fingerprint matches, only the data differs.
+    data = pq.read_table(first)
+    ids, values = data["id"].to_pylist(), data["v"].to_pylist()
+    changed, replaced = ids[0], ids[1]
+    values[0] = "corrupted"
+    ids[1] = 10**9
+    replace_keeping_fingerprint(first, data.set_column(0, "id", pa.array(ids))
+                                .set_column(1, "v", pa.array(values)))
+    report = compactor("verify", table_url, "--json")
+    assert report.code == 1, report
+    found = {(d["kind"], d["key"]["id"]) for d in report.json()["differences"]}
+    assert found == {("changed", changed), ("missing", replaced), ("unexpected", 10**9)}
+    [diff] = [d for d in report.json()["differences"] if d["kind"] == "changed"]
+    assert diff["columns"] == ["v"] and diff["actual"] == {"v": "corrupted"}
+    text = compactor("verify", table_url)
+    assert text.code == 1 and text.out.startswith("FAILED")
+    assert f"id={changed}" in text.out and f"id={replaced}" in text.out
+
+    # A plain rewrite changes the fingerprint: reported by name, still a failure.
+    pq.write_table(pq.read_table(second).slice(1), second)
+    report = compactor("verify", table_url, "--json")
+    assert report.code == 1, report
+    assert str(second) in report.json()["error"] and "changed" in report.json()["error"]
+
+
+def test_racing_rounds_one_commits_the_other_exits_3(table_url: str, tmp_path: Path) -> None:
+    compactor("table", "create", table_url, "-k", "id", "--order-by", "lsn", "--buckets", "2",
+              "--schema", SCHEMA)
+    for attempt in range(3):
+        data = write_parquet(tmp_path / f"in-{attempt}.parquet",
+                             upserts(list(range(2000)), f"r{attempt}", 10_000 * attempt))
+        assert compactor("append", table_url, "--kind", "upsert", data).code == 0
+        racers = [start("compact", table_url, "--json") for _ in range(2)]
+        outcomes = sorted((*p.communicate(timeout=120), p.returncode)[::-1] for p in racers)
+        codes = [code for code, _, _ in outcomes]
+        if codes == [0, 3]:
+            break
+        assert codes == [0, 0], outcomes  # one planned after the other committed: retry
+    else:
+        raise AssertionError("the two rounds never overlapped in three attempts")
+    _, loser_err, loser_out = outcomes[1]
+    [error] = [line for line in loser_err.splitlines() if line.startswith("error:")]
+    assert "another compaction committed" in error and "nothing was committed" in error
+    assert "Traceback" not in loser_err
+    assert '"error_type": "CommitConflict"' in loser_out
+    assert compactor("verify", table_url).code == 0
+
+
+def test_demo_runs_from_a_fresh_directory_and_reruns(tmp_path: Path) -> None:
+    first = compactor("demo", cwd=tmp_path)  # the README's command, as is
+    assert first.code == 0, first
+    assert "OK partition default" in first.out
+    assert re.search(r"files referenced +[1-9]", first.out)  # round 2 rewrote only some
+    assert (tmp_path / "demo-table" / "orders").is_dir()
+
+    again = compactor("demo", "--rows", "5000", "--json", cwd=tmp_path)
+    assert again.code == 0, again
+    result = again.json()
+    assert result["verify"]["ok"] and result["verify"]["actual_rows"] > 0
+    assert [r["committed"] for r in result["rounds"]] == [True, True]
+    assert sum(d["rows"] for d in result["deltas"]) == 5000 + 3 * 500 + 100
+
+    other = tmp_path / "not-a-demo"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    refused = compactor("demo", other)
+    assert refused.code == 1 and str(other) in refused.err
+    assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_read_before_any_round_exports_an_empty_state(table_url: str, tmp_path: Path) -> None:
+    """``read`` of a table with no compacted state yet exports an empty file with the schema,
+    and says that pending deltas are not included."""
+    compactor("table", "create", table_url, "-k", "id", "--schema", SCHEMA)
+    compactor("append", table_url, "--kind", "upsert",
+              write_parquet(tmp_path / "a.parquet", upserts([1], "x", 0)))
+    exported = compactor("read", table_url, "--to", tmp_path / "out")
+    assert exported.code == 0, exported
+    assert "not included" in exported.err
+    data = pq.read_table(tmp_path / "out")
+    assert data.num_rows == 0 and data.schema.names == ["id", "v", "lsn"]
