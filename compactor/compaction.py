@@ -14,13 +14,15 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from typing import Any
 
+import numpy as np
+
 import runtime
 from compactor.faults import maybe_fail
 from compactor.manifest import DataFile
 from compactor.partition import Partition
 from compactor.pipeline import index_store
-from compactor.pipeline.dedupe import GroupResult
-from compactor.pipeline.materialize import MaterializeOutput
+from compactor.pipeline.dedupe import BucketPlan, GroupResult
+from compactor.pipeline.materialize import ROW_GROUP_ROWS, MaterializeOutput, SourceRows
 from compactor.pipeline.plan import NothingToDo, RoundPlan, plan_round
 from compactor.pipeline.tasks import Dedupe, hash_task, materialize_task, peak_rss
 from compactor.result import CompactionResult
@@ -78,7 +80,7 @@ def _merge(plan: RoundPlan, actors: list[Any], hash_refs: list[Any],
         refs = {
             g: actors[g].merge.remote(
                 state, None if paths is None else {b: paths[b] for b in plan.group_buckets(g)},
-                sizes, plan.rows_per_file, g, hash_refs)
+                sizes, g, hash_refs)
             for g in range(len(actors)) if results[g] is None
         }
         try:
@@ -188,26 +190,33 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         seconds["dedupe"] = time.perf_counter() - t
         rss["dedupe"] = max(runtime.get([a.peak_rss.remote() for a in actors]))
         plans = {b: p for g in merged for b, p in g.plans.items()}
-        new_index_paths += [p.index_path for p in plans.values()]
-        new_index_paths += [p for g in merged for p in g.fresh_index_paths.values()]
 
         t = time.perf_counter()
+        tasks = _materialize_groups(plan, plans)
         total_memory = int(runtime.cluster_resources()["memory"])
-        mat_refs = [materialize_task.options(
-            memory=min(total_memory, max(64 << 20, int(3 * p.rows_out * plan.row_bytes))),
-        ).remote(table.storage, partition.key, p, plan.sources, table.schema)
-            for p in plans.values()]
+        mat_refs = [materialize_task.options(memory=min(total_memory, _task_memory(plan, group)))
+                    .remote(table.storage, partition.key, g, group, table.schema,
+                            plan.rows_per_file)
+                    for g, group in enumerate(tasks)]
         outputs: list[MaterializeOutput] = []
         for out in _gather(mat_refs, "materialize", progress):
             outputs.append(out)
-            written.extend(out.written)
+            written.extend(f for files in out.written.values() for f in files)
             rss["materialize"] = max(rss.get("materialize", 0), out.peak_rss)
         seconds["materialize"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ordinals = [[s.ordinal for s in group] for group in tasks]
+        index_paths_new: dict[int, str] = {}
+        for paths in runtime.get([a.finalize.remote(ordinals, plan.rows_per_file)
+                                  for a in actors]):
+            index_paths_new.update(paths)
+        new_index_paths += list(index_paths_new.values())
+        seconds["index"] = time.perf_counter() - t
 
         t = time.perf_counter()
         progress("commit", 0, 1)
         maybe_fail("commit")
-        buckets, index_paths, referenced = _layout(plan, plans, outputs, merged)
+        buckets, index_paths, referenced = _layout(plan, plans, outputs, index_paths_new)
         result_fields = _figures(plan, merged, outputs, referenced)
         state = partition.commit_compaction(
             plan.snapshot, high_watermark=plan.high_watermark, buckets=buckets,
@@ -231,32 +240,64 @@ def _round(table: Table, partition: Partition, target_file_size: int,
     )
 
 
-def _layout(plan: RoundPlan, plans: dict[int, Any], outputs: list[MaterializeOutput],
-            merged: list[GroupResult]) -> tuple[list[list[DataFile]], list[str], list[DataFile]]:
+MIN_GROUP_BYTES = 64 << 20  # decoded bytes a materialize task reads at least...
+MAX_GROUP_BYTES = 1 << 30  # ...and at most (unless one source alone is bigger)
+
+
+def _materialize_groups(plan: RoundPlan, plans: dict[int, BucketPlan]) -> list[list[SourceRows]]:
+    """Source files with surviving rows, in ordinal order, cut into materialize tasks.
+
+    Tasks get consecutive sources, about 1/(2 x CPUs) of the decoded data each (so every core
+    has work), but at least MIN_GROUP_BYTES (fewer, larger files) and at most MAX_GROUP_BYTES.
+    """
+    by_ordinal: dict[int, dict[int, np.ndarray]] = {}
+    for b, p in plans.items():
+        for ordinal, rows in p.sources:
+            by_ordinal.setdefault(ordinal, {})[b] = rows
+    sizes = {o: plan.sources[o].rows * plan.row_bytes for o in by_ordinal}
+    cpus = max(1.0, runtime.cluster_resources()["CPU"])
+    budget = min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, sum(sizes.values()) / (2 * cpus)))
+    groups: list[list[SourceRows]] = []
+    current: list[SourceRows] = []
+    current_bytes = 0.0
+    for o in sorted(by_ordinal):
+        if current and current_bytes + sizes[o] > budget:
+            groups.append(current)
+            current, current_bytes = [], 0.0
+        current.append(SourceRows(o, plan.sources[o], by_ordinal[o]))
+        current_bytes += sizes[o]
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _task_memory(plan: RoundPlan, group: list[SourceRows]) -> int:
+    """Decoded size of the largest source (read whole) twice, plus the buckets' buffers."""
+    largest = max(s.file.rows for s in group) * plan.row_bytes
+    buckets = len({b for s in group for b in s.rows})
+    return int(2 * largest + buckets * ROW_GROUP_ROWS * plan.row_bytes) + (64 << 20)
+
+
+def _layout(plan: RoundPlan, plans: dict[int, BucketPlan], outputs: list[MaterializeOutput],
+            new_index: dict[int, str]) -> tuple[list[list[DataFile]], list[str], list[DataFile]]:
     """Per bucket: files kept in place + files written; the index path; the referenced files."""
-    written = {o.bucket: list(o.written) for o in outputs}
+    by_group = sorted(outputs, key=lambda o: o.group)
     old_paths = index_store.paths_of(plan.base) if plan.base is not None else None
-    fresh = {b: p for g in merged for b, p in g.fresh_index_paths.items()}
     buckets: list[list[DataFile]] = []
     paths: list[str] = []
     referenced: list[DataFile] = []
     for b in range(plan.bucket_count):
         old = list(plan.base.buckets[b]) if plan.base is not None else []
-        if b in plans:
-            kept = [old[i] for i in plans[b].keep]
-            buckets.append(kept + written.get(b, []))
-            paths.append(plans[b].index_path)
-        else:
-            kept = old
-            buckets.append(old)
-            paths.append(fresh[b] if b in fresh else old_paths[b])  # type: ignore[index]
+        kept = [old[i] for i in plans[b].keep] if b in plans else old
+        buckets.append(kept + [f for o in by_group for f in o.written.get(b, ())])
+        paths.append(new_index[b] if b in new_index else old_paths[b])  # type: ignore[index]
         referenced += kept
     return buckets, paths, referenced
 
 
 def _figures(plan: RoundPlan, merged: list[GroupResult], outputs: list[MaterializeOutput],
              referenced: list[DataFile]) -> dict[str, int]:
-    written = [f for o in outputs for f in o.written]
+    written = [f for o in outputs for files in o.written.values() for f in files]
     return {
         "rows_in": plan.rows_in,
         "rows_out": sum(g.keys for g in merged),
@@ -268,5 +309,5 @@ def _figures(plan: RoundPlan, merged: list[GroupResult], outputs: list[Materiali
         "bytes_written": sum(f.size for f in written),
         "files_referenced": len(referenced),
         "bytes_referenced": sum(f.size for f in referenced),
-        "buckets_touched": len(outputs),
+        "buckets_touched": len({b for o in outputs for b in o.written}),
     }

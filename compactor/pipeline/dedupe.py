@@ -2,10 +2,13 @@
 
 An actor keeps its buckets' indexes in memory between rounds (tagged with the compacted state
 they describe) and reloads them from the persisted index files when it is new, restarted, or
-behind. Per round it merges the incoming key records (``merge.merge``), decides per bucket which
-compacted files stay in place and which rows of which files make up the rewritten part, and
-computes the bucket's next index, whose locators already point into the files materialize is
-about to write. The next index is adopted only when the driver reports the commit.
+behind. A round talks to it three times:
+
+1. ``merge``: fold the incoming key records into the index (``merge.merge``) and say, per
+   bucket, which compacted files stay in place and which rows of which files survive;
+2. ``finalize``: given how the driver grouped source files into materialize tasks, point the
+   next index at the rows' places in the files those tasks write, and persist it;
+3. ``commit`` (or ``abort``): adopt the next index once the round is committed.
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ from compactor.pipeline.hash_bucket import HashOutput
 
 @dataclass(frozen=True)
 class BucketPlan:
-    """What materialize does for one touched bucket."""
+    """What one touched bucket needs: files kept in place and rows to rewrite."""
 
     bucket: int
+    files_before: int  # files the bucket had
     keep: tuple[int, ...]  # positions in the old bucket file list, referenced in place
-    sources: tuple[tuple[int, np.ndarray], ...]  # (file ordinal, sorted rows), in output order
-    rows_per_file: int
-    index_path: str  # the bucket's next index, already written
+    sources: tuple[tuple[int, np.ndarray], ...]  # (file ordinal, sorted rows), ordinal order
+
+    @property
+    def lost(self) -> set[int]:
+        return set(range(self.files_before)) - set(self.keep)
 
     @property
     def rows_out(self) -> int:
@@ -49,8 +55,18 @@ class GroupResult:
     keys: int = 0  # live keys in the group after the round
     peak_index_bytes: int = 0
     index_reloaded: bool = False
-    # untouched buckets that had no index file yet (first round, rebuild): their new file
-    fresh_index_paths: dict[int, str] = field(default_factory=dict)
+
+
+def files_per_group(counts: list[int], rows_per_file: int) -> list[int]:
+    """Files a bucket gets from each materialize group, given its row count in each."""
+    return [(n + rows_per_file - 1) // rows_per_file for n in counts]
+
+
+@dataclass
+class _Pending:
+    index: dict[int, pa.Table] = field(default_factory=dict)  # bucket -> merged index
+    plans: dict[int, BucketPlan] = field(default_factory=dict)
+    changed: set[int] = field(default_factory=set)  # buckets whose index changed at all
 
 
 class DedupeActor:
@@ -63,7 +79,7 @@ class DedupeActor:
         self.schema = record_schema(order_type)
         self.index: dict[int, pa.Table] = {}
         self.state: int | None = None  # position of the compacted state the index describes
-        self.pending: dict[int, pa.Table] = {}
+        self.pending = _Pending()
 
     def _ensure(self, state: int | None, index_paths: dict[int, str] | None) -> bool:
         """Make ``self.index`` describe compacted state ``state``; True if it was reloaded."""
@@ -81,7 +97,7 @@ class DedupeActor:
         return True
 
     def merge(self, state: int | None, index_paths: dict[int, str] | None,
-              bucket_sizes: dict[int, int], rows_per_file: int, group: int,
+              bucket_sizes: dict[int, int], group: int,
               outputs: list[HashOutput]) -> GroupResult:
         reloaded = self._ensure(state, index_paths)
         maybe_fail("dedupe")
@@ -93,77 +109,131 @@ class DedupeActor:
         superseded = set(result.superseded_files.tolist())
         new = result.index
         live = new.num_rows - int(np.count_nonzero(new.column("op").to_numpy() == OP_DELETE))
-        bucket = bucket_of(new.column("hi").to_numpy(), self.bucket_count)
-        bounds = np.searchsorted(bucket, np.array([*self.buckets, self.buckets[-1] + 1]))
-        plans: dict[int, BucketPlan] = {}
-        fresh: dict[int, str] = {}
-        self.pending = {}
+        edges = np.array([*self.buckets, self.buckets[-1] + 1])
+        bounds = np.searchsorted(bucket_of(new.column("hi").to_numpy(), self.bucket_count),
+                                 edges)
+        touched_by_records = np.bincount(
+            bucket_of(incoming.column("hi").to_numpy(), self.bucket_count),
+            minlength=self.bucket_count)
+        self.pending = _Pending()
         for i, b in enumerate(self.buckets):
             part = new.slice(bounds[i], bounds[i + 1] - bounds[i])
-            plan, next_index = self._plan_bucket(b, part, superseded, bucket_sizes.get(b, 0),
-                                                 rows_per_file)
+            self.pending.index[b] = part
+            if state is None or touched_by_records[b]:
+                self.pending.changed.add(b)
+            plan = _plan_bucket(b, part, superseded, bucket_sizes.get(b, 0))
             if plan is not None:
-                plans[b] = plan
-                self.pending[b] = next_index
-            elif state is None:
-                fresh[b] = index_store.new_path(self.partition_dir, b)
-                index_store.write(self.storage, fresh[b], next_index)
-                self.pending[b] = next_index
+                self.pending.plans[b] = plan
         return GroupResult(
-            plans, result.records_in, result.inserted, result.updated, result.deleted,
-            result.duplicates_dropped, live, old.nbytes + incoming.nbytes + new.nbytes,
-            reloaded, fresh,
+            dict(self.pending.plans), result.records_in, result.inserted, result.updated,
+            result.deleted, result.duplicates_dropped, live,
+            old.nbytes + incoming.nbytes + new.nbytes, reloaded,
         )
 
-    def _plan_bucket(self, b: int, index: pa.Table, superseded: set[int], files_before: int,
-                     rows_per_file: int) -> tuple[BucketPlan | None, pa.Table]:
-        file = index.column("file").to_numpy()
-        row = index.column("row").to_numpy()
-        tomb = index.column("op").to_numpy() == OP_DELETE
-        lost = {o & 0xFFFF for o in superseded
-                if 0 <= o < locators.SOURCE_BASE and locators.bucket_of_compacted(o) == b}
-        from_sources = (file >= locators.SOURCE_BASE) & ~tomb
-        if not lost and not from_sources.any():
-            if tomb.any() and (file[tomb] >= 0).any():  # new tombstones: detach from files
-                return None, _set(index, "file", np.where(tomb, -1, file).astype(np.int32))
-            return None, index
-        keep = [i for i in range(files_before) if i not in lost]
-        kept_at = np.full(max(files_before, 1), -1, dtype=np.int64)
-        kept_at[keep] = np.arange(len(keep))
-        position = np.where(from_sources | tomb, 0, file & 0xFFFF)
-        rewrite = from_sources | (~tomb & (kept_at[position] < 0))
-        new_file = np.where(rewrite | tomb, -1, (b << 16) | kept_at[position]).astype(np.int32)
-        new_row = row.copy()
-        sel = np.nonzero(rewrite)[0]
-        ranked = sel[np.lexsort((row[sel], file[sel]))]
-        p = np.arange(len(ranked), dtype=np.int64)
-        new_file[ranked] = (b << 16) | (len(keep) + p // rows_per_file)
-        new_row[ranked] = p % rows_per_file
-        if len(keep) + (len(ranked) + rows_per_file - 1) // rows_per_file \
-                > locators.MAX_FILES_PER_BUCKET:
-            raise ValueError(f"bucket {b} would hold more than 65536 files; raise the target "
-                             "file size or the bucket count (rebase)")
-        files_sorted, rows_sorted = file[ranked], row[ranked]
-        cuts = np.nonzero(np.diff(files_sorted))[0] + 1
-        sources = tuple((int(f[0]), r) for f, r in zip(np.split(files_sorted, cuts),
-                                                        np.split(rows_sorted, cuts), strict=True)
-                        if len(f))
-        next_index = _set(_set(index, "file", new_file), "row", new_row)
-        path = index_store.new_path(self.partition_dir, b)
-        index_store.write(self.storage, path, next_index)
-        return BucketPlan(b, tuple(keep), sources, rows_per_file, path), next_index
+    def finalize(self, groups: list[list[int]], rows_per_file: int) -> dict[int, str]:
+        """Point the next index at the files materialize writes; persist changed buckets.
+
+        ``groups`` lists the source ordinals of each materialize task, in task order; task g
+        writes bucket b's rows of its sources in (ordinal, row) order, a new file every
+        ``rows_per_file`` rows. Returns the new index file of every changed bucket.
+        """
+        group_of = {o: g for g, ordinals in enumerate(groups) for o in ordinals}
+        paths = {}
+        for b in self.buckets:
+            index = self.pending.index[b]
+            plan = self.pending.plans.get(b)
+            if plan is not None:
+                index = _relocate(b, index, plan, group_of, len(groups), rows_per_file)
+            else:
+                index = _detach_tombstones(index)
+            self.pending.index[b] = index
+            if b in self.pending.changed or plan is not None:
+                paths[b] = index_store.new_path(self.partition_dir, b)
+                index_store.write(self.storage, paths[b], index)
+        return paths
 
     def commit(self, state: int) -> None:
         """The round committed as compacted state ``state``: adopt the next indexes."""
-        self.index.update(self.pending)
-        self.pending = {}
+        self.index.update(self.pending.index)
+        self.pending = _Pending()
         self.state = state
 
     def abort(self) -> None:
-        self.pending = {}
+        self.pending = _Pending()
 
     def loaded_state(self) -> int | None:
         return self.state
+
+
+def _plan_bucket(b: int, index: pa.Table, superseded: set[int],
+                 files_before: int) -> BucketPlan | None:
+    file = index.column("file").to_numpy()
+    row = index.column("row").to_numpy()
+    tomb = index.column("op").to_numpy() == OP_DELETE
+    lost = {o & 0xFFFF for o in superseded
+            if 0 <= o < locators.SOURCE_BASE and locators.bucket_of_compacted(o) == b}
+    from_sources = (file >= locators.SOURCE_BASE) & ~tomb
+    if not lost and not from_sources.any():
+        return None
+    keep = tuple(i for i in range(files_before) if i not in lost)
+    rewrite = _rewrite_mask(file, tomb, from_sources, lost)
+    sel = np.nonzero(rewrite)[0]
+    ranked = sel[np.lexsort((row[sel], file[sel]))]
+    files_sorted, rows_sorted = file[ranked], row[ranked]
+    cuts = np.nonzero(np.diff(files_sorted))[0] + 1
+    sources = tuple((int(f[0]), r) for f, r in zip(np.split(files_sorted, cuts),
+                                                    np.split(rows_sorted, cuts), strict=True)
+                    if len(f))
+    return BucketPlan(b, files_before, keep, sources)
+
+
+def _rewrite_mask(file: np.ndarray, tomb: np.ndarray, from_sources: np.ndarray,
+                  lost: set[int]) -> np.ndarray:
+    """Live entries whose rows get rewritten: from this round's sources, or in a lost file."""
+    in_lost = np.isin(file & 0xFFFF, np.fromiter(lost, dtype=np.int64)) if lost else \
+        np.zeros(len(file), dtype=bool)
+    return from_sources | (~tomb & ~from_sources & in_lost)
+
+
+def _relocate(b: int, index: pa.Table, plan: BucketPlan, group_of: dict[int, int],
+              n_groups: int, rows_per_file: int) -> pa.Table:
+    file = index.column("file").to_numpy()
+    row = index.column("row").to_numpy()
+    tomb = index.column("op").to_numpy() == OP_DELETE
+    from_sources = (file >= locators.SOURCE_BASE) & ~tomb
+    kept_at = np.full(max(plan.files_before, 1), -1, dtype=np.int64)
+    kept_at[list(plan.keep)] = np.arange(len(plan.keep))
+    rewrite = _rewrite_mask(file, tomb, from_sources, plan.lost)
+    position = np.where(rewrite | tomb, 0, file & 0xFFFF)
+    new_file = np.where(rewrite | tomb, -1, (b << 16) | kept_at[position]).astype(np.int32)
+    new_row = row.copy()
+    sel = np.nonzero(rewrite)[0]
+    ranked = sel[np.lexsort((row[sel], file[sel]))]
+    known = np.array(sorted(group_of), dtype=np.int64)
+    group_at = np.array([group_of[o] for o in known.tolist()], dtype=np.int64)
+    group = group_at[np.searchsorted(known, file[ranked])] if len(ranked) else \
+        np.zeros(0, dtype=np.int64)
+    counts = np.bincount(group, minlength=n_groups)
+    first_file = len(plan.keep) + np.concatenate(
+        [[0], np.cumsum(files_per_group(counts.tolist(), rows_per_file))[:-1]]).astype(np.int64)
+    start_of_group = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    rank = np.arange(len(ranked), dtype=np.int64) - start_of_group[group]
+    new_file[ranked] = (b << 16) | (first_file[group] + rank // rows_per_file)
+    new_row[ranked] = rank % rows_per_file
+    if len(plan.keep) + int(sum(files_per_group(counts.tolist(), rows_per_file))) \
+            > locators.MAX_FILES_PER_BUCKET:
+        raise ValueError(f"bucket {b} would hold more than 65536 files; raise the target "
+                         "file size or rebase to more buckets")
+    return _set(_set(index, "file", new_file), "row", new_row)
+
+
+def _detach_tombstones(index: pa.Table) -> pa.Table:
+    """Tombstones point at no file (their rows are never materialized)."""
+    file = index.column("file").to_numpy()
+    tomb = index.column("op").to_numpy() == OP_DELETE
+    if not (tomb & (file >= 0)).any():
+        return index
+    return _set(index, "file", np.where(tomb, -1, file).astype(np.int32))
 
 
 def _set(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:

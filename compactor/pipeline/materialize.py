@@ -1,14 +1,17 @@
-"""Step 4: materialize one touched bucket: read surviving rows in place, write Parquet files.
+"""Step 4: materialize a group of source files: read each once, in place; write bucket files.
 
 Source files are read where they are, only the row groups that hold surviving rows, and only
-the table's columns. Rows are written in the order the dedupe actor planned (its next index
-already points at them), ``rows_per_file`` to a file. Columns a file lacks (added to the table
+the table's columns. Each source is read once and its surviving rows go to their buckets'
+writers; bucket b's rows of the group are written in (source ordinal, row) order, a new file
+every ``rows_per_file`` rows: exactly the places the dedupe actors' ``finalize`` points the next
+index at. Columns a file lacks (added to the table
 later) are filled with nulls; every batch is cast to the table schema.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,15 +23,24 @@ from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.manifest import DataFile
-from compactor.pipeline.dedupe import BucketPlan
 
-WRITE_OPTIONS = {"compression": "zstd", "compression_level": 1, "row_group_size": 128 * 1024}
+WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
+ROW_GROUP_ROWS = 128 * 1024
+
+
+@dataclass(frozen=True)
+class SourceRows:
+    """One source file of a materialize task and, per bucket, its surviving rows (sorted)."""
+
+    ordinal: int
+    file: DataFile
+    rows: dict[int, np.ndarray]  # bucket -> rows
 
 
 @dataclass(frozen=True)
 class MaterializeOutput:
-    bucket: int
-    written: tuple[DataFile, ...]
+    group: int
+    written: dict[int, tuple[DataFile, ...]]  # bucket -> files, in order
     files_read: int
     bytes_read: int
     rows_written: int
@@ -75,33 +87,82 @@ def read_rows(storage: Storage, file: DataFile, rows: np.ndarray, schema: pa.Sch
     return conform(data.take(pa.array(local)), schema, file.url)
 
 
-def materialize_bucket(storage: Storage, partition: PartitionKey, plan: BucketPlan,
-                       sources: dict[int, DataFile], schema: pa.Schema) -> MaterializeOutput:
+class _BucketWriter:
+    """Writes one bucket's rows, a new file every ``rows_per_file`` rows."""
+
+    def __init__(self, storage: Storage, partition: PartitionKey, bucket: int,
+                 schema: pa.Schema, rows_per_file: int) -> None:
+        self.storage, self.partition, self.bucket = storage, partition, bucket
+        self.schema, self.rows_per_file = schema, rows_per_file
+        self.files: list[DataFile] = []
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._out: Any = None
+        self._rel = ""
+        self._in_file = 0
+
+    def add(self, data: pa.Table) -> None:
+        while data.num_rows:
+            room = self.rows_per_file - self._in_file - self._buffered
+            take = data.slice(0, room)
+            data = data.slice(room)
+            self._buffer.append(take)
+            self._buffered += take.num_rows
+            if self._buffered >= ROW_GROUP_ROWS or \
+                    self._in_file + self._buffered == self.rows_per_file:
+                self._flush()
+            if self._in_file == self.rows_per_file:
+                self._close()
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        if self._writer is None:
+            self._rel = layout.new_compacted_file(self.partition, self.bucket)
+            self._out = self.storage.open_output(self._rel)
+            self._writer = pq.ParquetWriter(self._out, self.schema, **WRITE_OPTIONS)
+        self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=ROW_GROUP_ROWS)
+        self._in_file += self._buffered
+        self._buffer, self._buffered = [], 0
+
+    def _close(self) -> None:
+        self._flush()
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._out.close()
+        self.files.append(files.written(self.storage, self.storage.path(self._rel),
+                                        self._in_file))
+        self._writer, self._out, self._in_file = None, None, 0
+
+    def finish(self) -> tuple[DataFile, ...]:
+        self._close()
+        return tuple(self.files)
+
+
+def materialize_group(storage: Storage, partition: PartitionKey, group: int,
+                      sources: list[SourceRows], schema: pa.Schema,
+                      rows_per_file: int) -> MaterializeOutput:
+    """Read each source once and write every bucket's surviving rows of them, in order."""
     maybe_fail("materialize")
-    written: list[DataFile] = []
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    bytes_read = 0
-
-    def flush(n: int) -> None:
-        nonlocal pending, pending_rows
-        data = pa.concat_tables(pending)
-        chunk, rest = data.slice(0, n), data.slice(n)
-        rel = layout.new_compacted_file(partition, plan.bucket)
-        with storage.open_output(rel) as out:
-            pq.write_table(chunk, out, **WRITE_OPTIONS)
-        written.append(files.written(storage, storage.path(rel), chunk.num_rows))
-        pending = [rest] if rest.num_rows else []
-        pending_rows = rest.num_rows
-
-    for ordinal, rows in plan.sources:
-        source = sources[ordinal]
-        bytes_read += source.size
-        pending.append(read_rows(storage, source, rows, schema))
-        pending_rows += len(rows)
-        while pending_rows >= plan.rows_per_file:
-            flush(plan.rows_per_file)
-    if pending_rows:
-        flush(pending_rows)
-    return MaterializeOutput(plan.bucket, tuple(written), len(plan.sources), bytes_read,
-                             plan.rows_out)
+    writers: dict[int, _BucketWriter] = {}
+    bytes_read = rows = 0
+    for source in sources:
+        mask = np.zeros(source.file.rows, dtype=bool)
+        for rows_b in source.rows.values():
+            mask[rows_b] = True
+        wanted = np.flatnonzero(mask)
+        data = read_rows(storage, source.file, wanted, schema)
+        bytes_read += source.file.size
+        for bucket in sorted(source.rows):
+            rows_b = source.rows[bucket]
+            at = np.searchsorted(wanted, rows_b)
+            if bucket not in writers:
+                writers[bucket] = _BucketWriter(storage, partition, bucket, schema,
+                                                rows_per_file)
+            writers[bucket].add(data.take(pa.array(at)))
+            rows += len(rows_b)
+        del data
+    written = {b: w.finish() for b, w in sorted(writers.items())}
+    return MaterializeOutput(group, written, len(sources), bytes_read, rows)

@@ -9,7 +9,7 @@ from typing import Any
 import runtime
 from compactor.pipeline.dedupe import DedupeActor
 from compactor.pipeline.hash_bucket import HashOutput, hash_file
-from compactor.pipeline.materialize import MaterializeOutput, materialize_bucket
+from compactor.pipeline.materialize import MaterializeOutput, materialize_group
 
 
 def peak_rss() -> int:
@@ -24,7 +24,7 @@ def hash_task(*args: Any) -> HashOutput:
 
 @runtime.remote(max_retries=3)
 def materialize_task(*args: Any) -> MaterializeOutput:
-    return replace(materialize_bucket(*args), peak_rss=peak_rss())
+    return replace(materialize_group(*args), peak_rss=peak_rss())
 
 
 class _DedupeWithMemory(DedupeActor):
