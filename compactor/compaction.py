@@ -206,11 +206,11 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         seconds["materialize"] = time.perf_counter() - t
         t = time.perf_counter()
         ordinals = [[s.ordinal for s in group] for group in tasks]
-        index_paths_new: dict[int, str] = {}
-        for paths in runtime.get([a.finalize.remote(ordinals, plan.rows_per_file)
-                                  for a in actors]):
-            index_paths_new.update(paths)
-        new_index_paths += list(index_paths_new.values())
+        index_paths_new: dict[int, list[str]] = {}
+        for chains, files_written in runtime.get(
+                [a.finalize.remote(ordinals, plan.rows_per_file) for a in actors]):
+            index_paths_new.update(chains)
+            new_index_paths += files_written
         seconds["index"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -279,12 +279,13 @@ def _task_memory(plan: RoundPlan, group: list[SourceRows]) -> int:
 
 
 def _layout(plan: RoundPlan, plans: dict[int, BucketPlan], outputs: list[MaterializeOutput],
-            new_index: dict[int, str]) -> tuple[list[list[DataFile]], list[str], list[DataFile]]:
+            new_index: dict[int, list[str]]
+            ) -> tuple[list[list[DataFile]], list[list[str]], list[DataFile]]:
     """Per bucket: files kept in place + files written; the index path; the referenced files."""
     by_group = sorted(outputs, key=lambda o: o.group)
     old_paths = index_store.paths_of(plan.base) if plan.base is not None else None
     buckets: list[list[DataFile]] = []
-    paths: list[str] = []
+    paths: list[list[str]] = []
     referenced: list[DataFile] = []
     for b in range(plan.bucket_count):
         old = list(plan.base.buckets[b]) if plan.base is not None else []

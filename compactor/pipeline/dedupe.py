@@ -66,7 +66,9 @@ def files_per_group(counts: list[int], rows_per_file: int) -> list[int]:
 class _Pending:
     index: dict[int, pa.Table] = field(default_factory=dict)  # bucket -> merged index
     plans: dict[int, BucketPlan] = field(default_factory=dict)
-    changed: set[int] = field(default_factory=set)  # buckets whose index changed at all
+    keys: dict[int, np.ndarray] = field(default_factory=dict)  # bucket -> incoming keys, sorted
+    chains: dict[int, list[str]] = field(default_factory=dict)  # bucket -> next index chain
+    full: bool = False  # write every bucket's index whole (first round, rebuild)
 
 
 class DedupeActor:
@@ -78,25 +80,28 @@ class DedupeActor:
         self.bucket_count = bucket_count
         self.schema = record_schema(order_type)
         self.index: dict[int, pa.Table] = {}
+        self.chains: dict[int, list[str]] = {}  # the persisted chain of each bucket's index
         self.state: int | None = None  # position of the compacted state the index describes
         self.pending = _Pending()
 
-    def _ensure(self, state: int | None, index_paths: dict[int, str] | None) -> bool:
+    def _ensure(self, state: int | None, chains: dict[int, list[str]] | None) -> bool:
         """Make ``self.index`` describe compacted state ``state``; True if it was reloaded."""
         if state is None:
             self.index = {b: self.schema.empty_table() for b in self.buckets}
+            self.chains = {b: [] for b in self.buckets}
             self.state = None
             return False
         if self.state == state and len(self.index) == len(self.buckets):
             return False
-        if index_paths is None:
+        if chains is None:
             raise index_store.IndexUnavailable("the compacted state names no index files")
-        self.index = {b: index_store.read(self.storage, index_paths[b], self.schema)
+        self.index = {b: index_store.read(self.storage, chains[b], self.schema)
                       for b in self.buckets}
+        self.chains = {b: list(chains[b]) for b in self.buckets}
         self.state = state
         return True
 
-    def merge(self, state: int | None, index_paths: dict[int, str] | None,
+    def merge(self, state: int | None, index_paths: dict[int, list[str]] | None,
               bucket_sizes: dict[int, int], group: int,
               outputs: list[HashOutput]) -> GroupResult:
         reloaded = self._ensure(state, index_paths)
@@ -112,15 +117,13 @@ class DedupeActor:
         edges = np.array([*self.buckets, self.buckets[-1] + 1])
         bounds = np.searchsorted(bucket_of(new.column("hi").to_numpy(), self.bucket_count),
                                  edges)
-        touched_by_records = np.bincount(
-            bucket_of(incoming.column("hi").to_numpy(), self.bucket_count),
-            minlength=self.bucket_count)
-        self.pending = _Pending()
+        incoming_keys = index_store.keys(incoming)
+        incoming_bucket = bucket_of(incoming_keys["hi"], self.bucket_count)
+        self.pending = _Pending(full=state is None)
         for i, b in enumerate(self.buckets):
             part = new.slice(bounds[i], bounds[i + 1] - bounds[i])
             self.pending.index[b] = part
-            if state is None or touched_by_records[b]:
-                self.pending.changed.add(b)
+            self.pending.keys[b] = np.unique(incoming_keys[incoming_bucket == b])
             plan = _plan_bucket(b, part, superseded, bucket_sizes.get(b, 0))
             if plan is not None:
                 self.pending.plans[b] = plan
@@ -130,31 +133,52 @@ class DedupeActor:
             old.nbytes + incoming.nbytes + new.nbytes, reloaded,
         )
 
-    def finalize(self, groups: list[list[int]], rows_per_file: int) -> dict[int, str]:
-        """Point the next index at the files materialize writes; persist changed buckets.
+    def finalize(self, groups: list[list[int]], rows_per_file: int
+                 ) -> tuple[dict[int, list[str]], list[str]]:
+        """Point the next index at the files materialize writes; persist what changed.
 
         ``groups`` lists the source ordinals of each materialize task, in task order; task g
         writes bucket b's rows of its sources in (ordinal, row) order, a new file every
-        ``rows_per_file`` rows. Returns the new index file of every changed bucket.
+        ``rows_per_file`` rows. Returns the next index chain of every bucket whose index
+        changed, and the files written.
         """
         group_of = {o: g for g, ordinals in enumerate(groups) for o in ordinals}
-        paths = {}
+        written: list[str] = []
         for b in self.buckets:
             index = self.pending.index[b]
             plan = self.pending.plans.get(b)
+            moved = np.zeros(index.num_rows, dtype=bool)
             if plan is not None:
-                index = _relocate(b, index, plan, group_of, len(groups), rows_per_file)
+                index, moved = _relocate(b, index, plan, group_of, len(groups), rows_per_file)
             else:
                 index = _detach_tombstones(index)
             self.pending.index[b] = index
-            if b in self.pending.changed or plan is not None:
-                paths[b] = index_store.new_path(self.partition_dir, b)
-                index_store.write(self.storage, paths[b], index)
-        return paths
+            incoming = self.pending.keys[b]
+            chain = self.chains.get(b, [])
+            if not self.pending.full and chain and not len(incoming) and not moved.any():
+                continue  # nothing about this bucket's keys changed
+            index_keys = index_store.keys(index)
+            changed = moved | index_store.contains(incoming, index_keys)
+            gone = incoming[~index_store.contains(index_keys, incoming)]
+            delta_rows = int(changed.sum()) + len(gone)
+            if self.pending.full or not chain or len(chain) >= index_store.MAX_CHAIN \
+                    or delta_rows * 4 > index.num_rows:
+                rel = index_store.new_path(self.partition_dir, b, "base")
+                index_store.write(self.storage, rel, index)
+                self.pending.chains[b] = [rel]
+            else:
+                rel = index_store.new_path(self.partition_dir, b, "delta")
+                delta = pa.concat_tables([index.filter(pa.array(changed)),
+                                          index_store.absent(gone, self.schema)])
+                index_store.write(self.storage, rel, delta)
+                self.pending.chains[b] = [*chain, rel]
+            written.append(rel)
+        return dict(self.pending.chains), written
 
     def commit(self, state: int) -> None:
         """The round committed as compacted state ``state``: adopt the next indexes."""
         self.index.update(self.pending.index)
+        self.chains.update(self.pending.chains)
         self.pending = _Pending()
         self.state = state
 
@@ -196,7 +220,8 @@ def _rewrite_mask(file: np.ndarray, tomb: np.ndarray, from_sources: np.ndarray,
 
 
 def _relocate(b: int, index: pa.Table, plan: BucketPlan, group_of: dict[int, int],
-              n_groups: int, rows_per_file: int) -> pa.Table:
+              n_groups: int, rows_per_file: int) -> tuple[pa.Table, np.ndarray]:
+    """The index with rewritten rows pointing at their new files; and which entries moved."""
     file = index.column("file").to_numpy()
     row = index.column("row").to_numpy()
     tomb = index.column("op").to_numpy() == OP_DELETE
@@ -224,7 +249,8 @@ def _relocate(b: int, index: pa.Table, plan: BucketPlan, group_of: dict[int, int
             > locators.MAX_FILES_PER_BUCKET:
         raise ValueError(f"bucket {b} would hold more than 65536 files; raise the target "
                          "file size or rebase to more buckets")
-    return _set(_set(index, "file", new_file), "row", new_row)
+    moved = (new_file != file) | (new_row != row)
+    return _set(_set(index, "file", new_file), "row", new_row), moved
 
 
 def _detach_tombstones(index: pa.Table) -> pa.Table:

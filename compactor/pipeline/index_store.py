@@ -1,9 +1,14 @@
-"""Persisted primary-key indexes: one Parquet file per bucket, beside the table.
+"""Persisted primary-key indexes: per bucket, a chain of Parquet files beside the table.
 
-A compacted state names its bucket index files in ``properties["index"]`` (a JSON list, one
-path relative to the table root per bucket). An untouched bucket keeps its index file from the
-round before; a touched bucket gets a fresh file, written before the commit (an abandoned round
-leaves it unreferenced, for the garbage collector). Indexes are Arrow data, never pickles.
+A bucket's index is a *base* file plus *delta* files written by later rounds, oldest first;
+reading it folds the chain (per key the newest entry wins; ``OP_ABSENT`` entries mark keys that
+left the index). An incremental round so writes only the entries it changed, not the whole
+index, and a chain is folded back into one base file when it grows long or its deltas large.
+
+A compacted state names the chains in ``properties["index"]``: a JSON list, one list of paths
+(relative to the table root) per bucket. An untouched bucket keeps its chain from the round
+before; files of an abandoned round stay unreferenced, for the garbage collector. Indexes are
+Arrow data, never pickles.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -18,34 +24,65 @@ from compactor.fs import Storage
 from compactor.manifest import CompactedState
 
 PROPERTY = "index"
+OP_ABSENT = 2  # in delta files only: the key is no longer in the index
+MAX_CHAIN = 8  # files in a chain before it is folded into a new base
+KEY = np.dtype([("hi", "<u8"), ("lo", "<u8")])
 
 
 class IndexUnavailable(Exception):
     """The persisted index of a bucket cannot be used; the round rebuilds it from data."""
 
 
-def paths_of(state: CompactedState | None) -> list[str] | None:
+def paths_of(state: CompactedState | None) -> list[list[str]] | None:
     if state is None or PROPERTY not in state.properties:
         return None
-    paths: list[str] = json.loads(state.properties[PROPERTY])
-    if len(paths) != state.bucket_count:
+    chains = json.loads(state.properties[PROPERTY])
+    if len(chains) != state.bucket_count or not all(isinstance(c, list) for c in chains):
         return None
-    return paths
+    return [[str(p) for p in c] for c in chains]
 
 
-def new_path(partition_dir: str, bucket: int) -> str:
-    return f"{partition_dir}/index/b{bucket:05d}/{uuid.uuid4().hex}.parquet"
+def new_path(partition_dir: str, bucket: int, kind: str = "base") -> str:
+    return f"{partition_dir}/index/b{bucket:05d}/{kind}-{uuid.uuid4().hex}.parquet"
 
 
 def write(storage: Storage, rel: str, index: pa.Table) -> None:
     with storage.open_output(rel) as out:
-        pq.write_table(index, out, compression="zstd")
+        pq.write_table(index, out, compression="lz4")
 
 
-def read(storage: Storage, rel: str, schema: pa.Schema) -> pa.Table:
+def keys(table: pa.Table) -> np.ndarray:
+    """The (hi, lo) digests of ``table`` as one structured array (sortable, searchable)."""
+    out = np.empty(table.num_rows, dtype=KEY)
+    out["hi"] = table.column("hi").to_numpy()
+    out["lo"] = table.column("lo").to_numpy()
+    return out
+
+
+def contains(sorted_keys: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Which ``candidates`` occur in ``sorted_keys`` (both structured KEY arrays)."""
+    if not len(sorted_keys):
+        return np.zeros(len(candidates), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, candidates), len(sorted_keys) - 1)
+    return sorted_keys[at] == candidates
+
+
+def absent(candidates: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """Entries saying the ``candidates`` keys left the index."""
+    n = len(candidates)
+    cols: dict[str, pa.Array] = {
+        "hi": pa.array(candidates["hi"]), "lo": pa.array(candidates["lo"]),
+        "pos": pa.array(np.zeros(n, np.int64)), "file": pa.array(np.full(n, -1, np.int32)),
+        "row": pa.array(np.full(n, -1, np.int64)), "op": pa.array(np.full(n, OP_ABSENT, np.int8)),
+    }
+    if "order" in schema.names:
+        cols["order"] = pa.nulls(n, schema.field("order").type)
+    return pa.table([cols[name] for name in schema.names], schema=schema)
+
+
+def _read_one(storage: Storage, rel: str, schema: pa.Schema) -> pa.Table:
     try:
-        data = storage.read(rel)
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.read_table(pa.BufferReader(storage.read(rel)))
     except (FileNotFoundError, OSError, pa.ArrowInvalid) as e:
         raise IndexUnavailable(f"index file {storage.url_of(storage.path(rel))}: {e}") from None
     if not table.schema.equals(schema):
@@ -54,3 +91,22 @@ def read(storage: Storage, rel: str, schema: pa.Schema) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
             raise IndexUnavailable(f"index file {rel} does not match: {e}") from None
     return table
+
+
+def read(storage: Storage, chain: list[str], schema: pa.Schema) -> pa.Table:
+    """A bucket's index from its chain: sorted by key, one live-or-tombstone entry per key."""
+    if not chain:
+        raise IndexUnavailable("empty index chain")
+    parts = [_read_one(storage, rel, schema) for rel in chain]
+    if len(parts) == 1:
+        return parts[0]
+    table = pa.concat_tables(parts)
+    seq = np.concatenate([np.full(p.num_rows, i, np.int64) for i, p in enumerate(parts)])
+    k = keys(table)
+    order = np.lexsort((seq, k["lo"], k["hi"]))
+    k = k[order]
+    last = np.ones(len(k), dtype=bool)
+    last[:-1] = k[1:] != k[:-1]
+    chosen = order[last]
+    ops = table.column("op").to_numpy()[chosen]
+    return table.take(pa.array(chosen[ops != OP_ABSENT]))

@@ -186,8 +186,9 @@ def test_lost_index_files_are_rebuilt_from_data(rt, tmp_path):
     rng = np.random.default_rng(4)
     s.upsert(_rows(rng, 3000, 1000, 0, "a"))
     s.compact_and_check()
-    for rel in index_store.paths_of(s.part.snapshot().compacted) or []:
-        os.remove(s.table.storage.path(rel))
+    for chain in index_store.paths_of(s.part.snapshot().compacted) or []:
+        for rel in chain:
+            os.remove(s.table.storage.path(rel))
     s.upsert(_rows(rng, 3000, 1000, 3000, "b"))
     runtime.shutdown()  # a new process: the actors' cached indexes are gone too
     runtime.init("local", num_cpus=2)
@@ -239,3 +240,31 @@ def test_random_cdc_streams_match_the_oracle(rt, tmp_path_factory, rounds, order
         if s.deltas:
             compact_partition(s.table, s.part, target_file_size=500)
             s.check()
+
+
+@pytest.mark.parametrize("order_by", [None, "lsn"])
+def test_index_delta_chains_are_folded_by_a_new_runtime(tmp_path, order_by):
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], order_by, buckets=2)
+    rng = np.random.default_rng(8)
+    s.upsert(pa.table({"id": np.arange(5000), "v": ["base"] * 5000,
+                       "lsn": np.arange(5000)}, schema=SCHEMA))
+    lsn = 5000
+
+    def recent_changes(tag: str) -> None:
+        nonlocal lsn
+        ids = rng.integers(4900, 5200, 100)  # updates of the newest keys, some new keys
+        s.upsert(pa.table({"id": ids, "v": [tag] * 100, "lsn": np.arange(lsn, lsn + 100)},
+                          schema=SCHEMA))
+        s.delete(pa.table({"id": rng.integers(4900, 5300, 20), "lsn": np.full(20, lsn + 100)}))
+        lsn += 101
+
+    with runtime.init("local", num_cpus=2):
+        for r in range(4):
+            recent_changes(f"u{r}")
+            s.compact_and_check(target_file_size=2000)
+    chains = index_store.paths_of(s.part.snapshot().compacted) or []
+    assert max(len(c) for c in chains) > 1  # rounds wrote deltas, not whole indexes
+    with runtime.init("local", num_cpus=2):  # new actors fold the chains from storage
+        for r in range(2):
+            recent_changes(f"v{r}")
+            assert not s.compact_and_check(target_file_size=2000).rebased
