@@ -24,7 +24,7 @@ from compactor.pipeline import index_store
 from compactor.pipeline.dedupe import BucketPlan, GroupResult
 from compactor.pipeline.materialize import ROW_GROUP_ROWS, MaterializeOutput, SourceRows
 from compactor.pipeline.plan import NothingToDo, RoundPlan, plan_round
-from compactor.pipeline.tasks import Dedupe, hash_task, materialize_task, peak_rss
+from compactor.pipeline.tasks import Dedupe, hash_task, materialize_task, peak_rss, warm_up
 from compactor.result import CompactionResult
 from compactor.table import Table
 
@@ -157,6 +157,8 @@ def _round(table: Table, partition: Partition, target_file_size: int,
     rss: dict[str, int] = {}
     t = time.perf_counter()
     groups = max(1, math.floor(runtime.cluster_resources()["CPU"]))
+    # workers import the pipeline while the driver reads footers (no need to wait for them)
+    warm = [warm_up.remote() for _ in range(groups)]
     try:
         plan = plan_round(table, partition, target_file_size=target_file_size,
                           bucket_count=bucket_count, rebase=rebase, groups=groups,
@@ -170,8 +172,10 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                                 0, 0, 0, 0, 0, 0, 0, time.perf_counter() - start,
                                 message=str(e))
     seconds["plan"], rss["plan"] = time.perf_counter() - t, peak_rss()
+    del warm
     written: list[DataFile] = []
     new_index_paths: list[str] = []
+    finalize_refs: list[Any] = []
     actors = _actors(table, partition, plan)
     try:
         t = time.perf_counter()
@@ -198,6 +202,9 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                     .remote(table.storage, partition.key, g, group, table.schema,
                             plan.rows_per_file)
                     for g, group in enumerate(tasks)]
+        # the actors point the next index at the new files while the tasks write them
+        ordinals = [[s.ordinal for s in group] for group in tasks]
+        finalize_refs = [a.finalize.remote(ordinals, plan.rows_per_file) for a in actors]
         outputs: list[MaterializeOutput] = []
         for out in _gather(mat_refs, "materialize", progress):
             outputs.append(out)
@@ -205,12 +212,11 @@ def _round(table: Table, partition: Partition, target_file_size: int,
             rss["materialize"] = max(rss.get("materialize", 0), out.peak_rss)
         seconds["materialize"] = time.perf_counter() - t
         t = time.perf_counter()
-        ordinals = [[s.ordinal for s in group] for group in tasks]
         index_paths_new: dict[int, list[str]] = {}
-        for chains, files_written in runtime.get(
-                [a.finalize.remote(ordinals, plan.rows_per_file) for a in actors]):
+        for chains, files_written in runtime.get(finalize_refs):
             index_paths_new.update(chains)
             new_index_paths += files_written
+        finalize_refs = []
         seconds["index"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -226,6 +232,11 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         )
         progress("commit", 1, 1)
     except BaseException:
+        for ref in finalize_refs:  # index files of a round that will not commit
+            try:
+                new_index_paths += runtime.get(ref, timeout=60)[1]
+            except Exception:
+                pass
         for a in actors:
             a.abort.remote()
         _cleanup(table, written, new_index_paths)

@@ -17,6 +17,11 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+@runtime.remote
+def warm_up() -> None:
+    """Does nothing: running it imports this module (pyarrow, the pipeline) in a worker."""
+
+
 @runtime.remote(max_retries=3)
 def hash_task(*args: Any) -> HashOutput:
     return replace(hash_file(*args), peak_rss=peak_rss())
