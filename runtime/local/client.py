@@ -102,12 +102,7 @@ class WorkerBackend(Backend):
             raise GetTimeoutError(
                 f"runtime.get() timed out after {timeout} s waiting for {len(ids)} object(s)"
             ) from None
-        out = []
-        for oid, loc in zip(ids, locs, strict=True):
-            if loc[0] == "error":
-                raise values.decode_error(loc[1], loc[2])
-            out.append(values.decode_value(loc, self.store, oid))
-        return out
+        return values.decode_outcomes(ids, locs, self.store)
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int,
              timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:

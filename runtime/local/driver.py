@@ -314,12 +314,7 @@ class LocalBackend(Backend):
                     )
                 self.changed.wait(remaining)
             outcomes = [self.dir.outcome(oid) for oid in ids]
-        out = []
-        for oid, outcome in zip(ids, outcomes, strict=True):
-            if outcome[0] == "error":
-                raise values.decode_error(outcome[1], outcome[2])
-            out.append(values.decode_value(outcome, self.store, oid))
-        return out
+        return values.decode_outcomes(ids, outcomes, self.store)
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int,
              timeout: float | None) -> tuple[list[ObjectRef], list[ObjectRef]]:

@@ -30,6 +30,16 @@ def decode_value(loc: Location, store: ObjectStore, object_id: str) -> Any:
     return store.read(object_id)
 
 
+def decode_outcomes(ids: list[str], outcomes: list[tuple], store: ObjectStore) -> list[Any]:
+    """The values of done objects, raising the first one's error if it failed."""
+    out = []
+    for oid, outcome in zip(ids, outcomes, strict=True):
+        if outcome[0] == "error":
+            raise decode_error(outcome[1], outcome[2])
+        out.append(decode_value(outcome, store, oid))
+    return out
+
+
 def encode_error(exc: BaseException, tb: str | None = None) -> tuple[bytes, str]:
     """A picklable form of an exception and its formatted traceback."""
     if tb is None:
