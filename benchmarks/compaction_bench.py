@@ -91,25 +91,36 @@ def generate(root: Path, base_rows: int, deltas: int, delta_rows: int, seed: int
 
 
 class PeakRss:
-    """Samples the RSS of this process and its descendants; ``peak`` in bytes."""
+    """Samples the memory of this process and its descendants; ``peak`` in bytes.
+
+    Uses PSS (proportional set size), so shared-memory pages mapped by several processes (the
+    object store) count once, not once per process; falls back to RSS where PSS is missing.
+    """
 
     def __init__(self) -> None:
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @staticmethod
+    def _memory(p: psutil.Process) -> int:
+        try:
+            return int(p.memory_full_info().pss)
+        except (psutil.AccessDenied, AttributeError):
+            return int(p.memory_info().rss)
+
     def _sample(self) -> int:
         me = psutil.Process()
-        total = me.memory_info().rss
+        total = self._memory(me)
         for child in me.children(recursive=True):
             try:
-                total += child.memory_info().rss
+                total += self._memory(child)
             except psutil.Error:
                 pass
         return total
 
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(0.1):
             self.peak = max(self.peak, self._sample())
 
     def __enter__(self) -> PeakRss:
@@ -241,7 +252,7 @@ def main() -> None:
                  f"{results['duckdb']['checksum']}")
     c, d, f = results["compactor"], results["duckdb"], results["floor"]
     print(f"outputs agree: {c['checksum'][0]:,} rows, same checksum")
-    print(f"{'engine':28}{'time (s)':>10}{'peak RSS (GB)':>15}{'vs DuckDB':>11}{'vs floor':>10}")
+    print(f"{'engine':28}{'time (s)':>10}{'peak PSS (GB)':>15}{'vs DuckDB':>11}{'vs floor':>10}")
     for name, r in (("I/O floor (pyarrow rewrite)", f), ("DuckDB window query", d),
                     ("compactor full", c)):
         print(f"{name:28}{r['full_s']:>10.2f}{r['full_peak_rss'] / 1e9:>15.2f}"
