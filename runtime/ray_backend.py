@@ -1,19 +1,19 @@
 """The Ray backend: the runtime API on a local Ray instance or a Ray cluster.
 
-    caller (driver or a task)                         Ray worker process
-    -------------------------                         ------------------
-    f.remote(ref, [ref2])
-      top-level RayObjectRef -> ray.ObjectRef  ---->  Ray resolves top-level refs itself
-      RayObjectRef inside a list/tuple/dict  ------>  entry(): installs an attached RayBackend as
-                                                       the worker's runtime, ray.get()s the refs
-                                                       nested in list/tuple/dict args, calls f
-    runtime.get(ref)  <---- value, or RayTaskError <-  f raised
+    caller (driver or a task)                        Ray worker process
+    -------------------------                        ------------------
+    f.remote(ref, [ref2], {"k": (ref3,)})
+      every RayObjectRef in the arguments  ------->  Ray resolves the top-level refs itself;
+      becomes the bare ray.ObjectRef                 entry() attaches the runtime API to this
+                                                     Ray, gets the refs nested in lists, tuples
+                                                     and dicts, then calls f
+    runtime.get(ref)  <-------- value or RayTaskError (f raised)
       RayTaskError -> f's own exception, __cause__ = RemoteTraceback(remote traceback)
-      Ray's system errors -> runtime.errors (WorkerCrashedError, ActorDiedError, ...)
+      Ray's own errors -> runtime.errors (WorkerCrashedError, ActorDiedError, ...)
 
-    Cls.remote()  ----------------------------------> Shell(Cls): a Ray actor holding a Cls
-                                                       instance, one forwarder per method that
-                                                       resolves nested refs like entry() does
+    Cls.remote()  -------------------------------->  Shell: a Ray actor holding a Cls instance,
+                                                     one forwarder per method that resolves
+                                                     nested refs as entry() does
 
 The backend holds the Ray handle of every actor it creates until ``kill`` or ``shutdown``: Ray
 destroys an actor, named or not, once its last handle is dropped, while the runtime's actors live
@@ -29,6 +29,7 @@ from typing import Any
 
 import ray
 import ray.exceptions as rex
+from ray.util.client.common import ClientActorHandle
 from ray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -53,7 +54,7 @@ class RayObjectRef(ObjectRef):
     def __init__(self, ray_ref: ray.ObjectRef, actor_call: bool = False) -> None:
         super().__init__(ray_ref.hex())
         self.ray_ref = ray_ref
-        self.actor_call = actor_call  # Ray can cancel, but never interrupt, a running actor call
+        self.actor_call = actor_call  # cancel() leaves actor calls alone
 
     def __reduce__(self) -> Any:
         return (RayObjectRef, (self.ray_ref, self.actor_call))
@@ -101,6 +102,7 @@ class RayBackend(Backend):
             ray.init(address=address or "local", **ray_init_options)
         self._autoscaling = autoscaling
         self._remote_functions: dict[str, Any] = {}  # function_id -> Ray remote function
+        self._task_variants: dict[Any, Any] = {}  # (function_id, options) -> it with options
         self._actor_classes: dict[str, Any] = {}  # class_id -> Ray actor class
         self._actors: dict[str, Any] = {}  # actor_id -> Ray handle, kept alive until killed
         self._node_sizes: list[tuple[float, float]] = []  # (CPU, memory) of live nodes, cached
@@ -110,20 +112,22 @@ class RayBackend(Backend):
         self, fn: RemoteFunction, args: tuple, kwargs: dict, options: dict[str, Any]
     ) -> ObjectRef:
         self._check_fits(f"task {fn.__qualname__!r}", options)
-        remote_fn = self._remote_functions.get(fn.function_id)
+        key = _options_key(fn.function_id, options)
+        remote_fn = self._task_variants.get(key)
         if remote_fn is None:
-            remote_fn = ray.remote(_task_entry(fn))
-            self._remote_functions[fn.function_id] = remote_fn
-        ray_options: dict[str, Any] = {
-            "num_cpus": options["num_cpus"],
-            "max_retries": options["max_retries"],
-            "retry_exceptions": _retry_exceptions(options["retry_exceptions"]),
-            "scheduling_strategy": _strategy(options["scheduling"]),
-        }
-        if options["memory"]:
-            ray_options["memory"] = options["memory"]
+            remote_fn = self._remote_functions.get(fn.function_id)
+            if remote_fn is None:  # Ray ships the function to the cluster once per object
+                remote_fn = self._remote_functions[fn.function_id] = ray.remote(_task_entry(fn))
+            remote_fn = remote_fn.options(
+                **_placement(options), max_retries=options["max_retries"],
+                retry_exceptions=_retry_exceptions(options["retry_exceptions"]),
+            )
+            if key is not None:  # Ray's .options() costs a class definition per call
+                if len(self._task_variants) >= 1024:  # e.g. a memory estimate per task
+                    self._task_variants.clear()
+                self._task_variants[key] = remote_fn
         args, kwargs = _ray_args(args, kwargs)
-        return RayObjectRef(remote_fn.options(**ray_options).remote(*args, **kwargs))
+        return RayObjectRef(remote_fn.remote(*args, **kwargs))
 
     def create_actor(
         self, cls: ActorClass, args: tuple, kwargs: dict, options: dict[str, Any]
@@ -136,7 +140,7 @@ class RayBackend(Backend):
             self._actor_classes[cls.class_id] = ray_cls
         restarts = options["max_restarts"]
         ray_options: dict[str, Any] = {
-            "num_cpus": options["num_cpus"],
+            **_placement(options),
             "max_restarts": restarts,
             # Without task retries Ray fails every call sent while the actor is down, even
             # those submitted during its restart. With them the calls reach the restarted
@@ -144,10 +148,7 @@ class RayBackend(Backend):
             # raced with its death may run out of order.
             "max_task_retries": restarts,
             "max_concurrency": options["max_concurrency"],
-            "scheduling_strategy": _strategy(options["scheduling"]),
         }
-        if options["memory"]:
-            ray_options["memory"] = options["memory"]
         if options["name"] is not None:
             ray_options["name"] = options["name"]
         args, kwargs = _ray_args(args, kwargs)
@@ -171,10 +172,11 @@ class RayBackend(Backend):
             ray_handle = ray.get_actor(name)
         except ValueError:
             raise ValueError(f"there is no live actor named {name!r}") from None
-        # Ray knows the class and its methods only by these attributes of the handle; the shell
-        # class carries the user's class name and one method per user method.
-        class_name = ray_handle._ray_actor_creation_function_descriptor.class_name
-        methods = [m for m in ray_handle._ray_method_signatures if not m.startswith("__")]
+        # The shell class has the user's class name and one method per user method; a Ray
+        # client's handle does not know the class name.
+        descriptor = getattr(ray_handle, "_ray_actor_creation_function_descriptor", None)
+        class_name = descriptor.class_name if descriptor is not None else "actor"
+        methods = [m for m in dir(ray_handle) if not m.startswith("__")]
         return ActorHandle(ray_handle._actor_id.hex(), class_name, methods, ray_handle)
 
     def kill(self, handle: ActorHandle, *, no_restart: bool = True) -> None:
@@ -214,24 +216,25 @@ class RayBackend(Backend):
 
         Ray's graceful cancel raises KeyboardInterrupt between bytecodes, so a task blocked in C
         (sleep, I/O) runs on; to stop a running task as the runtime promises, tasks are always
-        force-cancelled (their worker process is killed, and they are not retried). Ray cannot
-        force-cancel an actor call: a queued call is dropped, a running one finishes.
+        force-cancelled (their worker process is killed, and they are not retried).
+
+        An actor call is left to run and return its result, as the local backend does with a
+        call it has already sent to the actor: Ray sends calls at once. Ray's own cancel of an
+        actor call (Ray 2.60) either runs the call all the same, or, when the call was not sent
+        yet, leaves a gap in the caller's call sequence that stalls the caller's later calls to
+        that actor for 30 s and then fails them.
         """
         if not isinstance(ref, RayObjectRef):
             raise TypeError(f"expected an ObjectRef of the ray backend, got {ref!r}")
-        ray.cancel(ref.ray_ref, force=not ref.actor_call)
+        if not ref.actor_call:
+            ray.cancel(ref.ray_ref, force=True)
 
     # -- cluster ----------------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
         return [
-            {
-                "node_id": n["NodeID"],
-                "alive": True,
-                "address": n["NodeManagerAddress"],
-                "resources": _with_cpu_and_memory(n["Resources"]),
-            }
-            for n in ray.nodes()
-            if n["Alive"]
+            {"node_id": n["NodeID"], "alive": True, "address": n["NodeManagerAddress"],
+             "resources": _with_cpu_and_memory(n["Resources"])}
+            for n in ray.nodes() if n["Alive"]
         ]
 
     def cluster_resources(self) -> dict[str, float]:
@@ -393,7 +396,7 @@ def _ray_ref(ref: ObjectRef) -> ray.ObjectRef:
 
 
 def _ray_handle(handle: ActorHandle) -> Any:
-    if not isinstance(handle.backend_ref, ray.actor.ActorHandle):
+    if not isinstance(handle.backend_ref, ray.actor.ActorHandle | ClientActorHandle):
         raise TypeError(f"{handle!r} is not an actor of the ray backend")
     return handle.backend_ref
 
@@ -407,8 +410,29 @@ def _get(ray_refs: list[ray.ObjectRef], timeout: float | None) -> list[Any]:
     raise error  # outside the except block, so Ray's error is not chained as the context
 
 
+def _options_key(function_id: str, options: dict[str, Any]) -> Any:
+    """A dict key for a function with these options, or None if they cannot be hashed."""
+    key = (function_id, *((k, tuple(v) if isinstance(v, list) else v)
+                          for k, v in sorted(options.items())))
+    try:
+        hash(key)
+    except TypeError:  # e.g. a placement group in the scheduling hint
+        return None
+    return key
+
+
 def _retry_exceptions(value: bool | list | tuple) -> bool | list[type[BaseException]]:
     return value if isinstance(value, bool) else list(value)
+
+
+def _placement(options: dict[str, Any]) -> dict[str, Any]:
+    """Ray's options for the resources and the placement of a task or an actor."""
+    placement = {
+        "num_cpus": options["num_cpus"], "scheduling_strategy": _strategy(options["scheduling"])
+    }
+    if options["memory"]:
+        placement["memory"] = options["memory"]
+    return placement
 
 
 def _strategy(hint: Any) -> Any:
