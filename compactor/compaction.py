@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from typing import Any
@@ -51,22 +52,38 @@ def _gather(refs: list[Any], step: str, progress: Progress) -> list[Any]:
     return runtime.get(refs)
 
 
+KEEP_WARM = 4  # partitions whose dedupe actors (and cached indexes) stay alive in a runtime
+_warm: OrderedDict[str, list[Any]] = OrderedDict()  # actor-set name -> handles, LRU first
+
+
 def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
-    """The round's dedupe actors: reused from earlier rounds in this runtime when alive."""
+    """The round's dedupe actors: reused from earlier rounds in this runtime when alive.
+
+    The actors of the ``KEEP_WARM`` most recently compacted partitions stay alive with their
+    indexes; older ones are stopped, so a long-running scheduler's memory stays bounded.
+    """
     total_memory = int(runtime.cluster_resources()["memory"])
+    prefix = (f"dedupe:{table.metadata.table_id}:{partition.key}:{plan.bucket_count}:"
+              f"{plan.groups}")
     handles = []
     for g in range(plan.groups):
-        name = (f"dedupe:{table.metadata.table_id}:{partition.key}:{plan.bucket_count}:"
-                f"{plan.groups}:{g}")
         try:
-            handles.append(runtime.get_actor(name))
+            handles.append(runtime.get_actor(f"{prefix}:{g}"))
             continue
         except ValueError:
             pass
         handles.append(Dedupe.options(
-            name=name, memory=min(plan.dedupe_memory, total_memory // 2),
+            name=f"{prefix}:{g}", memory=min(plan.dedupe_memory, total_memory // 2),
         ).remote(table.storage, partition.key.dir, plan.group_buckets(g), plan.bucket_count,
                  plan.order_type))
+    _warm.pop(prefix, None)
+    _warm[prefix] = handles
+    while len(_warm) > KEEP_WARM:
+        for handle in _warm.popitem(last=False)[1]:
+            try:
+                runtime.kill(handle)
+            except Exception:  # already gone, or a runtime since shut down
+                pass
     return handles
 
 

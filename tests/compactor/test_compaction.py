@@ -268,3 +268,26 @@ def test_index_delta_chains_are_folded_by_a_new_runtime(tmp_path, order_by):
         for r in range(2):
             recent_changes(f"v{r}")
             assert not s.compact_and_check(target_file_size=2000).rebased
+
+
+def test_only_recent_partitions_keep_their_dedupe_actors(rt, tmp_path):
+    from compactor.compaction import KEEP_WARM
+
+    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
+                         partition_by=["day"], bucket_count=2)
+    rng = np.random.default_rng(9)
+    parts = [table.partition({"day": f"d{i}"}) for i in range(KEEP_WARM + 1)]
+    for p in parts:
+        p.append(_rows(rng, 100, 100, 0, "x"))
+        compact_partition(table, p)
+    groups = int(runtime.cluster_resources()["CPU"])
+
+    def alive(p: object) -> bool:
+        try:
+            runtime.get_actor(f"dedupe:{table.metadata.table_id}:{p.key}:2:{groups}:0")  # type: ignore[attr-defined]
+            return True
+        except ValueError:
+            return False
+
+    assert not alive(parts[0])
+    assert all(alive(p) for p in parts[1:])
