@@ -32,23 +32,29 @@ from compactor.table import Table
 DEFAULT_TARGET_FILE_SIZE = 256 << 20
 MERGE_ATTEMPTS = 3  # a dedupe actor that dies mid-merge restarts and reloads its index
 
-Progress = Callable[[str, int, int], None]  # (step, done, total)
+# progress(step, tasks done, tasks in all, bytes done, bytes in all); bytes are those of the
+# input files the step's tasks read (0 where a step reads no files)
+Progress = Callable[[str, int, int, int, int], None]
 
 
-def _quiet(step: str, done: int, total: int) -> None:
+def _quiet(step: str, done: int, total: int, bytes_done: int, bytes_total: int) -> None:
     pass
 
 
-def _gather(refs: list[Any], step: str, progress: Progress) -> list[Any]:
+def _gather(refs: list[Any], step: str, progress: Progress,
+            sizes: list[int] | None = None) -> list[Any]:
     """Results in input order, reporting progress as they complete."""
-    progress(step, 0, len(refs))
+    size_of = dict(zip(refs, sizes or [0] * len(refs), strict=True))
+    bytes_total = sum(size_of.values())
+    progress(step, 0, len(refs), 0, bytes_total)
     pending = list(refs)
-    done = 0
+    done = bytes_done = 0
     while pending:
         ready, pending = runtime.wait(pending, num_returns=1)
         done += len(ready)
+        bytes_done += sum(size_of[r] for r in ready)
         runtime.get(ready)  # raise early on a failure
-        progress(step, done, len(refs))
+        progress(step, done, len(refs), bytes_done, bytes_total)
     return runtime.get(refs)
 
 
@@ -201,7 +207,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         hash_refs = [hash_task.options(memory=task.memory).remote(table.storage, task.input,
                                                                   *args)
                      for task in plan.tasks]
-        hashed = _gather(hash_refs, "hash_bucket", progress)
+        hashed = _gather(hash_refs, "hash_bucket", progress, [t.size for t in plan.tasks])
         seconds["hash_bucket"] = time.perf_counter() - t
         rss["hash_bucket"] = max((h.peak_rss for h in hashed), default=0)
 
@@ -223,7 +229,8 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         ordinals = [[s.ordinal for s in group] for group in tasks]
         finalize_refs = [a.finalize.remote(ordinals, plan.rows_per_file) for a in actors]
         outputs: list[MaterializeOutput] = []
-        for out in _gather(mat_refs, "materialize", progress):
+        for out in _gather(mat_refs, "materialize", progress,
+                           [sum(s.file.size for s in group) for group in tasks]):
             outputs.append(out)
             written.extend(f for files in out.written.values() for f in files)
             rss["materialize"] = max(rss.get("materialize", 0), out.peak_rss)
@@ -237,7 +244,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         seconds["index"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        progress("commit", 0, 1)
+        progress("commit", 0, 1, 0, 0)
         maybe_fail("commit")
         buckets, index_paths, referenced = _layout(plan, plans, outputs, index_paths_new)
         result_fields = _figures(plan, merged, outputs, referenced)
@@ -247,7 +254,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
             properties={index_store.PROPERTY: json.dumps(index_paths)},
             metrics={k: float(v) for k, v in result_fields.items()},
         )
-        progress("commit", 1, 1)
+        progress("commit", 1, 1, 0, 0)
     except BaseException:
         for ref in finalize_refs:  # index files of a round that will not commit
             try:

@@ -11,6 +11,7 @@ import click
 from compactor.cli.append import append
 from compactor.cli.compact import compact
 from compactor.cli.demo import demo
+from compactor.cli.plan import plan
 from compactor.cli.read import read
 from compactor.cli.show import history, show
 from compactor.cli.table import table_group
@@ -50,7 +51,7 @@ def cli() -> None:
     pass
 
 
-for _command in (table_group, append, compact, show, history, verify, read, demo):
+for _command in (table_group, append, compact, plan, show, history, verify, read, demo):
     cli.add_command(_command)
 
 

@@ -29,14 +29,35 @@ from rich.text import Text
 _LOG_EVERY = 1.0  # seconds between lines of one step, when not on a terminal
 
 
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"
+
+
+def _bytes_text(done: int, total: int, seconds: float) -> str:
+    """``"120/800 MB, 45 MB/s"``, or "" for a step that reads no files."""
+    if not total:
+        return ""
+    rate = f", {_mb(done / seconds)}/s" if seconds > 0 and done else ""
+    return f"{_mb(done)} / {_mb(total)}{rate}"
+
+
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text("" if speed is None else f"{speed:,.1f} tasks/s", style="progress.data.speed")
 
 
+class _BytesColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        elapsed = task.finished_time or task.elapsed or 0.0
+        return Text(_bytes_text(task.fields.get("bytes_done", 0),
+                                task.fields.get("bytes_total", 0), elapsed),
+                    style="progress.download")
+
+
 class RoundProgress:
-    """A context manager that is also the ``progress(step, done, total)`` callback."""
+    """A context manager that is also the ``progress(step, done, total, bytes_done,
+    bytes_total)`` callback of ``compact_partition``."""
 
     def __init__(self, console: Console, *, live: bool | None = None) -> None:
         self.console = console
@@ -47,7 +68,7 @@ class RoundProgress:
         self._last_line: dict[str, float] = {}
         self._bars = Progress(
             TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("tasks"), TimeElapsedColumn(), _RateColumn(),
+            TextColumn("tasks"), _BytesColumn(), TimeElapsedColumn(), _RateColumn(),
             console=console, disable=not self.live,
         )
         self._tasks: dict[str, TaskID] = {}
@@ -73,14 +94,16 @@ class RoundProgress:
         else:
             self._line(f"{step:<11} {what}")
 
-    def __call__(self, step: str, done: int, total: int) -> None:
+    def __call__(self, step: str, done: int, total: int, bytes_done: int = 0,
+                 bytes_total: int = 0) -> None:
         if total == 0 and (step in self._tasks or step in self._last_line):
             return  # a step re-reported with nothing left to do (retry bookkeeping)
         self._switch(step)
         if self.live:
             if step not in self._tasks:
                 self._tasks[step] = self._bars.add_task(step, total=total)
-            self._bars.update(self._tasks[step], completed=done, total=total)
+            self._bars.update(self._tasks[step], completed=done, total=total,
+                              bytes_done=bytes_done, bytes_total=bytes_total)
             if done >= total:
                 self._bars.stop_task(self._tasks[step])
             return
@@ -88,7 +111,8 @@ class RoundProgress:
         last = self._last_line.get(step)
         if last is None or done >= total or now - last >= _LOG_EVERY:
             self._last_line[step] = now
-            self._line(f"{step:<11} {done}/{total} tasks")
+            read = _bytes_text(bytes_done, bytes_total, now - self._step_start)
+            self._line(f"{step:<11} {done}/{total} tasks" + (f", {read}" if read else ""))
 
     def _switch(self, step: str) -> None:
         if step != self._step:

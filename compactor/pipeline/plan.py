@@ -32,6 +32,7 @@ FOOTER_THREADS = 16
 class HashTask:
     input: HashInput
     memory: int
+    size: int  # bytes of the input file this task covers (its share of the file)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
                 memory = max(MIN_TASK_MEMORY, int(chunk_rows * (2 * per_row_key + RECORD_BYTES)))
                 tasks.append(HashTask(HashInput(
                     file, ordinal, position, kind, cdc,
-                    None if whole else tuple(chunk), first), memory))
+                    None if whole else tuple(chunk), first), memory,
+                    file.size * chunk_rows // max(file.rows, 1)))
                 first, chunk, chunk_rows = start, [], 0
             if n:
                 chunk.append(g)
@@ -150,7 +152,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
                 start += n
         if not rg_rows:  # an empty file still gets hashed (it may carry schema only)
             tasks.append(HashTask(HashInput(file, ordinal, position, kind, cdc),
-                                  MIN_TASK_MEMORY))
+                                  MIN_TASK_MEMORY, file.size))
     base = None if rebuild else compacted
     if base is not None:
         for b, bucket in enumerate(base.buckets):
