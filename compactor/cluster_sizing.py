@@ -204,9 +204,8 @@ def _node_type(source: str, name: str, spec: Mapping[str, Any], head: bool,
 # -- a round's requests ----------------------------------------------------------------------------
 def round_requests(plan: RoundPlan) -> tuple[list[Request], dict[str, list[Request]]]:
     """The dedupe actors' and each step's requests, as ``compact_partition`` makes them."""
-    from compactor import compaction
     from compactor.pipeline import locators
-    from compactor.pipeline.materialize import SourceRows
+    from compactor.pipeline.materialize import SourceRows, task_memory
 
     actors = [Request(f"dedupe actor {g} of {plan.groups}", plan.dedupe_memory, cpus=0)
               for g in range(plan.groups)]  # actors reserve no CPU (the runtime's default)
@@ -217,13 +216,13 @@ def round_requests(plan: RoundPlan) -> tuple[list[Request], dict[str, list[Reque
     # A source read alone is the smallest materialize task it can be in: a compacted file
     # feeds its bucket, a delta file all buckets its rows hash to.
     none = np.empty(0, dtype=np.int64)
-    materialize = []
+    materialize: list[Request] = []
     for ordinal, file in plan.sources.items():
         buckets = ([locators.bucket_of_compacted(ordinal)] if not locators.is_source(ordinal)
                    else range(min(plan.bucket_count, max(1, file.rows))))
         source = SourceRows(ordinal, file, dict.fromkeys(buckets, none))
         materialize.append(Request(f"materialize task reading {file.url}",
-                                   compaction._task_memory(plan, [source])))
+                                   task_memory(plan, [source])))
     largest = [max(materialize, key=lambda r: r.memory)] if materialize else []
     return actors, {"hash_bucket": hashing, "materialize": largest}
 

@@ -15,15 +15,17 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from typing import Any
 
-import numpy as np
-
 import runtime
 from compactor.faults import maybe_fail
 from compactor.manifest import DataFile
 from compactor.partition import Partition
 from compactor.pipeline import index_store
 from compactor.pipeline.dedupe import BucketPlan, GroupResult
-from compactor.pipeline.materialize import ROW_GROUP_ROWS, MaterializeOutput, SourceRows
+from compactor.pipeline.materialize import (
+    MaterializeOutput,
+    group_sources,
+    task_memory,
+)
 from compactor.pipeline.plan import NothingToDo, RoundPlan, plan_round
 from compactor.pipeline.tasks import Dedupe, hash_task, materialize_task, peak_rss, warm_up
 from compactor.result import CompactionResult
@@ -219,9 +221,9 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         plans = {b: p for g in merged for b, p in g.plans.items()}
 
         t = time.perf_counter()
-        tasks = _materialize_groups(plan, plans)
+        tasks = group_sources(plan, plans, runtime.cluster_resources()["CPU"])
         total_memory = int(runtime.cluster_resources()["memory"])
-        mat_refs = [materialize_task.options(memory=min(total_memory, _task_memory(plan, group)))
+        mat_refs = [materialize_task.options(memory=min(total_memory, task_memory(plan, group)))
                     .remote(table.storage, partition.key, g, group, table.schema,
                             plan.rows_per_file)
                     for g, group in enumerate(tasks)]
@@ -273,44 +275,6 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         len(plan.snapshot.deltas), **result_fields,  # type: ignore[arg-type]
         seconds=time.perf_counter() - start, step_seconds=seconds, step_peak_rss=rss,
     )
-
-
-MIN_GROUP_BYTES = 64 << 20  # decoded bytes a materialize task reads at least...
-MAX_GROUP_BYTES = 1 << 30  # ...and at most (unless one source alone is bigger)
-
-
-def _materialize_groups(plan: RoundPlan, plans: dict[int, BucketPlan]) -> list[list[SourceRows]]:
-    """Source files with surviving rows, in ordinal order, cut into materialize tasks.
-
-    Tasks get consecutive sources, about 1/(2 x CPUs) of the decoded data each (so every core
-    has work), but at least MIN_GROUP_BYTES (fewer, larger files) and at most MAX_GROUP_BYTES.
-    """
-    by_ordinal: dict[int, dict[int, np.ndarray]] = {}
-    for b, p in plans.items():
-        for ordinal, rows in p.sources:
-            by_ordinal.setdefault(ordinal, {})[b] = rows
-    sizes = {o: plan.sources[o].rows * plan.row_bytes for o in by_ordinal}
-    cpus = max(1.0, runtime.cluster_resources()["CPU"])
-    budget = min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, sum(sizes.values()) / (2 * cpus)))
-    groups: list[list[SourceRows]] = []
-    current: list[SourceRows] = []
-    current_bytes = 0.0
-    for o in sorted(by_ordinal):
-        if current and current_bytes + sizes[o] > budget:
-            groups.append(current)
-            current, current_bytes = [], 0.0
-        current.append(SourceRows(o, plan.sources[o], by_ordinal[o]))
-        current_bytes += sizes[o]
-    if current:
-        groups.append(current)
-    return groups
-
-
-def _task_memory(plan: RoundPlan, group: list[SourceRows]) -> int:
-    """Decoded size of the largest source (read whole) twice, plus the buckets' buffers."""
-    largest = max(s.file.rows for s in group) * plan.row_bytes
-    buckets = len({b for s in group for b in s.rows})
-    return int(2 * largest + buckets * ROW_GROUP_ROWS * plan.row_bytes) + (64 << 20)
 
 
 def _layout(plan: RoundPlan, plans: dict[int, BucketPlan], outputs: list[MaterializeOutput],

@@ -23,6 +23,8 @@ from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.manifest import DataFile
+from compactor.pipeline.dedupe import BucketPlan
+from compactor.pipeline.plan import RoundPlan
 
 WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
 ROW_GROUP_ROWS = 128 * 1024
@@ -166,3 +168,42 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
         del data
     written = {b: w.finish() for b, w in sorted(writers.items())}
     return MaterializeOutput(group, written, len(sources), bytes_read, rows)
+
+
+MIN_GROUP_BYTES = 64 << 20  # decoded bytes a materialize task reads at least...
+MAX_GROUP_BYTES = 1 << 30  # ...and at most (unless one source alone is bigger)
+
+
+def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
+                  cpus: float) -> list[list[SourceRows]]:
+    """Source files with surviving rows, in ordinal order, cut into materialize tasks.
+
+    Tasks get consecutive sources, about 1/(2 x CPUs) of the decoded data each (so every core
+    has work), but at least MIN_GROUP_BYTES (fewer, larger files) and at most MAX_GROUP_BYTES.
+    """
+    by_ordinal: dict[int, dict[int, np.ndarray]] = {}
+    for b, p in plans.items():
+        for ordinal, rows in p.sources:
+            by_ordinal.setdefault(ordinal, {})[b] = rows
+    sizes = {o: plan.sources[o].rows * plan.row_bytes for o in by_ordinal}
+    cpus = max(1.0, cpus)
+    budget = min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, sum(sizes.values()) / (2 * cpus)))
+    groups: list[list[SourceRows]] = []
+    current: list[SourceRows] = []
+    current_bytes = 0.0
+    for o in sorted(by_ordinal):
+        if current and current_bytes + sizes[o] > budget:
+            groups.append(current)
+            current, current_bytes = [], 0.0
+        current.append(SourceRows(o, plan.sources[o], by_ordinal[o]))
+        current_bytes += sizes[o]
+    if current:
+        groups.append(current)
+    return groups
+
+
+def task_memory(plan: RoundPlan, group: list[SourceRows]) -> int:
+    """Decoded size of the largest source (read whole) twice, plus the buckets' buffers."""
+    largest = max(s.file.rows for s in group) * plan.row_bytes
+    buckets = len({b for s in group for b in s.rows})
+    return int(2 * largest + buckets * ROW_GROUP_ROWS * plan.row_bytes) + (64 << 20)

@@ -22,8 +22,7 @@ from compactor.cluster_sizing import (
     round_requests,
     size_round,
 )
-from compactor.compaction import _task_memory
-from compactor.pipeline.materialize import SourceRows
+from compactor.pipeline.materialize import SourceRows, task_memory
 from compactor.pipeline.plan import plan_round
 
 
@@ -174,4 +173,4 @@ def test_requests_are_the_ones_compaction_makes(tmp_path: Path) -> None:
     ordinal = next(o for o, f in plan.sources.items() if f == file)
     none = np.empty(0, dtype=np.int64)
     alone = SourceRows(ordinal, file, dict.fromkeys(range(4), none))
-    assert largest.memory == _task_memory(plan, [alone]) and file.url in largest.what
+    assert largest.memory == task_memory(plan, [alone]) and file.url in largest.what
