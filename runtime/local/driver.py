@@ -31,6 +31,7 @@ from runtime.backend import Backend
 from runtime.errors import (
     GetTimeoutError,
     NotInitializedError,
+    ObjectLostError,
     UnschedulableError,
     WorkerCrashedError,
 )
@@ -136,6 +137,14 @@ class LocalBackend(Backend):
             raise UnschedulableError(
                 f"{what} asks for a placement group; the local backend runs on one node and has "
                 "none (use scheduling='SPREAD' or the ray backend)"
+            )
+
+    def _check_known(self, ids: list[str]) -> None:
+        unknown = [oid for oid in ids if oid not in self.dir.entries]
+        if unknown:
+            raise ObjectLostError(
+                f"object {unknown[0]} is unknown to this runtime: freed, or a ref from an "
+                "earlier runtime session"
             )
 
     def fits(self, cpus: float, memory: int) -> bool:
@@ -300,6 +309,7 @@ class LocalBackend(Backend):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
             self._flush_refs()
+            self._check_known(ids)
             while True:
                 missing = [oid for oid in ids if not self.dir.is_done(oid)]
                 if not missing:
@@ -322,6 +332,7 @@ class LocalBackend(Backend):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
             self._flush_refs()
+            self._check_known([r.id for r in refs])
             while True:
                 done = {r.id for r in refs if self.dir.is_done(r.id)}
                 remaining = None if deadline is None else deadline - time.monotonic()

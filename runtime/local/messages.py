@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from runtime.errors import ObjectLostError
 from runtime.local import values
 from runtime.local.work import Work
 
@@ -116,6 +117,12 @@ class MessageHandler:
 
     # -- requests: answered with ("reply", rid, value) ---------------------------------------------
     def req_get(self, w: WorkerProc, rid: int, ids: list[str]) -> None:
+        unknown = [oid for oid in ids if oid not in self.b.dir.entries]
+        if unknown:
+            err = values.encode_error(ObjectLostError(
+                f"object {unknown[0]} is unknown to this runtime (freed?)"), "")
+            w.send(("reply", rid, [("error", *err) for _ in ids]))
+            return
         work = w.work
         if work is not None and not w.blocked:
             w.blocked = True  # give its CPUs back while it waits, so nested tasks can run

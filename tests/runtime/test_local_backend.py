@@ -128,3 +128,11 @@ def test_init_and_first_task_are_fast():
         elapsed = time.perf_counter() - start
     # the benchmark reports the real figure; this only guards against a regression to seconds
     assert elapsed < 3.0
+
+
+def test_a_ref_from_an_earlier_session_is_a_clear_error_not_a_hang():
+    with runtime.init("local", num_cpus=1):
+        stale = runtime.put(np.zeros(10))
+    with runtime.init("local", num_cpus=1), pytest.raises(runtime.ObjectLostError,
+                                                           match="earlier runtime session"):
+        runtime.get(stale, timeout=10)
