@@ -40,11 +40,16 @@ _LOCAL = frozenset({"file", "local"})
 _S3 = frozenset({"s3", "s3a"})
 _MEMORY = frozenset({"memory"})
 
-# botocore's "standard" retry mode backs off with jitter on throttling and 5xx answers.
 _S3_DEFAULTS: dict[str, Any] = {
     "use_listings_cache": False,  # other writers add commits; a cached listing would hide them
-    "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}},
 }
+# Retries are bounded: botocore's "standard" mode retries throttling (503 SlowDown), 5xx answers,
+# timeouts and dropped connections with exponential backoff and full jitter (up to 1, 2, 4, 8 s),
+# so a request that keeps failing surfaces its error after about 8 s (at most 15 s) instead of
+# hanging; s3fs adds a few retries of its own for dropped connections and SlowDown. With 5
+# attempts a request fails only if all 5 do: at a 5% fault rate, about once in 10^7 requests.
+# The AWS environment (AWS_RETRY_MODE, AWS_MAX_ATTEMPTS) or ``config_kwargs`` override this.
+_S3_MAX_ATTEMPTS = 5
 
 # S3 answers 409 ConditionalRequestConflict while another conditional write to the same key is
 # in flight; the outcome is then unknown, so the same PUT is retried until it gets 200 or 412.
@@ -61,7 +66,7 @@ class Storage:
         protocol = fsspec.core.split_protocol(url)[0] or "file"
         kwargs = dict(self._options)
         if protocol in _S3:
-            config = {**_S3_DEFAULTS["config_kwargs"], **kwargs.pop("config_kwargs", {})}
+            config = {"retries": _s3_retries(), **kwargs.pop("config_kwargs", {})}
             kwargs = {**_S3_DEFAULTS, **kwargs, "config_kwargs": config}
         elif protocol in _LOCAL:
             kwargs.setdefault("auto_mkdir", True)
@@ -176,6 +181,16 @@ class Storage:
         if self.protocol in _LOCAL:
             os.makedirs(posixpath.dirname(path), exist_ok=True)
         return self.fs.open(path, "wb")
+
+
+def _s3_retries() -> dict[str, Any]:
+    """botocore's retry settings: the environment's where it sets them, else ours."""
+    retries: dict[str, Any] = {}
+    if not os.environ.get("AWS_RETRY_MODE"):
+        retries["mode"] = "standard"
+    if not os.environ.get("AWS_MAX_ATTEMPTS"):
+        retries["max_attempts"] = _S3_MAX_ATTEMPTS
+    return retries
 
 
 async def _gather(coroutines: list[Any]) -> list[Any]:

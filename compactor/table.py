@@ -114,7 +114,10 @@ def create_table(
     try:
         storage.create(metadata_file(1), json.dumps(metadata.to_dict()).encode())
     except FileExistsError:
-        raise TableExists(f"a table already exists at {storage.url}") from None
+        # A retried PUT whose first attempt landed (its answer was lost) also finds the file:
+        # it is ours if it holds our table id.
+        if _read_metadata(storage, 1).table_id != metadata.table_id:
+            raise TableExists(f"a table already exists at {storage.url}") from None
     return Table(storage, metadata)
 
 

@@ -6,11 +6,14 @@ console script's entry point and returns the exit code.
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 import click
 
 from compactor.cli.append import append
 from compactor.cli.compact import compact
 from compactor.cli.demo import demo
+from compactor.cli.gc import gc
 from compactor.cli.plan import plan
 from compactor.cli.read import read
 from compactor.cli.show import history, show
@@ -51,12 +54,22 @@ def cli() -> None:
     pass
 
 
-for _command in (table_group, append, compact, plan, show, history, verify, read, demo):
+for _command in (table_group, append, compact, plan, show, history, verify, read, gc, demo):
     cli.add_command(_command)
+
+
+def _add_plugins() -> None:
+    """Command groups of packages above this one (``jobs``) plug in through the
+    ``compactor.commands`` entry point, loaded when the command line runs, so that compactor
+    never imports them: imports flow jobs -> compactor -> runtime."""
+    for entry in entry_points(group="compactor.commands"):
+        if entry.name not in cli.commands:
+            cli.add_command(entry.load(), entry.name)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    _add_plugins()
     try:
         cli.main(args=argv, prog_name="compactor", standalone_mode=True)
     except SystemExit as e:

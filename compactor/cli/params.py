@@ -55,6 +55,39 @@ class Size(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``90`` (seconds), ``90s``, ``15m``, ``1h30m``, ``2d``."""
+    text = text.replace(" ", "")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration; write seconds or e.g. 90s, 15m, 1h30m, 2d")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            seconds = parse_duration(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        if seconds < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return seconds
+
+
 def _pairs(text: str) -> list[tuple[str, str]]:
     pairs = []
     for item in text.split(","):

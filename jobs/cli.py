@@ -1,0 +1,250 @@
+"""``compactor jobs``: validate a job config, run the scheduler, run it once, show the history.
+
+The click group ``jobs``, for the ``compactor`` command line to register (importing this module
+lazily); ``python -m jobs`` runs the group on its own. Each command takes ``--json``, ``--debug``
+and ``--endpoint-url`` like every other command; ``--endpoint-url`` is the S3 endpoint of jobs
+whose ``storage_options`` name none.
+Exit codes: 0 ok, 1 a failure (a config error, a failed round, an unreadable table), 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from compactor.cli.common import EXIT_FAILURE, Session, command, styled, timestamp
+from compactor.cli.params import format_size
+from jobs.config import (
+    DEFAULT_HISTORY,
+    ENV_HISTORY,
+    Config,
+    Job,
+    Triggers,
+    default_history,
+    load_config,
+)
+from jobs.history import FAILED, TIMED_OUT, History, Run
+
+if TYPE_CHECKING:
+    from jobs.scheduler import Scheduler
+
+log = logging.getLogger("jobs")
+
+
+@click.group("jobs", context_settings={"help_option_names": ["-h", "--help"]})
+def jobs() -> None:
+    """Scheduled compaction: keep the partitions a job config names compacted.
+
+    \b
+      compactor jobs validate jobs.yaml     # check the config, show what it means
+      compactor jobs once jobs.yaml         # run what is due now, then exit
+      compactor jobs run jobs.yaml          # keep running (SIGTERM/SIGINT to stop)
+      compactor jobs status                 # recent rounds (--json for tools)
+    """
+
+
+def _config(session: Session, path: str) -> Config:
+    config = load_config(path)
+    if not session.endpoint_url:
+        return config
+    return replace(config, jobs=tuple(
+        replace(job, storage_options={**(session.storage_options(job.table) or {}),
+                                      **job.storage_options})
+        for job in config.jobs))
+
+
+def _triggers_text(t: Triggers) -> str:
+    parts = [f"cron {t.cron!r} ({t.timezone})"] if t.cron else []
+    if t.pending_deltas is not None:
+        parts.append(f"pending deltas >= {t.pending_deltas}")
+    if t.pending_bytes is not None:
+        parts.append(f"pending bytes >= {format_size(t.pending_bytes)}")
+    if t.oldest_delta_age is not None:
+        parts.append(f"oldest pending delta >= {t.oldest_delta_age:g}s old")
+    return ", or ".join(parts)
+
+
+def _job_info(job: Job) -> dict[str, Any]:
+    backend, address = job.runtime_key
+    return {"name": job.name, "table": job.table, "partitions": job.partitions.describe(),
+            "triggers": _triggers_text(job.triggers), "backend": backend, "address": address,
+            "target_file_size": job.target_file_size, "retries": job.retries.max,
+            "timeout": job.timeout, "concurrency": job.concurrency}
+
+
+@command("validate", group=jobs)
+@click.argument("config", type=click.Path(dir_okay=False))
+def validate(session: Session, config: str) -> None:
+    """Check a job config (YAML) and show what each job will do; nothing is contacted."""
+    session.where = f"config {config}"
+    cfg = _config(session, config)
+    info: dict[str, Any] = {"ok": True, "config": config, "history": cfg.history,
+                            "metrics": None if cfg.metrics is None
+                            else f"{cfg.metrics[0]}:{cfg.metrics[1]}",
+                            "jobs": [_job_info(j) for j in cfg.jobs]}
+
+    def render(out: Console) -> None:
+        out.print(f"{config}: OK, {len(cfg.jobs)} job(s); history in {cfg.history}")
+        for j in info["jobs"]:
+            out.print(f"  {j['name']}: {j['table']} (partitions: {j['partitions']}) when "
+                      f"{j['triggers']}; on {j['backend']}"
+                      + (f" at {j['address']}" if j["address"] else ""))
+
+    session.emit(info, render)
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": timestamp(record.created), "level": record.levelname,
+                           "logger": record.name, "message": record.getMessage()})
+
+
+@contextmanager
+def _logging(json_lines: bool = False) -> Iterator[None]:
+    """The scheduler's log on stderr: timestamped lines, or JSON objects one per line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLines() if json_lines else
+                         logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+@contextmanager
+def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """Call ``on_signal(count)`` on SIGTERM and SIGINT (main thread only; else do nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    count = 0
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal count
+        count += 1
+        on_signal(count)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _scheduler(config: Config) -> Scheduler:
+    from jobs.scheduler import Scheduler  # the runtime and the pipeline load here, not for --help
+
+    return Scheduler(config)
+
+
+@command("run", group=jobs)
+@click.argument("config", type=click.Path(dir_okay=False))
+def run(session: Session, config: str) -> None:
+    """Run the scheduler until SIGTERM or SIGINT (a second one abandons running rounds).
+
+    It logs to stderr (with --json: one JSON object per line, for log shippers).
+    """
+    session.where = f"config {config}"
+    cfg = _config(session, config)
+    stop = threading.Event()
+    with _logging(session.json):
+        scheduler = _scheduler(cfg)
+
+        def on_signal(count: int) -> None:
+            stop.set()
+            scheduler.request_stop(abandon=count > 1)
+
+        with _signals(on_signal):
+            try:
+                if cfg.metrics is not None:
+                    url = scheduler.metrics.serve(*cfg.metrics)
+                    log.info("metrics at %s", url)
+                log.info("scheduler %s: %d job(s), tick %gs, history %s", scheduler.owner,
+                         len(cfg.jobs), cfg.tick, cfg.history)
+                scheduler.run(stop)
+                log.info("stopping: no new rounds; running ones get %gs to finish",
+                         cfg.shutdown_grace)
+            finally:
+                scheduler.shutdown()
+        log.info("stopped")
+
+
+@command("once", group=jobs)
+@click.argument("config", type=click.Path(dir_okay=False))
+def once(session: Session, config: str) -> None:
+    """Evaluate every trigger once, run the rounds that are due, wait for them, exit."""
+    session.where = f"config {config}"
+    cfg = _config(session, config)
+    with _logging():
+        scheduler = _scheduler(cfg)
+        with _signals(lambda count: scheduler.request_stop(abandon=count > 1)):
+            try:
+                scheduler.run_once()
+            finally:
+                scheduler.shutdown()  # after a signal: rounds finish or are abandoned here
+    runs = scheduler.finished
+    failed = [r for r in runs if r.outcome in (FAILED, TIMED_OUT)]
+    ok = not failed and not scheduler.errors
+    session.emit({"ok": ok, "runs": [r.to_dict() for r in runs], "errors": scheduler.errors},
+                 lambda out: _render_runs(runs, out, empty="nothing was due"))
+    if not ok:
+        first = scheduler.errors[0] if scheduler.errors else f"{failed[0].job} partition " \
+            f"{failed[0].partition}: {failed[0].error}"
+        click.echo(f"error: {len(failed)} round(s) failed, {len(scheduler.errors)} evaluation "
+                   f"error(s); first: {first}", err=True)
+        sys.exit(EXIT_FAILURE)
+
+
+@command("status", group=jobs)
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
+@click.option("--history", "history_path", metavar="PATH",
+              help="The history database (default: the config's, else "
+                   f"${ENV_HISTORY} or {DEFAULT_HISTORY}).")
+@click.option("--job", metavar="NAME", help="Only this job's runs.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+def status(session: Session, config: str | None, history_path: str | None, job: str | None,
+           limit: int) -> None:
+    """Recent rounds: job, partition, start, duration, outcome, rows and bytes, error."""
+    path = history_path or (load_config(config).history if config else default_history())
+    session.where = f"history {path}"
+    runs: list[Run] = []
+    if os.path.exists(path):
+        with History(path) as history:
+            runs = history.recent(limit, job)
+    session.emit([r.to_dict() for r in runs],
+                 lambda out: _render_runs(runs, out, empty=f"no runs recorded in {path}"))
+
+
+def _render_runs(runs: list[Run], out: Console, *, empty: str) -> None:
+    if not runs:
+        out.print(empty)
+        return
+    table = RichTable("job", "partition", "started", "duration", "outcome", "rows in/out",
+                      "bytes read/written", "error", box=None, padding=(0, 2))
+    for r in runs:
+        style = {"succeeded": "green", "failed": "red", "timed_out": "red"}.get(r.outcome, "")
+        table.add_row(
+            r.job, r.partition, timestamp(r.started_at),
+            "" if r.duration is None else f"{r.duration:.1f}s", styled(r.outcome, style),
+            "" if r.rows_in is None else f"{r.rows_in:,}/{r.rows_out or 0:,}",
+            "" if r.bytes_read is None else
+            f"{format_size(r.bytes_read)}/{format_size(r.bytes_written or 0)}",
+            r.error or "")
+    out.print(table)

@@ -1,0 +1,366 @@
+"""The scheduler: evaluates triggers, takes leases, runs rounds, records them.
+
+::
+
+    tick loop (caller's thread)              round threads (<= concurrency)     lease keeper
+    ---------------------------              ------------------------------     ------------
+    for each job: open the table, list       run_round(): compact_partition     every ttl/3:
+    its partitions, snapshot each            on the runtime, progress = the     renew the lease
+      -> pending gauges                      round's fence; retries with        of each running
+      -> due? (triggers, cron mark)          backoff                            round (a lost
+      -> free slot, runtime ready?           -> history.finish, metrics,        lease abandons
+      -> take the lease, re-check the        release the lease                  the round)
+         partition under it
+      -> history.start, start the round
+
+``run_once`` does one evaluation and waits for the rounds it started (``jobs once``); ``run``
+ticks until stopped (``jobs run``). Stopping takes no new work, lets running rounds finish for
+the grace period, then abandons them at their next step (before any commit), and returns within
+a bounded time even if a round never reaches a step boundary (the runtime is shut down under
+it). The re-check under the lease is what makes racing schedulers run exactly one round per due
+partition: the loser of a race finds nothing pending once the winner has committed.
+
+Rounds run on one runtime per process (``runtime.init`` is process-wide): jobs that name another
+backend or address wait until the running rounds are done, then the runtime is switched. A
+runtime the embedding program started itself is used as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+
+import psutil
+
+import runtime
+from compactor.compaction import compact_partition
+from compactor.errors import UnknownPartition
+from compactor.partition import Partition
+from compactor.table import Table, open_table
+from jobs.config import Config, Job
+from jobs.history import ABANDONED, FAILED, INTERRUPTED, History, Run
+from jobs.leases import Leases
+from jobs.metrics import Metrics
+from jobs.rounds import Compact, RoundControl, one_line, run_round
+from jobs.triggers import Clock, Pending, cron_fired, due
+
+log = logging.getLogger(__name__)
+
+ABANDON_WAIT = 10.0  # after abandoning, how long rounds get to reach a step boundary
+SHUTDOWN_WAIT = 5.0  # after shutting the runtime down under them, how long before giving up
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A partition found due."""
+
+    job: Job
+    table: Table
+    partition: Partition
+    reason: str
+    fired: float | None  # the cron fire time that made it due, if any
+
+    @property
+    def label(self) -> str:
+        return str(self.partition.key)
+
+
+class _Runtime:
+    """The process's runtime, (re)started for the backend and address a job needs."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, str | None] | None = None
+
+    def ready(self, key: tuple[str, str | None], busy: bool) -> bool:
+        if runtime.is_initialized() and self.key is None:
+            return True  # the embedding program's runtime
+        if runtime.is_initialized() and self.key == key:
+            return True
+        if busy:
+            return False
+        self.close()
+        log.info("starting the %s runtime%s", key[0], f" at {key[1]}" if key[1] else "")
+        runtime.init(key[0], address=key[1])
+        self.key = key
+        return True
+
+    def close(self) -> None:
+        if self.key is not None:
+            self.key = None
+            runtime.shutdown()
+
+
+class Scheduler:
+    def __init__(self, config: Config, *, clock: Clock | None = None,
+                 history: History | None = None, metrics: Metrics | None = None,
+                 compact: Compact = compact_partition) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.history = history or History(config.history)
+        self.metrics = metrics or Metrics()
+        self.compact = compact
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.errors: list[str] = []  # evaluation failures (tables or partitions unreadable)
+        self.finished: list[Run] = []
+        self._active: dict[tuple[str, str], RoundControl] = {}
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._runtime = _Runtime()
+        self._keeper: threading.Thread | None = None
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self) -> list[Candidate]:
+        """Every partition that is due now and has no round running here."""
+        found: list[Candidate] = []
+        for job in self.config.jobs:
+            try:
+                table = open_table(job.table, storage_options=job.storage_options)
+                if job.partitions.values is not None:
+                    parts = [table.partition(v) for v in job.partitions.values]
+                else:
+                    parts = [p for p in table.partitions() if job.partitions.matches(p.key)]
+            except Exception as e:
+                self._error(job, e)
+                continue
+            for part in parts:
+                with self._changed:
+                    if (job.name, str(part.key)) in self._active:
+                        continue
+                try:
+                    candidate = self._check(job, table, part)
+                except Exception as e:
+                    self._error(job, e, part)
+                    continue
+                if candidate is not None:
+                    found.append(candidate)
+        return found
+
+    def _error(self, job: Job, error: Exception, part: Partition | None = None) -> None:
+        where = f"job {job.name}" + (f" partition {part.key}" if part is not None else "")
+        message = f"{where}: {one_line(error)}"
+        log.error("%s", message)
+        self.errors.append(message)
+        self.metrics.evaluation_errors.labels(job.name).inc()
+
+    def _check(self, job: Job, table: Table, part: Partition,
+               fired: float | None = None) -> Candidate | None:
+        """``part`` as a candidate if it is due (``fired``: reuse that cron evaluation)."""
+        try:
+            pending = Pending.of(part.snapshot())
+        except UnknownPartition:
+            pending = Pending()
+        now = self.clock.now()
+        self.metrics.observe_pending(job.name, str(part.key), pending, now)
+        if fired is None:
+            fired = self._cron(job, str(part.key), now)
+        reason = due(job.triggers, pending, now, fired)
+        if reason is None and fired is not None:
+            self.history.set_cron_mark(job.name, str(part.key), now)  # fired with nothing to do
+        return None if reason is None else Candidate(job, table, part, reason, fired)
+
+    def _cron(self, job: Job, label: str, now: float) -> float | None:
+        if job.triggers.cron is None:
+            return None
+        mark = self.history.cron_mark(job.name, label)
+        if mark is None:  # first seen: the schedule starts now
+            self.history.set_cron_mark(job.name, label, now)
+        return cron_fired(job.triggers, mark, now)
+
+    # -- dispatch --------------------------------------------------------------------------------
+    def dispatch(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Start rounds for the candidates there is room for; returns the others."""
+        waiting = []
+        for c in candidates:
+            with self._changed:
+                busy = len(self._active)
+                of_job = sum(1 for job, _ in self._active if job == c.job.name)
+            full = busy >= self.config.concurrency or (
+                c.job.concurrency is not None and of_job >= c.job.concurrency)
+            if self._stopping.is_set() or full:
+                waiting.append(c)
+                continue
+            try:
+                if not self._runtime.ready(c.job.runtime_key, busy > 0):
+                    waiting.append(c)
+                    continue
+                self._start(c)
+            except Exception as e:
+                self._error(c.job, e, c.partition)
+        return waiting
+
+    def _start(self, c: Candidate) -> None:
+        leases = Leases(c.table.storage, self.owner, self.config.lease_ttl, self.clock)
+        lease = leases.acquire(c.partition.key)
+        if lease is None:
+            log.info("job %s partition %s: due, but another scheduler holds its lease",
+                     c.job.name, c.label)
+            if c.fired is not None:
+                self.history.set_cron_mark(c.job.name, c.label, self.clock.now())
+            return
+        try:
+            fresh = self._check(c.job, c.table, c.partition, c.fired)  # under the lease now
+            if c.fired is not None:
+                self.history.set_cron_mark(c.job.name, c.label, self.clock.now())
+            if fresh is None:  # e.g. another scheduler's round just folded everything in
+                leases.release(lease)
+                return
+            run = self.history.start(Run(c.job.name, c.table.url, c.label, fresh.reason,
+                                         self.owner, self.clock.now()))
+        except BaseException:
+            leases.release(lease)
+            raise
+        control = RoundControl(leases, lease, c.job.timeout)
+        log.info("job %s partition %s: round started (%s)", c.job.name, c.label, fresh.reason)
+        thread = threading.Thread(target=self._round, args=(c, control, run), daemon=True,
+                                  name=f"round {c.job.name} {c.label}")
+        with self._changed:
+            if self._stopping.is_set():
+                control.drain()
+            self._active[(c.job.name, c.label)] = control
+            self._count_leases(c.job.name)
+            self._ensure_keeper()
+        thread.start()
+
+    def _round(self, c: Candidate, control: RoundControl, run: Run) -> None:
+        done = replace(run, outcome=FAILED, finished_at=self.clock.now(),
+                       error="the round stopped unexpectedly")
+        try:
+            done = run_round(c.job, c.table, c.partition, control, run, self.clock, self.compact)
+        except BaseException as e:  # a bug, not a compaction failure: record it all the same
+            done = replace(done, error_type=type(e).__name__, error=one_line(e))
+            raise
+        finally:
+            try:
+                control.release()
+            except Exception as e:
+                log.warning("job %s partition %s: could not release the lease (%s); it "
+                            "expires by itself", c.job.name, c.label, one_line(e))
+            try:
+                self.history.finish(done)
+            finally:
+                self.metrics.observe_run(done)
+                with self._changed:
+                    self._active.pop((c.job.name, c.label), None)
+                    self.finished.append(done)
+                    self._count_leases(c.job.name)
+                    self._changed.notify_all()
+                log.log(logging.ERROR if done.outcome == FAILED else logging.INFO,
+                        "job %s partition %s: %s after %.1fs%s", c.job.name, c.label,
+                        done.outcome, done.duration or 0.0, f": {done.error}" if done.error else "")
+
+    def _count_leases(self, job: str) -> None:
+        self.metrics.leases.labels(job).set(sum(1 for j, _ in self._active if j == job))
+
+    def _ensure_keeper(self) -> None:  # with self._changed held
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep_leases, daemon=True,
+                                            name="lease keeper")
+            self._keeper.start()
+
+    def _keep_leases(self) -> None:
+        while True:
+            time.sleep(self.config.lease_ttl / 3)
+            with self._changed:
+                controls = list(self._active.values())
+                if not controls:  # no round left: a new one starts a new keeper
+                    self._keeper = None
+                    return
+            for control in controls:
+                try:
+                    control.renew()
+                except Exception as e:  # storage trouble: the fence abandons if it lasts
+                    log.warning("could not renew the lease of partition %s: %s",
+                                control.lease.partition, one_line(e))
+
+    # -- running ---------------------------------------------------------------------------------
+    def run_once(self) -> list[Run]:
+        """Evaluate every job once, run what is due, wait for those rounds; their records.
+
+        Returns early once a stop is requested: :meth:`shutdown` then ends the rounds still
+        running, and :attr:`finished` holds every record.
+        """
+        self._interrupt_stale()
+        self.errors.clear()
+        first = len(self.finished)
+        candidates = self.evaluate()
+        while not self._stopping.is_set():
+            candidates = self.dispatch(candidates)
+            with self._changed:
+                if not self._active and not candidates:
+                    break
+                self._changed.wait(1.0)
+        return self.finished[first:]
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until ``stop`` is set, then stop (see :meth:`shutdown`)."""
+        self._interrupt_stale()
+        while not stop.is_set():
+            with self._changed:  # a long-running scheduler keeps only the last tick's records
+                self.errors.clear()
+                self.finished.clear()
+            self.dispatch(self.evaluate())
+            stop.wait(self.config.tick)
+
+    def request_stop(self, *, abandon: bool = False) -> None:
+        """Take no new work (safe to call from a signal handler); with ``abandon``, also stop
+        running rounds at their next step instead of letting them finish."""
+        self._stopping.set()
+        with self._changed:
+            for control in self._active.values():
+                control.drain()
+        if abandon:
+            self.abandon_all("the scheduler was told to stop at once: the round was abandoned "
+                             "before its commit")
+
+    def abandon_all(self, reason: str) -> None:
+        with self._changed:
+            controls = list(self._active.values())
+        for control in controls:
+            control.abandon(ABANDONED, reason)
+
+    def _wait_idle(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        with self._changed:
+            while self._active and time.monotonic() < deadline:
+                self._changed.wait(deadline - time.monotonic())
+            return not self._active
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Take no new work; give running rounds ``grace`` seconds (default: the config's) to
+        finish, then abandon them before their commit. Returns within a bounded time."""
+        self.request_stop()
+        if not self._wait_idle(self.config.shutdown_grace if grace is None else grace):
+            log.warning("abandoning %d running round(s)", len(self._active))
+            self.abandon_all("the scheduler is stopping: the round was abandoned before its "
+                             "commit")
+            if not self._wait_idle(ABANDON_WAIT):
+                log.warning("rounds did not stop in %gs; shutting the runtime down under them",
+                            ABANDON_WAIT)
+                self._runtime.close()
+                self._wait_idle(SHUTDOWN_WAIT)
+        self._runtime.close()
+        self.metrics.close()
+        if not self._active:
+            self.history.close()
+
+    def _interrupt_stale(self) -> None:
+        """Mark ``running`` rows of dead schedulers on this host as interrupted."""
+        host = socket.gethostname()
+        for run in self.history.running():
+            owner_host, _, rest = run.scheduler.partition(":")
+            pid = rest.partition(":")[0]
+            if owner_host == host and pid.isdigit() and int(pid) != os.getpid() \
+                    and not psutil.pid_exists(int(pid)):
+                self.history.finish(replace(
+                    run, outcome=INTERRUPTED, finished_at=self.clock.now(),
+                    error=f"scheduler {run.scheduler} stopped before the round finished"))

@@ -1,0 +1,210 @@
+"""Reading a YAML document field by field, so that every error names its line and field.
+
+PyYAML's safe loader builds plain dicts and lists and forgets where each value came from. The
+loader here is :class:`yaml.SafeLoader` (no arbitrary objects, as ``yaml.safe_load``) whose
+mappings and sequences also remember the line of each key and item, and which refuses a key given
+twice (plain ``safe_load`` silently keeps the last). :class:`Fields` then reads one mapping:
+typed getters, defaults, and unknown keys rejected with the list of valid ones. Every problem is
+a :class:`ConfigError` reading ``FILE:LINE: PATH.FIELD: what is wrong``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import yaml
+
+from compactor.cli.params import parse_size
+from compactor.errors import CompactorError
+
+T = TypeVar("T")
+
+
+class ConfigError(CompactorError, ValueError):
+    """A job config is malformed; the message names the file, line and field."""
+
+
+class _Map(dict[Any, Any]):
+    line: int = 0
+    lines: dict[Any, int]
+
+
+class _Seq(list[Any]):
+    line: int = 0
+    lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    out = _Map()
+    out.line, out.lines = node.start_mark.line + 1, {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in out:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.lines[key] = key_node.start_mark.line + 1
+    return out
+
+
+def _sequence(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    out = _Seq(loader.construct_object(item, deep=True) for item in node.value)
+    out.line, out.lines = node.start_mark.line + 1, [i.start_mark.line + 1 for i in node.value]
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+
+
+def load(text: str, source: str) -> Fields:
+    """The top-level mapping of the YAML ``text`` read from ``source`` (a file name)."""
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty; it needs at least a 'jobs' list")
+    if not isinstance(data, _Map):
+        raise ConfigError(f"{source}:1: the document must be a mapping (with a 'jobs' list), "
+                          f"not a {_kind(data)}")
+    return Fields(data, "", source)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    return "null" if value is None else type(value).__name__
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in ``value``: a number (seconds) or text such as ``90s``, ``15m``, ``1h30m``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).replace(" ", "")
+    parts = _DURATION.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{value!r} is not a duration; write seconds or e.g. 90s, 15m, 1h30m, 2d")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+class Fields:
+    """One YAML mapping at ``path`` (e.g. ``jobs[0].triggers``) of ``source``."""
+
+    def __init__(self, data: _Map, path: str, source: str) -> None:
+        self.data, self.path, self.source = data, path, source
+        self.line = data.line
+
+    def error(self, key: str | None, message: str, line: int | None = None) -> ConfigError:
+        if line is None:
+            line = self.data.lines.get(key, self.line) if key is not None else self.line
+        name = ".".join(p for p in (self.path, key) if p)
+        return ConfigError(f"{self.source}:{line}: {name or 'config'}: {message}")
+
+    def check_keys(self, valid: Iterable[str]) -> None:
+        valid = list(valid)
+        for key in self.data:
+            if key not in valid:
+                raise self.error(str(key), f"unknown field; valid fields here: {', '.join(valid)}")
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def raw(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def _typed(self, key: str, default: Any, required: bool, convert: Callable[[Any], T],
+               what: str) -> T | Any:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self.error(key, f"is required ({what})") if key in self.data else \
+                    self.error(None, f"missing required field {key!r} ({what})")
+            return default
+        try:
+            return convert(value)
+        except (TypeError, ValueError) as e:
+            raise self.error(key, str(e)) from None
+
+    def text(self, key: str, default: str | None = None, *, required: bool = False,
+             choices: Iterable[str] | None = None) -> Any:
+        options = list(choices or [])
+
+        def convert(v: Any) -> str:
+            if not isinstance(v, str) or not v.strip():
+                raise ValueError(f"expected non-empty text, got {_kind(v)} {v!r}")
+            if options and v not in options:
+                raise ValueError(f"{v!r} is not one of {', '.join(options)}")
+            return v.strip()
+
+        return self._typed(key, default, required, convert, "text")
+
+    def integer(self, key: str, default: int | None = None, *, minimum: int = 0) -> Any:
+        def convert(v: Any) -> int:
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"expected a whole number, got {_kind(v)} {v!r}")
+            if v < minimum:
+                raise ValueError(f"{v} is less than {minimum}")
+            return v
+
+        return self._typed(key, default, False, convert, "a whole number")
+
+    def size(self, key: str, default: int | None = None) -> Any:
+        def convert(v: Any) -> int:
+            if isinstance(v, bool):
+                raise ValueError(f"expected a size such as 256MB, got {v!r}")
+            return v if isinstance(v, int) and v > 0 else parse_size(str(v))
+
+        return self._typed(key, default, False, convert, "a size such as 256MB")
+
+    def duration(self, key: str, default: float | None = None, *, positive: bool = True) -> Any:
+        def convert(v: Any) -> float:
+            seconds = parse_duration(v)
+            if seconds < 0 or (positive and seconds == 0):
+                raise ValueError(f"{v!r} must be {'positive' if positive else 'zero or more'}")
+            return seconds
+
+        return self._typed(key, default, False, convert, "a duration such as 15m")
+
+    def mapping(self, key: str) -> Fields | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, _Map):
+            raise self.error(key, f"expected a mapping, got {_kind(value)} {value!r}")
+        return Fields(value, ".".join(p for p in (self.path, key) if p), self.source)
+
+    def items(self, key: str) -> list[tuple[str, int, Any]]:
+        """``(path, line, value)`` of each item of the list at ``key`` (empty if absent)."""
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, _Seq):
+            raise self.error(key, f"expected a list, got {_kind(value)} {value!r}")
+        base = ".".join(p for p in (self.path, key) if p)
+        return [(f"{base}[{i}]", line, item)
+                for i, (line, item) in enumerate(zip(value.lines, value, strict=True))]
+
+    def child(self, path: str, line: int, value: Any) -> Fields:
+        """The mapping ``value`` found at ``path`` (a list item), or an error at ``line``."""
+        if not isinstance(value, _Map):
+            raise ConfigError(f"{self.source}:{line}: {path}: expected a mapping, got "
+                              f"{_kind(value)} {value!r}")
+        return Fields(value, path, self.source)

@@ -1,0 +1,221 @@
+"""The job config: a full example parses to what it says; every mistake names its line and field."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import jobs
+from jobs.config import ConfigError, Partitions, load_config, parse_config
+from jobs.yamlfields import parse_duration
+
+FULL = """\
+history: runs/jobs.sqlite
+metrics: 127.0.0.1:9464
+scheduler:
+  tick: 15s
+  concurrency: 3
+  lease_ttl: 2m
+  shutdown_grace: 0
+jobs:
+  - name: orders
+    table: s3://lake/orders
+    storage_options: {endpoint_url: "http://127.0.0.1:9000"}
+    partitions: {pattern: "day=2024-05-*"}
+    triggers:
+      cron: "*/15 * * * *"
+      timezone: Europe/Berlin
+      pending_deltas: 20
+      pending_bytes: 1GiB
+      oldest_delta_age: 1h30m
+    backend: ray
+    address: auto
+    target_file_size: 512MB
+    retries: {max: 5, backoff: 2s, max_backoff: 5m}
+    timeout: 30m
+    concurrency: 2
+  - name: users
+    table: /data/users
+    partitions: ["region=eu", {region: us}]
+    triggers: {pending_deltas: 1}
+    retries: 0
+"""
+
+
+def test_a_full_config_parses_to_what_it_says(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(FULL)
+    config = load_config(path)
+    assert config.history == str(tmp_path / "runs/jobs.sqlite")  # relative to the file
+    assert config.metrics == ("127.0.0.1", 9464)
+    assert (config.tick, config.concurrency, config.lease_ttl, config.shutdown_grace) == \
+        (15, 3, 120, 0)
+    orders, users = config.jobs
+    assert orders.table == "s3://lake/orders"
+    assert orders.storage_options == {"endpoint_url": "http://127.0.0.1:9000"}
+    assert orders.partitions == Partitions(pattern="day=2024-05-*")
+    t = orders.triggers
+    assert (t.cron, t.timezone, t.pending_deltas, t.pending_bytes, t.oldest_delta_age) == \
+        ("*/15 * * * *", "Europe/Berlin", 20, 2**30, 5400)
+    assert (orders.backend, orders.address, orders.runtime_key) == ("ray", "auto",
+                                                                    ("ray", "auto"))
+    assert orders.target_file_size == 512 * 10**6
+    assert (orders.retries.max, orders.retries.backoff, orders.retries.max_backoff) == \
+        (5, 2, 300)
+    assert (orders.timeout, orders.concurrency) == (1800, 2)
+    assert users.partitions.values == ({"region": "eu"}, {"region": "us"})
+    assert users.retries.max == 0 and users.backend is None and users.timeout is None
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("COMPACTOR_JOBS_HISTORY", str(tmp_path / "h.sqlite"))
+    config = parse_config("jobs: [{name: a, table: /t, triggers: {pending_deltas: 1}}]")
+    assert config.history == str(tmp_path / "h.sqlite") and config.metrics is None
+    (job,) = config.jobs
+    assert job.partitions == Partitions() and job.partitions.describe() == "all"
+    assert job.retries.max == 3 and job.target_file_size == 256 << 20
+
+
+@pytest.mark.parametrize("value, seconds", [(90, 90), (1.5, 1.5), ("90s", 90), ("15m", 900),
+                                            ("1h30m", 5400), ("2d", 172800), ("250ms", 0.25)])
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("metrics, expected", [
+    ("9464", ("127.0.0.1", 9464)), ("0.0.0.0:9000", ("0.0.0.0", 9000)),
+    ("{address: 127.0.0.1, port: 0}", ("127.0.0.1", 0)),
+])
+def test_metrics_forms(metrics: str, expected: tuple[str, int]) -> None:
+    config = parse_config(f"metrics: {metrics}\n"
+                          "jobs: [{name: a, table: /t, triggers: {pending_deltas: 1}}]")
+    assert config.metrics == expected
+
+
+JOB = "jobs:\n  - name: a\n    table: /t\n"
+
+# (config text, the message must contain): each names FILE:LINE and the field at fault
+BAD = [
+    ("", "jobs.yaml: the file is empty"),
+    ("- a\n- b\n", "jobs.yaml:1: the document must be a mapping"),
+    ("jobs: [\n", "jobs.yaml:2:1: not valid YAML"),
+    ("history: a\nhistory: b\njobs: []\n", "jobs.yaml:2:1: not valid YAML: key 'history' "
+                                           "appears twice"),
+    ("histroy: a\n" + JOB, "jobs.yaml:1: histroy: unknown field; valid fields here: history"),
+    ("history: a\n", "jobs.yaml:1: config: missing required field 'jobs'"),
+    ("jobs: []\n", "jobs.yaml:1: jobs: needs at least one job"),
+    ("jobs:\n  - just-a-name\n", "jobs.yaml:2: jobs[0]: expected a mapping, got str"),
+    ("jobs:\n  - name: a\n    triggers: {pending_deltas: 1}\n",
+     "jobs.yaml:2: jobs[0]: missing required field 'table'"),
+    (JOB, "jobs.yaml:2: jobs[0]: missing required field 'triggers'"),
+    (JOB + "    triggers: {}\n", "jobs.yaml:4: jobs[0].triggers: needs at least one trigger"),
+    (JOB + "    triggers:\n      cron: every hour\n",
+     "jobs.yaml:5: jobs[0].triggers.cron: 'every hour' is not a valid cron expression"),
+    (JOB + "    triggers:\n      cron: 0 * * * *\n      timezone: Mars/Olympus\n",
+     "jobs.yaml:6: jobs[0].triggers.timezone: unknown time zone 'Mars/Olympus'"),
+    (JOB + "    triggers:\n      pending_deltas: many\n",
+     "jobs.yaml:5: jobs[0].triggers.pending_deltas: expected a whole number, got str 'many'"),
+    (JOB + "    triggers:\n      pending_deltas: 0\n",
+     "jobs.yaml:5: jobs[0].triggers.pending_deltas: 0 is less than 1"),
+    (JOB + "    triggers:\n      pending_bytes: 1 parsec\n",
+     "jobs.yaml:5: jobs[0].triggers.pending_bytes: '1 parsec' is not a size"),
+    (JOB + "    triggers:\n      oldest_delta_age: soon\n",
+     "jobs.yaml:5: jobs[0].triggers.oldest_delta_age: 'soon' is not a duration"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    trigger: {}\n",
+     "jobs.yaml:5: jobs[0].trigger: unknown field; valid fields here: name, table"),
+    ("jobs:\n  - name: a\n    table: memory://t\n    triggers: {pending_deltas: 1}\n",
+     "jobs.yaml:3: jobs[0].table: 'memory://t': protocol 'memory' is not supported"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    backend: local\n    address: auto\n",
+     "jobs.yaml:6: jobs[0].address: the local backend takes no address"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    backend: spark\n",
+     "jobs.yaml:5: jobs[0].backend: 'spark' is not one of local, ray"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    partitions: day=2024-*\n",
+     "jobs.yaml:5: jobs[0].partitions: 'day=2024-*': write 'all', a list of partitions, or "
+     "{pattern: 'day=2024-*'}"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    partitions:\n      - day=1\n      - 7\n",
+     "jobs.yaml:7: jobs[0].partitions[1]: 7 is not a partition"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    retries: {max: -1}\n",
+     "jobs.yaml:5: jobs[0].retries.max: -1 is less than 0"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    retries: {backoff: 10s, max_backoff: 1s}\n",
+     "jobs.yaml:5: jobs[0].retries.max_backoff: 1s is less than the backoff 10s"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    timeout: 0\n",
+     "jobs.yaml:5: jobs[0].timeout: 0 must be positive"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    target_file_size: big\n",
+     "jobs.yaml:5: jobs[0].target_file_size: 'big' is not a size"),
+    (JOB + "    triggers: {pending_deltas: 1}\n  - name: a\n    table: /u\n"
+           "    triggers: {pending_deltas: 1}\n",
+     "jobs.yaml:5: jobs[1].name: job name 'a' is used twice (first at line 2)"),
+    ("scheduler: {concurrency: 0}\n" + JOB,
+     "jobs.yaml:1: scheduler.concurrency: 0 is less than 1"),
+    ("metrics: {port: 99999}\n" + JOB + "    triggers: {pending_deltas: 1}\n",
+     "jobs.yaml:1: metrics: port 99999 is not between 0 and 65535"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD, ids=[m.split(": ", 1)[1][:40] for _, m in BAD])
+def test_a_mistake_is_one_line_naming_line_and_field(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "jobs.yaml")
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_the_loader_is_safe() -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_config("history: !!python/object/apply:os.system ['true']\n" + JOB)
+
+
+def test_a_missing_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope.yaml: cannot read the job config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+# -- compactor jobs validate ---------------------------------------------------------------------
+def test_validate_shows_the_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(FULL)
+    result = CliRunner().invoke(jobs, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{path}: OK, 2 job(s)" in result.output
+    assert "orders: s3://lake/orders (partitions: matching 'day=2024-05-*') when cron " \
+           "'*/15 * * * *' (Europe/Berlin), or pending deltas >= 20" in result.output
+    result = CliRunner().invoke(jobs, ["validate", str(path), "--json"])
+    info = json.loads(result.output)
+    assert info["ok"] and [j["name"] for j in info["jobs"]] == ["orders", "users"]
+    assert info["jobs"][1]["partitions"] == "region=eu, region=us"
+
+
+def test_validate_reports_a_bad_config_with_exit_code_1(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent("""\
+        jobs:
+          - name: a
+            table: /t
+            triggers: {cron: "61 * * * *"}
+        """))
+    result = CliRunner().invoke(jobs, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert f"error: {path}:4: jobs[0].triggers.cron: '61 * * * *' is not a valid cron " \
+           "expression" in result.output
+    result = CliRunner().invoke(jobs, ["validate", str(path), "--json"])
+    first = json.loads(result.output.splitlines()[0])
+    assert first["ok"] is False and first["error_type"] == "ConfigError"
+
+
+def test_endpoint_url_applies_to_s3_jobs_without_one(tmp_path: Path) -> None:
+    from compactor.cli.common import Session
+    from jobs.cli import _config
+
+    path = tmp_path / "jobs.yaml"
+    path.write_text(FULL)
+    orders, users = _config(Session(endpoint_url="http://127.0.0.1:1"), str(path)).jobs
+    assert orders.storage_options == {"endpoint_url": "http://127.0.0.1:9000"}  # its own wins
+    assert users.storage_options == {}  # not on S3
+    path.write_text(FULL.replace('    storage_options: {endpoint_url: "http://127.0.0.1:9000"}\n',
+                                 ""))
+    orders, _ = _config(Session(endpoint_url="http://127.0.0.1:1"), str(path)).jobs
+    assert orders.storage_options == {"endpoint_url": "http://127.0.0.1:1"}

@@ -1,0 +1,91 @@
+"""The run history is a real SQLite file that outlives its writers and is shared by several."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from jobs.cli import jobs
+from jobs.history import FAILED, RUNNING, SUCCEEDED, History, Run
+
+
+def a_run(job: str = "orders", partition: str = "day=2024-05-01", started: float = 100.0
+          ) -> Run:
+    return Run(job, "file:///t", partition, "3 pending deltas >= 1", "host:1:abc", started)
+
+
+def test_runs_survive_reopening(tmp_path: Path) -> None:
+    path = str(tmp_path / "state" / "jobs.sqlite")  # parent directories are created
+    with History(path) as history:
+        first = history.start(a_run(started=100.0))
+        second = history.start(a_run(partition="day=2024-05-02", started=101.0))
+        assert first.id is not None and first.outcome == RUNNING
+        history.finish(replace(first, outcome=SUCCEEDED, finished_at=112.5, attempts=1,
+                               rows_in=10, rows_out=8, bytes_read=1000, bytes_written=800))
+        history.finish(replace(second, outcome=FAILED, finished_at=102.0, attempts=1,
+                               error_type="MissingFile", error="file x does not exist"))
+        history.set_cron_mark("orders", "day=2024-05-01", 99.0)
+    with History(path) as history:
+        newest, oldest = history.recent()
+        assert newest.partition == "day=2024-05-02" and newest.error == "file x does not exist"
+        assert (oldest.outcome, oldest.duration, oldest.rows_out) == (SUCCEEDED, 12.5, 8)
+        assert history.running() == []
+        assert history.cron_mark("orders", "day=2024-05-01") == 99.0
+        assert history.cron_mark("orders", "day=2024-05-02") is None
+        assert [r.job for r in history.recent(job="other")] == []
+        assert len(history.recent(limit=1)) == 1
+
+
+def _write_runs(path: str, n: int, job: str) -> None:
+    with History(path) as history:
+        for i in range(n):
+            run = history.start(a_run(job=job, started=float(i)))
+            history.finish(replace(run, outcome=SUCCEEDED, finished_at=i + 1.0))
+
+
+def test_processes_and_threads_share_one_history(tmp_path: Path) -> None:
+    path = str(tmp_path / "jobs.sqlite")
+    History(path).close()
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_write_runs, args=(path, 30, f"p{i}")) for i in range(2)]
+    threads = [threading.Thread(target=_write_runs, args=(path, 30, f"t{i}")) for i in range(2)]
+    for w in (*processes, *threads):
+        w.start()
+    for w in (*processes, *threads):
+        w.join(60)
+    assert [p.exitcode for p in processes] == [0, 0]
+    with History(path) as history:
+        runs = history.recent(limit=None)
+    assert len(runs) == 120 and all(r.outcome == SUCCEEDED for r in runs)
+
+
+def test_status_shows_recent_runs(tmp_path: Path) -> None:
+    path = str(tmp_path / "jobs.sqlite")
+    with History(path) as history:
+        run = history.start(a_run())
+        history.finish(replace(run, outcome=FAILED, finished_at=103.0, attempts=1,
+                               error_type="SchemaMismatch", error="column v: int64 is not string"))
+        history.start(a_run(job="users", partition="default", started=200.0))
+    result = CliRunner().invoke(jobs, ["status", "--history", path])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["job", "partition", "started", "duration", "outcome", "rows",
+                                "in/out", "bytes", "read/written", "error"]
+    assert lines[1].split() == ["users", "default", "1970-01-01T00:03:20+00:00", "running"]
+    assert lines[2].split()[:5] == ["orders", "day=2024-05-01", "1970-01-01T00:01:40+00:00",
+                                    "3.0s", "failed"]
+    assert lines[2].strip().endswith("column v: int64 is not string")
+    result = CliRunner().invoke(jobs, ["status", "--history", path, "--json", "--job", "orders"])
+    (record,) = json.loads(result.output)
+    assert record["error_type"] == "SchemaMismatch" and record["duration"] == 3.0
+
+
+def test_status_without_a_history(tmp_path: Path) -> None:
+    result = CliRunner().invoke(jobs, ["status", "--history", str(tmp_path / "none.sqlite")])
+    assert result.exit_code == 0 and "no runs recorded in" in result.output
+    assert not (tmp_path / "none.sqlite").exists()

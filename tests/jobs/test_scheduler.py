@@ -1,0 +1,320 @@
+"""The scheduler in-process: what runs, how many at once, and rounds stopped before their commit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import runtime
+from compactor import Partition, Table
+from compactor.compaction import compact_partition
+from compactor.reader import read_partition
+from jobs.cli import jobs
+from jobs.history import ABANDONED, NOOP, SUCCEEDED, TIMED_OUT, History
+from jobs.leases import Leases
+from jobs.scheduler import Scheduler
+from tests.jobs.conftest import (
+    ManualClock,
+    compactions,
+    config,
+    make_table,
+    rows,
+    write_config,
+)
+
+pytestmark = pytest.mark.usefixtures("rt")
+DAYS = ["2024-05-01", "2024-05-02", "2024-06-01"]
+
+
+class Gate:
+    """compact_partition that stops when it reports ``step`` (before the round's own check of
+    it) until ``open()``."""
+
+    def __init__(self, step: str = "commit") -> None:
+        self.step = step
+        self.reached = threading.Event()
+        self._open = threading.Event()
+
+    def open(self) -> None:
+        self._open.set()
+
+    def __call__(self, table: Table, partition: Partition, **kwargs: Any) -> Any:
+        progress = kwargs["progress"]
+
+        def gated(step: str, done: int, *counts: int) -> None:
+            if step == self.step and done == 0:
+                self.reached.set()
+                self._open.wait(30)
+            progress(step, done, *counts)
+
+        return compact_partition(table, partition, **{**kwargs, "progress": gated})
+
+
+def in_thread(f: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(f()))
+    thread.start()
+    return thread, out
+
+
+def test_only_due_partitions_of_the_job_run(tmp_path: Path) -> None:
+    table = make_table(f"file://{tmp_path}/t", DAYS)
+    table.partition({"day": "2024-05-02"}).append(rows(range(5), "x"))
+    cfg = config(table.url, tmp_path, triggers="{pending_deltas: 2}",
+                 job='partitions: {pattern: "day=2024-05-*"}')
+    scheduler = Scheduler(cfg)
+    runs = scheduler.run_once()
+    assert [(r.partition, r.outcome, r.trigger) for r in runs] == \
+        [("day=2024-05-02", SUCCEEDED, "2 pending deltas >= 2")]
+    assert scheduler.run_once() == []  # compacted: nothing pending any more
+    scheduler.shutdown()
+    assert [compactions(table.partition({"day": d})) for d in DAYS] == [0, 1, 0]
+
+
+@pytest.mark.parametrize("job_limit, limit, expected", [("", 2, 2), ("concurrency: 1", 4, 1)])
+def test_rounds_at_once_are_limited(tmp_path: Path, job_limit: str, limit: int,
+                                    expected: int) -> None:
+    table = make_table(f"file://{tmp_path}/t", DAYS)
+    running, peak = [0], [0]
+    lock = threading.Lock()
+
+    def counting(table: Table, partition: Partition, **kwargs: Any) -> Any:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.3)
+            return compact_partition(table, partition, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    cfg = config(table.url, tmp_path, job=job_limit, scheduler=f"concurrency: {limit}")
+    scheduler = Scheduler(cfg, compact=counting)
+    runs = scheduler.run_once()
+    scheduler.shutdown()
+    assert sorted(r.outcome for r in runs) == [SUCCEEDED] * 3 and peak[0] == expected
+
+
+def test_a_round_past_its_timeout_stops_before_its_commit(tmp_path: Path) -> None:
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    gate = Gate("hash_bucket")  # the first step after planning
+    scheduler = Scheduler(config(table.url, tmp_path, job="timeout: 0.5s"), compact=gate)
+    thread, out = in_thread(scheduler.run_once)
+    assert gate.reached.wait(30)
+    time.sleep(0.6)
+    gate.open()
+    thread.join(30)
+    scheduler.shutdown()
+    (run,) = out[0]
+    assert (run.outcome, run.attempts) == (TIMED_OUT, 1)
+    assert run.error == "timed out after 0.5s, before the commit"
+    part = table.partition({"day": DAYS[0]})
+    assert compactions(part) == 0 and len(part.snapshot().deltas) == 1
+    assert not list((tmp_path / "t/partitions/day=2024-05-01").glob("compacted/*/*.parquet"))
+
+
+def test_stopping_abandons_a_running_round_before_its_commit(tmp_path: Path) -> None:
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    gate = Gate()
+    scheduler = Scheduler(config(table.url, tmp_path), compact=gate)
+    thread, _ = in_thread(scheduler.run_once)
+    assert gate.reached.wait(30)
+    scheduler.request_stop()
+    stopper, _ = in_thread(lambda: scheduler.shutdown(grace=0.2))
+    time.sleep(0.4)  # past the grace period: the round is told to stop
+    gate.open()
+    started = time.monotonic()
+    stopper.join(30)
+    thread.join(30)
+    assert time.monotonic() - started < 5
+    (run,) = scheduler.finished  # run_once returned when told to stop; shutdown() ended it
+    assert run.outcome == ABANDONED and "abandoned before its commit" in (run.error or "")
+    part = table.partition({"day": DAYS[0]})
+    assert compactions(part) == 0
+    assert Leases(table.storage, "other", 60, ManualClock()).holder(part.key) is None  # released
+    with History(str(tmp_path / "history.sqlite")) as history:
+        assert [r.outcome for r in history.recent()] == [ABANDONED]
+
+
+def test_a_stopping_scheduler_does_not_retry(tmp_path: Path) -> None:
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    started, crash = threading.Event(), threading.Event()
+
+    def crashing(table: Table, partition: Partition, **kwargs: Any) -> Any:
+        started.set()
+        crash.wait(30)
+        raise runtime.WorkerCrashedError("worker 7 died (SIGINT)")
+
+    scheduler = Scheduler(config(table.url, tmp_path), compact=crashing)
+    thread, _ = in_thread(scheduler.run_once)
+    assert started.wait(30)
+    scheduler.request_stop()  # as on SIGTERM/SIGINT
+    crash.set()
+    scheduler.shutdown(grace=30)
+    thread.join(30)
+    (run,) = scheduler.finished
+    assert (run.outcome, run.attempts) == (ABANDONED, 1)
+    assert run.error == "the scheduler is stopping, so this was not retried: worker 7 died (SIGINT)"
+
+
+def test_a_round_whose_lease_ran_out_does_not_commit(tmp_path: Path) -> None:
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    part = table.partition({"day": DAYS[0]})
+    clock = ManualClock(time.time())
+    gate = Gate()
+    scheduler = Scheduler(config(table.url, tmp_path), compact=gate, clock=clock)
+    thread, out = in_thread(scheduler.run_once)
+    assert gate.reached.wait(30)
+    clock.advance(7)  # lease_ttl is 6s: expired, as if this scheduler had stalled
+    other = Leases(table.storage, "other", 6, clock)
+    assert other.acquire(part.key) is not None
+    gate.open()
+    thread.join(30)
+    scheduler.shutdown()
+    (run,) = out[0]
+    assert run.outcome == ABANDONED
+    assert run.error in (f"the lease of partition {part.key} ran out before the commit",
+                         f"partition {part.key} in {table.url}: the lease was taken over by "
+                         "other")
+    assert compactions(part) == 0
+
+
+def test_a_round_longer_than_the_lease_keeps_it_by_renewing(tmp_path: Path) -> None:
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    part = table.partition({"day": DAYS[0]})
+    gate = Gate("hash_bucket")
+    cfg = config(table.url, tmp_path, scheduler="lease_ttl: 2s")
+    scheduler = Scheduler(cfg, compact=gate)
+    thread, out = in_thread(scheduler.run_once)
+    assert gate.reached.wait(30)
+    time.sleep(2.5)  # longer than the TTL: only renewals keep the lease
+    observer = Leases(table.storage, "other", 2, ManualClock(time.time()))
+    held = observer.holder(part.key)
+    assert held is not None and held.owner == scheduler.owner and held.epoch > 2
+    assert observer.acquire(part.key) is None
+    gate.open()
+    thread.join(30)
+    scheduler.shutdown()
+    assert [r.outcome for r in out[0]] == [SUCCEEDED] and compactions(part) == 1
+
+
+def test_once_runs_what_is_due(tmp_path: Path) -> None:
+    table = make_table(f"file://{tmp_path}/t", DAYS[:2])
+    path = write_config(table.url, tmp_path)
+    result = CliRunner().invoke(jobs, ["once", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:5] == ["job", "partition", "started", "duration", "outcome"]
+    assert sorted(line.split()[1] for line in lines[1:]) == [f"day={d}" for d in DAYS[:2]]
+    assert all(line.split()[4] == "succeeded" for line in lines[1:])
+    assert "round started (1 pending deltas >= 1)" in result.stderr
+    result = CliRunner().invoke(jobs, ["once", str(path), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"ok": True, "runs": [],
+                                                                   "errors": []}
+
+
+def test_a_partition_leased_by_another_scheduler_is_left_alone(tmp_path: Path) -> None:
+    table = make_table(f"file://{tmp_path}/t", DAYS[:2])
+    held = Leases(table.storage, "elsewhere", 60, ManualClock(time.time()))
+    lease = held.acquire(table.partition({"day": DAYS[0]}).key)
+    assert lease is not None
+    scheduler = Scheduler(config(table.url, tmp_path))
+    assert [r.partition for r in scheduler.run_once()] == [f"day={DAYS[1]}"]
+    held.release(lease)
+    assert [r.partition for r in scheduler.run_once()] == [f"day={DAYS[0]}"]
+    scheduler.shutdown()
+
+
+def test_a_conflicting_round_retries_from_the_new_state(tmp_path: Path) -> None:
+    """Another process compacts the partition just before the round's commit: the round gets a
+    CommitConflict, and its next attempt plans from the new state (nothing left to do)."""
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    calls: list[int] = []
+
+    def racing(table: Table, partition: Partition, **kwargs: Any) -> Any:
+        calls.append(1)
+        progress = kwargs["progress"]
+
+        def other_writer_first(step: str, done: int, *counts: int) -> None:
+            if len(calls) == 1 and step == "commit" and done == 0:
+                subprocess.run([sys.executable, "-c", OTHER_WRITER, table.url,
+                                json.dumps(partition.values)], check=True, timeout=120)
+            progress(step, done, *counts)
+
+        return compact_partition(table, partition, **{**kwargs, "progress": other_writer_first})
+
+    scheduler = Scheduler(config(table.url, tmp_path), compact=racing)
+    (run,) = scheduler.run_once()
+    scheduler.shutdown()
+    assert (run.outcome, run.attempts, run.error) == (NOOP, 2, None)
+    part = table.partition({"day": DAYS[0]})
+    assert compactions(part) == 1  # the other writer's only
+    assert read_partition(table, part).num_rows == 200
+
+
+OTHER_WRITER = """
+import json, sys
+from compactor import open_table
+from compactor.compaction import compact_partition
+from compactor.reader import read_partition
+table = open_table(sys.argv[1])
+assert compact_partition(table, json.loads(sys.argv[2])).committed
+"""
+
+
+def test_once_reports_a_table_it_cannot_read(tmp_path: Path) -> None:
+    path = write_config(f"file://{tmp_path}/nothing-here", tmp_path)
+    result = CliRunner().invoke(jobs, ["once", str(path), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert not report["ok"] and report["runs"] == [] and report["errors"] == [
+        f"job daily: no table at file://{tmp_path}/nothing-here (no _table/metadata/ metadata)"]
+    assert "error: 0 round(s) failed, 1 evaluation error(s); first: job daily: no table at " \
+        in result.stderr
+
+
+def test_jobs_on_another_backend_wait_for_the_runtime_to_be_free(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One runtime per process: switching backend or address waits until no round runs."""
+    import jobs.scheduler
+
+    calls: list[tuple[str, ...]] = []
+    state = {"up": False}
+
+    class FakeRuntime:
+        @staticmethod
+        def is_initialized() -> bool:
+            return state["up"]
+
+        @staticmethod
+        def init(backend: str, address: str | None = None) -> None:
+            calls.append(("init", backend, str(address)))
+            state["up"] = True
+
+        @staticmethod
+        def shutdown() -> None:
+            calls.append(("shutdown",))
+            state["up"] = False
+
+    monkeypatch.setattr(jobs.scheduler, "runtime", FakeRuntime)
+    slot = jobs.scheduler._Runtime()
+    assert slot.ready(("local", None), busy=False)
+    assert slot.ready(("local", None), busy=True)  # the same runtime: no wait
+    assert not slot.ready(("ray", "auto"), busy=True)  # another one: wait for idle
+    assert slot.ready(("ray", "auto"), busy=False)
+    slot.close()
+    assert calls == [("init", "local", "None"), ("shutdown",), ("init", "ray", "auto"),
+                     ("shutdown",)]
+    state["up"] = True  # started by the embedding program: used as it is, never shut down
+    assert jobs.scheduler._Runtime().ready(("ray", None), busy=False)
+    assert len(calls) == 4
