@@ -31,6 +31,8 @@ class WorkerProc:
                 [sys.executable, "-m", "runtime.local.worker", str(child.fileno()), store_root,
                  worker_id, node_id],
                 pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
+                # a terminal's Ctrl-C goes to the driver, which decides; workers never see it
+                start_new_session=True,
             )
         finally:
             child.close()

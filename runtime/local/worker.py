@@ -13,6 +13,7 @@ submit tasks, call actors, put and get.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,7 @@ class Worker:
 
 def main(argv: list[str]) -> None:
     fd, store_root, worker_id, node_id = argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are the driver's to handle
     from runtime import api
     from runtime.local.client import WorkerBackend
 

@@ -136,3 +136,13 @@ def test_a_ref_from_an_earlier_session_is_a_clear_error_not_a_hang():
     with runtime.init("local", num_cpus=1), pytest.raises(runtime.ObjectLostError,
                                                            match="earlier runtime session"):
         runtime.get(stale, timeout=10)
+
+
+def test_ctrl_c_reaches_the_driver_not_the_workers():
+    @runtime.remote
+    def pgid() -> int:
+        return os.getpgid(0)
+
+    with runtime.init("local", num_cpus=1):
+        assert runtime.get(pid.remote()) != os.getpid()
+        assert runtime.get(pgid.remote()) != os.getpgid(0)  # not in the terminal's group
