@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import runtime
+from compactor.errors import InvalidTableSpec
 from compactor.faults import maybe_fail
 from compactor.manifest import DataFile
 from compactor.partition import Partition
@@ -161,6 +162,11 @@ def compact_partition(
     """
     if not isinstance(partition, Partition):
         partition = table.partition(partition)
+    if table.url.startswith("memory://"):
+        raise InvalidTableSpec(
+            f"table {table.url}: a memory:// table lives in one process, and compaction runs in "
+            "worker processes; use a file:// or s3:// table"
+        )
     with ExitStack() as stack:
         if not runtime.is_initialized():
             stack.enter_context(runtime.init(backend, address=address))

@@ -291,3 +291,13 @@ def test_only_recent_partitions_keep_their_dedupe_actors(rt, tmp_path):
 
     assert not alive(parts[0])
     assert all(alive(p) for p in parts[1:])
+
+
+def test_memory_tables_are_refused_with_a_reason():
+    from compactor import InvalidTableSpec
+
+    t = create_table("memory://compaction-refused/t", SCHEMA, primary_key=["id"])
+    t.partition().append(_rows(np.random.default_rng(0), 10, 10, 0, "x"))
+    with pytest.raises(InvalidTableSpec, match="worker processes"):
+        compact_partition(t, t.partition())
+
