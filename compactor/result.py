@@ -11,8 +11,11 @@ class CompactionResult:
     """What one round did. ``committed`` is False when there was nothing to do (or a dry run).
 
     ``step_seconds`` and ``step_peak_rss`` are keyed by pipeline step (plan, hash_bucket,
-    dedupe, materialize, commit); peak RSS is the largest resident set of a process that ran
-    the step (bytes).
+    dedupe, materialize, index, commit); peak RSS is the largest resident set of a process that
+    ran the step (bytes). ``deletes_applied`` counts keys that were in the compacted state
+    before the round and are deleted by it (a key inserted and deleted within one round never
+    was there); ``duplicates_dropped`` counts incoming rows that lost to a newer version.
+    ``bytes_read`` counts whole input files (deltas once per step that reads them).
     """
 
     table: str
