@@ -66,7 +66,7 @@ def files_per_group(counts: list[int], rows_per_file: int) -> list[int]:
 class _Pending:
     index: dict[int, pa.Table] = field(default_factory=dict)  # bucket -> merged index
     plans: dict[int, BucketPlan] = field(default_factory=dict)
-    keys: dict[int, np.ndarray] = field(default_factory=dict)  # bucket -> incoming keys, sorted
+    touched: dict[int, bool] = field(default_factory=dict)  # bucket -> got records this round
     chains: dict[int, list[str]] = field(default_factory=dict)  # bucket -> next index chain
     full: bool = False  # write every bucket's index whole (first round, rebuild)
 
@@ -117,13 +117,13 @@ class DedupeActor:
         edges = np.array([*self.buckets, self.buckets[-1] + 1])
         bounds = np.searchsorted(bucket_of(new.column("hi").to_numpy(), self.bucket_count),
                                  edges)
-        incoming_keys = index_store.keys(incoming)
-        incoming_bucket = bucket_of(incoming_keys["hi"], self.bucket_count)
+        incoming_bucket = bucket_of(incoming.column("hi").to_numpy(), self.bucket_count)
+        records_per_bucket = np.bincount(incoming_bucket, minlength=self.bucket_count)
         self.pending = _Pending(full=state is None)
         for i, b in enumerate(self.buckets):
             part = new.slice(bounds[i], bounds[i + 1] - bounds[i])
             self.pending.index[b] = part
-            self.pending.keys[b] = np.unique(incoming_keys[incoming_bucket == b])
+            self.pending.touched[b] = bool(records_per_bucket[b])
             plan = _plan_bucket(b, part, superseded, bucket_sizes.get(b, 0))
             if plan is not None:
                 self.pending.plans[b] = plan
@@ -153,13 +153,14 @@ class DedupeActor:
             else:
                 index = _detach_tombstones(index)
             self.pending.index[b] = index
-            incoming = self.pending.keys[b]
             chain = self.chains.get(b, [])
-            if not self.pending.full and chain and not len(incoming) and not moved.any():
+            if not self.pending.full and chain and not self.pending.touched[b] \
+                    and not moved.any():
                 continue  # nothing about this bucket's keys changed
-            index_keys = index_store.keys(index)
-            changed = moved | index_store.contains(incoming, index_keys)
-            gone = incoming[~index_store.contains(index_keys, incoming)]
+            if self.pending.full or not chain:
+                changed, gone = np.ones(index.num_rows, dtype=bool), index_store.keys(index)[:0]
+            else:
+                changed, gone = index_store.changes(self.index[b], index)
             delta_rows = int(changed.sum()) + len(gone)
             if self.pending.full or not chain or len(chain) >= index_store.MAX_CHAIN \
                     or delta_rows * 4 > index.num_rows:
