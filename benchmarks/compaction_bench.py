@@ -1,271 +1,202 @@
-"""Full and incremental compaction beside DuckDB and the pyarrow I/O floor, in one run.
+"""compactor beside the engines users would pick instead, on the same CDC partition, in one run.
 
-    python benchmarks/compaction_bench.py [--base-rows 20000000] [--deltas 10]
-        [--delta-rows 200000] [--dir /tmp/cbench] [--json out.json]
+    python benchmarks/compaction_bench.py                       # 20M base rows + 10 x 200K
+    python benchmarks/compaction_bench.py --base-rows 2M --repeat 5 --engines compactor,polars
+    python benchmarks/compaction_bench.py --key composite --locality zipf --width wide
+    python benchmarks/compaction_bench.py --scale 2M,20M,60M    # time per row, peak memory
 
-Data: a CDC partition: a base of ``--base-rows`` rows (int64 key, int64 LSN ordering column,
-six payload columns) in 1M-row Parquet files, plus ``--deltas`` CDC deltas of ``--delta-rows``
-rows each (10% deletes, 10% new keys, the rest updates of existing keys). Engines, each in its
-own process so peak RSS is its own:
+Data (cdc_data.py): a base load and ``--deltas`` CDC deltas (``Op`` I/U/D, ``lsn`` ordering),
+then one more delta for the incremental round; generated once per size under ``--dir`` and
+reused while the knobs stay the same.
 
-- compactor, local backend: full compaction of base + deltas; then one more delta whose
-  updates hit only the newest 5% of keys, compacted incrementally;
-- DuckDB: the same current state with a window query (latest row per key by LSN, drop
-  deletes), written to Parquet;
-- floor: pyarrow reading every input file and writing it back, two threads, no merge.
+Engines (engines.py), each run in a fresh process of its own, ``--repeat`` times, round-robin:
+DuckDB (window query; the reference every output is checked against, always run; its
+incremental figure is a recompute over all input), the I/O floor (pyarrow reads every input file
+and writes it back, no merge), Polars, compactor on the local backend and, when Ray is installed,
+on the Ray backend (full round, then the incremental round on the same warm service), and
+delta-rs MERGE of the incremental delta into a Delta table of the full round's state. Default:
+every installed engine (in ``--scale`` mode all but Polars, which holds the whole table in
+memory: ~11 GB at 20M rows).
 
-Outputs are checked equal (row count and a checksum of keys and LSNs) before times count.
+An engine's time counts only when each of its outputs has the reference's row count, distinct
+keys and checksums (of key + lsn and of every column). Output: tables on stdout, a JSON document
+and a PNG chart (``--json``, ``--png``; default under ``--dir``). Exit code 1 when an engine
+failed or disagreed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
+import platform
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
+from cdc_data import LOCALITIES, WIDTHS, DataSpec, prepare
+from engines import ENGINES, REFERENCE
+from report import chart_comparison, chart_scaling, print_comparison, print_scaling, write_json
+from runner import Settings, compare, worker_main
 
-FILE_ROWS = 1_000_000
-
-
-def _payload(rng: np.random.Generator, ids: np.ndarray, lsn: np.ndarray) -> dict[str, Any]:
-    n = len(ids)
-    return {
-        "id": ids, "lsn": lsn,
-        "qty": rng.integers(0, 1000, n, dtype=np.int32),
-        "price": rng.random(n) * 100,
-        "status": pa.array(rng.choice(["new", "paid", "shipped", "returned"], n)),
-        "customer": pa.array(np.char.add("c", rng.integers(0, 1_000_000, n).astype(str))),
-        "updated": pa.array(lsn * 1000, pa.timestamp("ms")),
-        "flag": rng.random(n) < 0.5,
-    }
+_UNITS = {"K": 10**3, "M": 10**6, "G": 10**9}
 
 
-def generate(root: Path, base_rows: int, deltas: int, delta_rows: int, seed: int = 7) -> dict:
-    rng = np.random.default_rng(seed)
-    (root / "base").mkdir(parents=True)
-    (root / "deltas").mkdir()
-    base_files = []
-    for start in range(0, base_rows, FILE_ROWS):
-        ids = np.arange(start, min(start + FILE_ROWS, base_rows), dtype=np.int64)
-        path = root / "base" / f"part-{start // FILE_ROWS:05d}.parquet"
-        pq.write_table(pa.table(_payload(rng, ids, ids.copy())), path)
-        base_files.append(str(path))
-    lsn = base_rows
-    next_key = base_rows
-    delta_files = []
-    for d in range(deltas + 1):  # the last one is the incremental round's delta
-        n = delta_rows
-        n_new, n_del = n // 10, n // 10
-        if d == deltas:  # updates on the newest 5% of keys only
-            hot_lo = int(next_key * 0.95)
-            upd = rng.integers(hot_lo, next_key, n - n_new - n_del)
-            dels = rng.integers(hot_lo, next_key, n_del)
-        else:
-            upd = rng.integers(0, next_key, n - n_new - n_del)
-            dels = rng.integers(0, next_key, n_del)
-        new = np.arange(next_key, next_key + n_new)
-        next_key += n_new
-        ids = np.concatenate([upd, new, dels]).astype(np.int64)
-        ops = np.array(["U"] * len(upd) + ["I"] * n_new + ["D"] * n_del)
-        perm = rng.permutation(n)
-        ids, ops = ids[perm], ops[perm]
-        lsns = np.arange(lsn, lsn + n, dtype=np.int64)
-        lsn += n
-        table = pa.table({**_payload(rng, ids, lsns), "Op": pa.array(ops)})
-        path = root / "deltas" / f"delta-{d:03d}.parquet"
-        pq.write_table(table, path)
-        delta_files.append(str(path))
-    return {"base": base_files, "deltas": delta_files[:-1], "incremental": delta_files[-1]}
+def count(text: str) -> int:
+    """A row count: 20000000, 20M, 200K, 1.5M."""
+    text = text.strip().upper().replace("_", "")
+    try:
+        if text and text[-1] in _UNITS:
+            return int(float(text[:-1]) * _UNITS[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a row count (e.g. 2000000, 2M, 200K)") from None
 
 
-class PeakRss:
-    """Samples the memory of this process and its descendants; ``peak`` in bytes.
-
-    Uses PSS (proportional set size), so shared-memory pages mapped by several processes (the
-    object store) count once, not once per process; falls back to RSS where PSS is missing.
-    """
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _memory(p: psutil.Process) -> int:
-        try:
-            return int(p.memory_full_info().pss)
-        except (psutil.AccessDenied, AttributeError):
-            return int(p.memory_info().rss)
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = self._memory(me)
-        for child in me.children(recursive=True):
-            try:
-                total += self._memory(child)
-            except psutil.Error:
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            self.peak = max(self.peak, self._sample())
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+def counts(text: str) -> list[int]:
+    return [count(t) for t in text.split(",") if t.strip()]
 
 
-def checksum(table: pa.Table) -> list[int]:
-    ids = table.column("id").to_numpy()
-    lsn = table.column("lsn").to_numpy()
-    return [len(ids), int(ids.sum() % (1 << 61)), int((ids * 31 + lsn).sum() % (1 << 61))]
+def engine_list(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown engine(s) {', '.join(unknown)}; valid: {', '.join(ENGINES)}")
+    return names
 
 
-def run_compactor(root: Path, files: dict) -> dict:
-    import runtime
-    from compactor import CdcOps, DeltaKind, create_table
-    from compactor.compaction import compact_partition
-    from compactor.reader import read_partition
-
-    schema = pq.read_schema(files["base"][0])
-    table = create_table(f"file://{root}/table", schema, primary_key=["id"],
-                         ordering_column="lsn", bucket_count=8)
-    part = table.partition()
-    part.register(files["base"])
-    for f in files["deltas"]:
-        part.register([f], kind=DeltaKind.CDC, cdc=CdcOps("Op"))
-    out: dict[str, Any] = {}
-    target = int(os.environ.get("BENCH_TARGET_FILE_SIZE", 32 << 20))
-    with runtime.init("local"):
-        with PeakRss() as rss:
-            t = time.perf_counter()
-            full = compact_partition(table, part, target_file_size=target)
-            out["full_s"] = time.perf_counter() - t
-            out["full_steps"] = full.step_seconds
-        out["full_peak_rss"] = rss.peak
-        out["checksum"] = checksum(read_partition(table, part, columns=["id", "lsn"]))
-        part.register([files["incremental"]], kind=DeltaKind.CDC, cdc=CdcOps("Op"))
-        # the same service, warm: workers up, dedupe actors holding the key index
-        t = time.perf_counter()
-        inc = compact_partition(table, part, target_file_size=target)
-        out["incremental_s"] = time.perf_counter() - t
-        out["incremental_written_mb"] = inc.bytes_written / 1e6
-        out["incremental_referenced_mb"] = inc.bytes_referenced / 1e6
-        out["incremental_steps"] = inc.step_seconds
-    return out
-
-
-def run_duckdb(root: Path, files: dict) -> dict:
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute("SET threads TO 2")
-    base = ", ".join(f"'{f}'" for f in files["base"])
-    deltas = ", ".join(f"'{f}'" for f in files["deltas"])
-    out_path = root / "duckdb.parquet"
-    with PeakRss() as rss:
-        t = time.perf_counter()
-        con.execute(f"""
-            COPY (
-              SELECT * EXCLUDE (op, rn) FROM (
-                SELECT *, row_number() OVER (PARTITION BY id ORDER BY lsn DESC) AS rn FROM (
-                  SELECT *, 'U' AS op FROM read_parquet([{base}])
-                  UNION ALL BY NAME
-                  SELECT * EXCLUDE ("Op"), "Op" AS op FROM read_parquet([{deltas}])
-                )
-              ) WHERE rn = 1 AND op <> 'D'
-            ) TO '{out_path}' (FORMAT parquet)
-        """)
-        elapsed = time.perf_counter() - t
-    return {"full_s": elapsed, "full_peak_rss": rss.peak,
-            "checksum": checksum(pq.read_table(out_path, columns=["id", "lsn"]))}
-
-
-def run_floor(root: Path, files: dict) -> dict:
-    out_dir = root / "floor"
-    out_dir.mkdir()
-
-    def copy(i_path: tuple[int, str]) -> None:
-        i, path = i_path
-        pq.write_table(pq.read_table(path), out_dir / f"{i}.parquet")
-
-    with PeakRss() as rss:
-        t = time.perf_counter()
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(copy, enumerate(files["base"] + files["deltas"])))
-        elapsed = time.perf_counter() - t
-    return {"full_s": elapsed, "full_peak_rss": rss.peak}
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base-rows", type=int, default=20_000_000)
-    p.add_argument("--deltas", type=int, default=10)
-    p.add_argument("--delta-rows", type=int, default=200_000)
-    p.add_argument("--dir", default="/tmp/compaction-bench")
-    p.add_argument("--target-file-size", type=int, default=32 << 20,
-                   help="compactor's target Parquet file size in bytes (default 32 MiB)")
-    p.add_argument("--json", help="also write the figures here")
-    p.add_argument("--engine", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    root = Path(args.dir)
-    if args.engine:
-        files = json.loads((root / "files.json").read_text())
-        fn = {"compactor": run_compactor, "duckdb": run_duckdb, "floor": run_floor}[args.engine]
-        print(json.dumps(fn(root, files)))
-        return
-    shutil.rmtree(root, ignore_errors=True)
-    t = time.perf_counter()
-    files = generate(root, args.base_rows, args.deltas, args.delta_rows)
-    (root / "files.json").write_text(json.dumps(files))
-    size = sum(os.path.getsize(f) for f in files["base"] + files["deltas"])
-    print(f"generated {args.base_rows:,} base rows + {args.deltas} x {args.delta_rows:,} "
-          f"({size / 1e6:.0f} MB Parquet) in {time.perf_counter() - t:.1f} s")
-    results = {}
-    for engine in ("floor", "duckdb", "compactor"):
-        env = {**os.environ, "BENCH_TARGET_FILE_SIZE": str(args.target_file_size)}
-        proc = subprocess.run([sys.executable, __file__, "--dir", str(root), "--engine", engine],
-                              capture_output=True, text=True, check=False, env=env)
-        if proc.returncode:
-            sys.exit(f"{engine} failed:\n{proc.stderr[-3000:]}")
-        results[engine] = json.loads(proc.stdout.strip().splitlines()[-1])
-    if results["compactor"]["checksum"] != results["duckdb"]["checksum"]:
-        sys.exit(f"outputs differ: compactor {results['compactor']['checksum']} vs duckdb "
-                 f"{results['duckdb']['checksum']}")
-    c, d, f = results["compactor"], results["duckdb"], results["floor"]
-    print(f"outputs agree: {c['checksum'][0]:,} rows, same checksum")
-    print(f"{'engine':28}{'time (s)':>10}{'peak PSS (GB)':>15}{'vs DuckDB':>11}{'vs floor':>10}")
-    for name, r in (("I/O floor (pyarrow rewrite)", f), ("DuckDB window query", d),
-                    ("compactor full", c)):
-        print(f"{name:28}{r['full_s']:>10.2f}{r['full_peak_rss'] / 1e9:>15.2f}"
-              f"{r['full_s'] / d['full_s']:>10.2f}x{r['full_s'] / f['full_s']:>9.2f}x")
-    print(f"compactor incremental round (newest-5% updates): {c['incremental_s']:.2f} s, "
-          f"{c['full_s'] / c['incremental_s']:.1f}x faster than full; wrote "
-          f"{c['incremental_written_mb']:.0f} MB, referenced {c['incremental_referenced_mb']:.0f}"
-          " MB in place")
-    print("full steps:", {k: round(v, 2) for k, v in c["full_steps"].items()})
-    print("incremental steps:", {k: round(v, 2) for k, v in c["incremental_steps"].items()})
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    d = DataSpec()
+    data = p.add_argument_group("data")
+    data.add_argument("--base-rows", type=count, default=d.base_rows)
+    data.add_argument("--deltas", type=int, default=d.deltas, help="deltas of the full round")
+    data.add_argument("--delta-rows", type=count, default=d.delta_rows)
+    data.add_argument("--incremental-rows", type=count,
+                      help="rows of the incremental round's delta (default: --delta-rows)")
+    data.add_argument("--delete-fraction", type=float, default=d.delete_fraction)
+    data.add_argument("--new-key-fraction", type=float, default=d.new_key_fraction)
+    data.add_argument("--key", choices=("int64", "composite"), default=d.key,
+                      help="int64 id, or a composite key of two strings")
+    data.add_argument("--locality", choices=LOCALITIES, default=d.locality,
+                      help="which keys the full round's deltas change")
+    data.add_argument("--incremental-locality", choices=LOCALITIES,
+                      default=d.incremental_locality)
+    data.add_argument("--hot-fraction", type=float, default=d.hot_fraction,
+                      help="hot: changes hit only this newest fraction of keys")
+    data.add_argument("--zipf-s", type=float, default=d.zipf_s, help="zipf skew (> 1)")
+    data.add_argument("--width", choices=WIDTHS, default=d.width,
+                      help="narrow: 8 columns; wide: ~1 KB rows (16 more columns)")
+    data.add_argument("--file-rows", type=count, default=0,
+                      help="rows per base file (default: ~128 MiB as Arrow)")
+    data.add_argument("--seed", type=int, default=d.seed)
+    data.add_argument("--fresh", action="store_true", help="regenerate the data even if cached")
+    run = p.add_argument_group("run")
+    run.add_argument("--engines", type=engine_list,
+                     help=f"comma-separated, from {', '.join(ENGINES)} (default: installed)")
+    run.add_argument("--repeat", type=int, default=3, help="runs per engine; the median counts")
+    run.add_argument("--scale", type=counts,
+                     help="base-row sizes to run one after another, e.g. 2M,20M,60M")
+    run.add_argument("--cores", type=int, default=os.cpu_count() or 1,
+                     help="threads/CPUs every engine may use (default: all)")
+    run.add_argument("--target-file-size", type=int, default=32 << 20,
+                     help="compactor's target Parquet file size in bytes (default 32 MiB)")
+    run.add_argument("--buckets", type=int, default=8, help="compactor's bucket count")
+    run.add_argument("--timeout", type=float, default=3600, help="seconds per engine run")
+    run.add_argument("--dir", type=Path, default=Path("/tmp/compaction-bench"))
+    run.add_argument("--json", type=Path, help="results document (default DIR/results.json)")
+    run.add_argument("--png", type=Path, help="chart (default DIR/results.png)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.repeat < 1 or args.cores < 1:
+        p.error("--repeat and --cores must be at least 1")
+    return args
+
+
+def spec_for(args: argparse.Namespace, base_rows: int) -> DataSpec:
+    return DataSpec(
+        base_rows=base_rows, deltas=args.deltas, delta_rows=args.delta_rows,
+        incremental_rows=args.incremental_rows or args.delta_rows,
+        delete_fraction=args.delete_fraction, new_key_fraction=args.new_key_fraction,
+        key=args.key, locality=args.locality, incremental_locality=args.incremental_locality,
+        hot_fraction=args.hot_fraction, zipf_s=args.zipf_s, width=args.width,
+        file_rows=args.file_rows, seed=args.seed)
+
+
+def default_engines(scale: bool) -> list[str]:
+    return [name for name, e in ENGINES.items()
+            if e.installed() and not (scale and name == "polars")]
+
+
+def machine(cores: int) -> dict[str, Any]:
+    import psutil
+
+    versions = {}
+    for package in ("pyarrow", "duckdb", "polars", "deltalake", "ray", "numpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                                text=True, check=False, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"cpu_count": os.cpu_count(), "cores_used": cores, "platform": platform.platform(),
+            "memory_bytes": psutil.virtual_memory().total, "python": platform.python_version(),
+            "versions": versions, "commit": commit, "loadavg_start": list(os.getloadavg())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(args.worker)
+        return 0
+    engines = list(dict.fromkeys([REFERENCE, *(args.engines or default_engines(bool(args.scale)))]))
+    missing = [n for n in engines if not ENGINES[n].installed()]
+    if missing:
+        sys.exit(f"not installed: {', '.join(missing)} (pip install -e '.[bench]')")
+    settings = Settings(args.cores, args.repeat, args.target_file_size, args.buckets,
+                        args.timeout)
+    info = machine(args.cores)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for base_rows in args.scale or [args.base_rows]:
+        try:
+            spec = spec_for(args, base_rows)
+        except ValueError as e:
+            sys.exit(f"bad data knobs: {e}")
+        start = time.perf_counter()
+        dataset, reused = prepare(args.dir / f"data-{base_rows}", spec, fresh=args.fresh)
+        print(f"{'reused' if reused else 'generated'} {base_rows:,} base rows + {spec.deltas} x "
+              f"{spec.delta_rows:,} + {spec.incremental_rows:,} "
+              f"({dataset.parquet_bytes / 1e6:,.0f} MB Parquet) in "
+              f"{time.perf_counter() - start:.1f} s; engines: {', '.join(engines)}", flush=True)
+        result = compare(__file__, dataset, engines, settings, args.dir,
+                         log=lambda line: print(line, flush=True))
+        print_comparison(result, info)
+        results.append(result)
+    info["loadavg_end"] = list(os.getloadavg())
+    if args.scale:
+        print_scaling(results)
+    json_path = args.json or args.dir / "results.json"
+    png_path = args.png or args.dir / "results.png"
+    write_json(json_path, {"machine": info, "mode": "scale" if args.scale else "compare",
+                           "results": results, "ok": all(r["ok"] for r in results)})
+    charted = (chart_scaling(results, png_path) if args.scale
+               else chart_comparison(results[0], png_path))
+    print(f"\nwrote {json_path}" + (f" and {png_path}" if charted else
+                                   " (no chart: pip install matplotlib)"))
+    if not all(r["ok"] for r in results):
+        print("some engine failed or disagreed: see the output column", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
