@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -61,6 +62,7 @@ def _gather(refs: list[Any], step: str, progress: Progress,
     return runtime.get(refs)
 
 
+_round_locks: dict[str, threading.Lock] = {}
 KEEP_WARM = 4  # partitions whose dedupe actors (and cached indexes) stay alive in a runtime
 _warm: OrderedDict[str, list[Any]] = OrderedDict()  # actor-set name -> handles, LRU first
 
@@ -170,6 +172,10 @@ def compact_partition(
     with ExitStack() as stack:
         if not runtime.is_initialized():
             stack.enter_context(runtime.init(backend, address=address))
+        # rounds of one partition in this process take turns: they share its dedupe actors
+        lock = _round_locks.setdefault(f"{table.metadata.table_id}:{partition.key}",
+                                       threading.Lock())
+        stack.enter_context(lock)
         try:
             return _round(table, partition, target_file_size, bucket_count, rebase,
                           progress or _quiet)
@@ -273,7 +279,10 @@ def _round(table: Table, partition: Partition, target_file_size: int,
             a.abort.remote()
         _cleanup(table, written, new_index_paths)
         raise
-    runtime.get([a.commit.remote(state.position) for a in actors])
+    try:
+        runtime.get([a.commit.remote(state.position) for a in actors])
+    except runtime.ActorDiedError:
+        pass  # the round is committed; a restarted actor reloads the index next round
     seconds["commit"], rss["commit"] = time.perf_counter() - t, peak_rss()
     return CompactionResult(
         table.url, str(partition.key), True, plan.rebuild, state.position,

@@ -52,6 +52,9 @@ class Channel:
                     self.inbox.put(msg)
         except (EOFError, OSError):
             pass
+        self._driver_gone()
+
+    def _driver_gone(self) -> None:
         # The driver is gone: nothing can use this process's results any more.
         shutil.rmtree(self._store_root, ignore_errors=True)
         os._exit(0)
@@ -59,9 +62,12 @@ class Channel:
     def send(self, msg: tuple) -> None:
         with self._send_lock:
             held, released = tracker.drain()
-            if held or released:
-                self._conn.send(("refs", held, released))
-            self._conn.send(msg)
+            try:
+                if held or released:
+                    self._conn.send(("refs", held, released))
+                self._conn.send(msg)
+            except OSError:  # a closed socket: the same as the reader's EOF
+                self._driver_gone()
 
     def request(self, kind: str, payload: Any, timeout: float | None = None) -> Any:
         rid = next(self._ids)

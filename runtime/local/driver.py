@@ -387,6 +387,7 @@ class LocalBackend(Backend):
             self.closed = True
             workers = list(self.workers.values())
             self.changed.notify_all()
+        self.store.destroy()  # first: a driver killed during shutdown leaves no store behind
         for w in workers:
             w.kill()
         for w in workers:

@@ -52,7 +52,12 @@ class ObjectStore:
     def write(self, object_id: str, frame: Frame) -> int:
         """Write ``frame`` as object ``object_id``; returns its size in bytes."""
         path = self.path(object_id)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            # only the task computing an object writes it: this is a dead attempt's leftover
+            os.unlink(path)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         try:
             frame.write_to_fd(fd)
         except OSError as e:
