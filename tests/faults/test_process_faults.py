@@ -129,7 +129,7 @@ def test_killed_worker_or_actor_at_a_random_point(rt, tmp_path, trials, fault_se
         seed = fault_seed * 1000 + trial + (0 if target == "worker" else 500)
         rng = random.Random(seed)
         stream = _stream(tmp_path, rng, figures)
-        killer = Killer(target, rng.choice(STEPS), rng.uniform(0, 0.1), rng)
+        killer = Killer(target, rng.choice(STEPS), rng.uniform(0, 0.03), rng)
         with killer:
             verdict = run_round(stream, partial(compact_partition, stream.table, stream.part,
                                                 target_file_size=20_000,
