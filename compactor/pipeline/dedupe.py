@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
@@ -68,6 +69,8 @@ class _Pending:
     plans: dict[int, BucketPlan] = field(default_factory=dict)
     touched: dict[int, bool] = field(default_factory=dict)  # bucket -> got records this round
     chains: dict[int, list[str]] = field(default_factory=dict)  # bucket -> next index chain
+    # bucket -> its index entries whose rows are rewritten, in (file, row) order
+    rewrite: dict[int, np.ndarray] = field(default_factory=dict)
     full: bool = False  # write every bucket's index whole (first round, rebuild)
 
 
@@ -120,13 +123,15 @@ class DedupeActor:
         incoming_bucket = bucket_of(incoming.column("hi").to_numpy(), self.bucket_count)
         records_per_bucket = np.bincount(incoming_bucket, minlength=self.bucket_count)
         self.pending = _Pending(full=state is None)
+        rewrite = _rewritten_by_bucket(new, superseded, bounds)
         for i, b in enumerate(self.buckets):
             part = new.slice(bounds[i], bounds[i + 1] - bounds[i])
             self.pending.index[b] = part
             self.pending.touched[b] = bool(records_per_bucket[b])
-            plan = _plan_bucket(b, part, superseded, bucket_sizes.get(b, 0))
+            plan = _plan_bucket(b, part, superseded, bucket_sizes.get(b, 0), rewrite[i])
             if plan is not None:
                 self.pending.plans[b] = plan
+                self.pending.rewrite[b] = rewrite[i]
         return GroupResult(
             dict(self.pending.plans), result.records_in, result.inserted, result.updated,
             result.deleted, result.duplicates_dropped, live,
@@ -149,7 +154,8 @@ class DedupeActor:
             plan = self.pending.plans.get(b)
             moved = np.zeros(index.num_rows, dtype=bool)
             if plan is not None:
-                index, moved = _relocate(b, index, plan, group_of, len(groups), rows_per_file)
+                index, moved = _relocate(b, index, plan, self.pending.rewrite[b], group_of,
+                                         len(groups), rows_per_file)
             else:
                 index = _detach_tombstones(index)
             self.pending.index[b] = index
@@ -190,51 +196,68 @@ class DedupeActor:
         return self.state
 
 
-def _plan_bucket(b: int, index: pa.Table, superseded: set[int],
-                 files_before: int) -> BucketPlan | None:
+def _lost_files(superseded: set[int], bucket: int) -> set[int]:
+    """Positions in bucket ``bucket``'s file list of its compacted files that lost a row."""
+    return {o & 0xFFFF for o in superseded
+            if 0 <= o < locators.SOURCE_BASE and locators.bucket_of_compacted(o) == bucket}
+
+
+def _rewritten_by_bucket(index: pa.Table, superseded: set[int],
+                         bounds: np.ndarray) -> list[np.ndarray]:
+    """Per bucket (``bounds`` cut the index into them): the positions, local to the bucket, of
+    live entries whose rows get rewritten, in (file, row) order.
+
+    Rewritten: rows from this round's sources, and live rows of compacted files that lost a
+    row (superseded files; compacted ordinals name their bucket, so the test is per entry).
+    One locator ordering for the whole group of buckets, then a stable split by bucket.
+    """
     file = index.column("file").to_numpy()
-    row = index.column("row").to_numpy()
-    tomb = index.column("op").to_numpy() == OP_DELETE
-    lost = {o & 0xFFFF for o in superseded
-            if 0 <= o < locators.SOURCE_BASE and locators.bucket_of_compacted(o) == b}
-    from_sources = (file >= locators.SOURCE_BASE) & ~tomb
-    if not lost and not from_sources.any():
+    live = index.column("op").to_numpy() != OP_DELETE
+    lost = np.array(sorted(o for o in superseded if 0 <= o < locators.SOURCE_BASE),
+                    dtype=np.int32)
+    rewrite = live & (locators.is_source(file) | (
+        pc.is_in(pa.array(file), value_set=pa.array(lost)).to_numpy(zero_copy_only=False)
+        if len(lost) else False))
+    sel = np.flatnonzero(rewrite)
+    ranked = sel[locators.sort_by_locator(file[sel], index.column("row").to_numpy()[sel])]
+    bucket = (np.searchsorted(bounds, ranked, side="right") - 1).astype(np.int16)
+    order = np.argsort(bucket, kind="stable")  # a radix sort: 16-bit keys
+    by_bucket = ranked[order]
+    cuts = np.searchsorted(bucket[order], np.arange(len(bounds)))
+    return [by_bucket[cuts[i]:cuts[i + 1]] - bounds[i] for i in range(len(bounds) - 1)]
+
+
+def _plan_bucket(b: int, index: pa.Table, superseded: set[int], files_before: int,
+                 rewrite: np.ndarray) -> BucketPlan | None:
+    """``rewrite``: the entries whose rows are rewritten, in (file, row) order."""
+    lost = _lost_files(superseded, b)
+    if not lost and not len(rewrite):
         return None
     keep = tuple(i for i in range(files_before) if i not in lost)
-    rewrite = _rewrite_mask(file, tomb, from_sources, lost)
-    sel = np.nonzero(rewrite)[0]
-    ranked = sel[np.lexsort((row[sel], file[sel]))]
-    files_sorted, rows_sorted = file[ranked], row[ranked]
-    cuts = np.nonzero(np.diff(files_sorted))[0] + 1
+    files_sorted = index.column("file").to_numpy()[rewrite]
+    rows_sorted = index.column("row").to_numpy()[rewrite]
+    cuts = np.flatnonzero(np.diff(files_sorted)) + 1
     sources = tuple((int(f[0]), r) for f, r in zip(np.split(files_sorted, cuts),
                                                     np.split(rows_sorted, cuts), strict=True)
                     if len(f))
     return BucketPlan(b, files_before, keep, sources)
 
 
-def _rewrite_mask(file: np.ndarray, tomb: np.ndarray, from_sources: np.ndarray,
-                  lost: set[int]) -> np.ndarray:
-    """Live entries whose rows get rewritten: from this round's sources, or in a lost file."""
-    in_lost = np.isin(file & 0xFFFF, np.fromiter(lost, dtype=np.int64)) if lost else \
-        np.zeros(len(file), dtype=bool)
-    return from_sources | (~tomb & ~from_sources & in_lost)
-
-
-def _relocate(b: int, index: pa.Table, plan: BucketPlan, group_of: dict[int, int],
-              n_groups: int, rows_per_file: int) -> tuple[pa.Table, np.ndarray]:
-    """The index with rewritten rows pointing at their new files; and which entries moved."""
+def _relocate(b: int, index: pa.Table, plan: BucketPlan, ranked: np.ndarray,
+              group_of: dict[int, int], n_groups: int, rows_per_file: int
+              ) -> tuple[pa.Table, np.ndarray]:
+    """The index with rewritten rows (``ranked``, in (file, row) order) pointing at their new
+    files; and which entries moved."""
     file = index.column("file").to_numpy()
     row = index.column("row").to_numpy()
     tomb = index.column("op").to_numpy() == OP_DELETE
-    from_sources = (file >= locators.SOURCE_BASE) & ~tomb
     kept_at = np.full(max(plan.files_before, 1), -1, dtype=np.int64)
     kept_at[list(plan.keep)] = np.arange(len(plan.keep))
-    rewrite = _rewrite_mask(file, tomb, from_sources, plan.lost)
+    rewrite = np.zeros(len(file), dtype=bool)
+    rewrite[ranked] = True
     position = np.where(rewrite | tomb, 0, file & 0xFFFF)
     new_file = np.where(rewrite | tomb, -1, (b << 16) | kept_at[position]).astype(np.int32)
     new_row = row.copy()
-    sel = np.nonzero(rewrite)[0]
-    ranked = sel[np.lexsort((row[sel], file[sel]))]
     known = np.array(sorted(group_of), dtype=np.int64)
     group_at = np.array([group_of[o] for o in known.tolist()], dtype=np.int64)
     group = group_at[np.searchsorted(known, file[ranked])] if len(ranked) else \

@@ -1,4 +1,4 @@
-"""Persisted primary-key indexes: per bucket, a chain of Parquet files beside the table.
+"""Persisted primary-key indexes: per bucket, a chain of Arrow IPC files beside the table.
 
 A bucket's index is a *base* file plus *delta* files written by later rounds, oldest first;
 reading it folds the chain (per key the newest entry wins; ``OP_ABSENT`` entries mark keys that
@@ -8,7 +8,9 @@ index, and a chain is folded back into one base file when it grows long or its d
 A compacted state names the chains in ``properties["index"]``: a JSON list, one list of paths
 (relative to the table root) per bucket. An untouched bucket keeps its chain from the round
 before; files of an abandoned round stay unreferenced, for the garbage collector. Indexes are
-Arrow data, never pickles.
+Arrow data, never pickles: Arrow IPC files with LZ4-compressed buffers (``.arrow``; about 3x
+cheaper to write than Parquet, whose encodings buy nothing on random 64-bit digests). Chains
+written by earlier versions as ``.parquet`` files are still read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from compactor.fs import Storage
@@ -43,12 +46,16 @@ def paths_of(state: CompactedState | None) -> list[list[str]] | None:
 
 
 def new_path(partition_dir: str, bucket: int, kind: str = "base") -> str:
-    return f"{partition_dir}/index/b{bucket:05d}/{kind}-{uuid.uuid4().hex}.parquet"
+    return f"{partition_dir}/index/b{bucket:05d}/{kind}-{uuid.uuid4().hex}.arrow"
+
+
+_IPC_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
 
 
 def write(storage: Storage, rel: str, index: pa.Table) -> None:
-    with storage.open_output(rel) as out:
-        pq.write_table(index, out, compression="lz4")
+    with storage.open_output(rel) as out, \
+            ipc.new_file(out, index.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(index)
 
 
 def keys(table: pa.Table) -> np.ndarray:
@@ -117,7 +124,11 @@ def absent(candidates: np.ndarray, schema: pa.Schema) -> pa.Table:
 
 def _read_one(storage: Storage, rel: str, schema: pa.Schema) -> pa.Table:
     try:
-        table = pq.read_table(pa.BufferReader(storage.read(rel)))
+        data = pa.BufferReader(storage.read(rel))
+        if rel.endswith(".parquet"):  # written by an earlier version
+            table = pq.read_table(data)
+        else:
+            table = ipc.open_file(data).read_all()
     except (FileNotFoundError, OSError, pa.ArrowInvalid) as e:
         raise IndexUnavailable(f"index file {storage.url_of(storage.path(rel))}: {e}") from None
     if not table.schema.equals(schema):

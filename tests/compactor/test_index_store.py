@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from compactor.fs import Storage
 from compactor.merge import record_schema
@@ -38,9 +39,22 @@ def test_a_delta_chain_folds_back_to_the_new_index(tmp_path):
     changed, gone = index_store.changes(old, new)
     assert changed.tolist() == [False, True, False, True]
     assert [(int(k["hi"]), int(k["lo"])) for k in gone] == [(3, 3)]
-    index_store.write(storage, "base.parquet", old)
+    index_store.write(storage, "base.arrow", old)
     delta = pa.concat_tables([new.filter(pa.array(changed)),
                               index_store.absent(gone, new.schema)])
-    index_store.write(storage, "delta.parquet", delta)
-    folded = index_store.read(storage, ["base.parquet", "delta.parquet"], new.schema)
+    index_store.write(storage, "delta.arrow", delta)
+    folded = index_store.read(storage, ["base.arrow", "delta.arrow"], new.schema)
     assert folded.equals(new)
+
+
+def test_chains_written_as_parquet_by_earlier_versions_are_still_read(tmp_path):
+    storage = Storage(f"file://{tmp_path}")
+    old = _index([(1, 1, 1, 0), (2, 2, 1, 0)])
+    new = _index([(1, 1, 1, 0), (2, 2, 7, 1), (4, 4, 7, 1)])
+    pq.write_table(old, tmp_path / "base.parquet")
+    changed, gone = index_store.changes(old, new)
+    index_store.write(storage, "delta.arrow", new.filter(pa.array(changed)))
+    folded = index_store.read(storage, ["base.parquet", "delta.arrow"], new.schema)
+    assert folded.equals(new)
+    assert index_store.new_path("p", 3).startswith("p/index/b00003/base-")
+    assert index_store.new_path("p", 3).endswith(".arrow")
