@@ -102,6 +102,11 @@ class MergeResult:
     deleted: int
     duplicates_dropped: int
     superseded_files: np.ndarray
+    # what changed, for persisting the index as a delta: positions in ``index`` of the entries
+    # that entered it, and the (hi, lo) digests of keys that left it
+    entered: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    gone_hi: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    gone_lo: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
 
 
 def _numpy(table: pa.Table, name: str, dtype: type[np.generic]) -> np.ndarray:
@@ -400,28 +405,35 @@ def merge(index: pa.Table, incoming: pa.Table) -> MergeResult:
     replaced = at[found & wins]
     entering = wins & enters
     changed = wins & was_live
+    left = at[found & wins & ~enters]  # old keys removed and not re-entered
+    index, entered = _splice(old, replaced, new.take(winners[entering]), at[entering])
     return MergeResult(
-        index=_splice(old, replaced, new.take(winners[entering]), at[entering]),
+        index=index,
         records_in=len(new),
         inserted=int((wins & upsert & ~was_live).sum()),
         updated=int((changed & upsert).sum()),
         deleted=int((changed & ~upsert).sum()),
         duplicates_dropped=len(new) - int(wins.sum()),
         superseded_files=np.unique(old.columns["file"][at[changed]]),
+        entered=entered, gone_hi=old.hi[left], gone_lo=old.lo[left],
     )
 
 
-def _splice(old: _Records, removed: np.ndarray, entering: pa.Table, at: np.ndarray) -> pa.Table:
-    """The old index without rows ``removed``, with sorted ``entering`` rows inserted at ``at``.
+def _splice(old: _Records, removed: np.ndarray, entering: pa.Table, at: np.ndarray
+            ) -> tuple[pa.Table, np.ndarray]:
+    """The old index without rows ``removed``, with sorted ``entering`` rows inserted at ``at``;
+    and the positions the entering rows got.
 
     ``at[j]`` counts the old rows whose key is below entering row j, so entering row j lands
     just before old row ``at[j]`` (which, for a replaced key, is the removed old version). The
     old rows move as contiguous runs (np.delete / np.insert), so this is a copy, not a gather.
     """
     if len(old) == 0:
-        return entering
+        return entering, np.arange(entering.num_rows, dtype=np.int64)
     removed = np.sort(removed)
     at = at - np.searchsorted(removed, at, side="left")  # in the coordinates after removal
+    # np.insert puts value j before old row at[j], after the j values inserted before it
+    entered = at + np.arange(len(at), dtype=np.int64)
     columns: dict[str, object] = {
         name: np.insert(np.delete(old.columns[name], removed), at,
                         entering.column(name).to_numpy())
@@ -432,7 +444,7 @@ def _splice(old: _Records, removed: np.ndarray, entering: pa.Table, at: np.ndarr
         rows = np.insert(np.delete(np.arange(n), removed), at, n + np.arange(len(at)))
         both = pa.concat_arrays([old.order, entering.column("order").combine_chunks()])
         columns["order"] = both.take(rows)
-    return pa.table(columns).select(entering.schema.names).cast(entering.schema)
+    return pa.table(columns).select(entering.schema.names).cast(entering.schema), entered
 
 
 def surviving_rows(index: pa.Table, files: Iterable[int] | None = None) -> dict[int, np.ndarray]:

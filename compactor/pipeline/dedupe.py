@@ -71,6 +71,9 @@ class _Pending:
     chains: dict[int, list[str]] = field(default_factory=dict)  # bucket -> next index chain
     # bucket -> its index entries whose rows are rewritten, in (file, row) order
     rewrite: dict[int, np.ndarray] = field(default_factory=dict)
+    # bucket -> positions of the entries the merge brought in; the (hi, lo) of keys it removed
+    entered: dict[int, np.ndarray] = field(default_factory=dict)
+    gone: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     full: bool = False  # write every bucket's index whole (first round, rebuild)
 
 
@@ -124,9 +127,15 @@ class DedupeActor:
         records_per_bucket = np.bincount(incoming_bucket, minlength=self.bucket_count)
         self.pending = _Pending(full=state is None)
         rewrite = _rewritten_by_bucket(new, superseded, bounds)
+        entered = np.split(result.entered, np.searchsorted(result.entered, bounds[1:-1]))
+        gone_bucket = np.searchsorted(edges, bucket_of(result.gone_hi, self.bucket_count),
+                                      side="right") - 1
         for i, b in enumerate(self.buckets):
             part = new.slice(bounds[i], bounds[i + 1] - bounds[i])
             self.pending.index[b] = part
+            self.pending.entered[b] = entered[i] - bounds[i]
+            mine = gone_bucket == i
+            self.pending.gone[b] = (result.gone_hi[mine], result.gone_lo[mine])
             self.pending.touched[b] = bool(records_per_bucket[b])
             plan = _plan_bucket(b, part, superseded, bucket_sizes.get(b, 0), rewrite[i])
             if plan is not None:
@@ -163,10 +172,15 @@ class DedupeActor:
             if not self.pending.full and chain and not self.pending.touched[b] \
                     and not moved.any():
                 continue  # nothing about this bucket's keys changed
+            gone = np.empty(0, dtype=index_store.KEY)
             if self.pending.full or not chain:
-                changed, gone = np.ones(index.num_rows, dtype=bool), index_store.keys(index)[:0]
-            else:
-                changed, gone = index_store.changes(self.index[b], index)
+                changed = np.ones(index.num_rows, dtype=bool)
+            else:  # what the merge brought in or removed, and what moved to new files
+                changed = moved
+                changed[self.pending.entered[b]] = True
+                gone_hi, gone_lo = self.pending.gone[b]
+                gone = np.empty(len(gone_hi), dtype=index_store.KEY)
+                gone["hi"], gone["lo"] = gone_hi, gone_lo
             delta_rows = int(changed.sum()) + len(gone)
             if self.pending.full or not chain or len(chain) >= index_store.MAX_CHAIN \
                     or delta_rows * 4 > index.num_rows:

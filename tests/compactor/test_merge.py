@@ -176,7 +176,18 @@ def test_merge_matches_reference_round_after_round(order_kind: str, data: st.Dat
         result = merge(index, _table(records, order_type))
         reference.add(records)
         check_round(reference, before, result, records, ordered=order_type is not None)
+        check_changes(_records(index), result)
         index = result.index
+
+
+def check_changes(before: list[Rec], result: MergeResult) -> None:
+    """``entered`` and ``gone_*`` are exactly the difference between the two indexes."""
+    after = _records(result.index)
+    old = {r.key: r for r in before}
+    entered = [i for i, r in enumerate(after) if r.key not in old or not _same(r, old[r.key])]
+    assert result.entered.tolist() == entered
+    gone = sorted(old.keys() - {r.key for r in after})
+    assert sorted(zip(result.gone_hi.tolist(), result.gone_lo.tolist(), strict=True)) == gone
 
 
 # --- the rule, case by case ---------------------------------------------------------------------
