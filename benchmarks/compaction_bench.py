@@ -106,7 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="threads/CPUs every engine may use (default: all)")
     run.add_argument("--target-file-size", type=int, default=32 << 20,
                      help="compactor's target Parquet file size in bytes (default 32 MiB)")
-    run.add_argument("--buckets", type=int, default=8, help="compactor's bucket count")
+    run.add_argument("--buckets", type=int,
+                     help="compactor's bucket count (default: --cores; DESIGN.md: from the "
+                          "parallelism, not the table size. More buckets than dedupe actors "
+                          "only make an incremental round touch more files)")
     run.add_argument("--timeout", type=float, default=3600, help="seconds per engine run")
     run.add_argument("--dir", type=Path, default=Path("/tmp/compaction-bench"))
     run.add_argument("--json", type=Path, help="results document (default DIR/results.json)")
@@ -161,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [n for n in engines if not ENGINES[n].installed()]
     if missing:
         sys.exit(f"not installed: {', '.join(missing)} (pip install -e '.[bench]')")
-    settings = Settings(args.cores, args.repeat, args.target_file_size, args.buckets,
-                        args.timeout)
+    settings = Settings(args.cores, args.repeat, args.target_file_size,
+                        args.buckets or args.cores, args.timeout)
     info = machine(args.cores)
     args.dir.mkdir(parents=True, exist_ok=True)
     results = []

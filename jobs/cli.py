@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from compactor.cli.common import EXIT_FAILURE, Session, command, styled, timestamp
-from compactor.cli.params import format_size
+from compactor.units import format_size
 from jobs.config import (
     DEFAULT_HISTORY,
     ENV_HISTORY,

@@ -10,14 +10,14 @@ a :class:`ConfigError` reading ``FILE:LINE: PATH.FIELD: what is wrong``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import yaml
 
-from compactor.cli.params import parse_size
+from compactor import units
 from compactor.errors import CompactorError
+from compactor.units import parse_size
 
 T = TypeVar("T")
 
@@ -90,19 +90,11 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_duration(value: Any) -> float:
     """Seconds in ``value``: a number (seconds) or text such as ``90s``, ``15m``, ``1h30m``."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    text = str(value).replace(" ", "")
-    parts = _DURATION.findall(text)
-    if not text or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{value!r} is not a duration; write seconds or e.g. 90s, 15m, 1h30m, 2d")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    return units.parse_duration(str(value))
 
 
 class Fields:

@@ -16,7 +16,8 @@ import click
 from rich.console import Console
 
 from compactor.cli.common import Session, command, partition_option, timestamp
-from compactor.cli.params import OpValues, format_size
+from compactor.cli.params import OpValues
+from compactor.units import format_size
 
 if TYPE_CHECKING:
     from compactor import CdcOps, Delta, Partition

@@ -12,8 +12,9 @@ from rich.table import Table as RichTable
 
 from compactor.cli.append import delta_summary
 from compactor.cli.common import Session, command, partition_option, styled
-from compactor.cli.params import Size, format_size
+from compactor.cli.params import Size
 from compactor.cli.progress import RoundProgress
+from compactor.units import format_size
 
 if TYPE_CHECKING:
     from compactor import Partition, Table

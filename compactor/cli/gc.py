@@ -8,7 +8,8 @@ import click
 from rich.console import Console
 
 from compactor.cli.common import Session, command
-from compactor.cli.params import Duration, format_size
+from compactor.cli.params import Duration
+from compactor.units import format_size
 
 if TYPE_CHECKING:
     from compactor.gc import GcResult

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from compactor.cli.common import Session, command, partition_option, styled
-from compactor.cli.params import Size, format_size
+from compactor.cli.params import Size
+from compactor.units import format_size
 
 if TYPE_CHECKING:
     from compactor.cluster_sizing import ClusterSpec, RoundSizing

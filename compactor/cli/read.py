@@ -7,7 +7,7 @@ from fsspec.implementations.local import LocalFileSystem
 from rich.console import Console
 
 from compactor.cli.common import CommandError, Session, command, partition_option
-from compactor.cli.params import format_size
+from compactor.units import format_size
 
 
 @command("read")

@@ -12,8 +12,8 @@ from rich.table import Table as RichTable
 
 from compactor.cli.append import delta_summary
 from compactor.cli.common import Session, command, partition_option, styled, timestamp
-from compactor.cli.params import format_size
 from compactor.cli.table import render_table_info, table_info
+from compactor.units import format_size
 
 if TYPE_CHECKING:
     from compactor import CompactedState, Partition, Snapshot, Table

@@ -125,10 +125,9 @@ def absent(candidates: np.ndarray, schema: pa.Schema) -> pa.Table:
 def _read_one(storage: Storage, rel: str, schema: pa.Schema) -> pa.Table:
     try:
         data = pa.BufferReader(storage.read(rel))
-        if rel.endswith(".parquet"):  # written by an earlier version
-            table = pq.read_table(data)
-        else:
-            table = ipc.open_file(data).read_all()
+        # .parquet: written by an earlier version
+        table = pq.read_table(data) if rel.endswith(".parquet") else \
+            ipc.open_file(data).read_all()
     except (FileNotFoundError, OSError, pa.ArrowInvalid) as e:
         raise IndexUnavailable(f"index file {storage.url_of(storage.path(rel))}: {e}") from None
     if not table.schema.equals(schema):

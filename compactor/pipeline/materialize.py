@@ -105,10 +105,8 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
     for key, r in rows.items():
         local = r - shift[np.searchsorted(starts, r, side="right") - 1] if len(groups) < \
             meta.num_row_groups else r
-        if len(local) == data.num_rows:
-            part = data  # every row, in order (sorted, unique)
-        else:
-            part = data.take(pa.array(local))
+        # every row, in order (rows are sorted and unique): no gather
+        part = data if len(local) == data.num_rows else data.take(pa.array(local))
         out[key] = conform(part, schema, file.url)
     return out
 

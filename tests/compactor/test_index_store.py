@@ -52,7 +52,7 @@ def test_chains_written_as_parquet_by_earlier_versions_are_still_read(tmp_path):
     old = _index([(1, 1, 1, 0), (2, 2, 1, 0)])
     new = _index([(1, 1, 1, 0), (2, 2, 7, 1), (4, 4, 7, 1)])
     pq.write_table(old, tmp_path / "base.parquet")
-    changed, gone = index_store.changes(old, new)
+    changed, _ = index_store.changes(old, new)
     index_store.write(storage, "delta.arrow", new.filter(pa.array(changed)))
     folded = index_store.read(storage, ["base.parquet", "delta.arrow"], new.schema)
     assert folded.equals(new)
