@@ -12,6 +12,8 @@ Index entries and records say ``(file, row)``. ``file`` is an int32 ordinal:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -64,8 +66,8 @@ def sort_by_locator(file: np.ndarray, row: np.ndarray) -> np.ndarray:
     if int(span.sum()) > 4 * n + (1 << 16):
         return np.lexsort((row, file))
     offset = np.concatenate([[0], np.cumsum(span)[:-1]]) - first
-    kind = np.int32 if n < np.iinfo(np.int32).max else np.int64
-    slot = np.full(int(span.sum()), -1, dtype=kind)
+    kind: type[np.signedinteger[Any]] = np.int32 if n < np.iinfo(np.int32).max else np.int64
+    slot: np.ndarray = np.full(int(span.sum()), -1, dtype=kind)
     slot[offset[dense] + row] = np.arange(n, dtype=kind)
     out = slot[slot >= 0].astype(np.int64)
     if len(out) != n:

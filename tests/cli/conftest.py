@@ -123,7 +123,7 @@ def replace_keeping_fingerprint(path: Path, data: pa.Table) -> None:
     stat = path.stat()
     buffer = io.BytesIO()
     pq.write_table(data, buffer, compression="zstd", compression_level=19,
-                   write_statistics=False)
+                   write_statistics=False, use_dictionary=False, store_schema=False)
     raw = buffer.getvalue()
     assert len(raw) <= stat.st_size, "the replacement is larger than the original"
     footer = len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
