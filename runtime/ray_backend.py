@@ -22,7 +22,6 @@ until they are killed.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,13 +29,16 @@ from typing import Any
 import ray
 import ray.exceptions as rex
 from ray.util.client.common import ClientActorHandle
-from ray.util.scheduling_strategies import (
-    NodeAffinitySchedulingStrategy,
-    PlacementGroupSchedulingStrategy,
-)
 
 from runtime import api, errors
 from runtime.backend import Backend
+from runtime.ray_translate import (
+    options_key,
+    placement,
+    retry_exceptions,
+    translate,
+    with_cpu_and_memory,
+)
 from runtime.refs import ObjectRef
 from runtime.remote import ActorClass, ActorHandle, RemoteFunction
 from runtime.scheduling import NodeAffinity, PlacementGroupSlot
@@ -112,15 +114,15 @@ class RayBackend(Backend):
         self, fn: RemoteFunction, args: tuple, kwargs: dict, options: dict[str, Any]
     ) -> ObjectRef:
         self._check_fits(f"task {fn.__qualname__!r}", options)
-        key = _options_key(fn.function_id, options)
+        key = options_key(fn.function_id, options)
         remote_fn = self._task_variants.get(key)
         if remote_fn is None:
             remote_fn = self._remote_functions.get(fn.function_id)
             if remote_fn is None:  # Ray ships the function to the cluster once per object
                 remote_fn = self._remote_functions[fn.function_id] = ray.remote(_task_entry(fn))
             remote_fn = remote_fn.options(
-                **_placement(options), max_retries=options["max_retries"],
-                retry_exceptions=_retry_exceptions(options["retry_exceptions"]),
+                **placement(options), max_retries=options["max_retries"],
+                retry_exceptions=retry_exceptions(options["retry_exceptions"]),
             )
             if key is not None:  # Ray's .options() costs a class definition per call
                 if len(self._task_variants) >= 1024:  # e.g. a memory estimate per task
@@ -140,7 +142,7 @@ class RayBackend(Backend):
             self._actor_classes[cls.class_id] = ray_cls
         restarts = options["max_restarts"]
         ray_options: dict[str, Any] = {
-            **_placement(options),
+            **placement(options),
             "max_restarts": restarts,
             # Without task retries Ray fails every call sent while the actor is down, even
             # those submitted during its restart. With them the calls reach the restarted
@@ -189,7 +191,7 @@ class RayBackend(Backend):
         try:
             return RayObjectRef(ray.put(value))
         except rex.RayError as e:
-            error = _translate(e)
+            error = translate(e)
         raise error
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
@@ -233,15 +235,15 @@ class RayBackend(Backend):
     def nodes(self) -> list[dict[str, Any]]:
         return [
             {"node_id": n["NodeID"], "alive": True, "address": n["NodeManagerAddress"],
-             "resources": _with_cpu_and_memory(n["Resources"])}
+             "resources": with_cpu_and_memory(n["Resources"])}
             for n in ray.nodes() if n["Alive"]
         ]
 
     def cluster_resources(self) -> dict[str, float]:
-        return _with_cpu_and_memory(ray.cluster_resources())
+        return with_cpu_and_memory(ray.cluster_resources())
 
     def available_resources(self) -> dict[str, float]:
-        return _with_cpu_and_memory(ray.available_resources())
+        return with_cpu_and_memory(ray.available_resources())
 
     def shutdown(self) -> None:
         actors, self._actors = self._actors, {}
@@ -406,83 +408,5 @@ def _get(ray_refs: list[ray.ObjectRef], timeout: float | None) -> list[Any]:
         values: list[Any] = ray.get(ray_refs, timeout=timeout)
         return values
     except rex.RayError as e:
-        error = _translate(e)
+        error = translate(e)
     raise error  # outside the except block, so Ray's error is not chained as the context
-
-
-def _options_key(function_id: str, options: dict[str, Any]) -> Any:
-    """A dict key for a function with these options, or None if they cannot be hashed."""
-    key = (function_id, *((k, tuple(v) if isinstance(v, list) else v)
-                          for k, v in sorted(options.items())))
-    try:
-        hash(key)
-    except TypeError:  # e.g. a placement group in the scheduling hint
-        return None
-    return key
-
-
-def _retry_exceptions(value: bool | list | tuple) -> bool | list[type[BaseException]]:
-    return value if isinstance(value, bool) else list(value)
-
-
-def _placement(options: dict[str, Any]) -> dict[str, Any]:
-    """Ray's options for the resources and the placement of a task or an actor."""
-    placement = {
-        "num_cpus": options["num_cpus"], "scheduling_strategy": _strategy(options["scheduling"])
-    }
-    if options["memory"]:
-        placement["memory"] = options["memory"]
-    return placement
-
-
-def _strategy(hint: Any) -> Any:
-    if hint is None:
-        return "DEFAULT"
-    if isinstance(hint, str):
-        return hint.upper()
-    if isinstance(hint, NodeAffinity):
-        return NodeAffinitySchedulingStrategy(node_id=hint.node_id, soft=hint.soft)
-    if isinstance(hint, PlacementGroupSlot):
-        return PlacementGroupSchedulingStrategy(
-            placement_group=hint.placement_group, placement_group_bundle_index=hint.bundle_index
-        )
-    raise TypeError(f"unsupported scheduling hint {hint!r}")
-
-
-def _with_cpu_and_memory(resources: dict[str, float]) -> dict[str, float]:
-    return {"CPU": 0.0, "memory": 0.0, **resources}
-
-
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-
-# Checked in order; the first Ray error class that matches decides the runtime's error class.
-_SYSTEM_ERRORS: tuple[tuple[type[BaseException], type[errors.RuntimeBaseError]], ...] = (
-    (rex.TaskCancelledError, errors.TaskCancelledError),
-    (rex.GetTimeoutError, errors.GetTimeoutError),
-    (rex.RayActorError, errors.ActorDiedError),
-    (rex.TaskUnschedulableError, errors.UnschedulableError),
-    (rex.ActorUnschedulableError, errors.UnschedulableError),
-    (rex.WorkerCrashedError, errors.WorkerCrashedError),
-    (rex.NodeDiedError, errors.WorkerCrashedError),
-    (rex.OutOfMemoryError, errors.WorkerCrashedError),
-    (rex.ObjectStoreFullError, errors.ObjectStoreFullError),
-    (rex.ObjectLostError, errors.ObjectLostError),
-    (rex.UnserializableException, errors.TaskError),  # the task's exception did not unpickle
-)
-
-
-def _translate(error: rex.RayError) -> BaseException:
-    """The exception a runtime caller sees for a Ray error."""
-    message = _ANSI_ESCAPE.sub("", str(error))
-    if isinstance(error, rex.RayTaskError):
-        cause = error.cause
-        if isinstance(cause, rex.RayError):  # a Ray error raised inside the task
-            return _translate(cause)
-        if not isinstance(cause, BaseException):
-            return errors.TaskError(message)
-        cause.__cause__ = errors.RemoteTraceback(message)
-        return cause
-    for ray_class, runtime_class in _SYSTEM_ERRORS:
-        if isinstance(error, ray_class):
-            return runtime_class(message)
-    return errors.RuntimeBaseError(f"{type(error).__name__}: {message}")

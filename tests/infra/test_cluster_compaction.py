@@ -6,17 +6,14 @@ resources; the runtime joins it with ``runtime.init("ray", address=...)``. Round
 oracle's result; losing a worker node mid-round must end either correct (Ray retried the work)
 or failed with nothing committed, and the next round converges.
 
-A process is connected to one Ray at a time and the runtime tests share one Ray per session:
-when a Ray is already up in this process these tests are skipped here and run in a child pytest
-instead (``test_cluster_tests_in_their_own_process``). They start and stop only their own
-cluster, and restore the machine's record of "the" Ray address that Cluster overwrites.
+They run in a pytest invocation of their own (``pytest -m cluster``, see
+``tests/ray_cluster.py``), start and stop only their own cluster, and restore the machine's
+record of "the" Ray address that Cluster overwrites.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,50 +24,29 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import ray
-from ray._common.utils import get_ray_address_file
 from ray.cluster_utils import Cluster
 
 import runtime
 from compactor.compaction import compact_partition
 from compactor.reader import read_partition
 from tests.compactor.test_compaction import SCHEMA, Scenario, _rows
+from tests.ray_cluster import (
+    FAST_NODE_FAILURE_DETECTION,
+    GiB,
+    check_no_other_ray,
+    machine_ray_address_kept,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-GiB = 1 << 30
-ROOT = Path(__file__).resolve().parents[2]
 EXECUTABLE = Path(sys.executable).parent / "compactor"
 WORKER: dict[str, Any] = {"num_cpus": 1, "memory": 2 * GiB}
-# Ray's defaults take ~30 s to declare a killed node dead; a few seconds is enough here.
-FAST_NODE_FAILURE_DETECTION = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 1000,
-    "health_check_timeout_ms": 1000,
-    "health_check_failure_threshold": 3,
-}
-
-
-@contextlib.contextmanager
-def _machine_ray_address_kept() -> Iterator[None]:
-    """Cluster records its address as the machine's Ray on start (a bare ``ray.init()`` would
-    join this test's cluster) and deletes the record on shutdown: put back what was there."""
-    record = Path(get_ray_address_file(None))
-    saved = record.read_text() if record.exists() else None
-    try:
-        yield
-    finally:
-        if saved is None:
-            record.unlink(missing_ok=True)
-        else:
-            record.write_text(saved)
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    if ray.is_initialized():
-        pytest.skip("this process is connected to another Ray; "
-                    "test_cluster_tests_in_their_own_process runs these in a child process")
-    with _machine_ray_address_kept():
+    check_no_other_ray()
+    with machine_ray_address_kept():
         c = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "memory": 0, "include_dashboard": False,  # as the deployment's head
             "_system_config": FAST_NODE_FAILURE_DETECTION,
@@ -82,21 +58,8 @@ def cluster() -> Iterator[Cluster]:
         with runtime.init("ray", address=c.address):
             yield c
     finally:
-        with _machine_ray_address_kept():
+        with machine_ray_address_kept():
             c.shutdown()
-
-
-def test_cluster_tests_in_their_own_process() -> None:
-    if not ray.is_initialized():
-        pytest.skip("no other Ray is connected in this process: the cluster tests run here")
-    child = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q",
-         "-p", "no:cacheprovider"],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
-    )
-    summary = (child.stdout.strip().splitlines() or ["(no output)"])[-1]
-    assert child.returncode == 0, f"{summary}\n{child.stdout[-6000:]}\n{child.stderr[-3000:]}"
-    assert re.search(r"\d+ passed, 1 skipped", summary), summary  # skipped: this test, there
 
 
 def _workers(cluster: Cluster) -> set[str]:

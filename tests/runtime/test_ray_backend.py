@@ -24,7 +24,8 @@ import ray.exceptions as rex
 
 import runtime
 from runtime import NodeAffinity, PlacementGroupSlot, RemoteTraceback
-from runtime.ray_backend import RayBackend, _translate
+from runtime.ray_backend import RayBackend
+from runtime.ray_translate import translate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -277,7 +278,7 @@ def test_error_that_cannot_be_loaded_is_a_task_error(ray_rt: RayBackend) -> None
     ],
 )
 def test_ray_errors_become_the_runtimes(ray_error: rex.RayError, expected: type) -> None:
-    error = _translate(ray_error)
+    error = translate(ray_error)
     assert type(error) is expected
     assert not isinstance(error, rex.RayError)
 

@@ -1,18 +1,14 @@
 """The ray backend on several nodes: a head and worker nodes on this machine.
 
 Each node is a separate raylet with its own resources (``ray.cluster_utils.Cluster``), so
-placement, node loss, task retries and actor restarts are Ray's real ones. A process is connected
-to one Ray at a time and the rest of the suite shares one Ray instance per session: when that
-instance is already up in this process, these tests are skipped here and run in a child pytest
-instead (``test_cluster_tests_in_their_own_process``). The tests start and stop only their own
-cluster.
+placement, node loss, task retries and actor restarts are Ray's real ones. They run in a pytest
+invocation of their own (``pytest -m cluster``, see ``tests/ray_cluster.py``), and start and stop
+only their own cluster.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -24,22 +20,18 @@ from typing import Any
 
 import pytest
 import ray
-from ray._common.utils import get_ray_address_file
 from ray.cluster_utils import Cluster
 
 import runtime
 from runtime import NodeAffinity, PlacementGroupSlot
+from tests.ray_cluster import (
+    FAST_NODE_FAILURE_DETECTION,
+    GiB,
+    check_no_other_ray,
+    machine_ray_address_kept,
+)
 
 pytestmark = pytest.mark.cluster
-
-GiB = 1 << 30
-# Ray's defaults take ~30 s to declare a killed node dead; a second or three is enough here.
-FAST_NODE_FAILURE_DETECTION = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 1000,
-    "health_check_timeout_ms": 1000,
-    "health_check_failure_threshold": 3,
-}
 
 
 def this_node() -> str:
@@ -116,11 +108,9 @@ class LocalCluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    if ray.is_initialized():
-        pytest.skip("this process is connected to another Ray; "
-                    "test_cluster_tests_in_their_own_process runs these in a child process")
+    check_no_other_ray()
     client_port = _free_port()
-    with _machine_ray_address_kept():
+    with machine_ray_address_kept():
         c = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 1, "memory": GiB // 2, "include_dashboard": False,
             "ray_client_server_port": client_port,
@@ -134,7 +124,7 @@ def cluster() -> Iterator[LocalCluster]:
             yield LocalCluster(c, c.head_node.node_id, small.node_id, large.node_id,
                                f"ray://127.0.0.1:{client_port}")
     finally:
-        with _machine_ray_address_kept():
+        with machine_ray_address_kept():
             c.shutdown()
 
 
@@ -145,41 +135,11 @@ def _free_port() -> int:
         return port
 
 
-@contextlib.contextmanager
-def _machine_ray_address_kept() -> Iterator[None]:
-    """Undo what Cluster does to the machine's record of "the" Ray cluster: it records its own
-    address on start (so that a bare ``ray.init()`` anywhere on this machine would join this
-    test's cluster) and deletes the record on shutdown (even one a `ray start` wrote)."""
-    record = Path(get_ray_address_file(None))
-    saved = record.read_text() if record.exists() else None
-    try:
-        yield
-    finally:
-        if saved is None:
-            record.unlink(missing_ok=True)
-        else:
-            record.write_text(saved)
-
-
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.1)
-
-
-def test_cluster_tests_in_their_own_process() -> None:
-    if not ray.is_initialized():
-        pytest.skip("no other Ray is connected in this process: the cluster tests run here")
-    root = Path(__file__).resolve().parents[2]
-    child = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q",
-         "-p", "no:cacheprovider"],
-        cwd=root, capture_output=True, text=True, timeout=280,
-    )
-    summary = (child.stdout.strip().splitlines() or ["(no output)"])[-1]
-    assert child.returncode == 0, f"{summary}\n{child.stdout[-6000:]}\n{child.stderr[-3000:]}"
-    assert re.search(r"\d+ passed, 1 skipped", summary), summary  # skipped: this test, there
 
 
 def test_every_node_reports_its_own_resources(cluster: LocalCluster) -> None:
