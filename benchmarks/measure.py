@@ -6,17 +6,39 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pyarrow as pa
 
 
+def _status_kib(pid: int | str, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _shmem_kib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1])
+    return 0
+
+
 class PeakMemory:
     """Samples the memory of this process and its descendants every 0.1 s; ``peak`` in bytes.
 
-    Uses PSS (proportional set size), so shared-memory pages mapped by several processes (an
-    object store) count once, not once per process; falls back to RSS where PSS is missing.
+    Memory is each process's private (anonymous) resident memory plus the shared memory created
+    since the start (an object store's segments, counted once however many processes map them):
+    what the engine itself holds, without the shared libraries and page cache every engine maps.
+    These are counters the kernel keeps (``/proc/PID/status`` RssAnon, ``/proc/meminfo``
+    Shmem), cheap to read. PSS would be the textbook figure, but reading it makes the kernel walk
+    every page of every mapping and holds the process's memory map lock meanwhile: sampling it
+    took 15-20% of a multi-process engine's time on 2 cores. Elsewhere than Linux: RSS.
     Samples on entry and exit too, so a step shorter than the interval still has a figure.
     """
 
@@ -25,13 +47,13 @@ class PeakMemory:
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._linux = Path("/proc/meminfo").exists()
+        self._shmem_start = _shmem_kib() if self._linux else 0
 
-    @staticmethod
-    def _memory(p: psutil.Process) -> int:
-        try:
-            return int(p.memory_full_info().pss)
-        except (psutil.AccessDenied, AttributeError):
-            return int(p.memory_info().rss)
+    def _memory(self, p: psutil.Process) -> int:
+        if self._linux:
+            return _status_kib(p.pid, "RssAnon") * 1024
+        return int(p.memory_info().rss)
 
     def _sample(self) -> None:
         me = psutil.Process()
@@ -39,8 +61,10 @@ class PeakMemory:
         for child in me.children(recursive=True):
             try:
                 total += self._memory(child)
-            except psutil.Error:  # exited between listing and reading
+            except (psutil.Error, OSError):  # exited between listing and reading
                 pass
+        if self._linux:
+            total += max(0, _shmem_kib() - self._shmem_start) * 1024
         self.peak = max(self.peak, total)
 
     def _run(self) -> None:

@@ -1,7 +1,8 @@
 """Tables on stdout, a JSON document and a PNG chart of a comparison (or of a scaling series).
 
-Columns: median wall time of the timed round over the repeats; peak memory (PSS of the engine's
-process tree, the largest over the repeats); ratios to DuckDB and the I/O floor (full round) or
+Columns: median wall time of the timed round over the repeats; peak memory (private resident
+memory of the engine's process tree plus the shared memory it created, the largest over the
+repeats; see measure.PeakMemory); ratios to DuckDB and the I/O floor (full round) or
 to compactor's full round and delta-rs MERGE (incremental round); MiB/s per core: the round's new
 input decoded as Arrow (full: base + deltas; incremental: the one delta) per second per core.
 """
@@ -47,7 +48,7 @@ def _seconds(engines: dict[str, Any], name: str, round_name: str) -> float | Non
 def _table(result: dict[str, Any], round_name: str, against: Sequence[tuple[str, str, str]],
            data_bytes: int) -> list[str]:
     engines, cores = result["engines"], result["settings"]["cores"]
-    head = (f"{'engine':32}{'time (s)':>10}{'peak PSS (GB)':>15}"
+    head = (f"{'engine':32}{'time (s)':>10}{'peak mem (GB)':>15}"
             + "".join(f"{title:>{max(len(title) + 2, 11)}}" for _, _, title in against)
             + f"{'MiB/s/core':>12}  output")
     lines = [head]
@@ -127,7 +128,7 @@ def print_scaling(results: Sequence[dict[str, Any]]) -> None:
     rows = scaling_rows(results)
     print("\nscaling (full round: time per input row, peak memory; incremental round time)")
     print(f"{'engine':32}{'base rows':>10}{'time (s)':>10}{'ns/row':>9}{'vs smallest':>13}"
-          f"{'peak PSS (GB)':>15}{'incremental (s)':>17}")
+          f"{'peak mem (GB)':>15}{'incremental (s)':>17}")
     for name in dict.fromkeys(r["engine"] for r in rows):
         mine = sorted((r for r in rows if r["engine"] == name), key=lambda r: r["base_rows"])
         for r in mine:
@@ -158,7 +159,7 @@ def chart_comparison(result: dict[str, Any], path: Path) -> bool:
     if plt is None:
         return False
     panels = [("full", "median_seconds", 1, "full round: wall time (s)"),
-              ("full", "peak_bytes", GB, "full round: peak PSS (GB)"),
+              ("full", "peak_bytes", GB, "full round: peak memory (GB)"),
               ("incremental", "median_seconds", 1, "incremental round: wall time (s)")]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, (round_name, field, scale, title) in zip(axes, panels, strict=True):
@@ -193,7 +194,8 @@ def chart_scaling(results: Sequence[dict[str, Any]], path: Path) -> bool:
         left.plot(xs, [r["ns_per_row"] for r in mine], marker="o", label=mine[0]["label"])
         right.plot(xs, [r["peak_bytes"] / GB for r in mine], marker="o", label=mine[0]["label"])
     sizes = sorted({r["base_rows"] for r in rows})
-    for ax, title in ((left, "full round: ns per input row"), (right, "full round: peak PSS (GB)")):
+    for ax, title in ((left, "full round: ns per input row"),
+                      (right, "full round: peak memory (GB)")):
         ax.set_xscale("log")
         ax.set_xticks(sizes, [_rows(n) for n in sizes])
         ax.minorticks_off()

@@ -10,13 +10,31 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+# How worker processes manage memory, unless the driver's environment says otherwise. Tasks
+# allocate and free buffers of hundreds of MB over and over; a page the process has never
+# touched costs a fault (and zeroing) each time:
+# - glibc hands every block over 32 MB back to the kernel on free, so the next one faults all
+#   its pages in again: serve all blocks from the heap (mmap_max=0) and keep up to 512 MiB of
+#   free memory at its top (trim_threshold) for the next task;
+# - numpy asks for transparent huge pages on large arrays; where the kernel defragments on
+#   demand (THP defrag=madvise) that stalls allocations in memory compaction.
+# Measured on a 2-core machine, one 20M-row compaction round: kernel time 9.3 s -> 4.7 s, the
+# round 14.0 s -> 11.8 s, an incremental round 2.9 s -> 1.8 s.
+WORKER_MEMORY_ENV = {
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=536870912",
+    "NUMPY_MADVISE_HUGEPAGE": "0",
+}
+
 
 def worker_env() -> dict[str, str]:
-    """The driver's environment, with its import path, so workers import what the driver can."""
+    """The driver's environment, with its import path, so workers import what the driver can;
+    and the memory settings of ``WORKER_MEMORY_ENV`` where the environment sets none."""
     env = dict(os.environ)
     paths = [p or os.getcwd() for p in sys.path]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.pop("COMPACTOR_BACKEND", None)
+    for name, value in WORKER_MEMORY_ENV.items():
+        env.setdefault(name, value)
     return env
 
 

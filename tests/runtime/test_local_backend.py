@@ -146,3 +146,30 @@ def test_ctrl_c_reaches_the_driver_not_the_workers():
     with runtime.init("local", num_cpus=1):
         assert runtime.get(pid.remote()) != os.getpid()
         assert runtime.get(pgid.remote()) != os.getpgid(0)  # not in the terminal's group
+
+
+@runtime.remote
+def memory_settings() -> tuple[str | None, str | None, bool]:
+    from numpy._core.multiarray import _get_madvise_hugepage
+
+    return (os.environ.get("GLIBC_TUNABLES"), os.environ.get("NUMPY_MADVISE_HUGEPAGE"),
+            bool(_get_madvise_hugepage()))
+
+
+def test_workers_keep_freed_memory_and_skip_huge_pages_unless_told_otherwise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.local.processes import WORKER_MEMORY_ENV
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    with runtime.init("local", num_cpus=1):
+        tunables, hugepage, madvise = runtime.get(memory_settings.remote())
+    assert tunables == WORKER_MEMORY_ENV["GLIBC_TUNABLES"]
+    assert "mmap_max=0" in tunables
+    assert (hugepage, madvise) == ("0", False)
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576")
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")
+    with runtime.init("local", num_cpus=1):
+        assert runtime.get(memory_settings.remote()) == (
+            "glibc.malloc.trim_threshold=1048576", "1", True)
