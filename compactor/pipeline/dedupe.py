@@ -24,7 +24,7 @@ from compactor.fs import Storage
 from compactor.hashing import bucket_of
 from compactor.merge import OP_DELETE, merge, record_schema
 from compactor.pipeline import index_store, locators
-from compactor.pipeline.hash_bucket import HashOutput
+from compactor.pipeline.hash_bucket import HashOutput, group_records
 
 
 @dataclass(frozen=True)
@@ -112,10 +112,10 @@ class DedupeActor:
               outputs: list[HashOutput]) -> GroupResult:
         reloaded = self._ensure(state, index_paths)
         maybe_fail("dedupe")
-        parts = [o.records[group] for o in outputs if group in o.records]
         old = pa.concat_tables([self.index[b] for b in self.buckets])
-        incoming = (pa.concat_tables(parts, promote_options="permissive") if parts
-                    else self.schema.empty_table())
+        incoming = group_records(outputs, group)
+        if incoming is None:
+            incoming = self.schema.empty_table()
         result = merge(old, incoming)
         superseded = set(result.superseded_files.tolist())
         new = result.index

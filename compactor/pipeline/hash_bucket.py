@@ -2,7 +2,8 @@
 
 Reads only the key, ordering and op columns, computes the key digest (``hashing.key_digest``)
 and emits, per group of buckets, the records ``(hi, lo, [order], pos, file, row, op)`` the
-dedupe actors merge, sorted by key. Whole rows stay where they are.
+dedupe actors merge, sorted by key (``pos`` and ``file``, one value per file, travel once).
+Whole rows stay where they are.
 """
 
 from __future__ import annotations
@@ -37,10 +38,32 @@ class HashInput:
 
 @dataclass(frozen=True)
 class HashOutput:
-    records: dict[int, pa.Table]  # group -> records
+    """Records of one source file, per group of buckets, sorted by key.
+
+    ``pos`` and ``file`` are the same for every record of a file: they travel once, as
+    ``position`` and ``ordinal``, not per row (``group_records`` puts them back).
+    """
+
+    records: dict[int, pa.Table]  # group -> records without pos and file
     rows: int
     bytes_read: int
+    position: int
+    ordinal: int
     peak_rss: int = 0  # of the process that ran it (set by the task wrapper)
+
+
+def group_records(outputs: list[HashOutput], group: int) -> pa.Table | None:
+    """All records of ``group``, as ``merge.record_schema`` (None when there are none)."""
+    mine = [o for o in outputs if group in o.records]
+    if not mine:
+        return None
+    parts = pa.concat_tables([o.records[group] for o in mine], promote_options="permissive")
+    sizes = [o.records[group].num_rows for o in mine]
+    columns = {name: parts.column(name) for name in parts.column_names}
+    columns["pos"] = pa.array(np.repeat(np.array([o.position for o in mine], np.int64), sizes))
+    columns["file"] = pa.array(np.repeat(np.array([o.ordinal for o in mine], np.int32), sizes))
+    order = parts.schema.field("order").type if "order" in columns else None
+    return pa.table(columns).select(record_schema(order).names)
 
 
 def group_of_buckets(buckets: np.ndarray, bucket_count: int, groups: int) -> np.ndarray:
@@ -111,11 +134,11 @@ def hash_file(
                     f"{order.type}, the table's is {order_type}: {e}"
                 ) from None
         cols["order"] = order
-    cols["pos"] = np.full(n, item.position, dtype=np.int64)
-    cols["file"] = np.full(n, item.ordinal, dtype=np.int32)
     cols["row"] = np.arange(item.first_row, item.first_row + n, dtype=np.int64)
     cols["op"] = _ops(data, item)
-    records = pa.table(cols, schema=record_schema(order_type if ordering_column else None))
+    schema = record_schema(order_type if ordering_column else None)
+    records = pa.table(cols, schema=pa.schema([f for f in schema
+                                               if f.name not in ("pos", "file")]))
     # sorted by key, which sorts by bucket and group too (they are ranges of hi): each actor
     # gets sorted runs, which it merges much faster than it sorts (merge.sort_by_key)
     by_key, _ = sort_by_key(hi, lo)
@@ -126,4 +149,4 @@ def hash_file(
         lo_i, hi_i = bounds[g], bounds[g + 1]
         if hi_i > lo_i:
             out[g] = records.take(pa.array(by_key[lo_i:hi_i]))
-    return HashOutput(out, n, item.file.size)
+    return HashOutput(out, n, item.file.size, item.position, item.ordinal)
