@@ -41,16 +41,17 @@ class Job:
     cores: int
     target_file_size: int
     buckets: int
+    compression: str = "snappy"
 
     def to_dict(self) -> dict[str, Any]:
         return {"engine": self.engine, "dataset": self.dataset.to_dict(), "out": self.out,
                 "cores": self.cores, "target_file_size": self.target_file_size,
-                "buckets": self.buckets}
+                "buckets": self.buckets, "compression": self.compression}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
         return cls(d["engine"], Dataset.from_dict(d["dataset"]), d["out"], d["cores"],
-                   d["target_file_size"], d["buckets"])
+                   d["target_file_size"], d["buckets"], d.get("compression", "snappy"))
 
     def checksum(self, paths: Sequence[str]) -> dict[str, int]:
         ds = self.dataset
@@ -158,7 +159,8 @@ def _compactor(job: Job, backend: str) -> dict[str, Round]:
             r: Round = {}
             rounds[name] = r
             with measured(r):
-                result = compact_partition(table, part, target_file_size=job.target_file_size)
+                result = compact_partition(table, part, target_file_size=job.target_file_size,
+                                           compression=job.compression)
             r["checksum"] = job.checksum(compacted_files())
             r.update(steps=result.step_seconds, bytes_written=result.bytes_written,
                      bytes_referenced=result.bytes_referenced, files_written=result.files_written,

@@ -41,6 +41,7 @@ class Settings:
     target_file_size: int
     buckets: int
     timeout: float  # seconds per engine run
+    compression: str = "snappy"  # compactor's codec
 
 
 def worker_main(job_json: str) -> None:
@@ -76,7 +77,7 @@ def compare(script: str, dataset: Dataset, engines: Sequence[str], settings: Set
         for name in names:
             shutil.rmtree(out, ignore_errors=True)
             job = Job(name, dataset, str(out), settings.cores, settings.target_file_size,
-                      settings.buckets)
+                      settings.buckets, settings.compression)
             start = time.perf_counter()
             result = _run_worker(script, job, settings)
             shutil.rmtree(out, ignore_errors=True)

@@ -24,9 +24,11 @@ from compactor.partition import Partition
 from compactor.pipeline import index_store
 from compactor.pipeline.dedupe import BucketPlan, GroupResult
 from compactor.pipeline.materialize import (
+    DEFAULT_CODEC,
     MaterializeOutput,
     group_sources,
     task_memory,
+    write_options,
 )
 from compactor.pipeline.plan import NothingToDo, RoundPlan, plan_round
 from compactor.pipeline.tasks import Dedupe, hash_task, materialize_task, peak_rss, warm_up
@@ -152,6 +154,7 @@ def compact_partition(
     target_file_size: int = DEFAULT_TARGET_FILE_SIZE,
     bucket_count: int | None = None,
     rebase: bool = False,
+    compression: str = DEFAULT_CODEC,
     backend: str | None = None,
     address: str | None = None,
     progress: Progress | None = None,
@@ -159,9 +162,14 @@ def compact_partition(
     """Fold every delta above the partition's high watermark into its compacted state.
 
     Runs on the current runtime, or starts one (``backend``/``address``, default local) for the
-    round. Raises the ``CompactorError`` of bad input (nothing committed), ``CommitConflict``
-    if another round committed first.
+    round. ``compression``: the Parquet codec of the files written (zstd, lz4, snappy, gzip,
+    brotli or none). Raises the ``CompactorError`` of bad input (nothing committed),
+    ``CommitConflict`` if another round committed first.
     """
+    try:
+        write_options(compression)
+    except ValueError as e:
+        raise InvalidTableSpec(str(e)) from None
     if not isinstance(partition, Partition):
         partition = table.partition(partition)
     if table.url.startswith("memory://"):
@@ -178,16 +186,16 @@ def compact_partition(
         stack.enter_context(lock)
         try:
             return _round(table, partition, target_file_size, bucket_count, rebase,
-                          progress or _quiet)
+                          compression, progress or _quiet)
         except index_store.IndexUnavailable:
             # the persisted index is gone or unreadable: rebuild it from the compacted files
             return _round(table, partition, target_file_size, bucket_count, rebase,
-                          progress or _quiet, rebuild=True)
+                          compression, progress or _quiet, rebuild=True)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _round(table: Table, partition: Partition, target_file_size: int,
-           bucket_count: int | None, rebase: bool, progress: Progress,
+           bucket_count: int | None, rebase: bool, compression: str, progress: Progress,
            rebuild: bool = False) -> CompactionResult:
     start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -237,7 +245,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         total_memory = int(runtime.cluster_resources()["memory"])
         mat_refs = [materialize_task.options(memory=min(total_memory, task_memory(plan, group)))
                     .remote(table.storage, partition.key, g, group, table.schema,
-                            plan.rows_per_file)
+                            plan.rows_per_file, compression)
                     for g, group in enumerate(tasks)]
         # the actors point the next index at the new files while the tasks write them
         ordinals = [[s.ordinal for s in group] for group in tasks]

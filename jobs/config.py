@@ -23,6 +23,7 @@
         backend: ray                # or local (default: $COMPACTOR_BACKEND, else local)
         address: auto
         target_file_size: 256MB
+        compression: zstd           # or lz4, snappy, gzip, brotli, none
         retries: {max: 3, backoff: 2s, max_backoff: 5m}    # or: retries: 3
         timeout: 30m
         concurrency: 2              # rounds of this job at once
@@ -45,6 +46,7 @@ from croniter import croniter
 
 from compactor.compaction import DEFAULT_TARGET_FILE_SIZE
 from compactor.layout import PartitionKey
+from compactor.pipeline.materialize import CODECS, DEFAULT_CODEC
 from jobs.yamlfields import ConfigError, Fields, load
 
 __all__ = ["Config", "ConfigError", "Job", "Partitions", "Retries", "Triggers", "load_config",
@@ -111,6 +113,7 @@ class Job:
     backend: str | None = None
     address: str | None = None
     target_file_size: int = DEFAULT_TARGET_FILE_SIZE
+    compression: str = DEFAULT_CODEC
     retries: Retries = Retries()
     timeout: float | None = None
     concurrency: int | None = None
@@ -203,7 +206,8 @@ def _metrics(top: Fields) -> tuple[str, int] | None:
 
 def _job(f: Fields) -> Job:
     f.check_keys(["name", "table", "storage_options", "partitions", "triggers", "backend",
-                  "address", "target_file_size", "retries", "timeout", "concurrency"])
+                  "address", "target_file_size", "compression", "retries", "timeout",
+                  "concurrency"])
     options = f.mapping("storage_options")
     table = f.text("table", required=True)
     protocol = fsspec.core.split_protocol(table)[0]
@@ -223,6 +227,7 @@ def _job(f: Fields) -> Job:
         backend=backend,
         address=address,
         target_file_size=f.size("target_file_size", DEFAULT_TARGET_FILE_SIZE),
+        compression=f.text("compression", DEFAULT_CODEC, choices=CODECS),
         retries=_retries(f),
         timeout=f.duration("timeout"),
         concurrency=f.integer("concurrency", minimum=1),

@@ -118,7 +118,7 @@ def run_round(job: Job, table: Table, partition: Partition, control: RoundContro
         try:
             control.check()
             result = compact(table, partition, target_file_size=job.target_file_size,
-                             progress=control.check)
+                             compression=job.compression, progress=control.check)
         except Abandoned as e:
             return _done(run, clock, attempt, e.outcome, e)
         except Exception as e:

@@ -26,13 +26,24 @@ from compactor.manifest import DataFile
 from compactor.pipeline.dedupe import BucketPlan
 from compactor.pipeline.plan import RoundPlan
 
-# zstd level 1 without dictionary pages: half the encode time of the defaults (snappy with
-# dictionaries, which are built and then abandoned for high-cardinality columns) and smaller
-# files, since zstd finds the repetition dictionaries would (measured on the benchmark's CDC
-# rows: 0.20 s and 17.9 MB per million rows, against 0.40 s and 38.5 MB).
-WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1,
-                                 "use_dictionary": False}
+# Compacted files have no dictionary pages: with row groups of ROW_GROUP_ROWS, building (and
+# for high-cardinality columns abandoning) a dictionary per column chunk doubled the encode time,
+# and a general-purpose codec finds the repetition a dictionary would. Per million benchmark CDC
+# rows: zstd level 1 0.20 s, 18.5 MB; lz4 or snappy 0.14 s, 33 MB; snappy with dictionaries (the
+# pyarrow default) 0.35 s, 39.5 MB.
+CODECS = ("zstd", "lz4", "snappy", "gzip", "brotli", "none")
+DEFAULT_CODEC = "zstd"
 ROW_GROUP_ROWS = 128 * 1024
+
+
+def write_options(codec: str) -> dict[str, Any]:
+    """The Parquet writer settings of compacted files compressed with ``codec``."""
+    if codec not in CODECS:
+        raise ValueError(f"compression {codec!r} is not one of {', '.join(CODECS)}")
+    options: dict[str, Any] = {"compression": codec, "use_dictionary": False}
+    if codec == "zstd":
+        options["compression_level"] = 1
+    return options
 
 
 @dataclass(frozen=True)
@@ -115,9 +126,9 @@ class _BucketWriter:
     """Writes one bucket's rows, a new file every ``rows_per_file`` rows."""
 
     def __init__(self, storage: Storage, partition: PartitionKey, bucket: int,
-                 schema: pa.Schema, rows_per_file: int) -> None:
+                 schema: pa.Schema, rows_per_file: int, options: dict[str, Any]) -> None:
         self.storage, self.partition, self.bucket = storage, partition, bucket
-        self.schema, self.rows_per_file = schema, rows_per_file
+        self.schema, self.rows_per_file, self.options = schema, rows_per_file, options
         self.files: list[DataFile] = []
         self._buffer: list[pa.Table] = []
         self._buffered = 0
@@ -145,7 +156,7 @@ class _BucketWriter:
         if self._writer is None:
             self._rel = layout.new_compacted_file(self.partition, self.bucket)
             self._out = self.storage.open_output(self._rel)
-            self._writer = pq.ParquetWriter(self._out, self.schema, **WRITE_OPTIONS)
+            self._writer = pq.ParquetWriter(self._out, self.schema, **self.options)
         self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=ROW_GROUP_ROWS)
         self._in_file += self._buffered
         self._buffer, self._buffered = [], 0
@@ -166,10 +177,11 @@ class _BucketWriter:
 
 
 def materialize_group(storage: Storage, partition: PartitionKey, group: int,
-                      sources: list[SourceRows], schema: pa.Schema,
-                      rows_per_file: int) -> MaterializeOutput:
+                      sources: list[SourceRows], schema: pa.Schema, rows_per_file: int,
+                      codec: str = DEFAULT_CODEC) -> MaterializeOutput:
     """Read each source once and write every bucket's surviving rows of them, in order."""
     maybe_fail("materialize")
+    options = write_options(codec)
     writers: dict[int, _BucketWriter] = {}
     bytes_read = rows = 0
     for source in sources:
@@ -178,7 +190,7 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
         for bucket in sorted(parts):
             if bucket not in writers:
                 writers[bucket] = _BucketWriter(storage, partition, bucket, schema,
-                                                rows_per_file)
+                                                rows_per_file, options)
             writers[bucket].add(parts.pop(bucket))
             rows += len(source.rows[bucket])
     written = {b: w.finish() for b, w in sorted(writers.items())}

@@ -15,6 +15,7 @@ from tests.cli.conftest import SCHEMA, compactor, upserts, write_parquet
     (["compact"], "Missing argument 'URL'"),
     (["compact", "t", "--no-such-option"], "No such option"),
     (["compact", "t", "--target-file-size", "12XB"], "'12XB' is not a size"),
+    (["compact", "t", "--compression", "lzo"], "'lzo' is not one of 'zstd', 'lz4'"),
     (["compact", "t", "--backend", "spark"], "'spark' is not one of"),
     (["compact", "t", "--buckets", "0"], "--buckets"),
     (["show", "t", "--partition", "day"], "'day' in 'day' is not NAME=VALUE"),

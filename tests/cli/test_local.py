@@ -62,8 +62,14 @@ def test_workflow_create_append_compact_show_history_verify_read(tmp_path: Path)
     assert [d["kind"] for d in part["pending"]["deltas"]] == ["upsert", "cdc", "delete"]
     assert part["compacted"] is None
 
-    compacted = compactor("compact", table, "-p", DAY, "--target-file-size", "64MB", "--json")
+    compacted = compactor("compact", table, "-p", DAY, "--target-file-size", "64MB",
+                          "--compression", "snappy", "--json")
     assert compacted.code == 0, compacted
+    files = compactor("show", table, "-p", DAY, "--files", "--json").json()
+    urls = [f["url"] for b in files["partitions"][0]["compacted"]["buckets"]
+            for f in b["file_list"]]
+    assert urls and {pq.ParquetFile(u.removeprefix("file://")).metadata.row_group(0).column(0)
+                     .compression for u in urls} == {"SNAPPY"}
     result = compacted.json()
     expected = replay([("upsert", base), ("cdc", cdc), ("delete", deletes)])
     assert result["committed"] and result["position"] == 4 and result["high_watermark_after"] == 3

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import runtime
 from compactor import CdcOps, DeltaKind, create_table
 from compactor.compaction import compact_partition
+from compactor.errors import InvalidTableSpec
 from compactor.pipeline import index_store
 from compactor.reader import read_partition
 from tests.oracle import assert_tables_equal, expected_state
@@ -301,3 +302,31 @@ def test_memory_tables_are_refused_with_a_reason():
     with pytest.raises(InvalidTableSpec, match="worker processes"):
         compact_partition(t, t.partition())
 
+
+
+def _codecs(state_files) -> set[str]:
+    codecs = set()
+    for f in state_files:
+        meta = pq.ParquetFile(f.url.removeprefix("file://")).metadata
+        codecs |= {meta.row_group(g).column(c).compression
+                   for g in range(meta.num_row_groups) for c in range(meta.num_columns)}
+    return codecs
+
+
+def test_files_are_written_with_the_codec_asked_for(rt, tmp_path):
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn", buckets=2)
+    rng = np.random.default_rng(5)
+    s.upsert(_rows(rng, 2000, 1500, 0, "a"))
+    s.compact_and_check()
+    assert _codecs(s.part.snapshot().compacted.files) == {"ZSTD"}
+    s.upsert(_rows(rng, 500, 1500, 2000, "b"))
+    s.compact_and_check(compression="lz4")
+    state = s.part.snapshot().compacted
+    written = [f for f in state.files if "LZ4" in _codecs([f])]
+    assert written and _codecs(state.files) <= {"ZSTD", "LZ4", "LZ4_RAW"}
+
+    version = s.part.version()
+    s.upsert(_rows(rng, 10, 1500, 3000, "c"))
+    with pytest.raises(InvalidTableSpec, match="compression 'lzo' is not one of zstd, lz4"):
+        compact_partition(s.table, s.part, compression="lzo")
+    assert s.part.version() == version + 1  # the append only: nothing compacted

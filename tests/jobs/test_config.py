@@ -35,6 +35,7 @@ jobs:
     backend: ray
     address: auto
     target_file_size: 512MB
+    compression: lz4
     retries: {max: 5, backoff: 2s, max_backoff: 5m}
     timeout: 30m
     concurrency: 2
@@ -63,7 +64,7 @@ def test_a_full_config_parses_to_what_it_says(tmp_path: Path) -> None:
         ("*/15 * * * *", "Europe/Berlin", 20, 2**30, 5400)
     assert (orders.backend, orders.address, orders.runtime_key) == ("ray", "auto",
                                                                     ("ray", "auto"))
-    assert orders.target_file_size == 512 * 10**6
+    assert (orders.target_file_size, orders.compression) == (512 * 10**6, "lz4")
     assert (orders.retries.max, orders.retries.backoff, orders.retries.max_backoff) == \
         (5, 2, 300)
     assert (orders.timeout, orders.concurrency) == (1800, 2)
@@ -78,6 +79,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (job,) = config.jobs
     assert job.partitions == Partitions() and job.partitions.describe() == "all"
     assert job.retries.max == 3 and job.target_file_size == 256 << 20
+    assert job.compression == "zstd"
 
 
 @pytest.mark.parametrize("value, seconds", [(90, 90), (1.5, 1.5), ("90s", 90), ("15m", 900),
@@ -146,6 +148,9 @@ BAD = [
      "jobs.yaml:5: jobs[0].timeout: 0 must be positive"),
     (JOB + "    triggers: {pending_deltas: 1}\n    target_file_size: big\n",
      "jobs.yaml:5: jobs[0].target_file_size: 'big' is not a size"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    compression: lzo\n",
+     "jobs.yaml:5: jobs[0].compression: 'lzo' is not one of zstd, lz4, snappy, gzip, brotli, "
+     "none"),
     (JOB + "    triggers: {pending_deltas: 1}\n  - name: a\n    table: /u\n"
            "    triggers: {pending_deltas: 1}\n",
      "jobs.yaml:5: jobs[1].name: job name 'a' is used twice (first at line 2)"),
