@@ -1,11 +1,14 @@
 """The ``compactor`` command line: compact table partitions, inspect them, verify them.
 
-One module per command (group); each is presentation over the compactor API. ``main`` is the
-console script's entry point and returns the exit code.
+One module per command (group); each is presentation over the compactor API. ``main`` runs a
+command line and returns the exit code; ``run`` is the console script's entry point.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from importlib.metadata import entry_points
 
 import click
@@ -78,3 +81,22 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(e.code, err=True)
         return 1
     return 0
+
+
+def run() -> None:
+    """The ``compactor`` executable: ``main``, then leave without tearing the interpreter down.
+
+    Arrow's native thread pools can still be alive while Python tears its modules down, and
+    their destructors then call ``std::terminate`` now and then (apache/arrow#34314): the
+    command did its work and printed its output, yet the process dies of SIGABRT. So after
+    ``main`` the exit handlers run and the streams are flushed here, and the process ends with
+    ``os._exit`` and ``main``'s exit code.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
