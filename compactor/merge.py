@@ -402,11 +402,11 @@ def merge(index: pa.Table, incoming: pa.Table) -> MergeResult:
         )
     was_live = np.zeros(len(winners), dtype=bool)
     was_live[matched] = old.op[at[matched]] == OP_UPSERT
-    replaced = at[found & wins]
     entering = wins & enters
     changed = wins & was_live
     left = at[found & wins & ~enters]  # old keys removed and not re-entered
-    index, entered = _splice(old, replaced, new.take(winners[entering]), at[entering])
+    index, entered = _splice(old, new.take(winners[entering]), at[entering],
+                             found[entering], np.sort(left))
     return MergeResult(
         index=index,
         records_in=len(new),
@@ -419,29 +419,39 @@ def merge(index: pa.Table, incoming: pa.Table) -> MergeResult:
     )
 
 
-def _splice(old: _Records, removed: np.ndarray, entering: pa.Table, at: np.ndarray
-            ) -> tuple[pa.Table, np.ndarray]:
-    """The old index without rows ``removed``, with sorted ``entering`` rows inserted at ``at``;
-    and the positions the entering rows got.
+def _splice(old: _Records, entering: pa.Table, at: np.ndarray, replaces: np.ndarray,
+            gone: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """The old index with the sorted ``entering`` rows in place; and the positions they got.
 
-    ``at[j]`` counts the old rows whose key is below entering row j, so entering row j lands
-    just before old row ``at[j]`` (which, for a replaced key, is the removed old version). The
-    old rows move as contiguous runs (np.delete / np.insert), so this is a copy, not a gather.
+    ``at[j]`` counts the old rows whose key is below entering row j. Where ``replaces[j]``, the
+    old row ``at[j]`` holds the same key and is overwritten in place; other entering rows are
+    inserted just before old row ``at[j]``. Old rows ``gone`` (sorted) leave without a
+    successor. Each column is one copy of contiguous runs (np.insert) plus a scatter of the
+    replacements, not a gather.
     """
     if len(old) == 0:
         return entering, np.arange(entering.num_rows, dtype=np.int64)
-    removed = np.sort(removed)
-    at = at - np.searchsorted(removed, at, side="left")  # in the coordinates after removal
-    # np.insert puts value j before old row at[j], after the j values inserted before it
-    entered = at + np.arange(len(at), dtype=np.int64)
+    if len(gone):
+        at = at - np.searchsorted(gone, at, side="left")  # in the coordinates after removal
+    new_at, rep_at = at[~replaces], at[replaces]
+    # np.insert puts value j before old row new_at[j], after the j values inserted before it;
+    # an old row p moves past the inserted values with new_at <= p
+    entered = np.empty(len(at), dtype=np.int64)
+    entered[~replaces] = new_at + np.arange(len(new_at), dtype=np.int64)
+    entered[replaces] = rep_at + np.searchsorted(new_at, rep_at, side="right")
+
+    def spliced(before: np.ndarray, values: np.ndarray) -> np.ndarray:
+        kept = np.delete(before, gone) if len(gone) else before
+        out = np.insert(kept, new_at, values[~replaces]) if len(new_at) else kept.copy()
+        out[entered[replaces]] = values[replaces]
+        return out
+
     columns: dict[str, object] = {
-        name: np.insert(np.delete(old.columns[name], removed), at,
-                        entering.column(name).to_numpy())
-        for name in _FIXED
+        name: spliced(old.columns[name], entering.column(name).to_numpy()) for name in _FIXED
     }
     if old.order is not None:
         n = len(old)
-        rows = np.insert(np.delete(np.arange(n), removed), at, n + np.arange(len(at)))
+        rows = spliced(np.arange(n), n + np.arange(len(at)))
         both = pa.concat_arrays([old.order, entering.column("order").combine_chunks()])
         columns["order"] = both.take(rows)
     return pa.table(columns).select(entering.schema.names).cast(entering.schema), entered
