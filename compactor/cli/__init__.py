@@ -7,6 +7,7 @@ command line and returns the exit code; ``run`` is the console script's entry po
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import sys
 from importlib.metadata import entry_points
@@ -71,16 +72,30 @@ def _add_plugins() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    A usage error (exit 2) is explained on stderr as click does; with ``--json`` on the command
+    line, stdout also gets the JSON error object every other failure prints.
+    """
     _add_plugins()
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(args=argv, prog_name="compactor", standalone_mode=True)
+        code = cli.main(args=args, prog_name="compactor", standalone_mode=False)
+    except click.exceptions.ClickException as e:
+        if "--json" in args:
+            click.echo(json.dumps({"ok": False, "error": " ".join(e.format_message().split()),
+                                   "error_type": type(e).__name__, "exit_code": e.exit_code}))
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        return 1
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             return e.code or 0
         click.echo(e.code, err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:

@@ -35,6 +35,16 @@ def test_bad_arguments_exit_2_and_say_what_is_wrong(args: list[str], complaint: 
     assert not (tmp_path / "t").exists()
 
 
+def test_usage_errors_are_json_too_with_json(tmp_path: Path) -> None:
+    run = compactor("compact", "t", "--target-file-size", "12XB", "--json", cwd=tmp_path)
+    assert run.code == 2, run
+    error = run.json()
+    assert (error["ok"], error["exit_code"], error["error_type"]) == (False, 2, "BadParameter")
+    assert "'12XB' is not a size" in error["error"] and "'12XB' is not a size" in run.err
+    assert compactor("no-such-command", "--json", cwd=tmp_path).json()["exit_code"] == 2
+    assert compactor("--help", cwd=tmp_path).code == 0
+
+
 def test_failures_exit_1_with_one_line_naming_the_thing_at_fault(table_url: str,
                                                                   tmp_path: Path) -> None:
     missing_table = tmp_path / "nowhere"
