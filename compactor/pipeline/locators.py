@@ -39,9 +39,6 @@ def bucket_of_compacted(ordinal: int) -> int:
     return ordinal >> 16
 
 
-def position_of_compacted(ordinal: int) -> int:
-    return ordinal & 0xFFFF
-
 
 def sort_by_locator(file: np.ndarray, row: np.ndarray) -> np.ndarray:
     """The permutation that orders unique locators ``(file, row)`` by file, then row.

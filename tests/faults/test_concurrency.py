@@ -18,12 +18,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from compactor import CommitConflict, create_table
+from compactor import CommitConflict
 from compactor.compaction import compact_partition
 from compactor.reader import read_partition
-from tests.compactor.test_compaction import SCHEMA
 from tests.faults.trials import Stream
 from tests.oracle import assert_tables_equal, expected_state
 
@@ -53,9 +53,8 @@ def _folded_exactly_once(stream: Stream) -> int:
 
 
 def test_appends_during_rounds_are_never_lost(rt, tmp_path, fault_seed, figures):
-    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
-                         ordering_column="lsn", bucket_count=4)
-    stream = Stream(table, figures)
+    stream = Stream.new(f"file://{tmp_path}/t", figures, buckets=4)
+    table = stream.table
     rng = random.Random(fault_seed)
     stream.random_deltas(rng, 2, 2_000, 5_000)
     stop = threading.Event()
@@ -73,12 +72,30 @@ def test_appends_during_rounds_are_never_lost(rt, tmp_path, fault_seed, figures)
         except BaseException as e:
             errors.append(e)
 
+    def with_an_append_in_flight() -> Callable[[str, int, int, int, int], None]:
+        """A progress callback holding the round, once it has planned (its snapshot taken),
+        until the writer appended two more deltas (one may have been committed before the plan
+        but not yet counted): rounds can outrun the writer, and every round must have appends
+        above its watermark."""
+        planned: list[int] = []
+
+        def progress(step: str, done: int, *_: int) -> None:
+            if step == "hash_bucket" and not planned:
+                planned.append(len(stream.deltas))
+            if step == "materialize" and done == 0:
+                deadline = time.monotonic() + 30
+                while len(stream.deltas) < planned[0] + 2 and not errors:
+                    assert time.monotonic() < deadline, "the writer appended nothing in 30 s"
+                    time.sleep(0.005)
+        return progress
+
     thread = threading.Thread(target=writer)
     thread.start()
     committed = 0
     try:
         while committed < ROUNDS:
-            result = compact_partition(table, stream.part, target_file_size=20_000)
+            result = compact_partition(table, stream.part, target_file_size=20_000,
+                                       progress=with_an_append_in_flight())
             committed += result.committed
             if not result.committed:
                 time.sleep(0.01)
@@ -130,9 +147,7 @@ class Racer:
 
 def test_two_drivers_racing_commit_exactly_once_per_round(tmp_path, fault_seed, figures):
     url = f"file://{tmp_path}/t"
-    table = create_table(url, SCHEMA, primary_key=["id"], ordering_column="lsn",
-                         bucket_count=4)
-    stream = Stream(table, figures)
+    stream = Stream.new(url, figures, buckets=4)
     rng = random.Random(fault_seed)
     racers = [Racer(url), Racer(url)]
     conflicts = 0
@@ -171,9 +186,8 @@ def _compact_into(stream: Stream, outcomes: list[object], i: int) -> None:
 
 
 def test_two_rounds_racing_in_one_runtime(rt, tmp_path, fault_seed, figures):
-    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
-                         ordering_column="lsn", bucket_count=4)
-    stream = Stream(table, figures)
+    stream = Stream.new(f"file://{tmp_path}/t", figures, buckets=4)
+    table = stream.table
     rng = random.Random(fault_seed)
     stream.random_deltas(rng, 2, 3_000, 4_000)
     compact_partition(table, stream.part, target_file_size=20_000)

@@ -70,9 +70,8 @@ def _versions_readable(stream: Stream) -> int:
 
 
 def test_only_old_unreferenced_files_of_the_table_are_removed(rt, tmp_path, figures):
-    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
-                         ordering_column="lsn", bucket_count=4)
-    stream = Stream(table, figures)
+    stream = Stream.new(f"file://{tmp_path}/t", figures, buckets=4)
+    table = stream.table
     rng = random.Random(1)
     for _ in range(3):  # three compacted versions; later rounds reference files in place
         stream.random_deltas(rng, 2, 3_000, 4_000)
@@ -142,9 +141,8 @@ def test_gc_while_rounds_and_appends_run(rt, tmp_path, fault_seed, figures):
     a few seconds, so that the files of earlier rounds, superseded or not, and of committed
     appends are old when gc looks at them; orphans are planted as it goes. gc must remove
     every planted orphan and nothing any version references."""
-    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
-                         ordering_column="lsn", bucket_count=4)
-    stream = Stream(table, figures)
+    stream = Stream.new(f"file://{tmp_path}/t", figures, buckets=4)
+    table = stream.table
     part_dir = Path(table.storage.path(stream.part.key.dir))
     rng = random.Random(fault_seed)
     stream.random_deltas(rng, 1, 2_000, 5_000)

@@ -43,10 +43,9 @@ def _record(figures: Figures, proxy: FaultProxy, trial: str) -> None:
 def test_rounds_at_5_percent_faults_match_the_oracle(rt, proxy, s3_bucket, fault_seed, figures):
     proxy.rate = FAULT_RATE
     rng = random.Random(fault_seed)
-    table = create_table(f"s3://{s3_bucket}/t", SCHEMA, primary_key=["id"],
-                         ordering_column="lsn", bucket_count=4,
-                         storage_options={"endpoint_url": proxy.url})
-    stream = Stream(table, figures)
+    stream = Stream.new(f"s3://{s3_bucket}/t", figures, buckets=4,
+                        storage_options={"endpoint_url": proxy.url})
+    table = stream.table
     for _ in range(3):
         stream.random_deltas(rng, 3, 1_500, 3_000)
         result = compact_partition(table, stream.part, target_file_size=20_000)
@@ -67,10 +66,9 @@ def test_lost_answers_to_conditional_creates_are_not_lost_commits(rt, s3_server,
     with FaultProxy(s3_server, rate=0.5, kinds=("lost_reply",), methods=("PUT",),
                     seed=fault_seed) as proxy:
         rng = random.Random(fault_seed)
-        table = create_table(f"s3://{s3_bucket}/t", SCHEMA, primary_key=["id"],
-                             ordering_column="lsn", bucket_count=2,
-                             storage_options={"endpoint_url": proxy.url})
-        stream = Stream(table, figures)
+        stream = Stream.new(f"s3://{s3_bucket}/t", figures, buckets=2,
+                            storage_options={"endpoint_url": proxy.url})
+        table = stream.table
         for _ in range(2):
             stream.random_deltas(rng, 3, 500, 1_000)
             assert compact_partition(table, stream.part, target_file_size=20_000).committed

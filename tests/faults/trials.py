@@ -18,11 +18,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from compactor import Table
+from compactor import Table, create_table
 from compactor.compaction import compact_partition
 from compactor.reader import read_partition
 from tests.compactor.test_compaction import SCHEMA, Scenario
@@ -42,6 +43,14 @@ class Stream(Scenario):
         self.deltas: list[tuple[str, pa.Table]] = []
         self.figures = figures
         self.lsn = 0
+
+    @classmethod
+    def new(cls, url: str, figures: Figures | None = None, *, buckets: int = 4,
+            storage_options: dict[str, Any] | None = None) -> Stream:
+        """A stream over a new table of ``SCHEMA`` keyed by ``id``, ordered by ``lsn``."""
+        return cls(create_table(url, SCHEMA, primary_key=["id"], ordering_column="lsn",
+                                bucket_count=buckets, storage_options=storage_options),
+                   figures)
 
     def check(self) -> None:
         super().check()
