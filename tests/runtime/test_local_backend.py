@@ -149,11 +149,11 @@ def test_ctrl_c_reaches_the_driver_not_the_workers():
 
 
 @runtime.remote
-def memory_settings() -> tuple[str | None, str | None, bool]:
+def memory_settings() -> tuple[str | None, str | None, bool, str | None]:
     from numpy._core.multiarray import _get_madvise_hugepage
 
     return (os.environ.get("GLIBC_TUNABLES"), os.environ.get("NUMPY_MADVISE_HUGEPAGE"),
-            bool(_get_madvise_hugepage()))
+            bool(_get_madvise_hugepage()), os.environ.get("OPENBLAS_NUM_THREADS"))
 
 
 def test_workers_keep_freed_memory_and_skip_huge_pages_unless_told_otherwise(
@@ -162,14 +162,16 @@ def test_workers_keep_freed_memory_and_skip_huge_pages_unless_told_otherwise(
 
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     with runtime.init("local", num_cpus=1):
-        tunables, hugepage, madvise = runtime.get(memory_settings.remote())
+        tunables, hugepage, madvise, blas = runtime.get(memory_settings.remote())
     assert tunables == WORKER_MEMORY_ENV["GLIBC_TUNABLES"]
     assert "mmap_max=0" in tunables
-    assert (hugepage, madvise) == ("0", False)
+    assert (hugepage, madvise, blas) == ("0", False, "1")
 
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576")
     monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     with runtime.init("local", num_cpus=1):
         assert runtime.get(memory_settings.remote()) == (
-            "glibc.malloc.trim_threshold=1048576", "1", True)
+            "glibc.malloc.trim_threshold=1048576", "1", True, "2")
