@@ -80,6 +80,7 @@ __all__ = [
     "NullKeyError",
     "UnsupportedKeyType",
     "bucket_of",
+    "bucket_start",
     "key_digest",
 ]
 
@@ -363,3 +364,11 @@ def bucket_of(hi: np.ndarray, bucket_count: int) -> np.ndarray:
     hi = np.asarray(hi, dtype=np.uint64)
     scaled = (hi >> _U64(32)) * _U64(bucket_count)
     return (scaled >> _U64(32)).astype(np.int32)
+
+
+def bucket_start(bucket: int, bucket_count: int) -> int:
+    """The least ``hi`` of bucket ``bucket`` (``2**64`` for ``bucket == bucket_count``), so a
+    digest-sorted index finds its bucket boundaries by binary search instead of a pass."""
+    if not 0 <= bucket <= bucket_count:
+        raise ValueError(f"bucket {bucket} is outside [0, {bucket_count}]")
+    return -(-bucket * 2**32 // bucket_count) << 32

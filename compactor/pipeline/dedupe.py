@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
-from compactor.hashing import bucket_of
+from compactor.hashing import bucket_of, bucket_start
 from compactor.merge import OP_DELETE, merge, record_schema
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import HashOutput, group_records
@@ -65,19 +65,24 @@ def files_per_group(counts: list[int], rows_per_file: int) -> list[int]:
 
 @dataclass
 class _Pending:
-    index: dict[int, pa.Table] = field(default_factory=dict)  # bucket -> merged index
+    index: pa.Table | None = None  # the group's next index, sorted by key
+    bounds: np.ndarray | None = None  # bucket i of the group: index rows bounds[i]:bounds[i+1]
     plans: dict[int, BucketPlan] = field(default_factory=dict)
     touched: dict[int, bool] = field(default_factory=dict)  # bucket -> got records this round
     chains: dict[int, list[str]] = field(default_factory=dict)  # bucket -> next index chain
-    # bucket -> its index entries whose rows are rewritten, in (file, row) order
+    # bucket -> positions in the index of its entries whose rows are rewritten, (file, row) order
     rewrite: dict[int, np.ndarray] = field(default_factory=dict)
-    # bucket -> positions of the entries the merge brought in; the (hi, lo) of keys it removed
-    entered: dict[int, np.ndarray] = field(default_factory=dict)
+    # positions in the index of the entries the merge brought in; per bucket, the (hi, lo) of
+    # the keys it removed
+    entered: np.ndarray | None = None
     gone: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     full: bool = False  # write every bucket's index whole (first round, rebuild)
 
 
 class DedupeActor:
+    """The index of a group of buckets is one table sorted by key (a bucket is a range of
+    ``hi``, found by binary search), so a round neither concatenates nor splits it."""
+
     def __init__(self, storage: Storage, partition_dir: str, buckets: list[int],
                  bucket_count: int, order_type: pa.DataType | None) -> None:
         self.storage = storage
@@ -85,24 +90,33 @@ class DedupeActor:
         self.buckets = list(buckets)
         self.bucket_count = bucket_count
         self.schema = record_schema(order_type)
-        self.index: dict[int, pa.Table] = {}
+        self.index: pa.Table | None = None
         self.chains: dict[int, list[str]] = {}  # the persisted chain of each bucket's index
         self.state: int | None = None  # position of the compacted state the index describes
         self.pending = _Pending()
+        last = self.buckets[-1] + 1
+        self._starts = np.array([bucket_start(b, bucket_count) for b in self.buckets]
+                                + ([bucket_start(last, bucket_count)] if last < bucket_count
+                                   else []), dtype=np.uint64)
+
+    def _bounds(self, index: pa.Table) -> np.ndarray:
+        """Bucket i of the group holds index rows ``bounds[i]:bounds[i + 1]``."""
+        bounds = np.searchsorted(index.column("hi").to_numpy(), self._starts)
+        return bounds if len(bounds) > len(self.buckets) else np.append(bounds, index.num_rows)
 
     def _ensure(self, state: int | None, chains: dict[int, list[str]] | None) -> bool:
         """Make ``self.index`` describe compacted state ``state``; True if it was reloaded."""
         if state is None:
-            self.index = {b: self.schema.empty_table() for b in self.buckets}
+            self.index = self.schema.empty_table()
             self.chains = {b: [] for b in self.buckets}
             self.state = None
             return False
-        if self.state == state and len(self.index) == len(self.buckets):
+        if self.state == state and self.index is not None:
             return False
         if chains is None:
             raise index_store.IndexUnavailable("the compacted state names no index files")
-        self.index = {b: index_store.read(self.storage, chains[b], self.schema)
-                      for b in self.buckets}
+        parts = [index_store.read(self.storage, chains[b], self.schema) for b in self.buckets]
+        self.index = pa.concat_tables(parts).combine_chunks()
         self.chains = {b: list(chains[b]) for b in self.buckets}
         self.state = state
         return True
@@ -112,35 +126,47 @@ class DedupeActor:
               outputs: list[HashOutput]) -> GroupResult:
         reloaded = self._ensure(state, index_paths)
         maybe_fail("dedupe")
-        old = pa.concat_tables([self.index[b] for b in self.buckets])
+        old = self.index
+        assert old is not None
         incoming = group_records(outputs, group)
         if incoming is None:
             incoming = self.schema.empty_table()
         result = merge(old, incoming)
-        superseded = set(result.superseded_files.tolist())
-        new = result.index
-        live = new.num_rows - int(np.count_nonzero(new.column("op").to_numpy() == OP_DELETE))
+        new = result.index.combine_chunks()
+        op = new.column("op").to_numpy()
+        live = new.num_rows - int(np.count_nonzero(op == OP_DELETE))
+        bounds = self._bounds(new)
         edges = np.array([*self.buckets, self.buckets[-1] + 1])
-        bounds = np.searchsorted(bucket_of(new.column("hi").to_numpy(), self.bucket_count),
-                                 edges)
-        incoming_bucket = bucket_of(incoming.column("hi").to_numpy(), self.bucket_count)
-        records_per_bucket = np.bincount(incoming_bucket, minlength=self.bucket_count)
-        self.pending = _Pending(full=state is None)
-        rewrite = _rewritten_by_bucket(new, superseded, bounds)
-        entered = np.split(result.entered, np.searchsorted(result.entered, bounds[1:-1]))
+        records_per_bucket = np.bincount(
+            bucket_of(incoming.column("hi").to_numpy(), self.bucket_count),
+            minlength=self.bucket_count)
         gone_bucket = np.searchsorted(edges, bucket_of(result.gone_hi, self.bucket_count),
                                       side="right") - 1
+        lost = result.superseded_files[(result.superseded_files >= 0)
+                                       & (result.superseded_files < locators.SOURCE_BASE)]
+        self.pending = _Pending(index=new, bounds=bounds, entered=result.entered,
+                                full=state is None)
+        file = new.column("file").to_numpy()
+        row = new.column("row").to_numpy()
+        # rewritten: live rows of this round's sources and of compacted files that lost a row
+        rewrite = locators.is_source(file)
+        if len(lost):
+            rewrite |= _member(file, lost)
+        rewrite &= op != OP_DELETE
+        selected = np.flatnonzero(rewrite)
+        cuts = np.searchsorted(selected, bounds)
         for i, b in enumerate(self.buckets):
-            part = new.slice(bounds[i], bounds[i + 1] - bounds[i])
-            self.pending.index[b] = part
-            self.pending.entered[b] = entered[i] - bounds[i]
             mine = gone_bucket == i
             self.pending.gone[b] = (result.gone_hi[mine], result.gone_lo[mine])
             self.pending.touched[b] = bool(records_per_bucket[b])
-            plan = _plan_bucket(b, part, superseded, bucket_sizes.get(b, 0), rewrite[i])
+            sel = selected[cuts[i]:cuts[i + 1]]
+            files, rows = file[sel], row[sel]
+            by_locator = locators.sort_by_locator(files, rows)
+            plan = _plan_bucket(b, lost, bucket_sizes.get(b, 0), files[by_locator],
+                                rows[by_locator])
             if plan is not None:
                 self.pending.plans[b] = plan
-                self.pending.rewrite[b] = rewrite[i]
+                self.pending.rewrite[b] = sel[by_locator]
         return GroupResult(
             dict(self.pending.plans), result.records_in, result.inserted, result.updated,
             result.deleted, result.duplicates_dropped, live,
@@ -156,49 +182,72 @@ class DedupeActor:
         ``rows_per_file`` rows. Returns the next index chain of every bucket whose index
         changed, and the files written.
         """
+        pending = self.pending
+        assert pending.index is not None and pending.bounds is not None
+        assert pending.entered is not None
         group_of = {o: g for g, ordinals in enumerate(groups) for o in ordinals}
-        written: list[str] = []
-        for b in self.buckets:
-            index = self.pending.index[b]
-            plan = self.pending.plans.get(b)
-            moved = np.zeros(index.num_rows, dtype=bool)
+        index, bounds = pending.index, pending.bounds
+        file = index.column("file").to_numpy()
+        new_file = file.copy()
+        new_row = index.column("row").to_numpy().copy()
+        moved = [np.zeros(0, dtype=np.int64)]
+        for i, b in enumerate(self.buckets):
+            plan = pending.plans.get(b)
             if plan is not None:
-                index, moved = _relocate(b, index, plan, self.pending.rewrite[b], group_of,
-                                         len(groups), rows_per_file)
-            else:
-                index = _detach_tombstones(index)
-            self.pending.index[b] = index
+                span = slice(bounds[i], bounds[i + 1])
+                moved += _relocate(b, plan, pending.rewrite[b], file[span], bounds[i],
+                                   group_of, len(groups), rows_per_file, new_file, new_row)
+        # tombstones point at no file (their rows are never materialized); only entries that
+        # came in this round can still point at one
+        entered = pending.entered
+        attached = entered[(index.column("op").to_numpy()[entered] == OP_DELETE)
+                           & (file[entered] >= 0)]
+        new_file[attached] = -1
+        moved.append(attached)
+        index = _set(_set(index, "file", new_file), "row", new_row)
+        pending.index = index
+        changed = None
+        if not pending.full:  # what the merge brought in, and what moved to new files
+            changed = np.zeros(index.num_rows, dtype=bool)
+            changed[entered] = True
+            for m in moved:
+                changed[m] = True
+        written: list[str] = []
+        for i, b in enumerate(self.buckets):
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            part = index.slice(lo, hi - lo)
             chain = self.chains.get(b, [])
-            if not self.pending.full and chain and not self.pending.touched[b] \
-                    and not moved.any():
-                continue  # nothing about this bucket's keys changed
-            gone = np.empty(0, dtype=index_store.KEY)
-            if self.pending.full or not chain:
-                changed = np.ones(index.num_rows, dtype=bool)
-            else:  # what the merge brought in or removed, and what moved to new files
-                changed = moved
-                changed[self.pending.entered[b]] = True
-                gone_hi, gone_lo = self.pending.gone[b]
-                gone = np.empty(len(gone_hi), dtype=index_store.KEY)
-                gone["hi"], gone["lo"] = gone_hi, gone_lo
-            delta_rows = int(changed.sum()) + len(gone)
-            if self.pending.full or not chain or len(chain) >= index_store.MAX_CHAIN \
-                    or delta_rows * 4 > index.num_rows:
-                rel = index_store.new_path(self.partition_dir, b, "base")
-                index_store.write(self.storage, rel, index)
-                self.pending.chains[b] = [rel]
-            else:
-                rel = index_store.new_path(self.partition_dir, b, "delta")
-                delta = pa.concat_tables([index.filter(pa.array(changed)),
-                                          index_store.absent(gone, self.schema)])
-                index_store.write(self.storage, rel, delta)
-                self.pending.chains[b] = [*chain, rel]
-            written.append(rel)
-        return dict(self.pending.chains), written
+            next_chain = self._persist(b, part, chain,
+                                       None if changed is None else changed[lo:hi])
+            if next_chain is not None:
+                pending.chains[b] = next_chain
+                written.append(next_chain[-1])
+        return dict(pending.chains), written
+
+    def _persist(self, b: int, part: pa.Table, chain: list[str],
+                 changed: np.ndarray | None) -> list[str] | None:
+        """Write bucket ``b``'s next index, whole (a base) or as a delta on ``chain``; the next
+        chain, or None when nothing about the bucket's keys changed."""
+        count = 0 if changed is None else int(np.count_nonzero(changed))
+        if changed is not None and chain and not self.pending.touched[b] and not count:
+            return None
+        gone_hi, gone_lo = self.pending.gone[b]
+        delta_rows = count + len(gone_hi)
+        if changed is None or not chain or len(chain) >= index_store.MAX_CHAIN \
+                or delta_rows * 4 > part.num_rows:
+            rel = index_store.new_path(self.partition_dir, b, "base")
+            index_store.write(self.storage, rel, part)
+            return [rel]
+        gone = np.empty(len(gone_hi), dtype=index_store.KEY)
+        gone["hi"], gone["lo"] = gone_hi, gone_lo
+        rel = index_store.new_path(self.partition_dir, b, "delta")
+        index_store.write(self.storage, rel, pa.concat_tables(
+            [part.filter(pa.array(changed)), index_store.absent(gone, self.schema)]))
+        return [*chain, rel]
 
     def commit(self, state: int) -> None:
         """The round committed as compacted state ``state``: adopt the next indexes."""
-        self.index.update(self.pending.index)
+        self.index = self.pending.index
         self.chains.update(self.pending.chains)
         self.pending = _Pending()
         self.state = state
@@ -210,94 +259,56 @@ class DedupeActor:
         return self.state
 
 
-def _lost_files(superseded: set[int], bucket: int) -> set[int]:
-    """Positions in bucket ``bucket``'s file list of its compacted files that lost a row."""
-    return {o & 0xFFFF for o in superseded
-            if 0 <= o < locators.SOURCE_BASE and locators.bucket_of_compacted(o) == bucket}
-
-
-def _rewritten_by_bucket(index: pa.Table, superseded: set[int],
-                         bounds: np.ndarray) -> list[np.ndarray]:
-    """Per bucket (``bounds`` cut the index into them): the positions, local to the bucket, of
-    live entries whose rows get rewritten, in (file, row) order.
-
-    Rewritten: rows from this round's sources, and live rows of compacted files that lost a
-    row (superseded files; compacted ordinals name their bucket, so the test is per entry).
-    One locator ordering for the whole group of buckets, then a stable split by bucket.
-    """
-    file = index.column("file").to_numpy()
-    live = index.column("op").to_numpy() != OP_DELETE
-    lost = np.array(sorted(o for o in superseded if 0 <= o < locators.SOURCE_BASE),
-                    dtype=np.int32)
-    rewrite = live & (locators.is_source(file) | (
-        pc.is_in(pa.array(file), value_set=pa.array(lost)).to_numpy(zero_copy_only=False)
-        if len(lost) else False))
-    sel = np.flatnonzero(rewrite)
-    ranked = sel[locators.sort_by_locator(file[sel], index.column("row").to_numpy()[sel])]
-    bucket = (np.searchsorted(bounds, ranked, side="right") - 1).astype(np.int16)
-    order = np.argsort(bucket, kind="stable")  # a radix sort: 16-bit keys
-    by_bucket = ranked[order]
-    cuts = np.searchsorted(bucket[order], np.arange(len(bounds)))
-    return [by_bucket[cuts[i]:cuts[i + 1]] - bounds[i] for i in range(len(bounds) - 1)]
-
-
-def _plan_bucket(b: int, index: pa.Table, superseded: set[int], files_before: int,
-                 rewrite: np.ndarray) -> BucketPlan | None:
-    """``rewrite``: the entries whose rows are rewritten, in (file, row) order."""
-    lost = _lost_files(superseded, b)
-    if not lost and not len(rewrite):
+def _plan_bucket(b: int, lost: np.ndarray, files_before: int, files: np.ndarray,
+                 rows: np.ndarray) -> BucketPlan | None:
+    """Bucket ``b``'s plan; ``files``/``rows``: the locators of its rewritten rows, in (file,
+    row) order; ``lost``: compacted ordinals (any bucket) that lost a row."""
+    lost_here = {o & 0xFFFF for o in lost.tolist() if locators.bucket_of_compacted(o) == b}
+    if not lost_here and not len(files):
         return None
-    keep = tuple(i for i in range(files_before) if i not in lost)
-    files_sorted = index.column("file").to_numpy()[rewrite]
-    rows_sorted = index.column("row").to_numpy()[rewrite]
-    cuts = np.flatnonzero(np.diff(files_sorted)) + 1
-    sources = tuple((int(f[0]), r) for f, r in zip(np.split(files_sorted, cuts),
-                                                    np.split(rows_sorted, cuts), strict=True)
-                    if len(f))
+    keep = tuple(i for i in range(files_before) if i not in lost_here)
+    cuts = np.flatnonzero(np.diff(files)) + 1
+    sources = tuple((int(f[0]), r) for f, r in zip(np.split(files, cuts), np.split(rows, cuts),
+                                                    strict=True) if len(f))
     return BucketPlan(b, files_before, keep, sources)
 
 
-def _relocate(b: int, index: pa.Table, plan: BucketPlan, ranked: np.ndarray,
-              group_of: dict[int, int], n_groups: int, rows_per_file: int
-              ) -> tuple[pa.Table, np.ndarray]:
-    """The index with rewritten rows (``ranked``, in (file, row) order) pointing at their new
-    files; and which entries moved."""
-    file = index.column("file").to_numpy()
-    row = index.column("row").to_numpy()
-    tomb = index.column("op").to_numpy() == OP_DELETE
-    kept_at = np.full(max(plan.files_before, 1), -1, dtype=np.int64)
-    kept_at[list(plan.keep)] = np.arange(len(plan.keep))
-    rewrite = np.zeros(len(file), dtype=bool)
-    rewrite[ranked] = True
-    position = np.where(rewrite | tomb, 0, file & 0xFFFF)
-    new_file = np.where(rewrite | tomb, -1, (b << 16) | kept_at[position]).astype(np.int32)
-    new_row = row.copy()
-    known = np.array(sorted(group_of), dtype=np.int64)
-    group_at = np.array([group_of[o] for o in known.tolist()], dtype=np.int64)
-    group = group_at[np.searchsorted(known, file[ranked])] if len(ranked) else \
-        np.zeros(0, dtype=np.int64)
+def _relocate(b: int, plan: BucketPlan, ranked: np.ndarray, file: np.ndarray, first: int,
+              group_of: dict[int, int], n_groups: int, rows_per_file: int,
+              new_file: np.ndarray, new_row: np.ndarray) -> list[np.ndarray]:
+    """Point bucket ``b``'s entries at their places after the round, in ``new_file`` and
+    ``new_row`` (the group's arrays): rewritten rows (``ranked``, group positions in (file,
+    row) order) at the files the materialize groups write, rows of kept files that shift in
+    the bucket's file list at their new positions. ``file``: the bucket's slice of the old
+    file column, which starts at group position ``first``. Returns the positions changed."""
+    sizes = [len(rows) for _, rows in plan.sources]
+    group = np.repeat(np.array([group_of[o] for o, _ in plan.sources], dtype=np.int64), sizes)
     counts = np.bincount(group, minlength=n_groups)
-    first_file = len(plan.keep) + np.concatenate(
-        [[0], np.cumsum(files_per_group(counts.tolist(), rows_per_file))[:-1]]).astype(np.int64)
+    per_group = files_per_group(counts.tolist(), rows_per_file)
+    if len(plan.keep) + sum(per_group) > locators.MAX_FILES_PER_BUCKET:
+        raise ValueError(f"bucket {b} would hold more than 65536 files; raise the target "
+                         "file size or rebase to more buckets")
+    first_file = len(plan.keep) + np.concatenate([[0], np.cumsum(per_group)[:-1]]).astype(
+        np.int64)
     start_of_group = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     rank = np.arange(len(ranked), dtype=np.int64) - start_of_group[group]
     new_file[ranked] = (b << 16) | (first_file[group] + rank // rows_per_file)
     new_row[ranked] = rank % rows_per_file
-    if len(plan.keep) + int(sum(files_per_group(counts.tolist(), rows_per_file))) \
-            > locators.MAX_FILES_PER_BUCKET:
-        raise ValueError(f"bucket {b} would hold more than 65536 files; raise the target "
-                         "file size or rebase to more buckets")
-    moved = (new_file != file) | (new_row != row)
-    return _set(_set(index, "file", new_file), "row", new_row), moved
+    changed = [ranked]
+    # kept files behind a lost one move up in the bucket's file list
+    shifted = [(position, at) for at, position in enumerate(plan.keep) if position != at]
+    if shifted:
+        old = np.array([(b << 16) | p for p, _ in shifted], dtype=np.int32)
+        moves = np.flatnonzero(_member(file, old))
+        new_file[first + moves] = (b << 16) | np.array([a for _, a in shifted])[
+            np.searchsorted(old, file[moves])]
+        changed.append(first + moves)
+    return changed
 
 
-def _detach_tombstones(index: pa.Table) -> pa.Table:
-    """Tombstones point at no file (their rows are never materialized)."""
-    file = index.column("file").to_numpy()
-    tomb = index.column("op").to_numpy() == OP_DELETE
-    if not (tomb & (file >= 0)).any():
-        return index
-    return _set(index, "file", np.where(tomb, -1, file).astype(np.int32))
+def _member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """``values`` in ``of``, by hashing (np.isin sorts both when ``of`` spans a wide range)."""
+    return pc.is_in(pa.array(values), value_set=pa.array(of)).to_numpy(zero_copy_only=False)
 
 
 def _set(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:

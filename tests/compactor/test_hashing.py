@@ -26,6 +26,7 @@ from compactor.hashing import (
     NullKeyError,
     UnsupportedKeyType,
     bucket_of,
+    bucket_start,
     key_digest,
 )
 
@@ -436,3 +437,16 @@ def test_any_chunking_gives_the_same_digest(values: list[str], cuts: list[int]) 
                                type=pa.string())
     assert _digest_pairs(pa.table({"k": chunked}), ["k"]) == _digest_pairs(
         pa.table({"k": pa.array(values)}), ["k"])
+
+
+@pytest.mark.parametrize("bucket_count", [1, 2, 3, 7, 1000, 2**31 - 1])
+def test_bucket_start_is_the_least_digest_of_each_bucket(bucket_count: int) -> None:
+    rng = np.random.default_rng(bucket_count)
+    buckets = np.unique(np.r_[0, bucket_count - 1, rng.integers(0, bucket_count, 50)])
+    starts = np.array([bucket_start(int(b), bucket_count) for b in buckets], dtype=np.uint64)
+    assert bucket_of(starts, bucket_count).tolist() == buckets.tolist()
+    below = starts[buckets > 0] - np.uint64(1)
+    assert bucket_of(below, bucket_count).tolist() == (buckets[buckets > 0] - 1).tolist()
+    assert bucket_start(bucket_count, bucket_count) == 2**64
+    with pytest.raises(ValueError, match="outside"):
+        bucket_start(bucket_count + 1, bucket_count)
