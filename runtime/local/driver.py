@@ -216,6 +216,10 @@ class LocalBackend(Backend):
         if self.closed:
             return
         need = 0
+        # resources of the runnable work that waits for a worker: only what would fit beside it
+        # needs a new process (else every queued task counts, and a burst of tasks starts more
+        # workers than can ever run at once)
+        waiting = {"CPU": 0.0, "memory": 0}
         for work in list(self.queue):
             state, failed = self.deps_state(work)
             if state == "waiting":
@@ -227,7 +231,10 @@ class LocalBackend(Backend):
             if not self.fits(work.cpus, work.memory):
                 continue
             if not self.idle:
-                need += 1
+                if self.fits(work.cpus + waiting["CPU"], work.memory + waiting["memory"]):
+                    need += 1
+                    waiting["CPU"] += work.cpus
+                    waiting["memory"] += work.memory
                 continue
             self.queue.remove(work)
             self._dispatch(work, self.idle.popleft())

@@ -175,3 +175,21 @@ def test_workers_keep_freed_memory_and_skip_huge_pages_unless_told_otherwise(
     with runtime.init("local", num_cpus=1):
         assert runtime.get(memory_settings.remote()) == (
             "glibc.malloc.trim_threshold=1048576", "1", True, "2")
+
+
+@runtime.remote
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_burst_of_tasks_starts_no_more_workers_than_can_run_at_once():
+    """Submitted while the first workers are still starting, 20 one-CPU tasks on 2 CPUs run
+    on 2 processes: each worker process costs an interpreter start and its memory."""
+    with runtime.init("local", num_cpus=2):
+        me = psutil.Process()
+        pids = set(runtime.get([pid_after.remote(0.05) for _ in range(20)]))
+        workers = [p for p in me.children(recursive=True) if p.pid in pids or
+                   "runtime.local.worker" in " ".join(p.cmdline())]
+    assert len(pids) <= 2
+    assert len(workers) <= 2
