@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -107,6 +108,9 @@ class MergeResult:
     entered: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     gone_hi: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     gone_lo: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    # the fixed-width columns of ``index`` as numpy arrays sharing its memory, made for this
+    # result: its owner may update them in place (the dedupe actor relocates rows so)
+    columns: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def _numpy(table: pa.Table, name: str, dtype: type[np.generic]) -> np.ndarray:
@@ -142,11 +146,18 @@ class _Records:
     def schema(self) -> pa.Schema:
         return record_schema(None if self.order is None else self.order.type)
 
-    def take(self, indices: np.ndarray) -> pa.Table:
-        columns: dict[str, object] = {name: a[indices] for name, a in self.columns.items()}
+    def take(self, indices: np.ndarray) -> dict[str, Any]:
+        """Columns of records ``indices``: numpy arrays, and ``order`` as an Arrow array."""
+        columns: dict[str, Any] = {name: a[indices] for name, a in self.columns.items()}
         if self.order is not None:
             columns["order"] = self.order.take(indices)
-        return pa.table(columns).select(self.schema.names).cast(self.schema)
+        return columns
+
+
+def _table(columns: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    """Record columns as a table of ``schema``; numpy columns are shared, not copied."""
+    return pa.table([pa.array(columns[f.name], f.type) if isinstance(columns[f.name], np.ndarray)
+                     else columns[f.name] for f in schema], schema=schema)
 
 
 # --- ordering values as numpy sort keys --------------------------------------------------------
@@ -405,8 +416,9 @@ def merge(index: pa.Table, incoming: pa.Table) -> MergeResult:
     entering = wins & enters
     changed = wins & was_live
     left = at[found & wins & ~enters]  # old keys removed and not re-entered
-    index, entered = _splice(old, new.take(winners[entering]), at[entering],
-                             found[entering], np.sort(left))
+    columns, entered = _splice(old, new.take(winners[entering]), at[entering],
+                               found[entering], np.sort(left))
+    index = _table(columns, new.schema)
     return MergeResult(
         index=index,
         records_in=len(new),
@@ -416,11 +428,12 @@ def merge(index: pa.Table, incoming: pa.Table) -> MergeResult:
         duplicates_dropped=len(new) - int(wins.sum()),
         superseded_files=np.unique(old.columns["file"][at[changed]]),
         entered=entered, gone_hi=old.hi[left], gone_lo=old.lo[left],
+        columns={name: columns[name] for name in _FIXED},
     )
 
 
-def _splice(old: _Records, entering: pa.Table, at: np.ndarray, replaces: np.ndarray,
-            gone: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+def _splice(old: _Records, entering: dict[str, Any], at: np.ndarray, replaces: np.ndarray,
+            gone: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
     """The old index with the sorted ``entering`` rows in place; and the positions they got.
 
     ``at[j]`` counts the old rows whose key is below entering row j. Where ``replaces[j]``, the
@@ -430,7 +443,7 @@ def _splice(old: _Records, entering: pa.Table, at: np.ndarray, replaces: np.ndar
     replacements, not a gather.
     """
     if len(old) == 0:
-        return entering, np.arange(entering.num_rows, dtype=np.int64)
+        return entering, np.arange(len(at), dtype=np.int64)
     if len(gone):
         at = at - np.searchsorted(gone, at, side="left")  # in the coordinates after removal
     new_at, rep_at = at[~replaces], at[replaces]
@@ -442,19 +455,36 @@ def _splice(old: _Records, entering: pa.Table, at: np.ndarray, replaces: np.ndar
 
     def spliced(before: np.ndarray, values: np.ndarray) -> np.ndarray:
         kept = np.delete(before, gone) if len(gone) else before
-        out = np.insert(kept, new_at, values[~replaces]) if len(new_at) else kept.copy()
+        out = np.insert(kept, new_at, values[~replaces]) if len(new_at) else \
+            kept if len(gone) else kept.copy()
         out[entered[replaces]] = values[replaces]
         return out
 
     columns: dict[str, object] = {
-        name: spliced(old.columns[name], entering.column(name).to_numpy()) for name in _FIXED
+        name: spliced(old.columns[name], entering[name]) for name in _FIXED
     }
     if old.order is not None:
-        n = len(old)
-        rows = spliced(np.arange(n), n + np.arange(len(at)))
-        both = pa.concat_arrays([old.order, entering.column("order").combine_chunks()])
-        columns["order"] = both.take(rows)
-    return pa.table(columns).select(entering.schema.names).cast(entering.schema), entered
+        incoming_order = entering["order"]
+        width = _fixed_width(old.order)
+        if width is not None and _fixed_width(incoming_order) == width:
+            columns["order"] = pa.array(spliced(old.order.view(width).to_numpy(),
+                                                incoming_order.view(width).to_numpy())
+                                        ).view(old.order.type)
+        else:  # variable width or nulls: splice row numbers, then take
+            n = len(old)
+            rows = spliced(np.arange(n), n + np.arange(len(at)))
+            columns["order"] = pa.concat_arrays([old.order, incoming_order]).take(rows)
+    return columns, entered
+
+
+def _fixed_width(values: pa.Array) -> pa.DataType | None:
+    """The integer type of the same width as ``values``' type, where values without nulls can
+    be spliced as such numbers (integers, floats, dates, times, timestamps, durations)."""
+    t = values.type
+    if values.null_count or not (pa.types.is_integer(t) or pa.types.is_floating(t)
+                                 or _is_instant_like(t)):
+        return None
+    return {8: pa.int8(), 16: pa.int16(), 32: pa.int32(), 64: pa.int64()}.get(t.bit_width)
 
 
 def surviving_rows(index: pa.Table, files: Iterable[int] | None = None) -> dict[int, np.ndarray]:

@@ -76,6 +76,9 @@ class _Pending:
     # the keys it removed
     entered: np.ndarray | None = None
     gone: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # the index's file and row columns as numpy arrays of its own, which finalize updates
+    file: np.ndarray | None = None
+    row: np.ndarray | None = None
     full: bool = False  # write every bucket's index whole (first round, rebuild)
 
 
@@ -144,10 +147,9 @@ class DedupeActor:
                                       side="right") - 1
         lost = result.superseded_files[(result.superseded_files >= 0)
                                        & (result.superseded_files < locators.SOURCE_BASE)]
+        file, row = result.columns["file"], result.columns["row"]
         self.pending = _Pending(index=new, bounds=bounds, entered=result.entered,
-                                full=state is None)
-        file = new.column("file").to_numpy()
-        row = new.column("row").to_numpy()
+                                full=state is None, file=file, row=row)
         # rewritten: live rows of this round's sources and of compacted files that lost a row
         rewrite = locators.is_source(file)
         if len(lost):
@@ -184,27 +186,24 @@ class DedupeActor:
         """
         pending = self.pending
         assert pending.index is not None and pending.bounds is not None
-        assert pending.entered is not None
+        assert pending.entered is not None and pending.file is not None
+        assert pending.row is not None
         group_of = {o: g for g, ordinals in enumerate(groups) for o in ordinals}
-        index, bounds = pending.index, pending.bounds
-        file = index.column("file").to_numpy()
-        new_file = file.copy()
-        new_row = index.column("row").to_numpy().copy()
-        moved = [np.zeros(0, dtype=np.int64)]
-        for i, b in enumerate(self.buckets):
-            plan = pending.plans.get(b)
-            if plan is not None:
-                span = slice(bounds[i], bounds[i + 1])
-                moved += _relocate(b, plan, pending.rewrite[b], file[span], bounds[i],
-                                   group_of, len(groups), rows_per_file, new_file, new_row)
+        index, bounds, file, row = pending.index, pending.bounds, pending.file, pending.row
         # tombstones point at no file (their rows are never materialized); only entries that
         # came in this round can still point at one
         entered = pending.entered
         attached = entered[(index.column("op").to_numpy()[entered] == OP_DELETE)
                            & (file[entered] >= 0)]
-        new_file[attached] = -1
-        moved.append(attached)
-        index = _set(_set(index, "file", new_file), "row", new_row)
+        file[attached] = -1
+        moved = [attached]
+        for i, b in enumerate(self.buckets):
+            plan = pending.plans.get(b)
+            if plan is not None:
+                moved += _relocate(b, plan, pending.rewrite[b], int(bounds[i]),
+                                   int(bounds[i + 1]), group_of, len(groups), rows_per_file,
+                                   file, row)
+        index = _set(_set(index, "file", file), "row", row)  # shares the arrays, no copy
         pending.index = index
         changed = None
         if not pending.full:  # what the merge brought in, and what moved to new files
@@ -273,14 +272,22 @@ def _plan_bucket(b: int, lost: np.ndarray, files_before: int, files: np.ndarray,
     return BucketPlan(b, files_before, keep, sources)
 
 
-def _relocate(b: int, plan: BucketPlan, ranked: np.ndarray, file: np.ndarray, first: int,
+def _relocate(b: int, plan: BucketPlan, ranked: np.ndarray, first: int, end: int,
               group_of: dict[int, int], n_groups: int, rows_per_file: int,
-              new_file: np.ndarray, new_row: np.ndarray) -> list[np.ndarray]:
-    """Point bucket ``b``'s entries at their places after the round, in ``new_file`` and
-    ``new_row`` (the group's arrays): rewritten rows (``ranked``, group positions in (file,
-    row) order) at the files the materialize groups write, rows of kept files that shift in
-    the bucket's file list at their new positions. ``file``: the bucket's slice of the old
-    file column, which starts at group position ``first``. Returns the positions changed."""
+              file: np.ndarray, row: np.ndarray) -> list[np.ndarray]:
+    """Point bucket ``b``'s entries (group positions ``first:end``) at their places after the
+    round, updating the group's ``file`` and ``row`` arrays in place: rewritten rows
+    (``ranked``, group positions in (file, row) order) at the files the materialize groups
+    write, rows of kept files that shift in the bucket's file list at their new positions.
+    Returns the positions changed."""
+    # kept files behind a lost one move up in the bucket's file list (found before the
+    # rewritten rows get their new ordinals, which may be the same numbers)
+    shifted = [(position, at) for at, position in enumerate(plan.keep) if position != at]
+    moves = np.zeros(0, dtype=np.int64)
+    if shifted:
+        old = np.array([(b << 16) | p for p, _ in shifted], dtype=np.int32)
+        moves = first + np.flatnonzero(_member(file[first:end], old))
+        moved_to = (b << 16) | np.array([a for _, a in shifted])[np.searchsorted(old, file[moves])]
     sizes = [len(rows) for _, rows in plan.sources]
     group = np.repeat(np.array([group_of[o] for o, _ in plan.sources], dtype=np.int64), sizes)
     counts = np.bincount(group, minlength=n_groups)
@@ -292,18 +299,11 @@ def _relocate(b: int, plan: BucketPlan, ranked: np.ndarray, file: np.ndarray, fi
         np.int64)
     start_of_group = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     rank = np.arange(len(ranked), dtype=np.int64) - start_of_group[group]
-    new_file[ranked] = (b << 16) | (first_file[group] + rank // rows_per_file)
-    new_row[ranked] = rank % rows_per_file
-    changed = [ranked]
-    # kept files behind a lost one move up in the bucket's file list
-    shifted = [(position, at) for at, position in enumerate(plan.keep) if position != at]
-    if shifted:
-        old = np.array([(b << 16) | p for p, _ in shifted], dtype=np.int32)
-        moves = np.flatnonzero(_member(file, old))
-        new_file[first + moves] = (b << 16) | np.array([a for _, a in shifted])[
-            np.searchsorted(old, file[moves])]
-        changed.append(first + moves)
-    return changed
+    file[ranked] = (b << 16) | (first_file[group] + rank // rows_per_file)
+    row[ranked] = rank % rows_per_file
+    if len(moves):
+        file[moves] = moved_to
+    return [ranked, moves]
 
 
 def _member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
