@@ -22,9 +22,10 @@ import pyarrow.compute as pc
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.hashing import bucket_of, bucket_start
-from compactor.merge import OP_DELETE, merge, record_schema
+from compactor.merge import OP_DELETE, record_schema
 from compactor.pipeline import index_store, locators
-from compactor.pipeline.hash_bucket import HashOutput, group_records
+from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
+from compactor.pipeline.sliced_merge import merge_in_slices
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class GroupResult:
 def files_per_group(counts: list[int], rows_per_file: int) -> list[int]:
     """Files a bucket gets from each materialize group, given its row count in each."""
     return [(n + rows_per_file - 1) // rows_per_file for n in counts]
+
+
+_CHUNK = 1 << 20  # entries handled at a time where a pass over all would need big temporaries
 
 
 @dataclass
@@ -131,18 +135,18 @@ class DedupeActor:
         maybe_fail("dedupe")
         old = self.index
         assert old is not None
-        incoming = group_records(outputs, group)
-        if incoming is None:
-            incoming = self.schema.empty_table()
-        result = merge(old, incoming)
-        new = result.index.combine_chunks()
+        records = GroupRecords(outputs, group)
+        end = self.buckets[-1] + 1
+        result = merge_in_slices(old, records, self.schema, int(self._starts[0]),
+                                 bucket_start(end, self.bucket_count))
+        new = result.index
         op = new.column("op").to_numpy()
         live = new.num_rows - int(np.count_nonzero(op == OP_DELETE))
         bounds = self._bounds(new)
-        edges = np.array([*self.buckets, self.buckets[-1] + 1])
-        records_per_bucket = np.bincount(
-            bucket_of(incoming.column("hi").to_numpy(), self.bucket_count),
-            minlength=self.bucket_count)
+        edges = np.array([*self.buckets, end])
+        # records per bucket of the group (a bucket is a range of hi)
+        records_per_bucket = np.diff(sum(records.cuts(self._starts[1:len(self.buckets)]),
+                                         np.zeros(len(self.buckets) + 1, dtype=np.int64)))
         gone_bucket = np.searchsorted(edges, bucket_of(result.gone_hi, self.bucket_count),
                                       side="right") - 1
         lost = result.superseded_files[(result.superseded_files >= 0)
@@ -160,7 +164,7 @@ class DedupeActor:
         for i, b in enumerate(self.buckets):
             mine = gone_bucket == i
             self.pending.gone[b] = (result.gone_hi[mine], result.gone_lo[mine])
-            self.pending.touched[b] = bool(records_per_bucket[b])
+            self.pending.touched[b] = bool(records_per_bucket[i])
             sel = selected[cuts[i]:cuts[i + 1]]
             files, rows = file[sel], row[sel]
             by_locator = locators.sort_by_locator(files, rows)
@@ -172,7 +176,7 @@ class DedupeActor:
         return GroupResult(
             dict(self.pending.plans), result.records_in, result.inserted, result.updated,
             result.deleted, result.duplicates_dropped, live,
-            old.nbytes + incoming.nbytes + new.nbytes, reloaded,
+            old.nbytes + records.nbytes + new.nbytes, reloaded,
         )
 
     def finalize(self, groups: list[list[int]], rows_per_file: int
@@ -193,8 +197,10 @@ class DedupeActor:
         # tombstones point at no file (their rows are never materialized); only entries that
         # came in this round can still point at one
         entered = pending.entered
-        attached = entered[(index.column("op").to_numpy()[entered] == OP_DELETE)
-                           & (file[entered] >= 0)]
+        op = index.column("op").to_numpy()
+        attached = np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            e[(op[e] == OP_DELETE) & (file[e] >= 0)]
+            for e in (entered[i:i + _CHUNK] for i in range(0, len(entered), _CHUNK))])
         file[attached] = -1
         moved = [attached]
         for i, b in enumerate(self.buckets):
@@ -288,19 +294,25 @@ def _relocate(b: int, plan: BucketPlan, ranked: np.ndarray, first: int, end: int
         old = np.array([(b << 16) | p for p, _ in shifted], dtype=np.int32)
         moves = first + np.flatnonzero(_member(file[first:end], old))
         moved_to = (b << 16) | np.array([a for _, a in shifted])[np.searchsorted(old, file[moves])]
-    sizes = [len(rows) for _, rows in plan.sources]
-    group = np.repeat(np.array([group_of[o] for o, _ in plan.sources], dtype=np.int64), sizes)
-    counts = np.bincount(group, minlength=n_groups)
+    counts = np.zeros(n_groups, dtype=np.int64)
+    for o, rows in plan.sources:
+        counts[group_of[o]] += len(rows)
     per_group = files_per_group(counts.tolist(), rows_per_file)
     if len(plan.keep) + sum(per_group) > locators.MAX_FILES_PER_BUCKET:
         raise ValueError(f"bucket {b} would hold more than 65536 files; raise the target "
                          "file size or rebase to more buckets")
-    first_file = len(plan.keep) + np.concatenate([[0], np.cumsum(per_group)[:-1]]).astype(
-        np.int64)
-    start_of_group = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    rank = np.arange(len(ranked), dtype=np.int64) - start_of_group[group]
-    file[ranked] = (b << 16) | (first_file[group] + rank // rows_per_file)
-    row[ranked] = rank % rows_per_file
+    first_file = len(plan.keep) + np.concatenate([[0], np.cumsum(per_group)[:-1]])
+    # source by source (ranked holds each source's rows in turn): temporaries of one file
+    written = np.zeros(n_groups, dtype=np.int64)  # rows each group wrote before this source
+    at = 0
+    for o, rows in plan.sources:
+        g, n = group_of[o], len(rows)
+        here = ranked[at:at + n]
+        q, r = np.divmod(np.arange(written[g], written[g] + n), rows_per_file)
+        file[here] = (b << 16) | (first_file[g] + q)
+        row[here] = r
+        written[g] += n
+        at += n
     if len(moves):
         file[moves] = moved_to
     return [ranked, moves]

@@ -41,7 +41,7 @@ class HashOutput:
     """Records of one source file, per group of buckets, sorted by key.
 
     ``pos`` and ``file`` are the same for every record of a file: they travel once, as
-    ``position`` and ``ordinal``, not per row (``group_records`` puts them back).
+    ``position`` and ``ordinal``, not per row (``GroupRecords`` puts them back).
     """
 
     records: dict[int, pa.Table]  # group -> records without pos and file
@@ -52,18 +52,38 @@ class HashOutput:
     peak_rss: int = 0  # of the process that ran it (set by the task wrapper)
 
 
-def group_records(outputs: list[HashOutput], group: int) -> pa.Table | None:
-    """All records of ``group``, as ``merge.record_schema`` (None when there are none)."""
-    mine = [o for o in outputs if group in o.records]
-    if not mine:
-        return None
-    parts = pa.concat_tables([o.records[group] for o in mine], promote_options="permissive")
-    sizes = [o.records[group].num_rows for o in mine]
-    columns = {name: parts.column(name) for name in parts.column_names}
-    columns["pos"] = pa.array(np.repeat(np.array([o.position for o in mine], np.int64), sizes))
-    columns["file"] = pa.array(np.repeat(np.array([o.ordinal for o in mine], np.int32), sizes))
-    order = parts.schema.field("order").type if "order" in columns else None
-    return pa.table(columns).select(record_schema(order).names)
+class GroupRecords:
+    """The records of one group from all hash outputs, as sorted runs (one per output), read
+    a range of keys at a time: each run is sorted by key, so a range is a slice of each."""
+
+    def __init__(self, outputs: list[HashOutput], group: int) -> None:
+        self.runs = [(o.records[group], o.position, o.ordinal) for o in outputs
+                     if group in o.records and o.records[group].num_rows]
+        self.rows = sum(t.num_rows for t, _, _ in self.runs)
+        self.nbytes = sum(t.nbytes for t, _, _ in self.runs)
+        self._hi = [t.column("hi").to_numpy() for t, _, _ in self.runs]
+
+    def cuts(self, inner: np.ndarray) -> list[np.ndarray]:
+        """Per run, its rows cut at the ``hi`` values ``inner``: 0, where each falls, and the
+        run's length; ``between(cuts, j)`` reads the records of range j."""
+        return [np.concatenate([[0], np.searchsorted(hi, inner), [len(hi)]]).astype(np.int64)
+                for hi in self._hi]
+
+    def between(self, cuts: list[np.ndarray], j: int) -> pa.Table | None:
+        """Records of run rows ``cuts[r][j]:cuts[r][j + 1]``, as ``merge.record_schema``
+        (None when there are none)."""
+        parts = [(t.slice(c[j], c[j + 1] - c[j]), position, ordinal)
+                 for (t, position, ordinal), c in zip(self.runs, cuts, strict=True)
+                 if c[j + 1] > c[j]]
+        if not parts:
+            return None
+        table = pa.concat_tables([t for t, _, _ in parts], promote_options="permissive")
+        sizes = [t.num_rows for t, _, _ in parts]
+        columns = {name: table.column(name) for name in table.column_names}
+        columns["pos"] = pa.array(np.repeat(np.array([p for _, p, _ in parts], np.int64), sizes))
+        columns["file"] = pa.array(np.repeat(np.array([o for _, _, o in parts], np.int32), sizes))
+        order = table.schema.field("order").type if "order" in columns else None
+        return pa.table(columns).select(record_schema(order).names)
 
 
 def group_of_buckets(buckets: np.ndarray, bucket_count: int, groups: int) -> np.ndarray:

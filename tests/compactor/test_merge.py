@@ -32,6 +32,8 @@ from compactor.merge import (
     record_schema,
     surviving_rows,
 )
+from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
+from compactor.pipeline.sliced_merge import merge_in_slices, slice_edges
 
 Key = tuple[int, int]
 
@@ -147,10 +149,11 @@ LO = st.sampled_from([0, 1, 7])
 
 
 @st.composite
-def rounds(draw: st.DrawFn, order_values: st.SearchStrategy[object]) -> list[list[Rec]]:
+def rounds(draw: st.DrawFn, order_values: st.SearchStrategy[object],
+           hi_values: st.SearchStrategy[int] = HI) -> list[list[Rec]]:
     result = []
     for r in range(draw(st.integers(1, 4))):
-        spec = draw(st.lists(st.tuples(HI, LO, order_values, st.booleans(),
+        spec = draw(st.lists(st.tuples(hi_values, LO, order_values, st.booleans(),
                                        st.integers(0, 1), st.integers(0, 2)), max_size=25))
         next_row: dict[int, int] = {}
         records = []
@@ -419,3 +422,57 @@ def test_many_rounds_at_scale_agree_with_duckdb() -> None:
         live = index.filter(pc.equal(index["op"], 0)).drop_columns(["op"])
         assert live.num_rows == expected.num_rows
         assert live.equals(expected.cast(live.schema))
+
+
+# --- merging a range of keys at a time (the dedupe actors' way) ---------------------------------
+
+SPREAD_HI = st.sampled_from([0, 1, 2**62, 2**62 + 1, 2**63, 3 * 2**62, 2**64 - 1])
+
+
+def _runs(records: list[Rec], order_type: pa.DataType | None) -> list[HashOutput]:
+    """Records as hash tasks emit them: one output per (delta, file), sorted by key, with
+    ``pos`` and ``file`` once per output."""
+    by_file: dict[tuple[int, int], list[Rec]] = {}
+    for r in records:
+        by_file.setdefault((r.pos, r.file), []).append(r)
+    outputs = []
+    for (pos, file), rs in sorted(by_file.items()):
+        table = _table(sorted(rs, key=lambda r: r.key), order_type).drop_columns(["pos", "file"])
+        outputs.append(HashOutput({0: table}, len(rs), 0, pos, file))
+    return outputs
+
+
+@pytest.mark.parametrize("order_kind", ["none", "int64", "float64", "string"])
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_merging_in_slices_matches_one_merge_and_the_reference(order_kind: str,
+                                                               data: st.DataObject) -> None:
+    order_type, values = ORDER_VALUES[order_kind]
+    schema = record_schema(order_type)
+    reference = Reference()
+    index = empty_index(order_type)
+    for records in data.draw(rounds(values, SPREAD_HI)):
+        before = {r.key: r for r in _records(index) if r.op == OP_UPSERT}
+        slice_records = data.draw(st.integers(1, 6))
+        result = merge_in_slices(index, GroupRecords(_runs(records, order_type), 0), schema,
+                                 0, 2**64, slice_records)
+        whole = merge(index, _table(records, order_type))
+        assert result.index.schema == whole.index.schema
+        mine, theirs = _records(result.index), _records(whole.index)
+        assert len(mine) == len(theirs)
+        assert all(_same(a, b) for a, b in zip(mine, theirs, strict=True))  # NaN == NaN here
+        assert result.entered.tolist() == whole.entered.tolist()
+        assert result.superseded_files.tolist() == whole.superseded_files.tolist()
+        assert sorted(zip(result.gone_hi.tolist(), result.gone_lo.tolist(), strict=True)) == \
+            sorted(zip(whole.gone_hi.tolist(), whole.gone_lo.tolist(), strict=True))
+        assert all(result.columns[name].tolist() == result.index.column(name).to_pylist()
+                   for name in ("hi", "lo", "file", "row"))
+        reference.add(records)
+        check_round(reference, before, result, records, ordered=order_type is not None)
+        check_changes(_records(index), result)
+        index = result.index
+
+
+def test_slice_edges_cut_the_range_evenly() -> None:
+    assert slice_edges(0, 2**64, 4).tolist() == [2**62, 2**63, 3 * 2**62]
+    assert slice_edges(8, 16, 1).tolist() == []

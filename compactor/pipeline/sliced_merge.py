@@ -1,0 +1,81 @@
+"""Merging a group's records into its index one range of keys at a time.
+
+The merge kernel (``compactor.merge``) needs temporaries several times the size of the records
+it sorts, and a dedupe actor's share of a full round is tens of millions of records. Digests
+are uniform, so equal ranges of ``hi`` hold about equal shares of the keys: the records (sorted
+runs, one per hash task) and the index are cut at the same ``hi`` values into slices of about
+``SLICE_RECORDS`` records; each slice is merged alone and copied into the next index's columns.
+Temporaries stay bounded by a slice whatever the table size, and the memory one slice frees
+serves the next (pages already mapped, not fresh ones to fault in and zero).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from compactor.merge import MergeResult, merge
+from compactor.pipeline.hash_bucket import GroupRecords
+
+SLICE_RECORDS = 1 << 20
+_FIXED = ("hi", "lo", "pos", "file", "row", "op")
+
+
+def slice_edges(first_hi: int, end_hi: int, slices: int) -> np.ndarray:
+    """The ``slices - 1`` inner edges cutting ``hi`` range [first_hi, end_hi) evenly."""
+    return np.array([first_hi + (end_hi - first_hi) * j // slices for j in range(1, slices)],
+                    dtype=np.uint64)
+
+
+def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
+                    first_hi: int, end_hi: int, slice_records: int = SLICE_RECORDS
+                    ) -> MergeResult:
+    """``merge(index, records)``, slice by slice; ``index`` and every record lie in ``hi``
+    range [first_hi, end_hi). The result's index is one table (single chunks)."""
+    slices = max(1, -(-records.rows // max(1, slice_records)))
+    inner = slice_edges(first_hi, end_hi, slices)
+    if slices == 1:  # the merge's own result is the next index: no copy into one
+        whole = records.between(records.cuts(inner), 0)
+        return merge(index, schema.empty_table() if whole is None else whole)
+    n = index.num_rows
+    index_cuts = np.concatenate([[0], np.searchsorted(index.column("hi").to_numpy(), inner),
+                                 [n]]).astype(np.int64)
+    run_cuts = records.cuts(inner)
+    capacity = n + records.rows
+    out = {f.name: np.empty(capacity, dtype=f.type.to_pandas_dtype()) for f in schema
+           if f.name in _FIXED}
+    orders: list[pa.Array] = []
+    entered, gone_hi, gone_lo, superseded = [], [], [], []
+    counts = np.zeros(5, dtype=np.int64)
+    at = 0
+    for j in range(slices):
+        part = records.between(run_cuts, j)
+        result = merge(index.slice(index_cuts[j], index_cuts[j + 1] - index_cuts[j]),
+                       schema.empty_table() if part is None else part)
+        m = result.index.num_rows
+        for name in out:
+            out[name][at:at + m] = result.columns[name]
+        if "order" in schema.names:
+            orders.append(result.index.column("order").combine_chunks()
+                          .cast(schema.field("order").type))
+        entered.append(result.entered + at)
+        gone_hi.append(result.gone_hi)
+        gone_lo.append(result.gone_lo)
+        superseded.append(result.superseded_files)
+        counts += (result.records_in, result.inserted, result.updated, result.deleted,
+                   result.duplicates_dropped)
+        at += m
+        del result, part
+    columns = {name: values[:at] for name, values in out.items()}
+    arrays = {name: pa.array(values, schema.field(name).type) for name, values in columns.items()}
+    if orders:
+        arrays["order"] = pa.concat_arrays(orders)
+    records_in, inserted, updated, deleted, dropped = (int(c) for c in counts)
+    return MergeResult(
+        index=pa.table([arrays[name] for name in schema.names], schema=schema),
+        records_in=records_in, inserted=inserted, updated=updated, deleted=deleted,
+        duplicates_dropped=dropped,
+        superseded_files=np.unique(np.concatenate(superseded)),
+        entered=np.concatenate(entered), gone_hi=np.concatenate(gone_hi),
+        gone_lo=np.concatenate(gone_lo), columns=columns,
+    )
