@@ -104,7 +104,8 @@ def _merge(plan: RoundPlan, actors: list[Any], hash_refs: list[Any],
            progress: Progress) -> list[GroupResult]:
     state = plan.base.position if plan.base is not None else None
     paths = index_store.paths_of(plan.base)
-    sizes = {b: len(files) for b, files in enumerate(plan.base.buckets)} if plan.base else {}
+    sizes = {b: tuple(f.rows for f in files) for b, files in enumerate(plan.base.buckets)} \
+        if plan.base else {}
     results: list[GroupResult | None] = [None] * len(actors)
     for attempt in range(MERGE_ATTEMPTS):
         refs = {

@@ -25,6 +25,7 @@ from compactor.hashing import bucket_of, bucket_start
 from compactor.merge import OP_DELETE, record_schema
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
+from compactor.pipeline.rewrite_map import RewriteMap
 from compactor.pipeline.sliced_merge import merge_in_slices
 
 
@@ -59,11 +60,6 @@ class GroupResult:
     index_reloaded: bool = False
 
 
-def files_per_group(counts: list[int], rows_per_file: int) -> list[int]:
-    """Files a bucket gets from each materialize group, given its row count in each."""
-    return [(n + rows_per_file - 1) // rows_per_file for n in counts]
-
-
 _CHUNK = 1 << 20  # entries handled at a time where a pass over all would need big temporaries
 
 
@@ -74,8 +70,7 @@ class _Pending:
     plans: dict[int, BucketPlan] = field(default_factory=dict)
     touched: dict[int, bool] = field(default_factory=dict)  # bucket -> got records this round
     chains: dict[int, list[str]] = field(default_factory=dict)  # bucket -> next index chain
-    # bucket -> positions in the index of its entries whose rows are rewritten, (file, row) order
-    rewrite: dict[int, np.ndarray] = field(default_factory=dict)
+    rewrite: RewriteMap | None = None  # the entries whose rows are rewritten, and where to
     # positions in the index of the entries the merge brought in; per bucket, the (hi, lo) of
     # the keys it removed
     entered: np.ndarray | None = None
@@ -129,7 +124,7 @@ class DedupeActor:
         return True
 
     def merge(self, state: int | None, index_paths: dict[int, list[str]] | None,
-              bucket_sizes: dict[int, int], group: int,
+              bucket_sizes: dict[int, tuple[int, ...]], group: int,
               outputs: list[HashOutput]) -> GroupResult:
         reloaded = self._ensure(state, index_paths)
         maybe_fail("dedupe")
@@ -159,20 +154,21 @@ class DedupeActor:
         if len(lost):
             rewrite |= _member(file, lost)
         rewrite &= op != OP_DELETE
-        selected = np.flatnonzero(rewrite)
-        cuts = np.searchsorted(selected, bounds)
+        spans = dict(records.spans())
+        for o in lost.tolist():
+            spans[o] = bucket_sizes[locators.bucket_of_compacted(o)][o & 0xFFFF]
+        ordinals = np.array(sorted(spans), dtype=np.int64)
+        self.pending.rewrite = RewriteMap(ordinals, np.array([spans[o] for o in ordinals.tolist()],
+                                                             dtype=np.int64),
+                                          file, row, rewrite, bounds)
         for i, b in enumerate(self.buckets):
             mine = gone_bucket == i
             self.pending.gone[b] = (result.gone_hi[mine], result.gone_lo[mine])
             self.pending.touched[b] = bool(records_per_bucket[i])
-            sel = selected[cuts[i]:cuts[i + 1]]
-            files, rows = file[sel], row[sel]
-            by_locator = locators.sort_by_locator(files, rows)
-            plan = _plan_bucket(b, lost, bucket_sizes.get(b, 0), files[by_locator],
-                                rows[by_locator])
+            plan = _plan_bucket(b, lost, len(bucket_sizes.get(b, ())), [
+                (f.ordinal, f.rows[i]) for f in self.pending.rewrite.files if i in f.rows])
             if plan is not None:
                 self.pending.plans[b] = plan
-                self.pending.rewrite[b] = sel[by_locator]
         return GroupResult(
             dict(self.pending.plans), result.records_in, result.inserted, result.updated,
             result.deleted, result.duplicates_dropped, live,
@@ -203,18 +199,22 @@ class DedupeActor:
             for e in (entered[i:i + _CHUNK] for i in range(0, len(entered), _CHUNK))])
         file[attached] = -1
         moved = [attached]
+        # kept files behind a lost one move up in their bucket's file list (found before the
+        # rewritten rows get their new ordinals, which may be the same numbers)
         for i, b in enumerate(self.buckets):
             plan = pending.plans.get(b)
             if plan is not None:
-                moved += _relocate(b, plan, pending.rewrite[b], int(bounds[i]),
-                                   int(bounds[i + 1]), group_of, len(groups), rows_per_file,
-                                   file, row)
+                moved.append(_shift_kept(b, plan, int(bounds[i]), int(bounds[i + 1]), file))
+        assert pending.rewrite is not None
+        kept = [len(pending.plans[b].keep) if b in pending.plans else 0 for b in self.buckets]
+        pending.rewrite.relocate(file, row, group_of, self.buckets, kept, rows_per_file)
         index = _set(_set(index, "file", file), "row", row)  # shares the arrays, no copy
         pending.index = index
         changed = None
         if not pending.full:  # what the merge brought in, and what moved to new files
             changed = np.zeros(index.num_rows, dtype=bool)
             changed[entered] = True
+            changed |= pending.rewrite.selected
             for m in moved:
                 changed[m] = True
         written: list[str] = []
@@ -264,58 +264,29 @@ class DedupeActor:
         return self.state
 
 
-def _plan_bucket(b: int, lost: np.ndarray, files_before: int, files: np.ndarray,
-                 rows: np.ndarray) -> BucketPlan | None:
-    """Bucket ``b``'s plan; ``files``/``rows``: the locators of its rewritten rows, in (file,
-    row) order; ``lost``: compacted ordinals (any bucket) that lost a row."""
+def _plan_bucket(b: int, lost: np.ndarray, files_before: int,
+                 sources: list[tuple[int, np.ndarray]]) -> BucketPlan | None:
+    """Bucket ``b``'s plan; ``sources``: its rewritten rows (sorted) of each file, in ordinal
+    order; ``lost``: compacted ordinals (any bucket) that lost a row."""
     lost_here = {o & 0xFFFF for o in lost.tolist() if locators.bucket_of_compacted(o) == b}
-    if not lost_here and not len(files):
+    if not lost_here and not sources:
         return None
     keep = tuple(i for i in range(files_before) if i not in lost_here)
-    cuts = np.flatnonzero(np.diff(files)) + 1
-    sources = tuple((int(f[0]), r) for f, r in zip(np.split(files, cuts), np.split(rows, cuts),
-                                                    strict=True) if len(f))
-    return BucketPlan(b, files_before, keep, sources)
+    return BucketPlan(b, files_before, keep, tuple(sources))
 
 
-def _relocate(b: int, plan: BucketPlan, ranked: np.ndarray, first: int, end: int,
-              group_of: dict[int, int], n_groups: int, rows_per_file: int,
-              file: np.ndarray, row: np.ndarray) -> list[np.ndarray]:
-    """Point bucket ``b``'s entries (group positions ``first:end``) at their places after the
-    round, updating the group's ``file`` and ``row`` arrays in place: rewritten rows
-    (``ranked``, group positions in (file, row) order) at the files the materialize groups
-    write, rows of kept files that shift in the bucket's file list at their new positions.
-    Returns the positions changed."""
-    # kept files behind a lost one move up in the bucket's file list (found before the
-    # rewritten rows get their new ordinals, which may be the same numbers)
+def _shift_kept(b: int, plan: BucketPlan, first: int, end: int, file: np.ndarray
+                ) -> np.ndarray:
+    """Renumber bucket ``b``'s entries (group positions ``first:end``) in kept files that
+    move up in the bucket's file list, in ``file``; returns their positions."""
     shifted = [(position, at) for at, position in enumerate(plan.keep) if position != at]
-    moves = np.zeros(0, dtype=np.int64)
-    if shifted:
-        old = np.array([(b << 16) | p for p, _ in shifted], dtype=np.int32)
-        moves = first + np.flatnonzero(_member(file[first:end], old))
-        moved_to = (b << 16) | np.array([a for _, a in shifted])[np.searchsorted(old, file[moves])]
-    counts = np.zeros(n_groups, dtype=np.int64)
-    for o, rows in plan.sources:
-        counts[group_of[o]] += len(rows)
-    per_group = files_per_group(counts.tolist(), rows_per_file)
-    if len(plan.keep) + sum(per_group) > locators.MAX_FILES_PER_BUCKET:
-        raise ValueError(f"bucket {b} would hold more than 65536 files; raise the target "
-                         "file size or rebase to more buckets")
-    first_file = len(plan.keep) + np.concatenate([[0], np.cumsum(per_group)[:-1]])
-    # source by source (ranked holds each source's rows in turn): temporaries of one file
-    written = np.zeros(n_groups, dtype=np.int64)  # rows each group wrote before this source
-    at = 0
-    for o, rows in plan.sources:
-        g, n = group_of[o], len(rows)
-        here = ranked[at:at + n]
-        q, r = np.divmod(np.arange(written[g], written[g] + n), rows_per_file)
-        file[here] = (b << 16) | (first_file[g] + q)
-        row[here] = r
-        written[g] += n
-        at += n
-    if len(moves):
-        file[moves] = moved_to
-    return [ranked, moves]
+    if not shifted:
+        return np.zeros(0, dtype=np.int64)
+    old = np.array([(b << 16) | p for p, _ in shifted], dtype=np.int32)
+    moves = first + np.flatnonzero(_member(file[first:end], old))
+    file[moves] = (b << 16) | np.array([a for _, a in shifted])[np.searchsorted(old,
+                                                                               file[moves])]
+    return moves
 
 
 def _member(values: np.ndarray, of: np.ndarray) -> np.ndarray:

@@ -63,6 +63,13 @@ class GroupRecords:
         self.nbytes = sum(t.nbytes for t, _, _ in self.runs)
         self._hi = [t.column("hi").to_numpy() for t, _, _ in self.runs]
 
+    def spans(self) -> dict[int, int]:
+        """Per source ordinal, one past the highest row its records name."""
+        spans: dict[int, int] = {}
+        for t, _, ordinal in self.runs:
+            spans[ordinal] = max(spans.get(ordinal, 0), int(pc.max(t.column("row")).as_py()) + 1)
+        return spans
+
     def cuts(self, inner: np.ndarray) -> list[np.ndarray]:
         """Per run, its rows cut at the ``hi`` values ``inner``: 0, where each falls, and the
         run's length; ``between(cuts, j)`` reads the records of range j."""

@@ -1,0 +1,142 @@
+"""Which rows of which files a round rewrites, per bucket, and where each one lands.
+
+A dedupe actor builds one from its next index: the *selected* entries are the live ones that
+point at a source of the round or at a compacted file that lost a row. Materialize writes
+bucket b's selected rows of a group of files in (file ordinal, row) order, a new file every
+``rows_per_file`` rows; the actor points the index at exactly those places.
+
+No sort by locator: every file that may hold selected rows gets a range of one array over all
+their rows, in ordinal order. Each selected entry stores its bucket at its row's slot; one pass
+over each file's range reads the rows back in order, per bucket, and stores at each slot the
+row's rank among its bucket's rows of the file. Relocating an entry is then a lookup of its
+slot. The work is O(entries + rows of those files), in chunks of ``CHUNK`` entries, so the
+temporaries stay small whatever the index size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from compactor.pipeline.locators import MAX_FILES_PER_BUCKET
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileRows:
+    """Bucket i's selected rows of one file (sorted), for each bucket of the group with any."""
+
+    ordinal: int
+    rows: dict[int, np.ndarray]
+
+
+class RewriteMap:
+    def __init__(self, ordinals: np.ndarray, spans: np.ndarray, file: np.ndarray,
+                 row: np.ndarray, selected: np.ndarray, bounds: np.ndarray) -> None:
+        """``ordinals``: sorted file ordinals that may hold selected entries, with ``spans``
+        rows each; ``file``, ``row``: the index's locators; ``selected``: mask of the entries
+        whose rows are rewritten; bucket i of the group is index rows bounds[i]:bounds[i+1]."""
+        self.ordinals = np.asarray(ordinals, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(spans)]).astype(np.int64)
+        self.selected, self.bounds = selected, bounds
+        buckets = len(bounds) - 1
+        # first the bucket of each selected row at its slot, then its rank within the
+        # bucket's selected rows of its file
+        self.slots = np.full(int(self.offsets[-1]), -1, dtype=np.int32)
+        # per selected entry (position order): its file (dense number) and its slot
+        self._dense = np.empty(int(np.count_nonzero(selected)), dtype=np.int32)
+        self._slot_of = np.empty(len(self._dense),
+                                 dtype=np.int32 if len(self.slots) < 2**31 else np.int64)
+        marked = 0
+        for positions, files, rows in self._chunks(file, row):
+            dense, at = self._slot(files, rows)
+            self.slots[at] = self._bucket(positions)
+            self._dense[marked:marked + len(at)] = dense
+            self._slot_of[marked:marked + len(at)] = at
+            marked += len(at)
+        if int(np.count_nonzero(self.slots >= 0)) != marked:
+            raise ValueError("selected entries repeat a (file, row) locator")
+        self.files: list[FileRows] = []  # files with selected rows, in ordinal order
+        self.counts = np.zeros((buckets, len(self.ordinals)), dtype=np.int64)
+        for d, ordinal in enumerate(self.ordinals.tolist()):
+            span = self.slots[self.offsets[d]:self.offsets[d + 1]]
+            rows = np.flatnonzero(span >= 0)
+            if not len(rows):
+                continue
+            owners = span[rows]
+            by_bucket = np.argsort(owners, kind="stable") if buckets > 1 else \
+                np.arange(len(rows))
+            cuts = np.searchsorted(owners[by_bucket], np.arange(buckets + 1))
+            per_bucket = {}
+            for i in range(buckets):
+                mine = rows[by_bucket[cuts[i]:cuts[i + 1]]]
+                if len(mine):
+                    per_bucket[i] = mine
+                    span[mine] = np.arange(len(mine), dtype=np.int32)
+                    self.counts[i, d] = len(mine)
+            self.files.append(FileRows(ordinal, per_bucket))
+
+    def _chunks(self, file: np.ndarray, row: np.ndarray
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(positions, files, rows) of the selected entries, a chunk at a time."""
+        for start in range(0, len(self.selected), CHUNK):
+            positions = start + np.flatnonzero(self.selected[start:start + CHUNK])
+            yield positions, file[positions], row[positions]
+
+    def _bucket(self, positions: np.ndarray) -> np.ndarray | int:
+        return 0 if len(self.bounds) == 2 else \
+            np.searchsorted(self.bounds, positions, side="right") - 1
+
+    def _slot(self, files: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = np.searchsorted(self.ordinals, files)
+        known = d < len(self.ordinals)
+        known[known] = self.ordinals[d[known]] == files[known]
+        if not known.all() or (len(rows) and (rows.min() < 0 or (
+                rows >= self.offsets[d + 1] - self.offsets[d]).any())):
+            raise ValueError("selected entries point outside the files the map was given")
+        return d, self.offsets[d] + rows
+
+    def relocate(self, file: np.ndarray, row: np.ndarray, group_of: dict[int, int],
+                 buckets: list[int], kept: list[int], rows_per_file: int) -> np.ndarray:
+        """Point every selected entry at its new place, updating ``file`` and ``row``.
+
+        ``group_of``: the materialize task of each file ordinal with selected rows (tasks take
+        consecutive files; each writes a bucket's rows in ordinal order, a new file every
+        ``rows_per_file`` rows); ``buckets[i]``: the number of the group's bucket i, whose
+        compacted files are ordinals ``buckets[i] << 16 | position``; ``kept[i]``: how many of
+        its files stay in place, ahead of the new ones. Returns how many files each bucket has
+        after the round.
+        """
+        groups = max(group_of.values(), default=0) + 1
+        group = np.array([group_of.get(o, 0) for o in self.ordinals.tolist()], dtype=np.int64)
+        # rows of bucket i that task g writes before file d's (files of g before d)
+        before = np.zeros_like(self.counts)
+        files_of_task = np.zeros((len(kept), groups), dtype=np.int64)
+        for g in range(groups):
+            in_g = group == g
+            counts = np.where(in_g, self.counts, 0)
+            before[:, in_g] = (np.cumsum(counts, axis=1) - counts)[:, in_g]
+            files_of_task[:, g] = (counts.sum(axis=1) + rows_per_file - 1) // rows_per_file
+        total = np.array(kept, dtype=np.int64) + files_of_task.sum(axis=1)
+        if len(total) and total.max() > MAX_FILES_PER_BUCKET:
+            raise ValueError(f"bucket {buckets[int(total.argmax())]} would hold more than "
+                             f"{MAX_FILES_PER_BUCKET} files; raise the target file size or "
+                             "rebase to more buckets")
+        first_file = total[:, None] - files_of_task.sum(axis=1)[:, None] \
+            + np.cumsum(files_of_task, axis=1) - files_of_task
+        # (bucket, file): the ordinal of the first file the file's task writes for the bucket
+        start_file = (np.array(buckets, dtype=np.int64) << 16)[:, None] | first_file[:, group]
+        done = 0
+        for start in range(0, len(self.selected), CHUNK):
+            positions = start + np.flatnonzero(self.selected[start:start + CHUNK])
+            d = self._dense[done:done + len(positions)]
+            i = self._bucket(positions)
+            q, r = np.divmod(before[i, d] + self.slots[self._slot_of[done:done + len(positions)]],
+                             rows_per_file)
+            file[positions] = start_file[i, d] + q
+            row[positions] = r
+            done += len(positions)
+        return total

@@ -1,0 +1,95 @@
+"""Where rewritten rows land: ``RewriteMap`` against a plain sort by locator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compactor.pipeline.locators import SOURCE_BASE, compacted
+from compactor.pipeline.rewrite_map import RewriteMap
+
+
+def _case(seed: int, entries: int, buckets: int):  # type: ignore[no-untyped-def]
+    """An index of ``entries`` (key order = random locator order) over ``buckets`` buckets,
+    with files: two compacted ones of bucket 0 and three sources."""
+    rng = np.random.default_rng(seed)
+    ordinals = np.array([compacted(0, 1), compacted(0, 4), SOURCE_BASE, SOURCE_BASE + 1,
+                         SOURCE_BASE + 5])
+    spans = rng.integers(entries // 3 + 1, entries + 2, len(ordinals))
+    locators = np.unique(np.concatenate([
+        np.stack([np.full(s, i), np.arange(s)]) for i, s in enumerate(spans)], axis=1).T, axis=0)
+    chosen = locators[rng.choice(len(locators), entries, replace=False)]
+    file = ordinals[chosen[:, 0]].astype(np.int32)
+    row = chosen[:, 1].astype(np.int64)
+    bounds = np.sort(np.r_[0, rng.integers(0, entries + 1, buckets - 1), entries])
+    selected = rng.random(entries) < 0.7
+    return ordinals, spans, file, row, selected, bounds
+
+
+def _expected(file, row, selected, bounds, group_of, bucket_ids, kept, rows_per_file):  # type: ignore[no-untyped-def]
+    """Per bucket: its selected entries by (task, file, row); each task's rows cut into files."""
+    new_file, new_row = file.copy(), row.copy()
+    plans = []
+    for i, b in enumerate(bucket_ids):
+        at = np.arange(bounds[i], bounds[i + 1])
+        at = at[selected[at]]
+        at = at[np.lexsort((row[at], file[at]))]
+        plans.append({int(f): row[at][file[at] == f].tolist() for f in np.unique(file[at])})
+        task = np.array([group_of[int(f)] for f in file[at]], dtype=np.int64)
+        next_file = kept[i]
+        for g in range(max(group_of.values()) + 1):
+            mine = at[task == g]
+            rank = np.arange(len(mine))
+            new_file[mine] = (b << 16) | (next_file + rank // rows_per_file)
+            new_row[mine] = rank % rows_per_file
+            next_file += -(-len(mine) // rows_per_file)
+    return new_file, new_row, plans
+
+
+@pytest.mark.parametrize(("seed", "entries", "buckets", "rows_per_file"), [
+    (0, 0, 1, 3), (1, 1, 1, 1), (2, 200, 1, 7), (3, 500, 3, 10), (4, 1000, 4, 1000),
+])
+def test_plans_and_places_match_a_sort_by_locator(seed: int, entries: int, buckets: int,
+                                                  rows_per_file: int) -> None:
+    ordinals, spans, file, row, selected, bounds = _case(seed, entries, buckets)
+    group_of = {int(o): g for o, g in zip(ordinals, [0, 0, 1, 1, 2], strict=True)}
+    bucket_ids = [3 + 2 * i for i in range(buckets)]
+    kept = [i % 3 for i in range(buckets)]
+    want_file, want_row, want_plans = _expected(file, row, selected, bounds, group_of,
+                                                bucket_ids, kept, rows_per_file)
+    rewrite = RewriteMap(ordinals, spans, file, row, selected, bounds)
+    plans = [{f.ordinal: f.rows[i].tolist() for f in rewrite.files if i in f.rows}
+             for i in range(buckets)]
+    assert plans == want_plans
+    assert [f.ordinal for f in rewrite.files] == sorted(f.ordinal for f in rewrite.files)
+    total = rewrite.relocate(file, row, group_of, bucket_ids, kept, rows_per_file)
+    assert file.tolist() == want_file.tolist()
+    assert row.tolist() == want_row.tolist()
+    assert total.tolist() == [max([kept[i]] + [(int(f) & 0xFFFF) + 1 for f in
+                                               want_file[bounds[i]:bounds[i + 1]][
+                                                   selected[bounds[i]:bounds[i + 1]]]])
+                              for i in range(buckets)]
+
+
+def test_repeated_or_unknown_locators_are_refused() -> None:
+    ordinals, spans = np.array([SOURCE_BASE]), np.array([10])
+    bounds = np.array([0, 3])
+    with pytest.raises(ValueError, match="repeat"):
+        RewriteMap(ordinals, spans, np.full(3, SOURCE_BASE, np.int32), np.array([1, 2, 1]),
+                   np.ones(3, bool), bounds)
+    with pytest.raises(ValueError, match="outside"):
+        RewriteMap(ordinals, spans, np.array([SOURCE_BASE, SOURCE_BASE + 1, SOURCE_BASE],
+                                             np.int32), np.array([1, 2, 3]), np.ones(3, bool),
+                   bounds)
+    with pytest.raises(ValueError, match="outside"):
+        RewriteMap(ordinals, spans, np.full(3, SOURCE_BASE, np.int32), np.array([1, 2, 10]),
+                   np.ones(3, bool), bounds)
+
+
+def test_a_bucket_beyond_65536_files_is_refused() -> None:
+    rewrite = RewriteMap(np.array([SOURCE_BASE]), np.array([5]),
+                         np.full(5, SOURCE_BASE, np.int32), np.arange(5), np.ones(5, bool),
+                         np.array([0, 5]))
+    with pytest.raises(ValueError, match="bucket 9 would hold more than 65536 files"):
+        rewrite.relocate(np.full(5, SOURCE_BASE, np.int32), np.arange(5), {SOURCE_BASE: 0},
+                         [9], [65535], 1)
