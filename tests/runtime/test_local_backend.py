@@ -149,11 +149,13 @@ def test_ctrl_c_reaches_the_driver_not_the_workers():
 
 
 @runtime.remote
-def memory_settings() -> tuple[str | None, str | None, bool, str | None]:
+def memory_settings() -> tuple[str | None, str | None, bool, str | None, str]:
+    import pyarrow as pa
     from numpy._core.multiarray import _get_madvise_hugepage
 
     return (os.environ.get("GLIBC_TUNABLES"), os.environ.get("NUMPY_MADVISE_HUGEPAGE"),
-            bool(_get_madvise_hugepage()), os.environ.get("OPENBLAS_NUM_THREADS"))
+            bool(_get_madvise_hugepage()), os.environ.get("OPENBLAS_NUM_THREADS"),
+            pa.default_memory_pool().backend_name)
 
 
 def test_workers_keep_freed_memory_and_skip_huge_pages_unless_told_otherwise(
@@ -163,18 +165,20 @@ def test_workers_keep_freed_memory_and_skip_huge_pages_unless_told_otherwise(
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
     with runtime.init("local", num_cpus=1):
-        tunables, hugepage, madvise, blas = runtime.get(memory_settings.remote())
+        tunables, hugepage, madvise, blas, pool = runtime.get(memory_settings.remote())
     assert tunables == WORKER_MEMORY_ENV["GLIBC_TUNABLES"]
     assert "mmap_max=0" in tunables
-    assert (hugepage, madvise, blas) == ("0", False, "1")
+    assert (hugepage, madvise, blas, pool) == ("0", False, "1", "system")
 
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576")
     monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
     with runtime.init("local", num_cpus=1):
         assert runtime.get(memory_settings.remote()) == (
-            "glibc.malloc.trim_threshold=1048576", "1", True, "2")
+            "glibc.malloc.trim_threshold=1048576", "1", True, "2", "jemalloc")
 
 
 @runtime.remote
