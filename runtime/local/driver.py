@@ -219,7 +219,7 @@ class LocalBackend(Backend):
         # resources of the runnable work that waits for a worker: only what would fit beside it
         # needs a new process (else every queued task counts, and a burst of tasks starts more
         # workers than can ever run at once)
-        waiting = {"CPU": 0.0, "memory": 0}
+        waiting_cpus, waiting_memory = 0.0, 0
         for work in list(self.queue):
             state, failed = self.deps_state(work)
             if state == "waiting":
@@ -231,10 +231,10 @@ class LocalBackend(Backend):
             if not self.fits(work.cpus, work.memory):
                 continue
             if not self.idle:
-                if self.fits(work.cpus + waiting["CPU"], work.memory + waiting["memory"]):
+                if self.fits(work.cpus + waiting_cpus, work.memory + waiting_memory):
                     need += 1
-                    waiting["CPU"] += work.cpus
-                    waiting["memory"] += work.memory
+                    waiting_cpus += work.cpus
+                    waiting_memory += work.memory
                 continue
             self.queue.remove(work)
             self._dispatch(work, self.idle.popleft())
