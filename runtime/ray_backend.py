@@ -22,6 +22,7 @@ until they are killed.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,6 +43,7 @@ from runtime.ray_translate import (
 from runtime.refs import ObjectRef
 from runtime.remote import ActorClass, ActorHandle, RemoteFunction
 from runtime.scheduling import NodeAffinity, PlacementGroupSlot
+from runtime.worker_settings import WORKER_MEMORY_ENV
 
 
 class RayObjectRef(ObjectRef):
@@ -99,9 +101,16 @@ class RayBackend(Backend):
                     f"num_cpus and memory size a new local Ray instance; the cluster at "
                     f"address={address!r} has its own resources"
                 )
+            # workers get the local backend's memory settings (WORKER_MEMORY_ENV), unless this
+            # environment or the caller's runtime_env says otherwise
+            runtime_env = dict(ray_init_options.pop("runtime_env", None) or {})
+            runtime_env["env_vars"] = {
+                **{k: os.environ.get(k, v) for k, v in WORKER_MEMORY_ENV.items()},
+                **(runtime_env.get("env_vars") or {}),
+            }
             # "local" always starts a new instance: a bare ray.init() would join whatever cluster
             # another program left running on this machine
-            ray.init(address=address or "local", **ray_init_options)
+            ray.init(address=address or "local", runtime_env=runtime_env, **ray_init_options)
         self._autoscaling = autoscaling
         self._remote_functions: dict[str, Any] = {}  # function_id -> Ray remote function
         self._task_variants: dict[Any, Any] = {}  # (function_id, options) -> it with options

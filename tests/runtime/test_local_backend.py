@@ -160,7 +160,7 @@ def memory_settings() -> tuple[str | None, str | None, bool, str | None, str]:
 
 def test_workers_keep_freed_memory_and_skip_huge_pages_unless_told_otherwise(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime.local.processes import WORKER_MEMORY_ENV
+    from runtime.worker_settings import WORKER_MEMORY_ENV
 
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)

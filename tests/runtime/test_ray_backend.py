@@ -396,3 +396,23 @@ def test_calls_sent_while_an_actor_restarts_reach_the_new_process(ray_rt: RayBac
     time.sleep(0.5)
     # Ray may run calls that raced with the death out of order; none is lost.
     assert sorted(runtime.get([c.inc.remote() for _ in range(5)], timeout=60)) == [1, 2, 3, 4, 5]
+
+
+def test_workers_of_a_ray_it_starts_get_the_worker_settings() -> None:
+    """Ray's workers run with the local workers' memory settings, unless the environment or
+    the caller's runtime_env sets them."""
+    lines = run_python("""
+        import os, runtime
+        NAMES = ("GLIBC_TUNABLES", "NUMPY_MADVISE_HUGEPAGE", "OPENBLAS_NUM_THREADS",
+                 "ARROW_DEFAULT_MEMORY_POOL", "OTHER")
+        @runtime.remote
+        def settings():
+            import pyarrow as pa
+            return [os.environ.get(n) for n in NAMES] + [pa.default_memory_pool().backend_name]
+        with runtime.init("ray", num_cpus=1,
+                          runtime_env={"env_vars": {"OTHER": "x", "OPENBLAS_NUM_THREADS": "3"}}):
+            result(*runtime.get(settings.remote()))
+    """, NUMPY_MADVISE_HUGEPAGE="1")
+    from runtime.worker_settings import WORKER_MEMORY_ENV
+    assert lines == [" ".join([WORKER_MEMORY_ENV["GLIBC_TUNABLES"], "1", "3", "system", "x",
+                               "system"])]
