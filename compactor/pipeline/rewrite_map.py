@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compactor.pipeline.locators import MAX_FILES_PER_BUCKET
+from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE
 
 CHUNK = 1 << 20
 
@@ -40,6 +40,11 @@ class RewriteMap:
         rows each; ``file``, ``row``: the index's locators; ``selected``: mask of the entries
         whose rows are rewritten; bucket i of the group is index rows bounds[i]:bounds[i+1]."""
         self.ordinals = np.asarray(ordinals, dtype=np.int64)
+        sources = self.ordinals >= SOURCE_BASE  # sorted: compacted ordinals come first
+        self._compacted = self.ordinals[~sources]
+        self._source_dense = np.full(int(self.ordinals[-1]) - SOURCE_BASE + 1
+                                     if sources.any() else 0, -1, dtype=np.int64)
+        self._source_dense[self.ordinals[sources] - SOURCE_BASE] = np.flatnonzero(sources)
         self.offsets = np.concatenate([[0], np.cumsum(spans)]).astype(np.int64)
         self.selected, self.bounds = selected, bounds
         buckets = len(bounds) - 1
@@ -47,14 +52,14 @@ class RewriteMap:
         # bucket's selected rows of its file
         self.slots = np.full(int(self.offsets[-1]), -1, dtype=np.int32)
         # per selected entry (position order): its file (dense number) and its slot
-        self._dense = np.empty(int(np.count_nonzero(selected)), dtype=np.int32)
-        self._slot_of = np.empty(len(self._dense),
+        self._file_of = np.empty(int(np.count_nonzero(selected)), dtype=np.int32)
+        self._slot_of = np.empty(len(self._file_of),
                                  dtype=np.int32 if len(self.slots) < 2**31 else np.int64)
         marked = 0
         for positions, files, rows in self._chunks(file, row):
             dense, at = self._slot(files, rows)
             self.slots[at] = self._bucket(positions)
-            self._dense[marked:marked + len(at)] = dense
+            self._file_of[marked:marked + len(at)] = dense
             self._slot_of[marked:marked + len(at)] = at
             marked += len(at)
         if int(np.count_nonzero(self.slots >= 0)) != marked:
@@ -90,12 +95,26 @@ class RewriteMap:
         return 0 if len(self.bounds) == 2 else \
             np.searchsorted(self.bounds, positions, side="right") - 1
 
+    def _dense(self, files: np.ndarray) -> np.ndarray:
+        """The dense number of each file ordinal (-1: not one of the map's files). Sources
+        (most entries) by a table lookup, compacted files by binary search."""
+        d = np.full(len(files), -1, dtype=np.int64)
+        source = files >= SOURCE_BASE
+        j = files[source].astype(np.int64) - SOURCE_BASE
+        inside = j < len(self._source_dense)
+        d[np.flatnonzero(source)[inside]] = self._source_dense[j[inside]]
+        if not source.all():
+            at = np.flatnonzero(~source)
+            k = np.searchsorted(self._compacted, files[at])
+            hit = k < len(self._compacted)
+            hit[hit] = self._compacted[k[hit]] == files[at[hit]]
+            d[at[hit]] = k[hit]
+        return d
+
     def _slot(self, files: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        d = np.searchsorted(self.ordinals, files)
-        known = d < len(self.ordinals)
-        known[known] = self.ordinals[d[known]] == files[known]
-        if not known.all() or (len(rows) and (rows.min() < 0 or (
-                rows >= self.offsets[d + 1] - self.offsets[d]).any())):
+        d = self._dense(files)
+        if len(d) and (d.min() < 0 or rows.min() < 0
+                       or (rows >= self.offsets[d + 1] - self.offsets[d]).any()):
             raise ValueError("selected entries point outside the files the map was given")
         return d, self.offsets[d] + rows
 
@@ -132,7 +151,7 @@ class RewriteMap:
         done = 0
         for start in range(0, len(self.selected), CHUNK):
             positions = start + np.flatnonzero(self.selected[start:start + CHUNK])
-            d = self._dense[done:done + len(positions)]
+            d = self._file_of[done:done + len(positions)]
             i = self._bucket(positions)
             q, r = np.divmod(before[i, d] + self.slots[self._slot_of[done:done + len(positions)]],
                              rows_per_file)

@@ -107,5 +107,6 @@ def test_the_age_trigger_follows_the_clock(tmp_path: Path) -> None:
     scheduler = Scheduler(cfg, clock=clock)
     assert scheduler.run_once() == []
     clock.advance(3600)
-    assert [r.partition for r in scheduler.run_once()] == ["day=2024-05-01", "day=2024-05-02"]
+    # the two rounds run at once: the records come in the order they finish
+    assert sorted(r.partition for r in scheduler.run_once()) == ["day=2024-05-01", "day=2024-05-02"]
     scheduler.shutdown()
