@@ -78,49 +78,6 @@ def keys(table: pa.Table) -> np.ndarray:
     return out
 
 
-def locate(index: pa.Table, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Position of each key (hi, lo) in ``index`` (sorted by key), or -1 where it is absent.
-
-    Fast when the keys come sorted too (the searches then walk memory in order).
-    """
-    hay_hi = index.column("hi").to_numpy()
-    hay_lo = index.column("lo").to_numpy()
-    at = np.searchsorted(hay_hi, hi, side="left")
-    found = np.full(len(hi), -1, dtype=np.int64)
-    inside = at < len(hay_hi)
-    same_hi = np.zeros(len(hi), dtype=bool)
-    same_hi[inside] = hay_hi[at[inside]] == hi[inside]
-    hit = same_hi.copy()
-    hit[same_hi] = hay_lo[at[same_hi]] == lo[same_hi]
-    found[hit] = at[hit]
-    # several keys share a hi word (rare): look through the run
-    for i in np.flatnonzero(same_hi & ~hit):
-        j = int(at[i])
-        while j < len(hay_hi) and hay_hi[j] == hi[i]:
-            if hay_lo[j] == lo[i]:
-                found[i] = j
-                break
-            j += 1
-    return found
-
-
-def changes(old: pa.Table, new: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """What a delta file must hold to turn index ``old`` into ``new`` (both sorted by key):
-    the mask of ``new`` entries that are new or differ, and the KEY array of keys gone."""
-    new_hi, new_lo = new.column("hi").to_numpy(), new.column("lo").to_numpy()
-    at = locate(old, new_hi, new_lo)
-    present = np.flatnonzero(at >= 0)
-    changed = at < 0
-    for name in ("pos", "file", "row", "op"):  # a different winner differs in one of these
-        before = old.column(name).to_numpy()[at[present]]
-        changed[present] |= before != new.column(name).to_numpy()[present]
-    old_hi, old_lo = old.column("hi").to_numpy(), old.column("lo").to_numpy()
-    gone = locate(new, old_hi, old_lo) < 0
-    out = np.empty(int(gone.sum()), dtype=KEY)
-    out["hi"], out["lo"] = old_hi[gone], old_lo[gone]
-    return changed, out
-
-
 def absent(candidates: np.ndarray, schema: pa.Schema) -> pa.Table:
     """Entries saying the ``candidates`` keys left the index."""
     n = len(candidates)
