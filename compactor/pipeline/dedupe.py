@@ -153,7 +153,7 @@ class DedupeActor:
         # rewritten: live rows of this round's sources and of compacted files that lost a row
         rewrite = locators.is_source(file)
         if len(lost):
-            rewrite |= _member(file, lost)
+            rewrite |= member(file, lost)
         rewrite &= op != OP_DELETE
         spans = dict(records.spans())
         for o in lost.tolist():
@@ -284,15 +284,24 @@ def _shift_kept(b: int, plan: BucketPlan, first: int, end: int, file: np.ndarray
     if not shifted:
         return np.zeros(0, dtype=np.int64)
     old = np.array([(b << 16) | p for p, _ in shifted], dtype=np.int32)
-    moves = first + np.flatnonzero(_member(file[first:end], old))
+    moves = first + np.flatnonzero(member(file[first:end], old))
     file[moves] = (b << 16) | np.array([a for _, a in shifted])[np.searchsorted(old,
                                                                                file[moves])]
     return moves
 
 
-def _member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
-    """``values`` in ``of``, by hashing (np.isin sorts both when ``of`` spans a wide range)."""
-    return pc.is_in(pa.array(values), value_set=pa.array(of)).to_numpy(zero_copy_only=False)
+def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """Mask of the int32 ``values`` that are in ``of``: a lookup in a table of flags over
+    ``of``'s range when that is small (lost files of a few buckets), else by hashing (np.isin
+    would sort both)."""
+    if not len(of):
+        return np.zeros(len(values), dtype=bool)
+    low, span = int(of.min()), int(of.max()) - int(of.min())
+    if low < 0 or span >= 1 << 22 or low + span + 1 > np.iinfo(values.dtype).max:
+        return pc.is_in(pa.array(values), value_set=pa.array(of)).to_numpy(zero_copy_only=False)
+    flags = np.zeros(span + 3, dtype=bool)  # a False slot below and above the range
+    flags[np.asarray(of, dtype=np.int64) - low + 1] = True
+    return flags[np.clip(values, low - 1, low + span + 1) - (low - 1)]
 
 
 def _set(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:

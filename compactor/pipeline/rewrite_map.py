@@ -69,6 +69,8 @@ class RewriteMap:
         for d, ordinal in enumerate(self.ordinals.tolist()):
             span = self.slots[self.offsets[d]:self.offsets[d + 1]]
             rows = np.flatnonzero(span >= 0)
+            if len(span) < 2**31:  # plans travel to the driver and the tasks: half the bytes
+                rows = rows.astype(np.int32)
             if not len(rows):
                 continue
             owners = span[rows]

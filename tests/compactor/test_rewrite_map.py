@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from compactor.pipeline.dedupe import member
 from compactor.pipeline.locators import SOURCE_BASE, compacted
 from compactor.pipeline.rewrite_map import RewriteMap
 
@@ -93,3 +94,13 @@ def test_a_bucket_beyond_65536_files_is_refused() -> None:
     with pytest.raises(ValueError, match="bucket 9 would hold more than 65536 files"):
         rewrite.relocate(np.full(5, SOURCE_BASE, np.int32), np.arange(5), {SOURCE_BASE: 0},
                          [9], [65535], 1)
+
+
+def test_member_matches_isin_for_narrow_and_wide_sets() -> None:
+    rng = np.random.default_rng(7)
+    values = np.concatenate([rng.integers(-1, 1 << 20, 5000), SOURCE_BASE + np.arange(50),
+                             [np.iinfo(np.int32).max, np.iinfo(np.int32).min + 1]]
+                            ).astype(np.int32)
+    for of in (np.array([], np.int64), np.array([compacted(2, 5)]), rng.choice(values, 40),
+               np.array([0, 1 << 21, SOURCE_BASE]), np.array([-1, 3])):
+        assert member(values, of).tolist() == np.isin(values, of).tolist()
