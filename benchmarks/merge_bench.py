@@ -33,7 +33,7 @@ def _records(rng: np.random.Generator, keys: np.ndarray, pos: int, files: int) -
         "order": rng.integers(0, 1_000_000, n),
         "pos": np.full(n, pos, np.int64),
         "file": rng.integers(0, files, n).astype(np.int32),
-        "row": np.arange(n, dtype=np.int64),
+        "row": np.arange(n, dtype=np.int32),
         "op": (rng.random(n) < 0.1).astype(np.int8),
     })
 

@@ -7,7 +7,7 @@ Parquet). A *record* is one delta or compacted row seen through its key::
     order    any     the ordering column's value; the column is absent when the table has none
     pos      int64   stream position: the commit number of the delta the row came from
     file     int32   file ordinal
-    row      int64   row index within the file
+    row      int32   row index within the file (a source file holds at most 2**31 - 1 rows)
     op       int8    OP_UPSERT (0) or OP_DELETE (1)
 
 The *index* is records too: one per key, sorted by ``(hi, lo)``. A bucket is a range of ``hi``
@@ -73,7 +73,7 @@ def record_schema(order_type: pa.DataType | None = None) -> pa.Schema:
     order = [pa.field("order", order_type)] if order_type is not None else []
     return pa.schema([
         ("hi", pa.uint64()), ("lo", pa.uint64()), *order,
-        ("pos", pa.int64()), ("file", pa.int32()), ("row", pa.int64()), ("op", pa.int8()),
+        ("pos", pa.int64()), ("file", pa.int32()), ("row", pa.int32()), ("op", pa.int8()),
     ])
 
 

@@ -161,7 +161,7 @@ def hash_file(
                     f"{order.type}, the table's is {order_type}: {e}"
                 ) from None
         cols["order"] = order
-    cols["row"] = np.arange(item.first_row, item.first_row + n, dtype=np.int64)
+    cols["row"] = np.arange(item.first_row, item.first_row + n, dtype=np.int32)
     cols["op"] = _ops(data, item)
     schema = record_schema(order_type if ordering_column else None)
     records = pa.table(cols, schema=pa.schema([f for f in schema

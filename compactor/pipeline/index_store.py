@@ -12,12 +12,12 @@ Arrow data, never pickles: uncompressed Arrow IPC files (``.arrow``). Parquet's 
 LZ4 buy little on random 64-bit digests and cost more than the bytes they save: these files
 are written in half the time of LZ4 ones and read back 10x faster.
 
-Files hold what a later round needs of an entry: ``hi, lo, [order], file, row`` (int32: a
-row of a compacted file) and ``op``, not ``pos``. An indexed entry's stream position only
-breaks ties against later records, and every later record comes from a delta above the
-watermark, so any lower value decides the same: entries read back get ``pos`` =
-``PERSISTED_POS`` (-1). Chains written by earlier versions (``.parquet`` files, ``.arrow``
-files with ``pos`` and LZ4 buffers) are still read.
+Files hold what a later round needs of an entry: ``hi, lo, [order], file, row`` and ``op``,
+not ``pos``. An indexed entry's stream position only breaks ties against later records, and
+every later record comes from a delta above the watermark, so any lower value decides the
+same: entries read back get ``pos`` = ``PERSISTED_POS`` (-1). Chains written by earlier
+versions (``.parquet`` files, ``.arrow`` files with ``pos``, int64 rows and LZ4 buffers) are
+still read.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import uuid
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
@@ -62,10 +61,6 @@ PERSISTED_POS = -1
 
 def write(storage: Storage, rel: str, index: pa.Table) -> None:
     table = index.drop_columns(["pos"])
-    row = table.column("row")
-    if len(row) and pc.max(row).as_py() < 2**31:
-        table = table.set_column(table.schema.get_field_index("row"), "row",
-                                 row.cast(pa.int32()))
     with storage.open_output(rel) as out, ipc.new_file(out, table.schema) as writer:
         writer.write_table(table)
 
@@ -84,7 +79,7 @@ def absent(candidates: np.ndarray, schema: pa.Schema) -> pa.Table:
     cols: dict[str, pa.Array] = {
         "hi": pa.array(candidates["hi"]), "lo": pa.array(candidates["lo"]),
         "pos": pa.array(np.zeros(n, np.int64)), "file": pa.array(np.full(n, -1, np.int32)),
-        "row": pa.array(np.full(n, -1, np.int64)), "op": pa.array(np.full(n, OP_ABSENT, np.int8)),
+        "row": pa.array(np.full(n, -1, np.int32)), "op": pa.array(np.full(n, OP_ABSENT, np.int8)),
     }
     if "order" in schema.names:
         cols["order"] = pa.nulls(n, schema.field("order").type)

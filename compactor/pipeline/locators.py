@@ -17,6 +17,7 @@ import numpy as np
 SOURCE_BASE = 1 << 30
 MAX_BUCKETS = 1 << 14
 MAX_FILES_PER_BUCKET = 1 << 16
+MAX_FILE_ROWS = (1 << 31) - 1  # row locators are int32
 
 
 def compacted(bucket: int, position: int) -> int:

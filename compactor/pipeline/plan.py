@@ -129,6 +129,10 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
     for j, ((file, position, kind, cdc), (rg_rows, key_bytes, all_bytes)) in enumerate(
             zip(items, stats, strict=True)):
         ordinal = locators.source(j)
+        if file.rows > locators.MAX_FILE_ROWS:
+            raise ValueError(f"{file.url} has {file.rows} rows; a source file may hold at most "
+                             f"{locators.MAX_FILE_ROWS} (rows are located by 32-bit numbers): "
+                             "split it into smaller files")
         sources[ordinal] = file
         total_rows += file.rows
         total_bytes += file.size

@@ -21,7 +21,7 @@ def _index(rows: list[tuple[int, int, int, int]]) -> pa.Table:
         "lo": pa.array([r[1] for r in rows], pa.uint64()),
         "pos": pa.array([r[2] for r in rows], pa.int64()),
         "file": pa.array([r[3] for r in rows], pa.int32()),
-        "row": pa.array([r[0] * 10 + r[1] for r in rows], pa.int64()),
+        "row": pa.array([r[0] * 10 + r[1] for r in rows], pa.int32()),
         "op": pa.array(np.zeros(n, np.int8)),
     }, schema=record_schema())
 
@@ -67,7 +67,7 @@ def test_a_reloaded_index_merges_like_the_one_in_memory(tmp_path):
                          "order": pa.array(order, pa.int64()),
                          "pos": pa.array([pos] * n, pa.int64()),
                          "file": pa.array([file] * n, pa.int32()),
-                         "row": pa.array(range(n), pa.int64()),
+                         "row": pa.array(range(n), pa.int32()),
                          "op": pa.array([op] * n, pa.int8())}, schema=schema)
 
     first = merge(record_schema(pa.int64()).empty_table(),

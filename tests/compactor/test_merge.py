@@ -86,7 +86,7 @@ def _table(records: list[Rec], order_type: pa.DataType | None) -> pa.Table:
     }
     if order_type is not None:
         columns["order"] = pa.array([r.order for r in records], order_type)
-    for name, type_ in (("pos", pa.int64()), ("file", pa.int32()), ("row", pa.int64()),
+    for name, type_ in (("pos", pa.int64()), ("file", pa.int32()), ("row", pa.int32()),
                         ("op", pa.int8())):
         columns[name] = pa.array([getattr(r, name) for r in records], type_)
     return pa.table(columns, schema=record_schema(order_type))
@@ -376,11 +376,12 @@ def test_surviving_rows_per_file_sorted_and_without_tombstones() -> None:
         2: [1, 5], 3: []}
 
 
-def test_surviving_rows_beyond_32_bit_row_numbers() -> None:
-    records = [Rec(1, 0, None, 1, 0, 2**33), Rec(2, 0, None, 1, 0, 4), Rec(3, 0, None, 1, -1, 0)]
+def test_surviving_rows_with_the_largest_row_numbers_and_unplaced_entries() -> None:
+    top = 2**31 - 1  # rows are int32
+    records = [Rec(1, 0, None, 1, 0, top), Rec(2, 0, None, 1, 0, 4), Rec(3, 0, None, 1, -1, 0)]
     index = _merge_rounds([records], None).index
     assert {f: r.tolist() for f, r in surviving_rows(index).items()} == {
-        -1: [0], 0: [4, 2**33]}
+        -1: [0], 0: [4, top]}
 
 
 # --- at scale, against DuckDB -------------------------------------------------------------------
