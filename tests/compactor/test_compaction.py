@@ -156,6 +156,19 @@ def test_nothing_to_do_commits_nothing(rt, tmp_path):
     assert s.part.version() == version
 
 
+def test_a_source_file_beyond_32_bit_row_numbers_is_refused_before_any_work(
+        rt, tmp_path, monkeypatch):
+    from compactor.pipeline import locators
+
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn")
+    s.upsert(_rows(np.random.default_rng(0), 10, 10, 0, "x"))
+    monkeypatch.setattr(locators, "MAX_FILE_ROWS", 9)  # rows are int32: 2**31 - 1 at most
+    version = s.part.version()
+    with pytest.raises(ValueError, match="has 10 rows; a source file may hold at most 9"):
+        compact_partition(s.table, s.part)
+    assert s.part.version() == version
+
+
 def test_changing_bucket_count_is_a_rebase(rt, tmp_path):
     s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn")
     rng = np.random.default_rng(2)
