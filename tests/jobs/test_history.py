@@ -89,3 +89,30 @@ def test_status_without_a_history(tmp_path: Path) -> None:
     result = CliRunner().invoke(jobs, ["status", "--history", str(tmp_path / "none.sqlite")])
     assert result.exit_code == 0 and "no runs recorded in" in result.output
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def _open_at(path: str, start: float, job: str) -> None:
+    import time
+    while time.time() < start:  # open together: the first opens create the file and switch to WAL
+        pass
+    _write_runs(path, 3, job)
+
+
+def test_schedulers_opening_a_new_history_together_all_get_it(tmp_path: Path) -> None:
+    """Processes opening a new history at the same moment all get it: a racing-schedulers run
+    once failed at start-up with "database is locked" (SQLite may answer so at once, without its
+    busy wait, to an open that meets another process switching the new file to WAL)."""
+    import time
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        path = str(tmp_path / f"jobs{attempt}.sqlite")
+        start = time.time() + 1.5
+        processes = [context.Process(target=_open_at, args=(path, start, f"p{i}"))
+                     for i in range(8)]
+        for p in processes:
+            p.start()
+        for p in processes:
+            p.join(60)
+        assert [p.exitcode for p in processes] == [0] * 8
+        with History(path) as history:
+            assert len(history.recent(limit=None)) == 24
