@@ -70,6 +70,10 @@ class ChangedFile(CompactorError):
     """A referenced data file exists but differs from the one that was registered."""
 
 
+class FileTooLarge(CompactorError, ValueError):
+    """A source file has more rows than row locators can name (2**31 - 1)."""
+
+
 class CorruptFile(CompactorError, ValueError):
     """A file is not readable Parquet (or a metadata file is not valid JSON)."""
 

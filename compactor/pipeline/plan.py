@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from compactor import files
+from compactor.errors import FileTooLarge
 from compactor.manifest import CdcOps, CompactedState, DataFile, DeltaKind
 from compactor.partition import Partition
 from compactor.pipeline import index_store, locators
@@ -130,9 +131,10 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
             zip(items, stats, strict=True)):
         ordinal = locators.source(j)
         if file.rows > locators.MAX_FILE_ROWS:
-            raise ValueError(f"{file.url} has {file.rows} rows; a source file may hold at most "
-                             f"{locators.MAX_FILE_ROWS} (rows are located by 32-bit numbers): "
-                             "split it into smaller files")
+            raise FileTooLarge(
+                f"partition {partition.key} of {table.url}: {file.url} has {file.rows} rows; a "
+                f"source file may hold at most {locators.MAX_FILE_ROWS} (rows are located by "
+                "32-bit numbers): split it into smaller files; nothing was compacted")
         sources[ordinal] = file
         total_rows += file.rows
         total_bytes += file.size

@@ -18,7 +18,6 @@ from compactor.merge import MergeResult, merge
 from compactor.pipeline.hash_bucket import GroupRecords
 
 SLICE_RECORDS = 1 << 20
-_FIXED = ("hi", "lo", "pos", "file", "row", "op")
 
 
 def slice_edges(first_hi: int, end_hi: int, slices: int) -> np.ndarray:
@@ -43,7 +42,7 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
     run_cuts = records.cuts(inner)
     capacity = n + records.rows
     out = {f.name: np.empty(capacity, dtype=f.type.to_pandas_dtype()) for f in schema
-           if f.name in _FIXED}
+           if f.name != "order"}  # the fixed-width columns
     orders: list[pa.Array] = []
     entered, gone_hi, gone_lo, superseded = [], [], [], []
     counts = np.zeros(5, dtype=np.int64)

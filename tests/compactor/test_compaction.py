@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import runtime
 from compactor import CdcOps, DeltaKind, create_table
 from compactor.compaction import compact_partition
-from compactor.errors import InvalidTableSpec
+from compactor.errors import FileTooLarge, InvalidTableSpec
 from compactor.pipeline import index_store
 from compactor.reader import read_partition
 from tests.oracle import assert_tables_equal, expected_state
@@ -165,6 +165,8 @@ def test_a_source_file_beyond_32_bit_row_numbers_is_refused_before_any_work(
     monkeypatch.setattr(locators, "MAX_FILE_ROWS", 9)  # rows are int32: 2**31 - 1 at most
     version = s.part.version()
     with pytest.raises(ValueError, match="has 10 rows; a source file may hold at most 9"):
+        compact_partition(s.table, s.part)
+    with pytest.raises(FileTooLarge, match=f"partition {s.part.key} of {s.table.url}: "):
         compact_partition(s.table, s.part)
     assert s.part.version() == version
 
