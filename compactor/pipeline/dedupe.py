@@ -208,7 +208,11 @@ class DedupeActor:
                 moved.append(_shift_kept(b, plan, int(bounds[i]), int(bounds[i + 1]), file))
         assert pending.rewrite is not None
         kept = [len(pending.plans[b].keep) if b in pending.plans else 0 for b in self.buckets]
-        pending.rewrite.relocate(file, row, group_of, self.buckets, kept, rows_per_file)
+        try:
+            pending.rewrite.relocate(file, row, group_of, self.buckets, kept, rows_per_file)
+        except ValueError as e:  # too many files for a bucket: say whose, nothing is committed
+            where = self.storage.url_of(self.storage.path(self.partition_dir))
+            raise ValueError(f"partition {where}: {e}; nothing was committed") from None
         index = _set(_set(index, "file", file), "row", row)  # shares the arrays, no copy
         pending.index = index
         changed = None

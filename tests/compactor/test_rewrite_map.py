@@ -104,3 +104,25 @@ def test_member_matches_isin_for_narrow_and_wide_sets() -> None:
     for of in (np.array([], np.int64), np.array([compacted(2, 5)]), rng.choice(values, 40),
                np.array([0, 1 << 21, SOURCE_BASE]), np.array([-1, 3])):
         assert member(values, of).tolist() == np.isin(values, of).tolist()
+
+
+def test_an_actor_names_the_partition_whose_bucket_would_hold_too_many_files(tmp_path) -> None:
+    import pyarrow as pa
+
+    from compactor.fs import Storage
+    from compactor.merge import record_schema
+    from compactor.pipeline.dedupe import DedupeActor
+    from compactor.pipeline.hash_bucket import HashOutput
+
+    n = 65537  # one row per file: one file more than a bucket can hold
+    keys = np.sort(np.random.default_rng(3).choice(2**62, n, replace=False)).astype(np.uint64)
+    records = pa.table({"hi": keys, "lo": keys, "row": np.arange(n, dtype=np.int32),
+                        "op": np.zeros(n, np.int8)},
+                       schema=pa.schema([f for f in record_schema()
+                                         if f.name not in ("pos", "file")]))
+    actor = DedupeActor(Storage(f"file://{tmp_path}"), "partitions/day=1", [0], 1, None)
+    actor.merge(None, None, {}, 0, [HashOutput({0: records}, n, 0, 1, SOURCE_BASE)])
+    with pytest.raises(ValueError, match=f"partition file://{tmp_path}/partitions/day=1: "
+                                         "bucket 0 would hold more than 65536 files"):
+        actor.finalize([[SOURCE_BASE]], 1)
+    assert not list(tmp_path.rglob("*.arrow"))  # no index written
