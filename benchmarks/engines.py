@@ -124,7 +124,7 @@ def run_polars(job: Job) -> dict[str, Round]:
     path = f"{job.out}/full.parquet"
     full: Round = {}
     with measured(full):
-        current.sink_parquet(path)
+        current.sink_parquet(path, compression="snappy")  # what DuckDB and the floor write
     full["checksum"] = job.checksum([path])
     return {"full": full}
 

@@ -28,6 +28,7 @@ from compactor.errors import (
     SchemaMismatch,
     TableExists,
     TableNotFound,
+    TooManyFiles,
     UnknownOp,
     UnknownPartition,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "TableExists",
     "TableMetadata",
     "TableNotFound",
+    "TooManyFiles",
     "UnknownOp",
     "UnknownPartition",
     "create_table",

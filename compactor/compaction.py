@@ -17,15 +17,16 @@ from contextlib import ExitStack
 from typing import Any
 
 import runtime
-from compactor.errors import InvalidTableSpec
+from compactor.errors import InvalidTableSpec, TooManyFiles
 from compactor.faults import maybe_fail
 from compactor.manifest import DataFile
 from compactor.partition import Partition
-from compactor.pipeline import index_store
+from compactor.pipeline import index_store, locators
 from compactor.pipeline.dedupe import BucketPlan, GroupResult
 from compactor.pipeline.materialize import (
     DEFAULT_CODEC,
     MaterializeOutput,
+    files_per_bucket,
     group_sources,
     task_memory,
     write_options,
@@ -243,6 +244,13 @@ def _round(table: Table, partition: Partition, target_file_size: int,
 
         t = time.perf_counter()
         tasks = group_sources(plan, plans, runtime.cluster_resources()["CPU"])
+        for b, n in files_per_bucket(plans, tasks, plan.rows_per_file).items():
+            if n > locators.MAX_FILES_PER_BUCKET:
+                raise TooManyFiles(
+                    f"partition {partition.key} of {table.url}: bucket {b} would hold {n} "
+                    f"files, more than {locators.MAX_FILES_PER_BUCKET}; raise the target file "
+                    f"size ({plan.rows_per_file} rows per file now) or rebase to more buckets; "
+                    "nothing was written")
         total_memory = int(runtime.cluster_resources()["memory"])
         mat_refs = [materialize_task.options(memory=min(total_memory, task_memory(plan, group)))
                     .remote(table.storage, partition.key, g, group, table.schema,

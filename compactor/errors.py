@@ -74,6 +74,10 @@ class FileTooLarge(CompactorError, ValueError):
     """A source file has more rows than row locators can name (2**31 - 1)."""
 
 
+class TooManyFiles(CompactorError, ValueError):
+    """A round would leave a bucket with more files than file ordinals can name (65536)."""
+
+
 class CorruptFile(CompactorError, ValueError):
     """A file is not readable Parquet (or a metadata file is not valid JSON)."""
 

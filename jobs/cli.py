@@ -80,7 +80,8 @@ def _job_info(job: Job) -> dict[str, Any]:
     backend, address = job.runtime_key
     return {"name": job.name, "table": job.table, "partitions": job.partitions.describe(),
             "triggers": _triggers_text(job.triggers), "backend": backend, "address": address,
-            "target_file_size": job.target_file_size, "retries": job.retries.max,
+            "target_file_size": job.target_file_size, "compression": job.compression,
+            "retries": job.retries.max,
             "timeout": job.timeout, "concurrency": job.concurrency}
 
 

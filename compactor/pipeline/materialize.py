@@ -229,6 +229,21 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     return groups
 
 
+def files_per_bucket(plans: dict[int, BucketPlan], groups: list[list[SourceRows]],
+                     rows_per_file: int) -> dict[int, int]:
+    """How many files each rewritten bucket has after the round: those kept in place, and
+    each group's new ones (a new file every ``rows_per_file`` of its rows of the bucket)."""
+    files = {b: len(p.keep) for b, p in plans.items()}
+    for group in groups:
+        rows: dict[int, int] = {}
+        for source in group:
+            for b, r in source.rows.items():
+                rows[b] = rows.get(b, 0) + len(r)
+        for b, n in rows.items():
+            files[b] = files.get(b, 0) + -(-n // rows_per_file)
+    return files
+
+
 def task_memory(plan: RoundPlan, group: list[SourceRows]) -> int:
     """Decoded size of the largest source (read whole) twice, plus the buckets' buffers."""
     largest = max(s.file.rows for s in group) * plan.row_bytes

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import runtime
 from compactor import CdcOps, DeltaKind, create_table
 from compactor.compaction import compact_partition
-from compactor.errors import FileTooLarge, InvalidTableSpec
+from compactor.errors import FileTooLarge, InvalidTableSpec, TooManyFiles
 from compactor.pipeline import index_store
 from compactor.reader import read_partition
 from tests.oracle import assert_tables_equal, expected_state
@@ -169,6 +169,19 @@ def test_a_source_file_beyond_32_bit_row_numbers_is_refused_before_any_work(
     with pytest.raises(FileTooLarge, match=f"partition {s.part.key} of {s.table.url}: "):
         compact_partition(s.table, s.part)
     assert s.part.version() == version
+
+
+def test_a_bucket_that_would_hold_too_many_files_is_refused_before_anything_is_written(
+        rt, tmp_path):
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn", buckets=1)
+    n = 65537  # at one row per file, one file more than a bucket can hold
+    s.upsert(pa.table({"id": np.arange(n), "v": ["x"] * n, "lsn": np.arange(n)}, schema=SCHEMA))
+    version = s.part.version()
+    with pytest.raises(TooManyFiles, match=f"partition {s.part.key} of {s.table.url}: bucket 0 "
+                                           "would hold 65537 files, more than 65536"):
+        compact_partition(s.table, s.part, target_file_size=1)
+    assert s.part.version() == version
+    assert not [p for p in (tmp_path / "t").rglob("*.parquet") if "compacted" in str(p)]
 
 
 def test_changing_bucket_count_is_a_rebase(rt, tmp_path):

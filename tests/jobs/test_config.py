@@ -192,6 +192,7 @@ def test_validate_shows_the_jobs(tmp_path: Path) -> None:
     info = json.loads(result.output)
     assert info["ok"] and [j["name"] for j in info["jobs"]] == ["orders", "users"]
     assert info["jobs"][1]["partitions"] == "region=eu, region=us"
+    assert [j["compression"] for j in info["jobs"]] == ["lz4", "zstd"]
 
 
 def test_validate_reports_a_bad_config_with_exit_code_1(tmp_path: Path) -> None:
