@@ -10,6 +10,7 @@ later) are filled with nulls; every batch is cast to the table schema.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,42 +85,57 @@ def conform(batch: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+READ_BATCH_BYTES = 128 << 20  # decoded bytes of a source read at a time (at least a row)
+
+
+def batch_rows(rows: int, decoded_bytes: int) -> int:
+    """Rows decoded at a time, of ``rows`` rows holding ``decoded_bytes``: about
+    ``READ_BATCH_BYTES`` (at least one row, at most all)."""
+    per_row = decoded_bytes / max(rows, 1)
+    return max(1, min(max(rows, 1), int(READ_BATCH_BYTES / max(per_row, 1e-9))))
+
+
 def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
-               schema: pa.Schema) -> dict[int, pa.Table]:
+               schema: pa.Schema) -> Iterator[dict[int, pa.Table]]:
     """Rows ``rows[key]`` (sorted) of ``file`` for each key, reading the file once and only the
-    row groups that hold wanted rows; one gather per key, straight from the decoded data."""
+    row groups that hold wanted rows, about ``READ_BATCH_BYTES`` of decoded data at a time:
+    yields, per batch, each key's rows in it (in order; a key without rows there is absent),
+    gathered straight from the decoded batch. Memory stays bounded whatever the file's size."""
     parquet = files.open_verified(storage, file)
-    wanted = np.zeros(file.rows, dtype=bool)
-    for r in rows.values():
-        wanted[r] = True
     try:
         meta = parquet.metadata
-        starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        starts = np.cumsum([0, *sizes])
+        group_of = {key: np.searchsorted(starts, r, side="right") - 1 for key, r in rows.items()}
+        groups = np.unique(np.concatenate([np.zeros(0, dtype=np.int64), *group_of.values()]))
+        if not len(groups):
+            return
         names = [n for n in schema.names if n in parquet.schema_arrow.names]
-        groups = [g for g in range(meta.num_row_groups)
-                  if wanted[starts[g]:starts[g + 1]].any()]
-        if len(groups) == meta.num_row_groups:
-            data = parquet.read(columns=names)
-        else:
-            data = parquet.read_row_groups(groups, columns=names)
+        # each key's rows in the coordinates of the groups read, one after another
+        unread = np.ones(len(sizes), dtype=bool)
+        unread[groups] = False
+        skipped = np.cumsum(np.where(unread, sizes, 0)) - np.where(unread, sizes, 0)
+        local = {key: r - skipped[group_of[key]] for key, r in rows.items()}
+        step = batch_rows(int(sum(sizes[g] for g in groups)),
+                          sum(meta.row_group(g).total_byte_size for g in groups))
+        at = 0
+        for batch in parquet.iter_batches(batch_size=step, row_groups=groups.tolist(),
+                                          columns=names):
+            data = pa.Table.from_batches([batch])
+            end = at + data.num_rows
+            out = {}
+            for key, r in local.items():
+                lo, hi = np.searchsorted(r, [at, end])
+                if lo == hi:
+                    continue
+                part = data if hi - lo == data.num_rows else \
+                    data.take(pa.array(r[lo:hi] - at))  # every row in order: no gather
+                out[key] = conform(part, schema, file.url)
+            at = end
+            del data, batch
+            yield out
     finally:
         parquet.close()
-    # where each row of the file sits in ``data`` (the concatenation of the groups read)
-    shift = np.zeros(meta.num_row_groups, dtype=np.int64)
-    skipped = 0
-    read = set(groups)
-    for g in range(meta.num_row_groups):
-        if g not in read:
-            skipped += int(starts[g + 1] - starts[g])
-        shift[g] = skipped
-    out = {}
-    for key, r in rows.items():
-        local = r - shift[np.searchsorted(starts, r, side="right") - 1] if len(groups) < \
-            meta.num_row_groups else r
-        # every row, in order (rows are sorted and unique): no gather
-        part = data if len(local) == data.num_rows else data.take(pa.array(local))
-        out[key] = conform(part, schema, file.url)
-    return out
 
 
 class _BucketWriter:
@@ -185,14 +201,14 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
     writers: dict[int, _BucketWriter] = {}
     bytes_read = rows = 0
     for source in sources:
-        parts = read_split(storage, source.file, source.rows, schema)
+        for parts in read_split(storage, source.file, source.rows, schema):
+            for bucket in sorted(parts):
+                if bucket not in writers:
+                    writers[bucket] = _BucketWriter(storage, partition, bucket, schema,
+                                                    rows_per_file, options)
+                writers[bucket].add(parts.pop(bucket))
         bytes_read += source.file.size
-        for bucket in sorted(parts):
-            if bucket not in writers:
-                writers[bucket] = _BucketWriter(storage, partition, bucket, schema,
-                                                rows_per_file, options)
-            writers[bucket].add(parts.pop(bucket))
-            rows += len(source.rows[bucket])
+        rows += sum(len(r) for r in source.rows.values())
     written = {b: w.finish() for b, w in sorted(writers.items())}
     return MaterializeOutput(group, written, len(sources), bytes_read, rows)
 
@@ -245,7 +261,9 @@ def files_per_bucket(plans: dict[int, BucketPlan], groups: list[list[SourceRows]
 
 
 def task_memory(plan: RoundPlan, group: list[SourceRows]) -> int:
-    """Decoded size of the largest source (read whole) twice, plus the buckets' buffers."""
-    largest = max(s.file.rows for s in group) * plan.row_bytes
+    """Twice the decoded rows a task reads at a time (a batch of its largest source, and the
+    rows gathered from it), plus the buckets' buffers."""
+    largest = max(batch_rows(s.file.rows, int(s.file.rows * plan.row_bytes))
+                  for s in group) * plan.row_bytes
     buckets = len({b for s in group for b in s.rows})
     return int(2 * largest + buckets * ROW_GROUP_ROWS * plan.row_bytes) + (64 << 20)

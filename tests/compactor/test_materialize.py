@@ -1,0 +1,62 @@
+"""Materialize reads a source in bounded batches and gathers exactly the rows asked for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from compactor import files
+from compactor.fs import Storage
+from compactor.pipeline import materialize
+
+
+def _source(tmp_path, rows: int, row_group: int):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(rows)
+    table = pa.table({"id": np.arange(rows, dtype=np.int64),
+                      "name": pa.array([f"n{i}" for i in rng.integers(0, 1000, rows)]),
+                      "price": rng.random(rows)})
+    pq.write_table(table, tmp_path / "src.parquet", row_group_size=row_group)
+    storage = Storage(f"file://{tmp_path}")
+    file, parquet = files.describe(storage, f"file://{tmp_path}/src.parquet")
+    parquet.close()
+    return storage, file, table
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 3000, 40_000, 1 << 30])
+def test_read_split_gathers_each_keys_rows_in_batches(tmp_path, monkeypatch,
+                                                      batch_bytes: int) -> None:
+    storage, file, table = _source(tmp_path, 10_000, 1_000)
+    # a new column the file lacks comes back as nulls
+    schema = pa.schema([*table.schema, pa.field("added", pa.int32())])
+    rng = np.random.default_rng(7)
+    rows = {
+        0: np.sort(rng.choice(2_000, 300, replace=False)),  # the first two row groups only
+        1: np.sort(rng.choice(np.arange(5_000, 10_000), 2_000, replace=False)),
+        2: np.arange(7_000, 7_500),  # one run inside one row group
+        3: np.array([9_999]),
+    }
+    monkeypatch.setattr(materialize, "READ_BATCH_BYTES", batch_bytes)
+    batches = list(materialize.read_split(storage, file, rows, schema))
+    if batch_bytes < 1 << 30:
+        assert len(batches) > 1
+    for key, wanted in rows.items():
+        got = pa.concat_tables([b[key] for b in batches if key in b])
+        assert got.schema == schema
+        assert got.column("id").to_numpy().tolist() == wanted.tolist()
+        assert got.drop_columns(["added"]).equals(table.take(pa.array(wanted)))
+        assert got.column("added").null_count == len(wanted)
+
+
+def test_batches_bound_the_rows_decoded_at_a_time(tmp_path, monkeypatch) -> None:
+    # one row group of 10,000 rows: a batch is still a fraction of it
+    storage, file, table = _source(tmp_path, 10_000, 10_000)
+    per_row = pq.ParquetFile(tmp_path / "src.parquet").metadata.row_group(0).total_byte_size \
+        / 10_000
+    monkeypatch.setattr(materialize, "READ_BATCH_BYTES", int(per_row * 1_000))
+    everything = {0: np.arange(10_000)}
+    sizes = [b[0].num_rows for b in materialize.read_split(storage, file, everything,
+                                                             table.schema)]
+    assert sum(sizes) == 10_000 and max(sizes) <= 1_000
+    assert materialize.batch_rows(10_000, int(per_row * 10_000)) <= 1_000
