@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.hashing import bucket_of, bucket_start
-from compactor.merge import OP_DELETE, record_schema
+from compactor.merge import OP_DELETE, index_schema, record_schema
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
 from compactor.pipeline.rewrite_map import RewriteMap
@@ -72,14 +72,14 @@ class _Pending:
     touched: dict[int, bool] = field(default_factory=dict)  # bucket -> got records this round
     chains: dict[int, list[str]] = field(default_factory=dict)  # bucket -> next index chain
     rewrite: RewriteMap | None = None  # the entries whose rows are rewritten, and where to
-    # positions in the index of the entries the merge brought in; per bucket, the (hi, lo) of
-    # the keys it removed
+    # positions in the index of the entries the merge brought in (None: all of them, a first
+    # round or a rebuild, whose indexes are written whole); per bucket, the (hi, lo) of the
+    # keys it removed
     entered: np.ndarray | None = None
     gone: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     # the index's file and row columns as numpy arrays of its own, which finalize updates
     file: np.ndarray | None = None
     row: np.ndarray | None = None
-    full: bool = False  # write every bucket's index whole (first round, rebuild)
 
 
 class DedupeActor:
@@ -92,7 +92,8 @@ class DedupeActor:
         self.partition_dir = partition_dir
         self.buckets = list(buckets)
         self.bucket_count = bucket_count
-        self.schema = record_schema(order_type)
+        self.records_schema = record_schema(order_type)
+        self.schema = index_schema(order_type)
         self.index: pa.Table | None = None
         self.chains: dict[int, list[str]] = {}  # the persisted chain of each bucket's index
         self.state: int | None = None  # position of the compacted state the index describes
@@ -133,7 +134,7 @@ class DedupeActor:
         assert old is not None
         records = GroupRecords(outputs, group)
         end = self.buckets[-1] + 1
-        result = merge_in_slices(old, records, self.schema, int(self._starts[0]),
+        result = merge_in_slices(old, records, self.records_schema, int(self._starts[0]),
                                  bucket_start(end, self.bucket_count))
         new = result.index
         op = new.column("op").to_numpy()
@@ -148,8 +149,13 @@ class DedupeActor:
         lost = result.superseded_files[(result.superseded_files >= 0)
                                        & (result.superseded_files < locators.SOURCE_BASE)]
         file, row = result.columns["file"], result.columns["row"]
-        self.pending = _Pending(index=new, bounds=bounds, entered=result.entered,
-                                full=state is None, file=file, row=row)
+        counts = (result.records_in, result.inserted, result.updated, result.deleted,
+                  result.duplicates_dropped)
+        # a first round's entries all entered: no list of them (as big as the index)
+        self.pending = _Pending(index=new, bounds=bounds, file=file, row=row,
+                                entered=None if state is None else result.entered)
+        gone_hi, gone_lo = result.gone_hi, result.gone_lo
+        del result
         # rewritten: live rows of this round's sources and of compacted files that lost a row
         rewrite = locators.is_source(file)
         if len(lost):
@@ -164,17 +170,14 @@ class DedupeActor:
                                           file, row, rewrite, bounds)
         for i, b in enumerate(self.buckets):
             mine = gone_bucket == i
-            self.pending.gone[b] = (result.gone_hi[mine], result.gone_lo[mine])
+            self.pending.gone[b] = (gone_hi[mine], gone_lo[mine])
             self.pending.touched[b] = bool(records_per_bucket[i])
             plan = _plan_bucket(b, lost, len(bucket_sizes.get(b, ())), [
                 (f.ordinal, f.rows[i]) for f in self.pending.rewrite.files if i in f.rows])
             if plan is not None:
                 self.pending.plans[b] = plan
-        return GroupResult(
-            dict(self.pending.plans), result.records_in, result.inserted, result.updated,
-            result.deleted, result.duplicates_dropped, live,
-            old.nbytes + records.nbytes + new.nbytes, reloaded,
-        )
+        return GroupResult(dict(self.pending.plans), *counts, live,
+                           old.nbytes + records.nbytes + new.nbytes, reloaded)
 
     def finalize(self, groups: list[list[int]], rows_per_file: int
                  ) -> tuple[dict[int, list[str]], list[str]]:
@@ -187,17 +190,21 @@ class DedupeActor:
         """
         pending = self.pending
         assert pending.index is not None and pending.bounds is not None
-        assert pending.entered is not None and pending.file is not None
-        assert pending.row is not None
+        assert pending.file is not None and pending.row is not None
         group_of = {o: g for g, ordinals in enumerate(groups) for o in ordinals}
         index, bounds, file, row = pending.index, pending.bounds, pending.file, pending.row
         # tombstones point at no file (their rows are never materialized); only entries that
         # came in this round can still point at one
         entered = pending.entered
         op = index.column("op").to_numpy()
-        attached = np.concatenate([np.zeros(0, dtype=np.int64)] + [
-            e[(op[e] == OP_DELETE) & (file[e] >= 0)]
-            for e in (entered[i:i + _CHUNK] for i in range(0, len(entered), _CHUNK))])
+        if entered is None:  # every entry
+            attached = np.concatenate([np.zeros(0, dtype=np.int64)] + [
+                i + np.flatnonzero((op[i:i + _CHUNK] == OP_DELETE) & (file[i:i + _CHUNK] >= 0))
+                for i in range(0, len(op), _CHUNK)])
+        else:
+            attached = np.concatenate([np.zeros(0, dtype=np.int64)] + [
+                e[(op[e] == OP_DELETE) & (file[e] >= 0)]
+                for e in (entered[i:i + _CHUNK] for i in range(0, len(entered), _CHUNK))])
         file[attached] = -1
         moved = [attached]
         # kept files behind a lost one move up in their bucket's file list (found before the
@@ -216,7 +223,7 @@ class DedupeActor:
         index = _set(_set(index, "file", file), "row", row)  # shares the arrays, no copy
         pending.index = index
         changed = None
-        if not pending.full:  # what the merge brought in, and what moved to new files
+        if entered is not None:  # what the merge brought in, and what moved to new files
             changed = np.zeros(index.num_rows, dtype=bool)
             changed[entered] = True
             changed |= pending.rewrite.selected

@@ -12,12 +12,10 @@ Arrow data, never pickles: uncompressed Arrow IPC files (``.arrow``). Parquet's 
 LZ4 buy little on random 64-bit digests and cost more than the bytes they save: these files
 are written in half the time of LZ4 ones and read back 10x faster.
 
-Files hold what a later round needs of an entry: ``hi, lo, [order], file, row`` and ``op``,
-not ``pos``. An indexed entry's stream position only breaks ties against later records, and
-every later record comes from a delta above the watermark, so any lower value decides the
-same: entries read back get ``pos`` = ``PERSISTED_POS`` (-1). Chains written by earlier
+Files hold an index's columns (``compactor.merge.index_schema``): ``hi, lo, [order], file,
+row`` and ``op``; an index has no ``pos`` (see ``compactor.merge``). Chains written by earlier
 versions (``.parquet`` files, ``.arrow`` files with ``pos``, int64 rows and LZ4 buffers) are
-still read.
+still read (``pos`` dropped).
 """
 
 from __future__ import annotations
@@ -56,11 +54,8 @@ def new_path(partition_dir: str, bucket: int, kind: str = "base") -> str:
     return f"{partition_dir}/index/b{bucket:05d}/{kind}-{uuid.uuid4().hex}.arrow"
 
 
-PERSISTED_POS = -1
-
-
 def write(storage: Storage, rel: str, index: pa.Table) -> None:
-    table = index.drop_columns(["pos"])
+    table = index.drop_columns(["pos"]) if "pos" in index.column_names else index
     with storage.open_output(rel) as out, ipc.new_file(out, table.schema) as writer:
         writer.write_table(table)
 
@@ -78,7 +73,7 @@ def absent(candidates: np.ndarray, schema: pa.Schema) -> pa.Table:
     n = len(candidates)
     cols: dict[str, pa.Array] = {
         "hi": pa.array(candidates["hi"]), "lo": pa.array(candidates["lo"]),
-        "pos": pa.array(np.zeros(n, np.int64)), "file": pa.array(np.full(n, -1, np.int32)),
+        "file": pa.array(np.full(n, -1, np.int32)),
         "row": pa.array(np.full(n, -1, np.int32)), "op": pa.array(np.full(n, OP_ABSENT, np.int8)),
     }
     if "order" in schema.names:
@@ -94,9 +89,6 @@ def _read_one(storage: Storage, rel: str, schema: pa.Schema) -> pa.Table:
             ipc.open_file(data).read_all()
     except (FileNotFoundError, OSError, pa.ArrowInvalid) as e:
         raise IndexUnavailable(f"index file {storage.url_of(storage.path(rel))}: {e}") from None
-    if "pos" not in table.column_names and "pos" in schema.names:
-        table = table.append_column("pos", pa.array(np.full(table.num_rows, PERSISTED_POS,
-                                                            np.int64)))
     table = table.select([n for n in schema.names if n in table.column_names])
     if not table.schema.equals(schema):
         try:

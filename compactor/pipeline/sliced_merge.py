@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from compactor.merge import MergeResult, merge
+from compactor.merge import MergeResult, fixed_width, index_schema, merge
 from compactor.pipeline.hash_bucket import GroupRecords
 
 SLICE_RECORDS = 1 << 20
@@ -30,7 +30,8 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
                     first_hi: int, end_hi: int, slice_records: int = SLICE_RECORDS
                     ) -> MergeResult:
     """``merge(index, records)``, slice by slice; ``index`` and every record lie in ``hi``
-    range [first_hi, end_hi). The result's index is one table (single chunks)."""
+    range [first_hi, end_hi); ``schema``: the records'. The result's index is one table
+    (single chunks)."""
     slices = max(1, -(-records.rows // max(1, slice_records)))
     inner = slice_edges(first_hi, end_hi, slices)
     if slices == 1:  # the merge's own result is the next index: no copy into one
@@ -41,8 +42,14 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
                                  [n]]).astype(np.int64)
     run_cuts = records.cuts(inner)
     capacity = n + records.rows
-    out = {f.name: np.empty(capacity, dtype=f.type.to_pandas_dtype()) for f in schema
+    fields = index_schema(schema.field("order").type if "order" in schema.names else None)
+    out = {f.name: np.empty(capacity, dtype=f.type.to_pandas_dtype()) for f in fields
            if f.name != "order"}  # the fixed-width columns
+    # fixed-width ordering values without nulls go into one preallocated buffer too; other
+    # values (or once a slice has nulls) are kept per slice and concatenated at the end
+    order_type = schema.field("order").type if "order" in schema.names else None
+    width = fixed_width(pa.nulls(0, order_type)) if order_type is not None else None
+    order_out = np.empty(capacity, width.to_pandas_dtype()) if width is not None else None
     orders: list[pa.Array] = []
     entered, gone_hi, gone_lo, superseded = [], [], [], []
     counts = np.zeros(5, dtype=np.int64)
@@ -54,9 +61,15 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
         m = result.index.num_rows
         for name in out:
             out[name][at:at + m] = result.columns[name]
-        if "order" in schema.names:
-            orders.append(result.index.column("order").combine_chunks()
-                          .cast(schema.field("order").type))
+        if order_type is not None:
+            order = result.index.column("order").combine_chunks().cast(order_type)
+            if order_out is not None and order.null_count:
+                orders.append(pa.array(order_out[:at]).view(order_type))
+                order_out = None
+            if order_out is not None:
+                order_out[at:at + m] = order.view(width).to_numpy()
+            else:
+                orders.append(order)
         entered.append(result.entered + at)
         gone_hi.append(result.gone_hi)
         gone_lo.append(result.gone_lo)
@@ -66,12 +79,14 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
         at += m
         del result, part
     columns = {name: values[:at] for name, values in out.items()}
-    arrays = {name: pa.array(values, schema.field(name).type) for name, values in columns.items()}
-    if orders:
+    arrays = {name: pa.array(values, fields.field(name).type) for name, values in columns.items()}
+    if order_out is not None:
+        arrays["order"] = pa.array(order_out[:at]).view(order_type)
+    elif orders:
         arrays["order"] = pa.concat_arrays(orders)
     records_in, inserted, updated, deleted, dropped = (int(c) for c in counts)
     return MergeResult(
-        index=pa.table([arrays[name] for name in schema.names], schema=schema),
+        index=pa.table([arrays[name] for name in fields.names], schema=fields),
         records_in=records_in, inserted=inserted, updated=updated, deleted=deleted,
         duplicates_dropped=dropped,
         superseded_files=np.unique(np.concatenate(superseded)),

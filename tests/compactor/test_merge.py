@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import compactor.merge as merge_module
 from compactor.merge import (
+    INDEXED_POS,
     OP_DELETE,
     OP_UPSERT,
     MergeInputError,
@@ -99,13 +100,15 @@ def _records(index: pa.Table) -> list[Rec]:
         at = index.column_names.index("order")
         index = index.set_column(at, "order", index.column("order").cast(pa.int64()))
     rows = index.to_pylist()
-    return [Rec(r["hi"], r["lo"], r.get("order"), r["pos"], r["file"], r["row"], r["op"])
-            for r in rows]
+    return [Rec(r["hi"], r["lo"], r.get("order"), r.get("pos", INDEXED_POS), r["file"], r["row"],
+                r["op"]) for r in rows]
 
 
 def _same(a: Rec, b: Rec) -> bool:
-    """Equal records; NaN orders compare equal to each other."""
-    return a.version() == b.version() and a.key == b.key and a.op == b.op
+    """The same record (an index keeps no ``pos``: ``file`` and ``row`` say which record an
+    entry is); NaN orders compare equal to each other."""
+    return (_order_rank(a.order), a.file, a.row) == (_order_rank(b.order), b.file, b.row) \
+        and a.key == b.key and a.op == b.op
 
 
 def check_round(reference: Reference, before: dict[Key, Rec], result: MergeResult,
@@ -210,43 +213,44 @@ def _merge_rounds(rounds_: list[list[Rec]], order_type: pa.DataType | None = INT
     return result
 
 
-def _live(result: MergeResult) -> dict[Key, tuple[object, int, int, int]]:
-    return {r.key: (r.order, r.pos, r.file, r.row) for r in _records(result.index)
+def _live(result: MergeResult) -> dict[Key, tuple[object, int, int]]:
+    """Live keys: (order, file, row) of their entries."""
+    return {r.key: (r.order, r.file, r.row) for r in _records(result.index)
             if r.op == OP_UPSERT}
 
 
 def test_duplicates_within_one_delta_keep_the_last_row() -> None:
     result = _merge_rounds([[Rec(1, 1, None, 1, 0, 0), Rec(1, 1, None, 1, 0, 2),
                              Rec(1, 1, None, 1, 0, 1)]], None)
-    assert _live(result) == {(1, 1): (None, 1, 0, 2)}
+    assert _live(result) == {(1, 1): (None, 0, 2)}
     assert (result.inserted, result.duplicates_dropped) == (1, 2)
 
 
 def test_ties_break_by_position_then_file_then_row() -> None:
     rows = [Rec(1, 1, 5, 2, 0, 9), Rec(1, 1, 5, 1, 7, 9)]
-    assert _live(_merge_rounds([rows]))[(1, 1)] == (5, 2, 0, 9)
+    assert _live(_merge_rounds([rows]))[(1, 1)] == (5, 0, 9)
     rows = [Rec(1, 1, 5, 2, 3, 0), Rec(1, 1, 5, 2, 2, 9)]
-    assert _live(_merge_rounds([rows]))[(1, 1)] == (5, 2, 3, 0)
+    assert _live(_merge_rounds([rows]))[(1, 1)] == (5, 3, 0)
 
 
 def test_delete_of_an_absent_key_changes_nothing() -> None:
     result = _merge_rounds([[Rec(1, 1, None, 1, 0, 0)], [Rec(2, 2, None, 2, 1, 0, OP_DELETE)]],
                            None)
-    assert _live(result) == {(1, 1): (None, 1, 0, 0)}
+    assert _live(result) == {(1, 1): (None, 0, 0)}
     assert (result.deleted, result.superseded_files.tolist()) == (0, [])
 
 
 def test_reinsert_after_delete() -> None:
     result = _merge_rounds([[Rec(1, 1, None, 1, 0, 0)], [Rec(1, 1, None, 2, 1, 0, OP_DELETE)],
                             [Rec(1, 1, None, 3, 2, 0)]], None)
-    assert _live(result) == {(1, 1): (None, 3, 2, 0)}
+    assert _live(result) == {(1, 1): (None, 2, 0)}
     assert result.inserted == 1
 
 
 def test_ordering_column_beats_arrival() -> None:
     first = _merge_rounds([[Rec(1, 1, 10, 1, 0, 0)]])
     late = merge(first.index, _table([Rec(1, 1, 5, 2, 1, 0)], pa.int64()))
-    assert _live(late) == {(1, 1): (10, 1, 0, 0)}
+    assert _live(late) == {(1, 1): (10, 0, 0)}
     assert (late.updated, late.duplicates_dropped, late.superseded_files.tolist()) == (0, 1, [])
 
 
@@ -256,7 +260,7 @@ def test_a_late_older_upsert_does_not_resurrect_a_deleted_key() -> None:
     assert _live(result) == {}
     assert [r.op for r in _records(result.index)] == [OP_DELETE]  # the tombstone
     newer = merge(result.index, _table([Rec(1, 1, 21, 4, 3, 0)], pa.int64()))
-    assert _live(newer) == {(1, 1): (21, 4, 3, 0)}
+    assert _live(newer) == {(1, 1): (21, 3, 0)}
     assert newer.inserted == 1
 
 
@@ -265,15 +269,15 @@ def test_null_order_is_lowest_and_nan_highest() -> None:
                              Rec(2, 2, math.inf, 9, 2, 0), Rec(2, 2, math.nan, 1, 3, 0)]],
                            pa.float64())
     live = _live(result)
-    assert live[(1, 1)][1:] == (1, 1, 0)
-    assert live[(2, 2)][1:] == (1, 3, 0)
+    assert live[(1, 1)][1:] == (1, 0)
+    assert live[(2, 2)][1:] == (3, 0)
 
 
 def test_string_orders_compare_across_index_and_incoming() -> None:
     first = _merge_rounds([[Rec(1, 1, "b", 1, 0, 0), Rec(2, 2, "a", 1, 0, 1)]], pa.string())
     second = merge(first.index, _table([Rec(1, 1, "ab", 2, 1, 0), Rec(2, 2, "ab", 2, 1, 1)],
                                        pa.string()))
-    assert _live(second) == {(1, 1): ("b", 1, 0, 0), (2, 2): ("ab", 2, 1, 1)}
+    assert _live(second) == {(1, 1): ("b", 0, 0), (2, 2): ("ab", 1, 1)}
     assert second.superseded_files.tolist() == [0]
 
 
@@ -287,7 +291,7 @@ def test_order_types_are_unified_between_index_and_records() -> None:
     first = _merge_rounds([[Rec(1, 1, 10, 1, 0, 0)]], pa.int32())
     second = merge(first.index, _table([Rec(1, 1, 2**40, 2, 1, 0)], pa.int64()))
     assert second.index.schema.field("order").type == pa.int64()
-    assert _live(second) == {(1, 1): (2**40, 2, 1, 0)}
+    assert _live(second) == {(1, 1): (2**40, 1, 0)}
 
 
 @pytest.mark.parametrize(("order_type", "low", "high"), [
@@ -300,7 +304,7 @@ def test_other_order_types(order_type: pa.DataType, low: object, high: object) -
     rows = [Rec(1, 1, high, 1, 0, 0), Rec(1, 1, low, 2, 0, 1), Rec(2, 2, None, 2, 0, 2),
             Rec(2, 2, low, 1, 0, 3)]
     live = _live(_merge_rounds([rows], order_type))
-    assert {k: v[1:] for k, v in live.items()} == {(1, 1): (1, 0, 0), (2, 2): (1, 0, 3)}
+    assert {k: v[1:] for k, v in live.items()} == {(1, 1): (0, 0), (2, 2): (0, 3)}
 
 
 def test_dictionary_orders_are_decoded_and_empty_index_adopts_the_order_type() -> None:
@@ -308,7 +312,7 @@ def test_dictionary_orders_are_decoded_and_empty_index_adopts_the_order_type() -
     encoded = records.set_column(2, "order", records.column("order").dictionary_encode())
     result = merge(empty_index(), encoded)
     assert result.index.schema.field("order").type == pa.string()
-    assert _live(result) == {(1, 1): ("b", 1, 0, 0)}
+    assert _live(result) == {(1, 1): ("b", 0, 0)}
 
 
 def test_uncomparable_order_type() -> None:
@@ -326,7 +330,9 @@ def test_index_is_unchanged_and_result_pickles() -> None:
     revived = pickle.loads(pickle.dumps(second))
     assert revived.index.equals(second.index)
     assert revived.superseded_files.tolist() == [0]
-    assert index_schema(pa.int64()) == record_schema(pa.int64())
+    assert second.index.schema == index_schema(pa.int64())  # records without pos
+    assert index_schema(pa.int64()).names == [n for n in record_schema(pa.int64()).names
+                                              if n != "pos"]
 
 
 def test_exact_sort_without_packing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -414,7 +420,7 @@ def test_many_rounds_at_scale_agree_with_duckdb() -> None:
         seen.append(records)
         db.register("everything", pa.concat_tables(seen))
         expected = db.sql("""
-            SELECT hi, lo, "order", pos, file, row FROM everything
+            SELECT hi, lo, "order", file, row FROM everything
             QUALIFY row_number() OVER (PARTITION BY hi, lo
                 ORDER BY "order" DESC NULLS LAST, pos DESC, file DESC, row DESC) = 1
                 AND op = 0
