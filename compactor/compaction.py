@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 import runtime
@@ -259,9 +260,13 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         # the actors point the next index at the new files while the tasks write them
         ordinals = [[s.ordinal for s in group] for group in tasks]
         finalize_refs = [a.finalize.remote(ordinals, plan.rows_per_file) for a in actors]
+        sizes = [sum(s.file.size for s in group) for group in tasks]
+        # the rows to rewrite went to the tasks; the driver keeps what the commit needs
+        del tasks
+        plans = {b: replace(p, sources=()) for b, p in plans.items()}
+        merged = [replace(g, plans={}) for g in merged]
         outputs: list[MaterializeOutput] = []
-        for out in _gather(mat_refs, "materialize", progress,
-                           [sum(s.file.size for s in group) for group in tasks]):
+        for out in _gather(mat_refs, "materialize", progress, sizes):
             outputs.append(out)
             written.extend(f for files in out.written.values() for f in files)
             rss["materialize"] = max(rss.get("materialize", 0), out.peak_rss)

@@ -85,7 +85,7 @@ def conform(batch: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-READ_BATCH_BYTES = 128 << 20  # decoded bytes of a source read at a time (at least a row)
+READ_BATCH_BYTES = 32 << 20  # decoded bytes of a source read at a time (at least a row)
 
 
 def batch_rows(rows: int, decoded_bytes: int) -> int:

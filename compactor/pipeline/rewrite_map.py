@@ -51,16 +51,10 @@ class RewriteMap:
         # first the bucket of each selected row at its slot, then its rank within the
         # bucket's selected rows of its file
         self.slots = np.full(int(self.offsets[-1]), -1, dtype=np.int32)
-        # per selected entry (position order): its file (dense number) and its slot
-        self._file_of = np.empty(int(np.count_nonzero(selected)), dtype=np.int32)
-        self._slot_of = np.empty(len(self._file_of),
-                                 dtype=np.int32 if len(self.slots) < 2**31 else np.int64)
         marked = 0
         for positions, files, rows in self._chunks(file, row):
-            dense, at = self._slot(files, rows)
+            _, at = self._slot(files, rows)
             self.slots[at] = self._bucket(positions)
-            self._file_of[marked:marked + len(at)] = dense
-            self._slot_of[marked:marked + len(at)] = at
             marked += len(at)
         if int(np.count_nonzero(self.slots >= 0)) != marked:
             raise ValueError("selected entries repeat a (file, row) locator")
@@ -150,14 +144,12 @@ class RewriteMap:
             + np.cumsum(files_of_task, axis=1) - files_of_task
         # (bucket, file): the ordinal of the first file the file's task writes for the bucket
         start_file = (np.array(buckets, dtype=np.int64) << 16)[:, None] | first_file[:, group]
-        done = 0
-        for start in range(0, len(self.selected), CHUNK):
-            positions = start + np.flatnonzero(self.selected[start:start + CHUNK])
-            d = self._file_of[done:done + len(positions)]
+        # each chunk's slots are looked up again (keeping them per entry would cost memory as
+        # long as the map lives) before its entries are pointed elsewhere
+        for positions, files, rows in self._chunks(file, row):
+            d, at = self._slot(files, rows)
             i = self._bucket(positions)
-            q, r = np.divmod(before[i, d] + self.slots[self._slot_of[done:done + len(positions)]],
-                             rows_per_file)
+            q, r = np.divmod(before[i, d] + self.slots[at], rows_per_file)
             file[positions] = start_file[i, d] + q
             row[positions] = r
-            done += len(positions)
         return total

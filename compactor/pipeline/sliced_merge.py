@@ -17,7 +17,7 @@ import pyarrow as pa
 from compactor.merge import MergeResult, fixed_width, index_schema, merge
 from compactor.pipeline.hash_bucket import GroupRecords
 
-SLICE_RECORDS = 1 << 20
+SLICE_RECORDS = 1 << 19
 
 
 def slice_edges(first_hi: int, end_hi: int, slices: int) -> np.ndarray:

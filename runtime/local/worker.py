@@ -13,6 +13,7 @@ submit tasks, call actors, put and get.
 
 from __future__ import annotations
 
+import queue
 import signal
 import sys
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 from runtime.local import serialization, values
 from runtime.local.channel import Channel
 from runtime.local.store import ObjectStore
+from runtime.worker_settings import IDLE_TRIM_SECONDS, release_free_memory
 
 
 class Worker:
@@ -37,8 +39,16 @@ class Worker:
         handlers: dict[str, Callable[..., None]] = {
             "task": self.run_task, "actor_init": self.init_actor, "call": self.call,
         }
+        idle = False  # a task worker releases its free memory once per idle spell
         while True:
-            msg = self.channel.inbox.get()
+            try:
+                msg = self.channel.inbox.get(
+                    timeout=None if idle or self.actor is not None else IDLE_TRIM_SECONDS)
+            except queue.Empty:
+                release_free_memory()
+                idle = True
+                continue
+            idle = False
             handler = handlers[msg[0]]
             if self.pool is not None and msg[0] == "call":
                 self.pool.submit(handler, *msg[1:])

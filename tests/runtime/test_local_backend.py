@@ -182,6 +182,32 @@ def test_workers_keep_freed_memory_and_skip_huge_pages_unless_told_otherwise(
 
 
 @runtime.remote
+def churn(mb: int) -> tuple[int, int]:
+    """Allocate, touch and free ``mb`` MB in small blocks; (pid, resident anonymous KiB)."""
+    blocks = [np.ones(1 << 17) for _ in range(mb * 8)]  # 1 MiB each: the heap, not mmap
+    del blocks
+    return os.getpid(), _rss_anon_kib(os.getpid())
+
+
+def _rss_anon_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_an_idle_task_worker_gives_freed_memory_back_a_busy_one_keeps_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.worker_settings import IDLE_TRIM_SECONDS
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    with runtime.init("local", num_cpus=1):
+        worker, kept = runtime.get(churn.remote(300))
+        assert kept > 250 << 10  # freed, but the heap keeps it for the next task
+        assert _wait_until(lambda: _rss_anon_kib(worker) < kept - (200 << 10),
+                           timeout=IDLE_TRIM_SECONDS + 10)
+
+
+@runtime.remote
 def pid_after(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
