@@ -1,10 +1,10 @@
 """Step 4: materialize a group of source files: read each once, in place; write bucket files.
 
 Source files are read where they are, only the row groups that hold surviving rows, and only
-the table's columns, ``READ_BATCH_BYTES`` of decoded data at a time. Each source is read once and its surviving rows go to their buckets'
-writers; bucket b's rows of the group are written in (source ordinal, row) order, a new file
-every ``rows_per_file`` rows: exactly the places the dedupe actors' ``finalize`` points the next
-index at. Columns a file lacks (added to the table
+the table's columns, ``READ_BATCH_BYTES`` of decoded data at a time. Each source is read once
+and its surviving rows go to their buckets' writers; bucket b's rows of the group are written
+in (source ordinal, row) order, a new file every ``rows_per_file`` rows: exactly the places the
+dedupe actors' ``finalize`` points the next index at. Columns a file lacks (added to the table
 later) are filled with nulls; every batch is cast to the table schema.
 """
 
