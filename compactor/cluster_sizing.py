@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
 
 from compactor.errors import CompactorError
@@ -206,6 +205,7 @@ def round_requests(plan: RoundPlan) -> tuple[list[Request], dict[str, list[Reque
     """The dedupe actors' and each step's requests, as ``compact_partition`` makes them."""
     from compactor.pipeline import locators
     from compactor.pipeline.materialize import SourceRows, task_memory
+    from compactor.pipeline.row_sets import RowSet
 
     actors = [Request(f"dedupe actor {g} of {plan.groups}", plan.dedupe_memory, cpus=0)
               for g in range(plan.groups)]  # actors reserve no CPU (the runtime's default)
@@ -215,7 +215,7 @@ def round_requests(plan: RoundPlan) -> tuple[list[Request], dict[str, list[Reque
                for t in plan.tasks]
     # A source read alone is the smallest materialize task it can be in: a compacted file
     # feeds its bucket, a delta file all buckets its rows hash to.
-    none = np.empty(0, dtype=np.int64)
+    none = RowSet(0)
     materialize: list[Request] = []
     for ordinal, file in plan.sources.items():
         buckets = ([locators.bucket_of_compacted(ordinal)] if not locators.is_source(ordinal)

@@ -27,6 +27,7 @@ from compactor.merge import OP_DELETE, index_schema, record_schema
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
 from compactor.pipeline.rewrite_map import RewriteMap
+from compactor.pipeline.row_sets import RowSet
 from compactor.pipeline.sliced_merge import merge_in_slices
 
 
@@ -37,7 +38,7 @@ class BucketPlan:
     bucket: int
     files_before: int  # files the bucket had
     keep: tuple[int, ...]  # positions in the old bucket file list, referenced in place
-    sources: tuple[tuple[int, np.ndarray], ...]  # (file ordinal, sorted rows), ordinal order
+    sources: tuple[tuple[int, RowSet], ...]  # (file ordinal, rows rewritten), ordinal order
 
     @property
     def lost(self) -> set[int]:
@@ -173,7 +174,8 @@ class DedupeActor:
             self.pending.gone[b] = (gone_hi[mine], gone_lo[mine])
             self.pending.touched[b] = bool(records_per_bucket[i])
             plan = _plan_bucket(b, lost, len(bucket_sizes.get(b, ())), [
-                (f.ordinal, f.rows[i]) for f in self.pending.rewrite.files if i in f.rows])
+                (f.ordinal, RowSet.of(f.rows[i])) for f in self.pending.rewrite.files
+                if i in f.rows])
             if plan is not None:
                 self.pending.plans[b] = plan
         return GroupResult(dict(self.pending.plans), *counts, live,
@@ -277,7 +279,7 @@ class DedupeActor:
 
 
 def _plan_bucket(b: int, lost: np.ndarray, files_before: int,
-                 sources: list[tuple[int, np.ndarray]]) -> BucketPlan | None:
+                 sources: list[tuple[int, RowSet]]) -> BucketPlan | None:
     """Bucket ``b``'s plan; ``sources``: its rewritten rows (sorted) of each file, in ordinal
     order; ``lost``: compacted ordinals (any bucket) that lost a row."""
     lost_here = {o & 0xFFFF for o in lost.tolist() if locators.bucket_of_compacted(o) == b}

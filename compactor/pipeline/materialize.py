@@ -26,6 +26,7 @@ from compactor.layout import PartitionKey
 from compactor.manifest import DataFile
 from compactor.pipeline.dedupe import BucketPlan
 from compactor.pipeline.plan import RoundPlan
+from compactor.pipeline.row_sets import RowSet
 
 # Compacted files have no dictionary pages: with row groups of ROW_GROUP_ROWS, building (and
 # for high-cardinality columns abandoning) a dictionary per column chunk doubled the encode time,
@@ -49,11 +50,11 @@ def write_options(codec: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SourceRows:
-    """One source file of a materialize task and, per bucket, its surviving rows (sorted)."""
+    """One source file of a materialize task and, per bucket, its surviving rows."""
 
     ordinal: int
     file: DataFile
-    rows: dict[int, np.ndarray]  # bucket -> rows
+    rows: dict[int, RowSet]  # bucket -> rows
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
     writers: dict[int, _BucketWriter] = {}
     bytes_read = rows = 0
     for source in sources:
-        for parts in read_split(storage, source.file, source.rows, schema):
+        wanted = {b: r.array() for b, r in source.rows.items()}
+        for parts in read_split(storage, source.file, wanted, schema):
             for bucket in sorted(parts):
                 if bucket not in writers:
                     writers[bucket] = _BucketWriter(storage, partition, bucket, schema,
@@ -224,7 +226,7 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     Tasks get consecutive sources, about 1/(2 x CPUs) of the decoded data each (so every core
     has work), but at least MIN_GROUP_BYTES (fewer, larger files) and at most MAX_GROUP_BYTES.
     """
-    by_ordinal: dict[int, dict[int, np.ndarray]] = {}
+    by_ordinal: dict[int, dict[int, RowSet]] = {}
     for b, p in plans.items():
         for ordinal, rows in p.sources:
             by_ordinal.setdefault(ordinal, {})[b] = rows

@@ -60,3 +60,18 @@ def test_batches_bound_the_rows_decoded_at_a_time(tmp_path, monkeypatch) -> None
                                                              table.schema)]
     assert sum(sizes) == 10_000 and max(sizes) <= 1_000
     assert materialize.batch_rows(10_000, int(per_row * 10_000)) <= 1_000
+
+
+@pytest.mark.parametrize("rows", [
+    np.zeros(0, np.int64), np.array([5]), np.arange(1_000_000),  # empty, one, every row
+    np.arange(3, 2_000_003, 2), np.array([0, 2**31 - 2]),  # dense (a bitmap), sparse (numbers)
+    np.sort(np.random.default_rng(1).choice(10_000_000, 300_000, replace=False)),
+])
+def test_row_sets_give_back_their_rows_dense_ones_in_a_bit_per_row(rows: np.ndarray) -> None:
+    from compactor.pipeline.row_sets import RowSet
+
+    s = RowSet.of(rows)
+    assert len(s) == len(rows) and s.array().tolist() == rows.tolist()
+    if len(rows) > 1:
+        span = int(rows[-1] - rows[0]) + 1
+        assert s.nbytes <= min(4 * len(rows), -(-span // 8))  # never more than int32 numbers
