@@ -102,24 +102,25 @@ def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
     return handles
 
 
-def _merge(plan: RoundPlan, actors: list[Any], hash_refs: list[Any],
-           progress: Progress) -> list[GroupResult]:
+def _fold(plan: RoundPlan, actors: list[Any], hash_refs: list[Any],
+          progress: Progress) -> None:
+    """Every actor folds the round's records into its index; an actor that dies meanwhile
+    restarts, reloads its index and folds again (the records are still there)."""
     state = plan.base.position if plan.base is not None else None
     paths = index_store.paths_of(plan.base)
     sizes = {b: tuple(f.rows for f in files) for b, files in enumerate(plan.base.buckets)} \
         if plan.base else {}
-    results: list[GroupResult | None] = [None] * len(actors)
+    done = [False] * len(actors)
     for attempt in range(MERGE_ATTEMPTS):
         refs = {
-            g: actors[g].merge.remote(
+            g: actors[g].fold.remote(
                 state, None if paths is None else {b: paths[b] for b in plan.group_buckets(g)},
                 sizes, g, hash_refs)
-            for g in range(len(actors)) if results[g] is None
+            for g in range(len(actors)) if not done[g]
         }
         try:
-            for g, value in zip(refs, _gather(list(refs.values()), "dedupe", progress),
-                                strict=True):
-                results[g] = value
+            _gather(list(refs.values()), "dedupe", progress)
+            return
         except runtime.ActorDiedError:
             if attempt == MERGE_ATTEMPTS - 1:
                 raise
@@ -127,10 +128,10 @@ def _merge(plan: RoundPlan, actors: list[Any], hash_refs: list[Any],
                 if not runtime.wait([ref], timeout=0)[0]:
                     continue
                 try:
-                    results[g] = runtime.get(ref)
+                    runtime.get(ref)
+                    done[g] = True
                 except runtime.ActorDiedError:
                     pass
-    return [r for r in results if r is not None]
 
 
 def _cleanup(table: Table, written: list[DataFile], index_paths: list[str]) -> None:
@@ -237,8 +238,10 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         rss["hash_bucket"] = max((h.peak_rss for h in hashed), default=0)
 
         t = time.perf_counter()
-        merged = _merge(plan, actors, hash_refs, progress)
+        _fold(plan, actors, hash_refs, progress)
+        # the records are folded in: free them before the actors plan (their peak memory)
         del hash_refs, hashed
+        merged = runtime.get([a.plan.remote() for a in actors])  # an actor lost now fails it
         seconds["dedupe"] = time.perf_counter() - t
         rss["dedupe"] = max(runtime.get([a.peak_rss.remote() for a in actors]))
         plans = {b: p for g in merged for b, p in g.plans.items()}

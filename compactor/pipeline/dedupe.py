@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.hashing import bucket_of, bucket_start
-from compactor.merge import OP_DELETE, index_schema, record_schema
+from compactor.merge import OP_DELETE, MergeResult, index_schema, record_schema
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
 from compactor.pipeline.rewrite_map import RewriteMap
@@ -83,6 +83,19 @@ class _Pending:
     row: np.ndarray | None = None
 
 
+@dataclass
+class _Folded:
+    """What ``plan`` needs of a ``fold``: its merge, and of the records only summaries."""
+
+    result: MergeResult
+    per_bucket: np.ndarray  # records per bucket of the group
+    spans: dict[int, int]  # rows of each file the records came from
+    state: int | None
+    bucket_sizes: dict[int, tuple[int, ...]]
+    reloaded: bool
+    nbytes: int
+
+
 class DedupeActor:
     """The index of a group of buckets is one table sorted by key (a bucket is a range of
     ``hi``, found by binary search), so a round neither concatenates nor splits it."""
@@ -99,6 +112,7 @@ class DedupeActor:
         self.chains: dict[int, list[str]] = {}  # the persisted chain of each bucket's index
         self.state: int | None = None  # position of the compacted state the index describes
         self.pending = _Pending()
+        self._folded: _Folded | None = None
         last = self.buckets[-1] + 1
         self._starts = np.array([bucket_start(b, bucket_count) for b in self.buckets]
                                 + ([bucket_start(last, bucket_count)] if last < bucket_count
@@ -129,6 +143,16 @@ class DedupeActor:
     def merge(self, state: int | None, index_paths: dict[int, list[str]] | None,
               bucket_sizes: dict[int, tuple[int, ...]], group: int,
               outputs: list[HashOutput]) -> GroupResult:
+        """``fold`` then ``plan``."""
+        self.fold(state, index_paths, bucket_sizes, group, outputs)
+        return self.plan()
+
+    def fold(self, state: int | None, index_paths: dict[int, list[str]] | None,
+             bucket_sizes: dict[int, tuple[int, ...]], group: int,
+             outputs: list[HashOutput]) -> None:
+        """Merge the round's records (group ``group`` of the hash ``outputs``) into the index
+        of compacted state ``state``; keeps what ``plan`` needs of them, so the caller may free
+        the records before the plans are made."""
         reloaded = self._ensure(state, index_paths)
         maybe_fail("dedupe")
         old = self.index
@@ -136,15 +160,30 @@ class DedupeActor:
         records = GroupRecords(outputs, group)
         end = self.buckets[-1] + 1
         result = merge_in_slices(old, records, self.records_schema, int(self._starts[0]),
-                                 bucket_start(end, self.bucket_count))
+                                 bucket_start(end, self.bucket_count),
+                                 keep_entered=state is not None)
+        # records per bucket of the group (a bucket is a range of hi)
+        per_bucket = np.diff(sum(records.cuts(self._starts[1:len(self.buckets)]),
+                                 np.zeros(len(self.buckets) + 1, dtype=np.int64)))
+        self._folded = _Folded(result, per_bucket, records.spans(), state, bucket_sizes,
+                               reloaded, old.nbytes + records.nbytes + result.index.nbytes)
+
+    def plan(self) -> GroupResult:
+        """After ``fold``: per bucket, the files kept in place and the rows to rewrite."""
+        if self._folded is None:
+            raise RuntimeError(
+                f"the dedupe actor of buckets {self.buckets[0]}-{self.buckets[-1]} holds no "
+                "folded round (it restarted after folding, and the records are freed): nothing "
+                "was committed; run the round again")
+        folded, self._folded = self._folded, None
+        result, records_per_bucket, spans = folded.result, folded.per_bucket, folded.spans
+        state, bucket_sizes = folded.state, folded.bucket_sizes
+        end = self.buckets[-1] + 1
         new = result.index
         op = new.column("op").to_numpy()
         live = new.num_rows - int(np.count_nonzero(op == OP_DELETE))
         bounds = self._bounds(new)
         edges = np.array([*self.buckets, end])
-        # records per bucket of the group (a bucket is a range of hi)
-        records_per_bucket = np.diff(sum(records.cuts(self._starts[1:len(self.buckets)]),
-                                         np.zeros(len(self.buckets) + 1, dtype=np.int64)))
         gone_bucket = np.searchsorted(edges, bucket_of(result.gone_hi, self.bucket_count),
                                       side="right") - 1
         lost = result.superseded_files[(result.superseded_files >= 0)
@@ -162,7 +201,6 @@ class DedupeActor:
         if len(lost):
             rewrite |= member(file, lost)
         rewrite &= op != OP_DELETE
-        spans = dict(records.spans())
         for o in lost.tolist():
             spans[o] = bucket_sizes[locators.bucket_of_compacted(o)][o & 0xFFFF]
         ordinals = np.array(sorted(spans), dtype=np.int64)
@@ -178,8 +216,8 @@ class DedupeActor:
                 if i in f.rows])
             if plan is not None:
                 self.pending.plans[b] = plan
-        return GroupResult(dict(self.pending.plans), *counts, live,
-                           old.nbytes + records.nbytes + new.nbytes, reloaded)
+        return GroupResult(dict(self.pending.plans), *counts, live, folded.nbytes,
+                           folded.reloaded)
 
     def finalize(self, groups: list[list[int]], rows_per_file: int
                  ) -> tuple[dict[int, list[str]], list[str]]:
@@ -273,6 +311,7 @@ class DedupeActor:
 
     def abort(self) -> None:
         self.pending = _Pending()
+        self._folded = None
 
     def loaded_state(self) -> int | None:
         return self.state

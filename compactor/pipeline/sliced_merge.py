@@ -27,11 +27,12 @@ def slice_edges(first_hi: int, end_hi: int, slices: int) -> np.ndarray:
 
 
 def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
-                    first_hi: int, end_hi: int, slice_records: int = SLICE_RECORDS
-                    ) -> MergeResult:
+                    first_hi: int, end_hi: int, slice_records: int = SLICE_RECORDS,
+                    keep_entered: bool = True) -> MergeResult:
     """``merge(index, records)``, slice by slice; ``index`` and every record lie in ``hi``
     range [first_hi, end_hi); ``schema``: the records'. The result's index is one table
-    (single chunks)."""
+    (single chunks). ``keep_entered=False``: the result's ``entered`` is left empty (a first
+    round, where every entry entered, needs no list as long as the index)."""
     slices = max(1, -(-records.rows // max(1, slice_records)))
     inner = slice_edges(first_hi, end_hi, slices)
     if slices == 1:  # the merge's own result is the next index: no copy into one
@@ -70,7 +71,8 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
                 order_out[at:at + m] = order.view(width).to_numpy()
             else:
                 orders.append(order)
-        entered.append(result.entered + at)
+        if keep_entered:
+            entered.append(result.entered + at)
         gone_hi.append(result.gone_hi)
         gone_lo.append(result.gone_lo)
         superseded.append(result.superseded_files)
@@ -90,6 +92,6 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
         records_in=records_in, inserted=inserted, updated=updated, deleted=deleted,
         duplicates_dropped=dropped,
         superseded_files=np.unique(np.concatenate(superseded)),
-        entered=np.concatenate(entered), gone_hi=np.concatenate(gone_hi),
-        gone_lo=np.concatenate(gone_lo), columns=columns,
+        entered=np.concatenate([np.zeros(0, dtype=np.int64), *entered]),
+        gone_hi=np.concatenate(gone_hi), gone_lo=np.concatenate(gone_lo), columns=columns,
     )

@@ -126,3 +126,13 @@ def test_an_actor_names_the_partition_whose_bucket_would_hold_too_many_files(tmp
                                          "bucket 0 would hold more than 65536 files"):
         actor.finalize([[SOURCE_BASE]], 1)
     assert not list(tmp_path.rglob("*.arrow"))  # no index written
+
+
+def test_an_actor_asked_for_plans_without_a_folded_round_says_to_rerun(tmp_path) -> None:
+    from compactor.fs import Storage
+    from compactor.pipeline.dedupe import DedupeActor
+
+    actor = DedupeActor(Storage(f"file://{tmp_path}"), "partitions/day=1", [2, 3], 4, None)
+    with pytest.raises(RuntimeError, match="buckets 2-3 holds no folded round .* run the round "
+                                           "again"):
+        actor.plan()
