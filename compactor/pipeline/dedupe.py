@@ -2,14 +2,15 @@
 
 An actor keeps its buckets' indexes in memory between rounds (tagged with the compacted state
 they describe) and reloads them from the persisted index files when it is new, restarted, or
-behind. A round talks to it three times:
+behind. A round talks to it four times:
 
-1. ``merge``: fold the incoming key records into the index (``merge.merge``, a range of keys
-   at a time: ``sliced_merge``) and say, per bucket, which compacted files stay in place and
-   which rows of which files survive (``rewrite_map``);
-2. ``finalize``: given how the driver grouped source files into materialize tasks, point the
+1. ``fold``: fold the incoming key records into the index (``merge.merge``, a range of keys
+   at a time: ``sliced_merge``); the driver then frees the records;
+2. ``plan``: say, per bucket, which compacted files stay in place and which rows of which
+   files survive (``rewrite_map``); (``merge`` is both, for callers that keep the records);
+3. ``finalize``: given how the driver grouped source files into materialize tasks, point the
    next index at the rows' places in the files those tasks write, and persist it;
-3. ``commit`` (or ``abort``): adopt the next index once the round is committed.
+4. ``commit`` (or ``abort``): adopt the next index once the round is committed.
 """
 
 from __future__ import annotations
