@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import ray
@@ -62,6 +63,21 @@ class RayObjectRef(ObjectRef):
 
     def __reduce__(self) -> Any:
         return (RayObjectRef, (self.ray_ref, self.actor_call))
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, for processes started meanwhile; restored after."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class RayBackend(Backend):
@@ -104,13 +120,18 @@ class RayBackend(Backend):
             # workers get the local backend's memory settings (WORKER_MEMORY_ENV), unless this
             # environment or the caller's runtime_env says otherwise
             runtime_env = dict(ray_init_options.pop("runtime_env", None) or {})
-            runtime_env["env_vars"] = {
-                **{k: os.environ.get(k, v) for k, v in WORKER_MEMORY_ENV.items()},
-                **(runtime_env.get("env_vars") or {}),
-            }
-            # "local" always starts a new instance: a bare ray.init() would join whatever cluster
-            # another program left running on this machine
-            ray.init(address=address or "local", runtime_env=runtime_env, **ray_init_options)
+            settings = {k: os.environ.get(k, v) for k, v in WORKER_MEMORY_ENV.items()}
+            if address is None:
+                # a new local instance: its processes inherit this environment, so its workers
+                # (started with it, not per job) have the settings when the first task comes
+                with _environment(settings):
+                    # "local" always starts a new instance: a bare ray.init() would join
+                    # whatever cluster another program left running on this machine
+                    ray.init(address="local", runtime_env=runtime_env or None,
+                             **ray_init_options)
+            else:
+                runtime_env["env_vars"] = {**settings, **(runtime_env.get("env_vars") or {})}
+                ray.init(address=address, runtime_env=runtime_env, **ray_init_options)
         self._autoscaling = autoscaling
         self._remote_functions: dict[str, Any] = {}  # function_id -> Ray remote function
         self._task_variants: dict[Any, Any] = {}  # (function_id, options) -> it with options
