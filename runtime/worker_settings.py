@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 # How worker processes manage memory, unless the driver's environment says otherwise (local
-# backend: worker_env; Ray: the job's runtime_env). Tasks allocate and free buffers of hundreds
-# of MB over and over; a page the process has never touched costs a fault (and zeroing) each
-# time:
+# backend: worker_env; Ray: the environment a Ray it starts inherits, or the job's runtime_env
+# on a cluster it joins). Tasks allocate and free buffers of hundreds of MB over and over; a
+# page the process has never touched costs a fault (and zeroing) each time:
 # - glibc hands every block over 32 MB back to the kernel on free, so the next one faults all
 #   its pages in again: serve all blocks from the heap (mmap_max=0) and keep up to 512 MiB of
 #   free memory at its top (trim_threshold) for the next task;
