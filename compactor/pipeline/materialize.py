@@ -225,6 +225,9 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
 
     Tasks get consecutive sources, about 1/(2 x CPUs) of the decoded data each (so every core
     has work), but at least MIN_GROUP_BYTES (fewer, larger files) and at most MAX_GROUP_BYTES.
+    A task past half its share also ends where its next source would spill a bucket's rows
+    into one more file: a task writes each bucket a new file every ``rows_per_file`` rows, so
+    its last file of a bucket is then as full as whole sources make it, not a small remainder.
     """
     by_ordinal: dict[int, dict[int, RowSet]] = {}
     for b, p in plans.items():
@@ -233,15 +236,23 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     sizes = {o: plan.sources[o].rows * plan.row_bytes for o in by_ordinal}
     cpus = max(1.0, cpus)
     budget = min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, sum(sizes.values()) / (2 * cpus)))
+    per_file = plan.rows_per_file
     groups: list[list[SourceRows]] = []
     current: list[SourceRows] = []
     current_bytes = 0.0
+    in_task: dict[int, int] = {}  # the current task's rows of each bucket
     for o in sorted(by_ordinal):
-        if current and current_bytes + sizes[o] > budget:
+        adds = {b: len(r) for b, r in by_ordinal[o].items()}
+        spills = any(in_task.get(b, 0) and (in_task[b] - 1) // per_file
+                     != (in_task[b] + n - 1) // per_file for b, n in adds.items())
+        if current and (current_bytes + sizes[o] > budget
+                        or (spills and current_bytes >= budget / 2)):
             groups.append(current)
-            current, current_bytes = [], 0.0
+            current, current_bytes, in_task = [], 0.0, {}
         current.append(SourceRows(o, plan.sources[o], by_ordinal[o]))
         current_bytes += sizes[o]
+        for b, n in adds.items():
+            in_task[b] = in_task.get(b, 0) + n
     if current:
         groups.append(current)
     return groups

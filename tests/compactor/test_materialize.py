@@ -75,3 +75,25 @@ def test_row_sets_give_back_their_rows_dense_ones_in_a_bit_per_row(rows: np.ndar
     if len(rows) > 1:
         span = int(rows[-1] - rows[0]) + 1
         assert s.nbytes <= min(4 * len(rows), -(-span // 8))  # never more than int32 numbers
+
+
+def test_tasks_end_where_a_bucket_would_spill_into_another_file() -> None:
+    """12 sources of 600 rows in each of two buckets, 1,000 rows per file, 32 MB decoded each
+    (a task's share: 6 sources): cut at the share alone, a task writes each bucket 3,600 rows,
+    [1000, 1000, 1000, 600]; ending where the next source would open another file once past
+    half the share, it writes [1000, 800]."""
+    from types import SimpleNamespace
+
+    from compactor.pipeline.dedupe import BucketPlan
+    from compactor.pipeline.row_sets import RowSet
+
+    sources = {o: SimpleNamespace(rows=1_200, size=1) for o in range(12)}
+    plan = SimpleNamespace(sources=sources, row_bytes=(32 << 20) / 1_200, rows_per_file=1_000)
+    plans = {b: BucketPlan(b, 0, (), tuple((o, RowSet.of(np.arange(b, 1_200, 2)))
+                                           for o in range(12))) for b in (0, 1)}
+    groups = materialize.group_sources(plan, plans, cpus=1)  # type: ignore[arg-type]
+    assert [len(g) for g in groups] == [3, 3, 3, 3]
+    for g in groups:
+        for b in (0, 1):
+            rows = sum(len(s.rows[b]) for s in g)
+            assert rows % 1_000 >= 750  # the last file of the bucket at least 3/4 full
