@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 
 from compactor.errors import CompactorError
@@ -215,7 +216,7 @@ def round_requests(plan: RoundPlan) -> tuple[list[Request], dict[str, list[Reque
                for t in plan.tasks]
     # A source read alone is the smallest materialize task it can be in: a compacted file
     # feeds its bucket, a delta file all buckets its rows hash to.
-    none = RowSet(0)
+    none = RowSet.of(np.zeros(0, dtype=np.int64))
     materialize: list[Request] = []
     for ordinal, file in plan.sources.items():
         buckets = ([locators.bucket_of_compacted(ordinal)] if not locators.is_source(ordinal)

@@ -38,7 +38,7 @@ from compactor.result import CompactionResult
 from compactor.table import Table
 
 DEFAULT_TARGET_FILE_SIZE = 256 << 20
-MERGE_ATTEMPTS = 3  # a dedupe actor that dies mid-merge restarts and reloads its index
+MERGE_ATTEMPTS = 3  # a dedupe actor that dies mid-fold restarts, reloads its index, folds again
 
 # progress(step, tasks done, tasks in all, bytes done, bytes in all); bytes are those of the
 # input files the step's tasks read (0 where a step reads no files)

@@ -1,7 +1,8 @@
 """The dedupe kernel: fold a round's key records into a primary-key index, vectorized.
 
-Records and the index are Arrow tables (they cross process boundaries zero-copy and persist as
-Parquet). A *record* is one delta or compacted row seen through its key::
+Records and the index are Arrow tables (they cross process boundaries zero-copy; the index
+persists as Arrow IPC files, ``pipeline.index_store``). A *record* is one delta or compacted
+row seen through its key::
 
     hi, lo   uint64  the key digest (compactor.hashing.key_digest)
     order    any     the ordering column's value; the column is absent when the table has none

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import runtime
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.hashing import bucket_of, bucket_start
@@ -171,11 +172,12 @@ class DedupeActor:
 
     def plan(self) -> GroupResult:
         """After ``fold``: per bucket, the files kept in place and the rows to rewrite."""
-        if self._folded is None:
-            raise RuntimeError(
-                f"the dedupe actor of buckets {self.buckets[0]}-{self.buckets[-1]} holds no "
-                "folded round (it restarted after folding, and the records are freed): nothing "
-                "was committed; run the round again")
+        if self._folded is None:  # an actor that died is retried as such (jobs retry it)
+            where = self.storage.url_of(self.storage.path(self.partition_dir))
+            raise runtime.ActorDiedError(
+                f"partition {where}: the dedupe actor of buckets {self.buckets[0]}-"
+                f"{self.buckets[-1]} holds no folded round (it restarted after folding, and "
+                "the records are freed): nothing was committed; run the round again")
         folded, self._folded = self._folded, None
         result, records_per_bucket, spans = folded.result, folded.per_bucket, folded.spans
         state, bucket_sizes = folded.state, folded.bucket_sizes

@@ -1,7 +1,7 @@
 """Step 4: materialize a group of source files: read each once, in place; write bucket files.
 
 Source files are read where they are, only the row groups that hold surviving rows, and only
-the table's columns, ``READ_BATCH_BYTES`` of decoded data at a time. Each source is read once
+the table's columns, about ``READ_BATCH_BYTES`` at a time. Each source is read once
 and its surviving rows go to their buckets' writers; bucket b's rows of the group are written
 in (source ordinal, row) order, a new file every ``rows_per_file`` rows: exactly the places the
 dedupe actors' ``finalize`` points the next index at. Columns a file lacks (added to the table
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from compactor import files, layout
-from compactor.errors import SchemaMismatch
+from compactor.errors import CorruptFile, SchemaMismatch
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.layout import PartitionKey
@@ -86,7 +86,9 @@ def conform(batch: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-READ_BATCH_BYTES = 32 << 20  # decoded bytes of a source read at a time (at least a row)
+# bytes of a source read at a time, as the Parquet footer counts them (row groups'
+# uncompressed size: dictionary-encoded columns decode larger); at least a row
+READ_BATCH_BYTES = 32 << 20
 
 
 def batch_rows(rows: int, decoded_bytes: int) -> int:
@@ -99,9 +101,10 @@ def batch_rows(rows: int, decoded_bytes: int) -> int:
 def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
                schema: pa.Schema) -> Iterator[dict[int, pa.Table]]:
     """Rows ``rows[key]`` (sorted) of ``file`` for each key, reading the file once and only the
-    row groups that hold wanted rows, about ``READ_BATCH_BYTES`` of decoded data at a time:
+    row groups that hold wanted rows, about ``READ_BATCH_BYTES`` at a time:
     yields, per batch, each key's rows in it (in order; a key without rows there is absent),
-    gathered straight from the decoded batch. Memory stays bounded whatever the file's size."""
+    gathered straight from the decoded batch. Memory stays bounded whatever the file's size
+    (by a batch, and a row group's compressed column chunks while its rows are read)."""
     parquet = files.open_verified(storage, file)
     try:
         meta = parquet.metadata
@@ -120,8 +123,8 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
         step = batch_rows(int(sum(sizes[g] for g in groups)),
                           sum(meta.row_group(g).total_byte_size for g in groups))
         at = 0
-        for batch in parquet.iter_batches(batch_size=step, row_groups=groups.tolist(),
-                                          columns=names):
+        for batch in _named_errors(file, parquet.iter_batches(
+                batch_size=step, row_groups=groups.tolist(), columns=names)):
             data = pa.Table.from_batches([batch])
             end = at + data.num_rows
             out = {}
@@ -137,6 +140,19 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
             yield out
     finally:
         parquet.close()
+
+
+def _named_errors(file: DataFile, batches: Iterator[pa.RecordBatch]
+                  ) -> Iterator[pa.RecordBatch]:
+    """``batches``, with a read failure naming ``file``: undecodable data is a CorruptFile;
+    an I/O error (which a job may retry) keeps its type and gets a note."""
+    try:
+        yield from batches
+    except pa.ArrowInvalid as e:
+        raise CorruptFile(f"file {file.url} is not valid Parquet ({e})") from None
+    except OSError as e:
+        e.add_note(f"reading {file.url}")
+        raise
 
 
 class _BucketWriter:
@@ -225,9 +241,11 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
 
     Tasks get consecutive sources, about 1/(2 x CPUs) of the decoded data each (so every core
     has work), but at least MIN_GROUP_BYTES (fewer, larger files) and at most MAX_GROUP_BYTES.
-    A task past half its share also ends where its next source would spill a bucket's rows
-    into one more file: a task writes each bucket a new file every ``rows_per_file`` rows, so
-    its last file of a bucket is then as full as whole sources make it, not a small remainder.
+    A task past half its share also ends where its next source would spill the rows of a
+    bucket it has already written a full file of into one more file: a task writes each bucket
+    a new file every ``rows_per_file`` rows, so its last file of that bucket is then as full as
+    whole sources make it, not a small remainder. (A bucket the task writes less than a file
+    of, as with many buckets, ends in one part-full file either way and does not cut.)
     """
     by_ordinal: dict[int, dict[int, RowSet]] = {}
     for b, p in plans.items():
@@ -243,8 +261,8 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     in_task: dict[int, int] = {}  # the current task's rows of each bucket
     for o in sorted(by_ordinal):
         adds = {b: len(r) for b, r in by_ordinal[o].items()}
-        spills = any(in_task.get(b, 0) and (in_task[b] - 1) // per_file
-                     != (in_task[b] + n - 1) // per_file for b, n in adds.items())
+        spills = any(in_task.get(b, 0) >= per_file and in_task[b] % per_file > 0
+                     and in_task[b] % per_file + n > per_file for b, n in adds.items())
         if current and (current_bytes + sizes[o] > budget
                         or (spills and current_bytes >= budget / 2)):
             groups.append(current)

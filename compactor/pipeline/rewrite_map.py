@@ -47,6 +47,7 @@ class RewriteMap:
         self._source_dense[self.ordinals[sources] - SOURCE_BASE] = np.flatnonzero(sources)
         self.offsets = np.concatenate([[0], np.cumsum(spans)]).astype(np.int64)
         self.selected, self.bounds = selected, bounds
+        self._relocated = False
         buckets = len(bounds) - 1
         # first the bucket of each selected row at its slot, then its rank within the
         # bucket's selected rows of its file
@@ -125,6 +126,13 @@ class RewriteMap:
         its files stay in place, ahead of the new ones. Returns how many files each bucket has
         after the round.
         """
+        if self._relocated:  # it reads the old locators as it overwrites them: once only
+            raise ValueError("the rewrite map has relocated its entries already")
+        self._relocated = True
+        missing = [o for d, o in enumerate(self.ordinals.tolist())
+                   if o not in group_of and self.counts[:, d].any()]
+        if missing:
+            raise ValueError(f"files {missing[:5]} hold rows to rewrite but no task writes them")
         groups = max(group_of.values(), default=0) + 1
         group = np.array([group_of.get(o, 0) for o in self.ordinals.tolist()], dtype=np.int64)
         # rows of bucket i that task g writes before file d's (files of g before d)

@@ -80,7 +80,16 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
                    result.duplicates_dropped)
         at += m
         del result, part
-    columns = {name: values[:at] for name, values in out.items()}
+    # the next index keeps these buffers (zero-copy) until the round after: where the round
+    # replaced more keys than it added, give back the unused capacity (one column at a time)
+    trim = at < capacity - capacity // 8
+    columns = {}
+    for name in list(out):
+        values = out.pop(name)
+        columns[name] = values[:at].copy() if trim else values[:at]
+        del values
+    if trim and order_out is not None:
+        order_out = order_out[:at].copy()
     arrays = {name: pa.array(values, fields.field(name).type) for name, values in columns.items()}
     if order_out is not None:
         arrays["order"] = pa.array(order_out[:at]).view(order_type)

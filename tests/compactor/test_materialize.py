@@ -97,3 +97,18 @@ def test_tasks_end_where_a_bucket_would_spill_into_another_file() -> None:
         for b in (0, 1):
             rows = sum(len(s.rows[b]) for s in g)
             assert rows % 1_000 >= 750  # the last file of the bucket at least 3/4 full
+
+
+def test_a_source_that_breaks_while_read_is_named(tmp_path) -> None:
+    """A page that does not decode, past a valid footer: the error names the file (pyarrow
+    reports it as an OSError; it keeps that type, with a note)."""
+    storage, _, table = _source(tmp_path, 10_000, 1_000)
+    path = tmp_path / "src.parquet"
+    data = bytearray(path.read_bytes())
+    data[4:4 + 3000] = bytes(3000)  # the first column chunks, zeroed; the footer intact
+    path.write_bytes(bytes(data))
+    file, parquet = files.describe(storage, f"file://{tmp_path}/src.parquet")
+    parquet.close()
+    with pytest.raises(OSError) as failure:
+        list(materialize.read_split(storage, file, {0: np.arange(10_000)}, table.schema))
+    assert f"reading file://{tmp_path}/src.parquet" in failure.value.__notes__

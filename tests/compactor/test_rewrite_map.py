@@ -133,6 +133,25 @@ def test_an_actor_asked_for_plans_without_a_folded_round_says_to_rerun(tmp_path)
     from compactor.pipeline.dedupe import DedupeActor
 
     actor = DedupeActor(Storage(f"file://{tmp_path}"), "partitions/day=1", [2, 3], 4, None)
-    with pytest.raises(RuntimeError, match="buckets 2-3 holds no folded round .* run the round "
-                                           "again"):
+    with pytest.raises(RuntimeError, match=r"buckets 2-3 holds no folded round .* run the round "
+                                           r"again") as failure:
         actor.plan()
+    import runtime  # retried as a lost actor (jobs retry those), and the partition is named
+
+    assert isinstance(failure.value, runtime.ActorDiedError)
+    assert f"partition file://{tmp_path}/partitions/day=1:" in str(failure.value)
+
+
+def test_relocation_happens_once_and_every_file_with_rows_has_a_task() -> None:
+    ordinals, spans, file, row, selected, bounds = _case(5, 300, 2)
+    group_of = {int(o): g for o, g in zip(ordinals, [0, 0, 1, 1, 2], strict=True)}
+    del group_of[int(ordinals[3])]  # a file with rows to rewrite that no task writes
+    with pytest.raises(ValueError, match=f"files \\[{int(ordinals[3])}\\] hold rows to rewrite "
+                                         "but no task writes them"):
+        RewriteMap(ordinals, spans, file, row, selected, bounds).relocate(
+            file.copy(), row.copy(), group_of, [0, 1], [0, 0], 10)
+    group_of[int(ordinals[3])] = 1
+    rewrite = RewriteMap(ordinals, spans, file, row, selected, bounds)
+    rewrite.relocate(file, row, group_of, [0, 1], [0, 0], 10)
+    with pytest.raises(ValueError, match="relocated its entries already"):
+        rewrite.relocate(file, row, group_of, [0, 1], [0, 0], 10)
