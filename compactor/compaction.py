@@ -256,10 +256,14 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                     f"size ({plan.rows_per_file} rows per file now) or rebase to more buckets; "
                     "nothing was written")
         total_memory = int(runtime.cluster_resources()["memory"])
-        mat_refs = [materialize_task.options(memory=min(total_memory, task_memory(plan, group)))
-                    .remote(table.storage, partition.key, g, group, table.schema,
-                            plan.rows_per_file, compression)
-                    for g, group in enumerate(tasks)]
+        # largest first: the step ends when its last task does, so the small ones fill in
+        task_rows = [sum(len(r) for s in group for r in s.rows.values()) for group in tasks]
+        by_rows = sorted(range(len(tasks)), key=lambda g: -task_rows[g])
+        submitted = {g: materialize_task.options(
+            memory=min(total_memory, task_memory(plan, tasks[g]))).remote(
+                table.storage, partition.key, g, tasks[g], table.schema, plan.rows_per_file,
+                compression) for g in by_rows}
+        mat_refs = [submitted[g] for g in range(len(tasks))]
         # the actors point the next index at the new files while the tasks write them
         ordinals = [[s.ordinal for s in group] for group in tasks]
         finalize_refs = [a.finalize.remote(ordinals, plan.rows_per_file) for a in actors]

@@ -9,7 +9,9 @@ import pytest
 
 from compactor import files
 from compactor.fs import Storage
+from compactor.layout import PartitionKey
 from compactor.pipeline import materialize
+from compactor.pipeline.row_sets import RowSet
 
 
 def _source(tmp_path, rows: int, row_group: int):  # type: ignore[no-untyped-def]
@@ -112,3 +114,55 @@ def test_a_source_that_breaks_while_read_is_named(tmp_path) -> None:
     with pytest.raises(OSError) as failure:
         list(materialize.read_split(storage, file, {0: np.arange(10_000)}, table.schema))
     assert f"reading file://{tmp_path}/src.parquet" in failure.value.__notes__
+
+
+def test_dictionary_columns_are_text_with_few_distinct_values() -> None:
+    rows = 4096
+    rng = np.random.default_rng(7)
+    few = [f"status-{i}" for i in rng.integers(0, 5, rows)]
+    table = pa.table({
+        "status": pa.array(few),
+        "status_large": pa.array(few, pa.large_string()),
+        "status_bytes": pa.array([s.encode() for s in few], pa.binary()),
+        "status_dict": pa.array(few).dictionary_encode(),
+        "with_nulls": pa.array([None if i % 3 else s for i, s in enumerate(few)]),
+        "name": pa.array([f"n{i}" for i in range(rows)]),
+        "edge": pa.array([f"e{i % (rows // 16 + 1)}" for i in range(rows)]),  # 257 distinct
+        "qty": pa.array(rng.integers(0, 3, rows)),  # few, but a number
+    })
+    assert materialize.dictionary_columns(table) == [
+        "status", "status_large", "status_bytes", "status_dict", "with_nulls"]
+    assert materialize.dictionary_columns(table.slice(0, 0)) == []
+    # a column is judged on its first DICTIONARY_SAMPLE rows
+    varied_then_same = pa.table({"s": [f"v{i}" for i in range(materialize.DICTIONARY_SAMPLE)]
+                                 + ["same"] * 100_000})
+    assert materialize.dictionary_columns(varied_then_same) == []
+
+
+def test_written_files_have_dictionaries_only_where_chosen(tmp_path) -> None:
+    """A materialize task encodes its low-cardinality text columns with dictionaries (and
+    only those), and the rows it writes are exactly the rows asked for."""
+    rows = 50_000
+    rng = np.random.default_rng(3)
+    source = pa.table({"id": np.arange(rows, dtype=np.int64),
+                       "status": pa.array([["new", "shipped", "returned"][i]
+                                           for i in rng.integers(0, 3, rows)]),
+                       "customer": pa.array([f"c{i}" for i in rng.permutation(rows)])})
+    pq.write_table(source, tmp_path / "src.parquet", row_group_size=10_000)
+    storage = Storage(f"file://{tmp_path}")
+    file, parquet = files.describe(storage, f"file://{tmp_path}/src.parquet")
+    parquet.close()
+    wanted = np.sort(rng.choice(rows, rows // 2, replace=False))
+    out = materialize.materialize_group(
+        storage, PartitionKey(), 0,
+        [materialize.SourceRows(0, file, {0: RowSet.of(wanted)})], source.schema,
+        rows_per_file=rows, codec="snappy")
+    [written] = out.written[0]
+    path = storage.strip(written.url)
+    assert path is not None
+    meta = pq.ParquetFile(storage.fs.open(path, "rb")).metadata
+    has_dictionary = {meta.row_group(0).column(i).path_in_schema:
+                      meta.row_group(0).column(i).has_dictionary_page
+                      for i in range(meta.num_columns)}
+    assert has_dictionary == {"id": False, "status": True, "customer": False}
+    assert pq.read_table(storage.fs.open(path, "rb")).equals(source.take(pa.array(wanted)))
