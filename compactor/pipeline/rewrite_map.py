@@ -108,10 +108,11 @@ class RewriteMap:
             d[at[hit]] = k[hit]
         return d
 
-    def _slot(self, files: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _slot(self, files: np.ndarray, rows: np.ndarray, check: bool = True
+              ) -> tuple[np.ndarray, np.ndarray]:
         d = self._dense(files)
-        if len(d) and (d.min() < 0 or rows.min() < 0
-                       or (rows >= self.offsets[d + 1] - self.offsets[d]).any()):
+        if check and len(d) and (d.min() < 0 or rows.min() < 0
+                                 or (rows >= self.offsets[d + 1] - self.offsets[d]).any()):
             raise ValueError("selected entries point outside the files the map was given")
         return d, self.offsets[d] + rows
 
@@ -154,10 +155,21 @@ class RewriteMap:
         start_file = (np.array(buckets, dtype=np.int64) << 16)[:, None] | first_file[:, group]
         # each chunk's slots are looked up again (keeping them per entry would cost memory as
         # long as the map lives) before its entries are pointed elsewhere
+        # (the entries' slots were checked when the map was built, and the locators of selected
+        # entries have not changed since)
+        one_bucket = len(self.bounds) == 2
         for positions, files, rows in self._chunks(file, row):
-            d, at = self._slot(files, rows)
-            i = self._bucket(positions)
-            q, r = np.divmod(before[i, d] + self.slots[at], rows_per_file)
-            file[positions] = start_file[i, d] + q
-            row[positions] = r
+            d, at = self._slot(files, rows, check=False)
+            if one_bucket:  # plain gathers, not two-dimensional ones
+                q, r = np.divmod(before[0][d] + self.slots[at], rows_per_file)
+                new_file = start_file[0][d] + q
+            else:
+                i = self._bucket(positions)
+                q, r = np.divmod(before[i, d] + self.slots[at], rows_per_file)
+                new_file = start_file[i, d] + q
+            where: np.ndarray | slice = positions
+            if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
+                where = slice(int(positions[0]), int(positions[-1]) + 1)  # every entry
+            file[where] = new_file
+            row[where] = r
         return total
