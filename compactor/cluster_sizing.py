@@ -210,10 +210,7 @@ def round_requests(plan: RoundPlan) -> tuple[list[Request], dict[str, list[Reque
 
     actors = [Request(f"dedupe actor {g} of {plan.groups}", plan.dedupe_memory, cpus=0)
               for g in range(plan.groups)]  # actors reserve no CPU (the runtime's default)
-    hashing = [Request(f"hash task of {t.input.file.url}"
-                       + (f" (row groups from row {t.input.first_row})"
-                          if t.input.row_groups is not None else ""), t.memory)
-               for t in plan.tasks]
+    hashing = [Request(t.describe(), t.memory) for t in plan.tasks]
     # A source read alone is the smallest materialize task it can be in: a compacted file
     # feeds its bucket, a delta file all buckets its rows hash to.
     none = RowSet.of(np.zeros(0, dtype=np.int64))

@@ -230,12 +230,12 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         t = time.perf_counter()
         args = (table.primary_key, table.ordering_column, plan.order_type, plan.bucket_count,
                 plan.groups)
-        hash_refs = [hash_task.options(memory=task.memory).remote(table.storage, task.input,
+        hash_refs = [hash_task.options(memory=task.memory).remote(table.storage, task.inputs,
                                                                   *args)
                      for task in plan.tasks]
         hashed = _gather(hash_refs, "hash_bucket", progress, [t.size for t in plan.tasks])
         seconds["hash_bucket"] = time.perf_counter() - t
-        rss["hash_bucket"] = max((h.peak_rss for h in hashed), default=0)
+        rss["hash_bucket"] = max((h.peak_rss for batch in hashed for h in batch), default=0)
 
         t = time.perf_counter()
         _fold(plan, actors, hash_refs, progress)

@@ -15,6 +15,7 @@ behind. A round talks to it four times:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,14 +145,14 @@ class DedupeActor:
 
     def merge(self, state: int | None, index_paths: dict[int, list[str]] | None,
               bucket_sizes: dict[int, tuple[int, ...]], group: int,
-              outputs: list[HashOutput]) -> GroupResult:
+              outputs: Sequence[HashOutput | Sequence[HashOutput]]) -> GroupResult:
         """``fold`` then ``plan``."""
         self.fold(state, index_paths, bucket_sizes, group, outputs)
         return self.plan()
 
     def fold(self, state: int | None, index_paths: dict[int, list[str]] | None,
              bucket_sizes: dict[int, tuple[int, ...]], group: int,
-             outputs: list[HashOutput]) -> None:
+             outputs: Sequence[HashOutput | Sequence[HashOutput]]) -> None:
         """Merge the round's records (group ``group`` of the hash ``outputs``) into the index
         of compacted state ``state``; keeps what ``plan`` needs of them, so the caller may free
         the records before the plans are made."""

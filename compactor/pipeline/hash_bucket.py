@@ -8,6 +8,7 @@ Whole rows stay where they are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +57,11 @@ class GroupRecords:
     """The records of one group from all hash outputs, as sorted runs (one per output), read
     a range of keys at a time: each run is sorted by key, so a range is a slice of each."""
 
-    def __init__(self, outputs: list[HashOutput], group: int) -> None:
-        self.runs = [(o.records[group], o.position, o.ordinal) for o in outputs
+    def __init__(self, outputs: Sequence[HashOutput | Sequence[HashOutput]],
+                 group: int) -> None:
+        """``outputs``: hash outputs, or hash tasks' lists of them."""
+        flat = [o for x in outputs for o in ([x] if isinstance(x, HashOutput) else x)]
+        self.runs = [(o.records[group], o.position, o.ordinal) for o in flat
                      if group in o.records and o.records[group].num_rows]
         self.rows = sum(t.num_rows for t, _, _ in self.runs)
         self.nbytes = sum(t.nbytes for t, _, _ in self.runs)

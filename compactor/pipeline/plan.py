@@ -4,13 +4,15 @@ The plan fixes what the round folds in (every delta above the high watermark, up
 snapshot's version), the bucket layout, the source files and their ordinals, how many rows go
 to an output file, and the ``memory`` each task and actor asks the scheduler for, so that
 memory-aware scheduling keeps a round within the machine or cluster. Files larger than
-``SPLIT_ROWS`` are hashed in several tasks by row groups.
+``SPLIT_ROWS`` are hashed in several tasks by row groups; consecutive small files share a task
+(up to ``BATCH_ROWS`` rows and ``BATCH_FILES`` files), so thousands of small delta files cost
+tens of tasks, not thousands.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
@@ -24,6 +26,8 @@ from compactor.snapshot import Snapshot
 from compactor.table import Table
 
 SPLIT_ROWS = 4_000_000  # rows per hash task at most (whole row groups)
+BATCH_ROWS = 256 * 1024  # files this small share a hash task, up to this many rows in all...
+BATCH_FILES = 64  # ...and this many files
 RECORD_BYTES = 64  # digest, locator, op and bookkeeping per key record in memory
 MIN_TASK_MEMORY = 64 << 20
 FOOTER_THREADS = 16
@@ -31,9 +35,49 @@ FOOTER_THREADS = 16
 
 @dataclass(frozen=True)
 class HashTask:
-    input: HashInput
+    inputs: tuple[HashInput, ...]  # one file or a slice of one, or several small files
     memory: int
-    size: int  # bytes of the input file this task covers (its share of the file)
+    size: int  # bytes of the input files this task covers (its share of a sliced file)
+
+    def describe(self) -> str:
+        first = self.inputs[0]
+        if len(self.inputs) > 1:
+            return f"hash task of {first.file.url} and {len(self.inputs) - 1} more small files"
+        return f"hash task of {first.file.url}" + (
+            f" (row groups from row {first.first_row})" if first.row_groups is not None else "")
+
+
+def batch_small(tasks: list[HashTask]) -> list[HashTask]:
+    """``tasks`` (one file or slice each) with runs of consecutive whole small files
+    (``BATCH_ROWS`` rows in all at most, ``BATCH_FILES`` files) merged into one task each,
+    asking for the memory of its files together; every task asks for MIN_TASK_MEMORY at
+    least."""
+    out: list[HashTask] = []
+    batch: list[HashTask] = []
+    rows = 0
+
+    def close() -> None:
+        if len(batch) == 1:
+            out.append(batch[0])
+        elif batch:
+            out.append(HashTask(tuple(i for t in batch for i in t.inputs),
+                                sum(t.memory for t in batch), sum(t.size for t in batch)))
+        batch.clear()
+
+    for task in tasks:
+        [item] = task.inputs
+        n = item.file.rows
+        small = item.row_groups is None and n <= BATCH_ROWS
+        if not small or rows + n > BATCH_ROWS or len(batch) == BATCH_FILES:
+            close()
+            rows = 0
+        if small:
+            batch.append(task)
+            rows += n
+        else:
+            out.append(task)
+    close()
+    return [replace(t, memory=max(MIN_TASK_MEMORY, t.memory)) for t in out]
 
 
 @dataclass(frozen=True)
@@ -146,10 +190,10 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         for g, n in enumerate([*rg_rows, 0]):
             if chunk and (n == 0 or chunk_rows + n > SPLIT_ROWS):
                 whole = len(chunk) == len(rg_rows)
-                memory = max(MIN_TASK_MEMORY, int(chunk_rows * (2 * per_row_key + RECORD_BYTES)))
-                tasks.append(HashTask(HashInput(
+                memory = int(chunk_rows * (2 * per_row_key + RECORD_BYTES))  # at least MIN_..
+                tasks.append(HashTask((HashInput(
                     file, ordinal, position, kind, cdc,
-                    None if whole else tuple(chunk), first), memory,
+                    None if whole else tuple(chunk), first),), memory,
                     file.size * chunk_rows // max(file.rows, 1)))
                 first, chunk, chunk_rows = start, [], 0
             if n:
@@ -157,8 +201,8 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
                 chunk_rows += n
                 start += n
         if not rg_rows:  # an empty file still gets hashed (it may carry schema only)
-            tasks.append(HashTask(HashInput(file, ordinal, position, kind, cdc),
-                                  MIN_TASK_MEMORY, file.size))
+            tasks.append(HashTask((HashInput(file, ordinal, position, kind, cdc),), 0,
+                                  file.size))
     base = None if rebuild else compacted
     if base is not None:
         for b, bucket in enumerate(base.buckets):
@@ -173,7 +217,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
     groups = max(1, min(groups, count))
     return RoundPlan(
         snapshot=snapshot, base=base, rebuild=rebuild, bucket_count=count, groups=groups,
-        tasks=tuple(tasks), sources=sources,
+        tasks=tuple(batch_small(tasks)), sources=sources,
         high_watermark=snapshot.deltas[-1].position if snapshot.deltas else
         snapshot.high_watermark,
         rows_per_file=min(locators.MAX_FILE_ROWS,

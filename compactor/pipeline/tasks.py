@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import resource
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 import runtime
 from compactor.pipeline.dedupe import DedupeActor
-from compactor.pipeline.hash_bucket import HashOutput, hash_file
+from compactor.pipeline.hash_bucket import HashInput, HashOutput, hash_file
 from compactor.pipeline.materialize import MaterializeOutput, materialize_group
 
 
@@ -22,9 +23,21 @@ def warm_up() -> None:
     """Does nothing: running it imports this module (pyarrow, the pipeline) in a worker."""
 
 
+# files of one hash task read at once: small files are mostly latency (an object store's)
+HASH_READ_THREADS = 8
+
+
 @runtime.remote(max_retries=3)
-def hash_task(*args: Any) -> HashOutput:
-    return replace(hash_file(*args), peak_rss=peak_rss())
+def hash_task(storage: Any, inputs: tuple[HashInput, ...], *args: Any) -> list[HashOutput]:
+    """The records of each input (a file, a slice of one, or one of several small files),
+    several read at once."""
+    if len(inputs) == 1:
+        outputs = [hash_file(storage, inputs[0], *args)]
+    else:
+        with ThreadPoolExecutor(min(HASH_READ_THREADS, len(inputs))) as pool:
+            outputs = list(pool.map(lambda item: hash_file(storage, item, *args), inputs))
+    rss = peak_rss()
+    return [replace(o, peak_rss=rss) for o in outputs]
 
 
 @runtime.remote(max_retries=3)

@@ -15,23 +15,24 @@ import pytest
 
 from compactor import create_table
 from compactor.cluster_sizing import GiB
-from compactor.pipeline.plan import MIN_TASK_MEMORY
+from compactor.pipeline.plan import BATCH_ROWS, MIN_TASK_MEMORY
 from tests.cli.conftest import Run, compactor
 from tests.infra.deployment import CLUSTER_YAML
 
 SCHEMA = pa.schema([("id", pa.int64()), ("v", pa.string()), ("lsn", pa.int64())])
 
 
-def table_with(tmp_path: Path, files: int) -> str:
-    """A local table with ``files`` upsert deltas pending; returns its URL."""
+def table_with(tmp_path: Path, files: int, rows: int = 2_000) -> str:
+    """A local table with ``files`` upsert deltas of ``rows`` rows pending; returns its URL.
+    Files of at most BATCH_ROWS rows share hash tasks; larger ones get one each."""
     url = f"file://{tmp_path}/orders"
     part = create_table(url, SCHEMA, primary_key=["id"], ordering_column="lsn",
                         bucket_count=8).partition()
     rng = np.random.default_rng(7)
     for k in range(files):
-        ids = rng.integers(0, 5_000, 2_000)
-        part.append(pa.table({"id": ids, "v": [f"f{k}-{i}" for i in ids],
-                              "lsn": np.arange(k * 2_000, (k + 1) * 2_000)}, schema=SCHEMA))
+        ids = rng.integers(0, 5_000, rows)
+        part.append(pa.table({"id": ids, "v": pa.array(ids).cast(pa.string()),
+                              "lsn": np.arange(k * rows, (k + 1) * rows)}, schema=SCHEMA))
     return url
 
 
@@ -73,8 +74,9 @@ def test_a_small_round_fits_the_node_that_is_always_up(tmp_path: Path) -> None:
     assert plan["worker_nodes"] == {"worker-on-demand": 1}
     assert (plan["nodes"], plan["nodes_added"], plan["cpus"]) == (1, 0, 8)
     assert plan["dedupe_actors"] == 8  # the CPUs of the idle cluster, as a round would see
-    assert (plan["deltas"], plan["hash_tasks"], plan["rows_in"]) == (3, 3, 6_000)
-    assert plan["steps"]["hash_bucket"] == {"tasks": 3, "memory": 3 * MIN_TASK_MEMORY,
+    # three small files share one hash task
+    assert (plan["deltas"], plan["hash_tasks"], plan["rows_in"]) == (3, 1, 6_000)
+    assert plan["steps"]["hash_bucket"] == {"tasks": 1, "memory": MIN_TASK_MEMORY,
                                             "waves": 1, "nodes": {"worker-on-demand": 1}}
     assert plan["instance_hours_per_round_hour"] == 1
     assert plan["instance_hours_after_round"] == 0
@@ -88,7 +90,7 @@ def test_a_small_round_fits_the_node_that_is_always_up(tmp_path: Path) -> None:
 
 def test_a_round_wider_than_a_node_asks_for_several_and_waves_past_the_max(
         tmp_path: Path) -> None:
-    url = table_with(tmp_path, files=6)  # six hash tasks of 64 MiB, one CPU each
+    url = table_with(tmp_path, files=6, rows=BATCH_ROWS + 1)  # six tasks of 64 MiB, 1 CPU each
     plan = compactor("plan", url, "--cluster", small_cluster(tmp_path), "--json").json()
     # no CPU is up before the round: one dedupe actor; two tasks per 2-CPU node
     assert plan["dedupe_actors"] == 1

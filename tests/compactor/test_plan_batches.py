@@ -1,0 +1,65 @@
+"""Small source files share hash tasks; large and sliced ones keep their own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from compactor import create_table
+from compactor.manifest import DataFile, DeltaKind
+from compactor.pipeline.hash_bucket import HashInput
+from compactor.pipeline.plan import (
+    BATCH_FILES,
+    BATCH_ROWS,
+    MIN_TASK_MEMORY,
+    HashTask,
+    batch_small,
+    plan_round,
+)
+
+
+def _task(n: int, rows: int, memory: int = 1 << 20, sliced: bool = False) -> HashTask:
+    file = DataFile(f"file:///in/{n}.parquet", rows * 10, rows, "x")
+    item = HashInput(file, n, n, DeltaKind.UPSERT, None, (0,) if sliced else None)
+    return HashTask((item,), memory, file.size)
+
+
+def _names(tasks: list[HashTask]) -> list[list[int]]:
+    return [[i.ordinal for i in t.inputs] for t in tasks]
+
+
+def test_consecutive_small_files_share_a_task_within_the_limits() -> None:
+    small = BATCH_ROWS // 4
+    tasks = [_task(0, small), _task(1, small), _task(2, small), _task(3, small),
+             _task(4, small),  # the fifth would pass BATCH_ROWS
+             _task(5, BATCH_ROWS + 1),  # large: alone, and it ends the batch before it
+             _task(6, 10), _task(7, 10, sliced=True), _task(8, 10)]
+    batched = batch_small(tasks)
+    assert _names(batched) == [[0, 1, 2, 3], [4], [5], [6], [7], [8]]
+    assert batched[0].size == sum(t.size for t in tasks[:4])
+    # memory: the files' needs together, never under the floor
+    assert [t.memory for t in batched] == [MIN_TASK_MEMORY] * 6
+    big = batch_small([_task(0, 10, memory=MIN_TASK_MEMORY),
+                       _task(1, 10, memory=MIN_TASK_MEMORY // 2)])
+    assert [t.memory for t in big] == [MIN_TASK_MEMORY + MIN_TASK_MEMORY // 2]
+
+
+def test_a_batch_holds_at_most_batch_files_files() -> None:
+    batched = batch_small([_task(n, 1) for n in range(2 * BATCH_FILES + 1)])
+    assert [len(t.inputs) for t in batched] == [BATCH_FILES, BATCH_FILES, 1]
+    assert [i for t in batched for i in t.inputs] == \
+        [i for n in range(2 * BATCH_FILES + 1) for i in _task(n, 1).inputs]
+
+
+def test_a_round_of_many_small_deltas_plans_few_hash_tasks(tmp_path) -> None:
+    schema = pa.schema([("id", pa.int64()), ("lsn", pa.int64())])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=("id",),
+                         ordering_column="lsn", bucket_count=2)
+    part = table.partition()
+    for k in range(BATCH_FILES + 5):
+        part.append(pa.table({"id": np.arange(3), "lsn": np.full(3, k)}, schema=schema))
+    plan = plan_round(table, part, target_file_size=1 << 20, bucket_count=None, rebase=False,
+                      groups=2)
+    assert [len(t.inputs) for t in plan.tasks] == [BATCH_FILES, 5]
+    assert [i.position for t in plan.tasks for i in t.inputs] == \
+        [d.position for d in part.snapshot().deltas]
