@@ -49,9 +49,12 @@ def _info(storage: Storage, path: str) -> dict[str, Any]:
     return info
 
 
-def open_parquet(storage: Storage, path: str) -> pq.ParquetFile:
-    """Open ``path`` as Parquet (reads the footer only); :class:`CorruptFile` if it is not."""
+def open_parquet(storage: Storage, path: str, whole: bool = False) -> pq.ParquetFile:
+    """Open ``path`` as Parquet (reads the footer only; ``whole``: reads all of the file into
+    memory first, in one request); :class:`CorruptFile` if it is not Parquet."""
     try:
+        if whole:
+            return pq.ParquetFile(pa.BufferReader(storage.fs.cat_file(path)))
         return pq.ParquetFile(storage.fs.open(path, "rb"))
     except FileNotFoundError:
         raise MissingFile(f"file {storage.url_of(path)} does not exist") from None
@@ -86,7 +89,8 @@ def verify(storage: Storage, file: DataFile) -> None:
         )
 
 
-def open_verified(storage: Storage, file: DataFile) -> pq.ParquetFile:
-    """Verify ``file`` is unchanged, then open it as Parquet (footer only)."""
+def open_verified(storage: Storage, file: DataFile, whole: bool = False) -> pq.ParquetFile:
+    """Verify ``file`` is unchanged, then open it as Parquet (footer only; ``whole``: all of
+    it read into memory)."""
     verify(storage, file)
-    return open_parquet(storage, resolve(storage, file.url))
+    return open_parquet(storage, resolve(storage, file.url), whole)

@@ -5,12 +5,14 @@ the table's columns, about ``READ_BATCH_BYTES`` at a time. Each source is read o
 and its surviving rows go to their buckets' writers; bucket b's rows of the group are written
 in (source ordinal, row) order, a new file every ``rows_per_file`` rows: exactly the places the
 dedupe actors' ``finalize`` points the next index at. Columns a file lacks (added to the table
-later) are filled with nulls; every batch is cast to the table schema.
+later) are filled with nulls; every batch is cast to the table schema. Small sources (at most
+``READ_AHEAD_BYTES``) are read whole, several ahead of the one being decoded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,13 +132,15 @@ def batch_rows(rows: int, decoded_bytes: int) -> int:
 
 
 def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
-               schema: pa.Schema) -> Iterator[dict[int, pa.Table]]:
+               schema: pa.Schema, opened: pq.ParquetFile | None = None
+               ) -> Iterator[dict[int, pa.Table]]:
     """Rows ``rows[key]`` (sorted) of ``file`` for each key, reading the file once and only the
     row groups that hold wanted rows, about ``READ_BATCH_BYTES`` at a time:
     yields, per batch, each key's rows in it (in order; a key without rows there is absent),
     gathered straight from the decoded batch. Memory stays bounded whatever the file's size
-    (by a batch, and a row group's compressed column chunks while its rows are read)."""
-    parquet = files.open_verified(storage, file)
+    (by a batch, and a row group's compressed column chunks while its rows are read).
+    ``opened``: the file, already verified and opened (read ahead)."""
+    parquet = opened or files.open_verified(storage, file)
     try:
         meta = parquet.metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
@@ -240,17 +244,73 @@ class _BucketWriter:
         return tuple(self.files)
 
 
+# Sources this small are read whole, up to READ_AHEAD_FILES of them ahead of the one being
+# decoded, by as many threads: a small file is mostly request latency (an object store's), and
+# thousands of small deltas read one after another would cost a round trip or three each.
+READ_AHEAD_BYTES = 8 << 20
+READ_AHEAD_FILES = 8
+
+
+class _ReadAhead:
+    """Opens the small sources of a task ahead of their turn, whole, in a thread pool."""
+
+    def __init__(self, storage: Storage, sources: list[SourceRows]) -> None:
+        self.storage, self.sources = storage, sources
+        self.small = [s.file.size <= READ_AHEAD_BYTES for s in sources]
+        self.pool = ThreadPoolExecutor(READ_AHEAD_FILES) if sum(self.small) > 1 else None
+        self.pending: dict[int, Future[pq.ParquetFile]] = {}
+        self.next = 0
+
+    def take(self, i: int) -> pq.ParquetFile | None:
+        """Source ``i`` opened (None: not read ahead; the caller opens it), after asking for
+        the next ones."""
+        if self.pool is None:
+            return None
+        self.next = max(self.next, i)
+        while self.next < len(self.sources) and len(self.pending) < READ_AHEAD_FILES:
+            if self.small[self.next]:
+                self.pending[self.next] = self.pool.submit(
+                    files.open_verified, self.storage, self.sources[self.next].file, True)
+            self.next += 1
+        ahead = self.pending.pop(i, None)
+        return None if ahead is None else ahead.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for f in self.pending.values():
+                f.cancel()
+            self.pool.shutdown(wait=True)
+
+
+def read_ahead_memory(sources: list[SourceRows]) -> int:
+    """The bytes ``_ReadAhead`` may hold for ``sources``."""
+    small = sorted((s.file.size for s in sources if s.file.size <= READ_AHEAD_BYTES),
+                   reverse=True)
+    return sum(small[:READ_AHEAD_FILES]) if len(small) > 1 else 0
+
+
 def materialize_group(storage: Storage, partition: PartitionKey, group: int,
                       sources: list[SourceRows], schema: pa.Schema, rows_per_file: int,
                       codec: str = DEFAULT_CODEC) -> MaterializeOutput:
     """Read each source once and write every bucket's surviving rows of them, in order."""
     maybe_fail("materialize")
+    ahead = _ReadAhead(storage, sources)
+    try:
+        return _materialize(storage, partition, group, sources, schema, rows_per_file, codec,
+                            ahead)
+    finally:
+        ahead.close()
+
+
+def _materialize(storage: Storage, partition: PartitionKey, group: int,
+                 sources: list[SourceRows], schema: pa.Schema, rows_per_file: int, codec: str,
+                 ahead: _ReadAhead) -> MaterializeOutput:
     options: dict[str, Any] | None = None  # once the first rows are read
     writers: dict[int, _BucketWriter] = {}
     bytes_read = rows = 0
-    for source in sources:
+    for i, source in enumerate(sources):
         wanted = {b: r.array() for b, r in source.rows.items()}
-        for parts in read_split(storage, source.file, wanted, schema):
+        for parts in read_split(storage, source.file, wanted, schema, ahead.take(i)):
             for bucket in sorted(parts):
                 if options is None:
                     options = write_options(codec, dictionary_columns(parts[bucket]))
@@ -326,8 +386,9 @@ def files_per_bucket(plans: dict[int, BucketPlan], groups: list[list[SourceRows]
 
 def task_memory(plan: RoundPlan, group: list[SourceRows]) -> int:
     """Twice the decoded rows a task reads at a time (a batch of its largest source, and the
-    rows gathered from it), plus the buckets' buffers."""
+    rows gathered from it), plus the buckets' buffers and the small sources read ahead."""
     largest = max(batch_rows(s.file.rows, int(s.file.rows * plan.row_bytes))
                   for s in group) * plan.row_bytes
     buckets = len({b for s in group for b in s.rows})
-    return int(2 * largest + buckets * ROW_GROUP_ROWS * plan.row_bytes) + (64 << 20)
+    return int(2 * largest + buckets * ROW_GROUP_ROWS * plan.row_bytes) + (64 << 20) \
+        + read_ahead_memory(group)

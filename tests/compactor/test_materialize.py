@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from compactor import files
+from compactor.errors import ChangedFile
 from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.pipeline import materialize
@@ -166,3 +167,48 @@ def test_written_files_have_dictionaries_only_where_chosen(tmp_path) -> None:
                       for i in range(meta.num_columns)}
     assert has_dictionary == {"id": False, "status": True, "customer": False}
     assert pq.read_table(storage.fs.open(path, "rb")).equals(source.take(pa.array(wanted)))
+
+
+def _small_sources(tmp_path, count: int) -> tuple[Storage, list, list[pa.Table]]:  # type: ignore[type-arg]
+    storage = Storage(f"file://{tmp_path}")
+    rng = np.random.default_rng(count)
+    sources, wanted = [], []
+    for k in range(count):
+        table = pa.table({"id": np.arange(k * 100, k * 100 + 100, dtype=np.int64),
+                          "v": pa.array([f"s{k}-{i}" for i in range(100)])})
+        pq.write_table(table, tmp_path / f"s{k}.parquet", row_group_size=30)
+        file, parquet = files.describe(storage, f"file://{tmp_path}/s{k}.parquet")
+        parquet.close()
+        rows = np.sort(rng.choice(100, 40, replace=False))
+        sources.append(materialize.SourceRows(k, file, {0: RowSet.of(rows)}))
+        wanted.append(table.take(pa.array(rows)))
+    return storage, sources, wanted
+
+
+def test_small_sources_are_read_ahead_whole_and_written_in_order(tmp_path,
+                                                                 monkeypatch) -> None:
+    storage, sources, wanted = _small_sources(tmp_path, 3 * materialize.READ_AHEAD_FILES)
+    whole = []
+    opened = files.open_verified
+
+    def spy(storage: Storage, file, whole_file: bool = False):  # type: ignore[no-untyped-def]
+        whole.append(whole_file)
+        return opened(storage, file, whole_file)
+
+    monkeypatch.setattr(files, "open_verified", spy)
+    out = materialize.materialize_group(storage, PartitionKey(), 0, sources,
+                                        wanted[0].schema, rows_per_file=10_000, codec="zstd")
+    assert whole == [True] * len(sources)  # each read once, whole, by the read-ahead
+    [written] = out.written[0]
+    path = storage.strip(written.url)
+    assert path is not None
+    assert pq.read_table(storage.fs.open(path, "rb")).equals(pa.concat_tables(wanted))
+
+
+def test_a_small_source_changed_since_registered_fails_the_task(tmp_path) -> None:
+    storage, sources, wanted = _small_sources(tmp_path, 4)
+    pq.write_table(pa.table({"id": np.arange(5, dtype=np.int64), "v": ["x"] * 5}),
+                   tmp_path / "s2.parquet")
+    with pytest.raises(ChangedFile, match=r"s2\.parquet changed since it was registered"):
+        materialize.materialize_group(storage, PartitionKey(), 0, sources, wanted[0].schema,
+                                      rows_per_file=10_000, codec="zstd")
