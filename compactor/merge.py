@@ -161,9 +161,14 @@ class _Records:
             return self.columns["pos"][indices]
         return np.full(len(indices), INDEXED_POS, dtype=np.int64)
 
-    def take(self, indices: np.ndarray) -> dict[str, Any]:
-        """Columns of records ``indices``: numpy arrays, and ``order`` as an Arrow array."""
-        columns: dict[str, Any] = {name: a[indices] for name, a in self.columns.items()}
+    def take(self, indices: np.ndarray, into: dict[str, np.ndarray] | None = None
+             ) -> dict[str, Any]:
+        """Columns of records ``indices``: numpy arrays (those named in ``into`` gathered into
+        the start of its buffers, and views of them), and ``order`` as an Arrow array."""
+        into = into or {}
+        columns: dict[str, Any] = {
+            name: np.take(a, indices, out=into[name][:len(indices)]) if name in into
+            else a[indices] for name, a in self.columns.items()}
         if self.order is not None:
             columns["order"] = self.order.take(indices)
         return columns
@@ -401,10 +406,13 @@ def _unify_order(index: pa.Table, incoming: pa.Table) -> tuple[pa.Table, pa.Tabl
     return cast(index), cast(incoming)
 
 
-def merge(index: pa.Table, incoming: pa.Table) -> MergeResult:
+def merge(index: pa.Table, incoming: pa.Table,
+          into: dict[str, np.ndarray] | None = None) -> MergeResult:
     """Fold ``incoming`` records (any order, duplicates allowed) into ``index``.
 
     ``index`` is a previous result's ``index`` (or ``empty_index(...)``); it is not modified.
+    ``into``: buffers for the fixed-width index columns, used when ``index`` is empty (the
+    result's columns are then views of their start: no copy to make later).
     """
     if "pos" in index.column_names:  # an index of an earlier version
         index = index.drop_columns(["pos"])
@@ -435,8 +443,8 @@ def merge(index: pa.Table, incoming: pa.Table) -> MergeResult:
     entering = wins & enters
     changed = wins & was_live
     left = at[found & wins & ~enters]  # old keys removed and not re-entered
-    columns, entered = _splice(old, new.take(winners[entering]), at[entering],
-                               found[entering], np.sort(left))
+    columns, entered = _splice(old, new.take(winners[entering], into if not len(old) else None),
+                               at[entering], found[entering], np.sort(left))
     index = _table(columns, index_schema(new.order_type))
     return MergeResult(
         index=index,

@@ -57,11 +57,15 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
     at = 0
     for j in range(slices):
         part = records.between(run_cuts, j)
+        empty = index_cuts[j + 1] == index_cuts[j]  # (a first round's): merged straight into out
         result = merge(index.slice(index_cuts[j], index_cuts[j + 1] - index_cuts[j]),
-                       schema.empty_table() if part is None else part)
+                       schema.empty_table() if part is None else part,
+                       into={name: values[at:] for name, values in out.items()} if empty
+                       else None)
         m = result.index.num_rows
         for name in out:
-            out[name][at:at + m] = result.columns[name]
+            if not empty:
+                out[name][at:at + m] = result.columns[name]
         if order_type is not None:
             order = result.index.column("order").combine_chunks().cast(order_type)
             if order_out is not None and order.null_count:
