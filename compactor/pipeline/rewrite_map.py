@@ -95,6 +95,9 @@ class RewriteMap:
     def _dense(self, files: np.ndarray) -> np.ndarray:
         """The dense number of each file ordinal (-1: not one of the map's files). Sources
         (most entries) by a table lookup, compacted files by binary search."""
+        if len(files) and int(files.min()) >= SOURCE_BASE \
+                and int(files.max()) - SOURCE_BASE < len(self._source_dense):
+            return self._source_dense[files.astype(np.int64) - SOURCE_BASE]  # sources only
         d = np.full(len(files), -1, dtype=np.int64)
         source = files >= SOURCE_BASE
         j = files[source].astype(np.int64) - SOURCE_BASE
