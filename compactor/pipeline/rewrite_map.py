@@ -46,6 +46,7 @@ class RewriteMap:
                                      if sources.any() else 0, -1, dtype=np.int64)
         self._source_dense[self.ordinals[sources] - SOURCE_BASE] = np.flatnonzero(sources)
         self.offsets = np.concatenate([[0], np.cumsum(spans)]).astype(np.int64)
+        self._spans = np.diff(self.offsets)
         self.selected, self.bounds = selected, bounds
         self._relocated = False
         buckets = len(bounds) - 1
@@ -85,7 +86,12 @@ class RewriteMap:
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(positions, files, rows) of the selected entries, a chunk at a time."""
         for start in range(0, len(self.selected), CHUNK):
-            positions = start + np.flatnonzero(self.selected[start:start + CHUNK])
+            chosen = self.selected[start:start + CHUNK]
+            if chosen.all():  # every entry (a first round's): views, no gathers
+                end = start + len(chosen)
+                yield np.arange(start, end), file[start:end], row[start:end]
+                continue
+            positions = start + np.flatnonzero(chosen)
             yield positions, file[positions], row[positions]
 
     def _bucket(self, positions: np.ndarray) -> np.ndarray | int:
@@ -115,7 +121,7 @@ class RewriteMap:
               ) -> tuple[np.ndarray, np.ndarray]:
         d = self._dense(files)
         if check and len(d) and (d.min() < 0 or rows.min() < 0
-                                 or (rows >= self.offsets[d + 1] - self.offsets[d]).any()):
+                                 or (rows >= self._spans[d]).any()):
             raise ValueError("selected entries point outside the files the map was given")
         return d, self.offsets[d] + rows
 
