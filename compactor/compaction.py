@@ -347,7 +347,8 @@ def _figures(plan: RoundPlan, merged: list[GroupResult], outputs: list[Materiali
         "rows_out": sum(g.keys for g in merged),
         "deletes_applied": sum(g.deleted for g in merged),
         "duplicates_dropped": sum(g.duplicates_dropped for g in merged),
-        "files_read": len(plan.tasks) + sum(o.files_read for o in outputs),
+        "files_read": sum(len(t.inputs) for t in plan.tasks)
+        + sum(o.files_read for o in outputs),
         "bytes_read": plan.bytes_in + sum(o.bytes_read for o in outputs),
         "files_written": len(written),
         "bytes_written": sum(f.size for f in written),

@@ -51,11 +51,21 @@ def _info(storage: Storage, path: str) -> dict[str, Any]:
 
 def open_parquet(storage: Storage, path: str, whole: bool = False) -> pq.ParquetFile:
     """Open ``path`` as Parquet (reads the footer only; ``whole``: reads all of the file into
-    memory first, in one request); :class:`CorruptFile` if it is not Parquet."""
+    memory first, in one request); :class:`CorruptFile` if it is not Parquet. An I/O error
+    while reading a whole file keeps its type (a job may retry it), with a note naming it."""
+    source: Any
+    if whole:
+        try:
+            source = pa.BufferReader(storage.fs.cat_file(path))
+        except FileNotFoundError:
+            raise MissingFile(f"file {storage.url_of(path)} does not exist") from None
+        except OSError as e:
+            e.add_note(f"reading {storage.url_of(path)}")
+            raise
     try:
-        if whole:
-            return pq.ParquetFile(pa.BufferReader(storage.fs.cat_file(path)))
-        return pq.ParquetFile(storage.fs.open(path, "rb"))
+        if not whole:
+            source = storage.fs.open(path, "rb")
+        return pq.ParquetFile(source)
     except FileNotFoundError:
         raise MissingFile(f"file {storage.url_of(path)} does not exist") from None
     except (pa.ArrowException, OSError, ValueError) as e:

@@ -167,7 +167,9 @@ class _Records:
         the start of its buffers, and views of them), and ``order`` as an Arrow array."""
         into = into or {}
         columns: dict[str, Any] = {
-            name: np.take(a, indices, out=into[name][:len(indices)]) if name in into
+            # (mode="wrap": with the default "raise", numpy gathers into a temporary first;
+            # the indices are the records' own)
+            name: np.take(a, indices, out=into[name][:len(indices)], mode="wrap") if name in into
             else a[indices] for name, a in self.columns.items()}
         if self.order is not None:
             columns["order"] = self.order.take(indices)

@@ -62,8 +62,10 @@ def write_options(codec: str, dictionary: list[str] | None = None) -> dict[str, 
 
 def dictionary_columns(sample: pa.Table) -> list[str]:
     """The text (string or binary) columns of ``sample`` worth a dictionary: at most one
-    distinct value in ``DICTIONARY_RATIO`` among its first ``DICTIONARY_SAMPLE`` rows.
-    Numbers are left plain (a dictionary of a few hundred integers made writing slower)."""
+    distinct value in ``DICTIONARY_RATIO`` among its first ``DICTIONARY_SAMPLE`` rows (so none
+    in a sample of fewer than DICTIONARY_RATIO rows). Numbers are left plain (a dictionary of
+    a few hundred integers made writing slower). A compacted file's writer asks with its first
+    row group's rows (``ROW_GROUP_ROWS``, or all of a smaller file's)."""
     head = sample.slice(0, DICTIONARY_SAMPLE)
     if not head.num_rows:
         return []
@@ -191,12 +193,13 @@ def _named_errors(file: DataFile, batches: Iterator[pa.RecordBatch]
 
 
 class _BucketWriter:
-    """Writes one bucket's rows, a new file every ``rows_per_file`` rows."""
+    """Writes one bucket's rows, a new file every ``rows_per_file`` rows; each file's
+    dictionary columns are chosen from its first row group's rows."""
 
     def __init__(self, storage: Storage, partition: PartitionKey, bucket: int,
-                 schema: pa.Schema, rows_per_file: int, options: dict[str, Any]) -> None:
+                 schema: pa.Schema, rows_per_file: int, codec: str) -> None:
         self.storage, self.partition, self.bucket = storage, partition, bucket
-        self.schema, self.rows_per_file, self.options = schema, rows_per_file, options
+        self.schema, self.rows_per_file, self.codec = schema, rows_per_file, codec
         self.files: list[DataFile] = []
         self._buffer: list[pa.Table] = []
         self._buffered = 0
@@ -221,11 +224,13 @@ class _BucketWriter:
     def _flush(self) -> None:
         if not self._buffered:
             return
+        data = pa.concat_tables(self._buffer)
         if self._writer is None:
             self._rel = layout.new_compacted_file(self.partition, self.bucket)
             self._out = self.storage.open_output(self._rel)
-            self._writer = pq.ParquetWriter(self._out, self.schema, **self.options)
-        self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=ROW_GROUP_ROWS)
+            self._writer = pq.ParquetWriter(self._out, self.schema, **write_options(
+                self.codec, dictionary_columns(data)))
+        self._writer.write_table(data, row_group_size=ROW_GROUP_ROWS)
         self._in_file += self._buffered
         self._buffer, self._buffered = [], 0
 
@@ -305,18 +310,15 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
 def _materialize(storage: Storage, partition: PartitionKey, group: int,
                  sources: list[SourceRows], schema: pa.Schema, rows_per_file: int, codec: str,
                  ahead: _ReadAhead) -> MaterializeOutput:
-    options: dict[str, Any] | None = None  # once the first rows are read
     writers: dict[int, _BucketWriter] = {}
     bytes_read = rows = 0
     for i, source in enumerate(sources):
         wanted = {b: r.array() for b, r in source.rows.items()}
         for parts in read_split(storage, source.file, wanted, schema, ahead.take(i)):
             for bucket in sorted(parts):
-                if options is None:
-                    options = write_options(codec, dictionary_columns(parts[bucket]))
                 if bucket not in writers:
                     writers[bucket] = _BucketWriter(storage, partition, bucket, schema,
-                                                    rows_per_file, options)
+                                                    rows_per_file, codec)
                 writers[bucket].add(parts.pop(bucket))
         bytes_read += source.file.size
         rows += sum(len(r) for r in source.rows.values())

@@ -3,8 +3,10 @@
 The merge kernel (``compactor.merge``) needs temporaries several times the size of the records
 it sorts, and a dedupe actor's share of a full round is tens of millions of records. Digests
 are uniform, so equal ranges of ``hi`` hold about equal shares of the keys: the records (sorted
-runs, one per hash task) and the index are cut at the same ``hi`` values into slices of about
-``SLICE_RECORDS`` records; each slice is merged alone and copied into the next index's columns.
+runs, one per source file or slice of one) and the index are cut at the same ``hi`` values into
+slices of about ``SLICE_RECORDS`` records; each slice is merged alone and copied into the next
+index's columns (a slice without index entries, as in a first round, is gathered straight
+into them).
 Temporaries stay bounded by a slice whatever the table size, and the memory one slice frees
 serves the next (pages already mapped, not fresh ones to fault in and zero).
 """

@@ -212,3 +212,48 @@ def test_a_small_source_changed_since_registered_fails_the_task(tmp_path) -> Non
     with pytest.raises(ChangedFile, match=r"s2\.parquet changed since it was registered"):
         materialize.materialize_group(storage, PartitionKey(), 0, sources, wanted[0].schema,
                                       rows_per_file=10_000, codec="zstd")
+
+
+def test_an_io_error_reading_a_small_source_ahead_stays_an_io_error(tmp_path,
+                                                                    monkeypatch) -> None:
+    """A dropped connection is not a corrupt file: it keeps its type (jobs retry it) and names
+    the file."""
+    storage, sources, wanted = _small_sources(tmp_path, 4)
+    fs_type = type(storage.fs)
+    real = fs_type.cat_file
+
+    def flaky(self, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(path).endswith("s2.parquet"):
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(fs_type, "cat_file", flaky)
+    with pytest.raises(ConnectionResetError) as failure:
+        materialize.materialize_group(storage, PartitionKey(), 0, sources, wanted[0].schema,
+                                      rows_per_file=10_000, codec="zstd")
+    assert any("s2.parquet" in note for note in failure.value.__notes__)
+
+
+def test_each_file_chooses_its_dictionaries_from_its_first_row_group(tmp_path) -> None:
+    """A tiny first source does not decide for the rows after it: the file's writer looks at
+    the rows of its first row group."""
+    storage = Storage(f"file://{tmp_path}")
+    rng = np.random.default_rng(5)
+    sources, tables = [], []
+    for k, rows in enumerate([10, 20_000]):
+        table = pa.table({"id": np.arange(rows, dtype=np.int64) + 100_000 * k,
+                          "status": pa.array([["new", "shipped", "returned"][i]
+                                              for i in rng.integers(0, 3, rows)])})
+        pq.write_table(table, tmp_path / f"src{k}.parquet")
+        file, parquet = files.describe(storage, f"file://{tmp_path}/src{k}.parquet")
+        parquet.close()
+        sources.append(materialize.SourceRows(k, file, {0: RowSet.of(np.arange(rows))}))
+        tables.append(table)
+    out = materialize.materialize_group(storage, PartitionKey(), 0, sources, tables[0].schema,
+                                        rows_per_file=1_000_000, codec="snappy")
+    [written] = out.written[0]
+    path = storage.strip(written.url)
+    assert path is not None
+    meta = pq.ParquetFile(storage.fs.open(path, "rb")).metadata
+    assert meta.row_group(0).column(1).has_dictionary_page
+    assert pq.read_table(storage.fs.open(path, "rb")).equals(pa.concat_tables(tables))

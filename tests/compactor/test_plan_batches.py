@@ -63,3 +63,19 @@ def test_a_round_of_many_small_deltas_plans_few_hash_tasks(tmp_path) -> None:
     assert [len(t.inputs) for t in plan.tasks] == [BATCH_FILES, 5]
     assert [i.position for t in plan.tasks for i in t.inputs] == \
         [d.position for d in part.snapshot().deltas]
+
+
+def test_a_round_counts_each_file_it_reads_not_each_task(tmp_path) -> None:
+    import runtime
+    from compactor.compaction import compact_partition
+
+    schema = pa.schema([("id", pa.int64()), ("lsn", pa.int64())])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=("id",),
+                         ordering_column="lsn", bucket_count=2)
+    part = table.partition()
+    for k in range(5):
+        part.append(pa.table({"id": np.arange(3) + 10 * k, "lsn": np.full(3, k)}, schema=schema))
+    with runtime.init("local", num_cpus=2):
+        result = compact_partition(table, part)
+    assert result.rows_out == 15
+    assert result.files_read == 5 + 5  # each hashed (in one task), then each materialized

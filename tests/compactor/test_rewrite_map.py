@@ -5,17 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from compactor.pipeline import rewrite_map
 from compactor.pipeline.dedupe import member
 from compactor.pipeline.locators import SOURCE_BASE, compacted
 from compactor.pipeline.rewrite_map import RewriteMap
 
 
-def _case(seed: int, entries: int, buckets: int):  # type: ignore[no-untyped-def]
+def _case(seed: int, entries: int, buckets: int, select: float = 0.7,  # type: ignore[no-untyped-def]
+          sources_only: bool = False):
     """An index of ``entries`` (key order = random locator order) over ``buckets`` buckets,
-    with files: two compacted ones of bucket 0 and three sources."""
+    with files: two compacted ones of bucket 0 and three sources (or five sources); about
+    ``select`` of the entries are selected."""
     rng = np.random.default_rng(seed)
     ordinals = np.array([compacted(0, 1), compacted(0, 4), SOURCE_BASE, SOURCE_BASE + 1,
                          SOURCE_BASE + 5])
+    if sources_only:
+        ordinals = SOURCE_BASE + np.array([0, 1, 2, 4, 9])
     spans = rng.integers(entries // 3 + 1, entries + 2, len(ordinals))
     locators = np.unique(np.concatenate([
         np.stack([np.full(s, i), np.arange(s)]) for i, s in enumerate(spans)], axis=1).T, axis=0)
@@ -23,7 +28,7 @@ def _case(seed: int, entries: int, buckets: int):  # type: ignore[no-untyped-def
     file = ordinals[chosen[:, 0]].astype(np.int32)
     row = chosen[:, 1].astype(np.int64)
     bounds = np.sort(np.r_[0, rng.integers(0, entries + 1, buckets - 1), entries])
-    selected = rng.random(entries) < 0.7
+    selected = rng.random(entries) < select
     return ordinals, spans, file, row, selected, bounds
 
 
@@ -52,7 +57,25 @@ def _expected(file, row, selected, bounds, group_of, bucket_ids, kept, rows_per_
 ])
 def test_plans_and_places_match_a_sort_by_locator(seed: int, entries: int, buckets: int,
                                                   rows_per_file: int) -> None:
-    ordinals, spans, file, row, selected, bounds = _case(seed, entries, buckets)
+    _check(_case(seed, entries, buckets), buckets, rows_per_file)
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 64])
+@pytest.mark.parametrize(("select", "sources_only"), [
+    (1.0, True), (1.0, False), (0.97, True), (0.5, True)])
+@pytest.mark.parametrize("buckets", [1, 3])
+def test_whole_chunks_and_source_only_entries_take_the_fast_paths_to_the_same_places(
+        monkeypatch: pytest.MonkeyPatch, chunk: int, select: float, sources_only: bool,
+        buckets: int) -> None:
+    """A first round selects every entry, all of sources: chunks read as views and files
+    found by one table lookup must place rows exactly as the general path does."""
+    monkeypatch.setattr(rewrite_map, "CHUNK", chunk)
+    for seed in range(5):
+        _check(_case(seed, 300, buckets, select, sources_only), buckets, 11)
+
+
+def _check(case, buckets: int, rows_per_file: int) -> None:  # type: ignore[no-untyped-def]
+    ordinals, spans, file, row, selected, bounds = case
     group_of = {int(o): g for o, g in zip(ordinals, [0, 0, 1, 1, 2], strict=True)}
     bucket_ids = [3 + 2 * i for i in range(buckets)]
     kept = [i % 3 for i in range(buckets)]
