@@ -190,7 +190,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         for g, n in enumerate([*rg_rows, 0]):
             if chunk and (n == 0 or chunk_rows + n > SPLIT_ROWS):
                 whole = len(chunk) == len(rg_rows)
-                memory = int(chunk_rows * (2 * per_row_key + RECORD_BYTES))  # at least MIN_..
+                memory = int(chunk_rows * (2 * per_row_key + RECORD_BYTES))  # batch_small floors it
                 tasks.append(HashTask((HashInput(
                     file, ordinal, position, kind, cdc,
                     None if whole else tuple(chunk), first),), memory,
