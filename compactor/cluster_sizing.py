@@ -205,7 +205,12 @@ def _node_type(source: str, name: str, spec: Mapping[str, Any], head: bool,
 def round_requests(plan: RoundPlan) -> tuple[list[Request], dict[str, list[Request]]]:
     """The dedupe actors' and each step's requests, as ``compact_partition`` makes them."""
     from compactor.pipeline import locators
-    from compactor.pipeline.materialize import SourceRows, task_memory
+    from compactor.pipeline.materialize import (
+        READ_AHEAD_BYTES,
+        READ_AHEAD_FILES,
+        SourceRows,
+        task_memory,
+    )
     from compactor.pipeline.row_sets import RowSet
 
     actors = [Request(f"dedupe actor {g} of {plan.groups}", plan.dedupe_memory, cpus=0)
@@ -215,12 +220,20 @@ def round_requests(plan: RoundPlan) -> tuple[list[Request], dict[str, list[Reque
     # feeds its bucket, a delta file all buckets its rows hash to.
     none = RowSet.of(np.zeros(0, dtype=np.int64))
     materialize: list[Request] = []
+    alone = []
     for ordinal, file in plan.sources.items():
         buckets = ([locators.bucket_of_compacted(ordinal)] if not locators.is_source(ordinal)
                    else range(min(plan.bucket_count, max(1, file.rows))))
         source = SourceRows(ordinal, file, dict.fromkeys(buckets, none))
+        alone.append(source)
         materialize.append(Request(f"materialize task reading {file.url}",
                                    task_memory(plan, [source])))
+    # a task of small sources also holds the ones it reads ahead
+    small = sorted((s for s in alone if s.file.size <= READ_AHEAD_BYTES),
+                   key=lambda s: -s.file.size)[:READ_AHEAD_FILES]
+    if len(small) > 1:
+        materialize.append(Request(f"materialize task reading {len(small)} small files ahead",
+                                   task_memory(plan, small)))
     largest = [max(materialize, key=lambda r: r.memory)] if materialize else []
     return actors, {"hash_bucket": hashing, "materialize": largest}
 

@@ -262,7 +262,8 @@ class _ReadAhead:
     def __init__(self, storage: Storage, sources: list[SourceRows]) -> None:
         self.storage, self.sources = storage, sources
         self.small = [s.file.size <= READ_AHEAD_BYTES for s in sources]
-        self.pool = ThreadPoolExecutor(READ_AHEAD_FILES) if sum(self.small) > 1 else None
+        count = sum(self.small)
+        self.pool = ThreadPoolExecutor(min(READ_AHEAD_FILES, count)) if count > 1 else None
         self.pending: dict[int, Future[pq.ParquetFile]] = {}
         self.next = 0
 
@@ -282,9 +283,7 @@ class _ReadAhead:
 
     def close(self) -> None:
         if self.pool is not None:
-            for f in self.pending.values():
-                f.cancel()
-            self.pool.shutdown(wait=True)
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_ahead_memory(sources: list[SourceRows]) -> int:

@@ -169,8 +169,10 @@ def test_requests_are_the_ones_compaction_makes(tmp_path: Path) -> None:
     assert [r.memory for r in steps["hash_bucket"]] == [t.memory for t in plan.tasks]
     assert all(r.cpus == 1 for r in steps["hash_bucket"])
     (largest,) = steps["materialize"]
-    file = max(plan.sources.values(), key=lambda f: f.rows)
-    ordinal = next(o for o, f in plan.sources.items() if f == file)
+    # three small delta files: a task reading them all holds them read ahead, the largest
     none = np.empty(0, dtype=np.int64)
-    alone = SourceRows(ordinal, file, dict.fromkeys(range(4), none))
-    assert largest.memory == task_memory(plan, [alone]) and file.url in largest.what
+    together = [SourceRows(o, f, dict.fromkeys(range(4), none))
+                for o, f in sorted(plan.sources.items(), key=lambda of: -of[1].size)]
+    assert largest.memory == task_memory(plan, together)
+    assert largest.what == "materialize task reading 3 small files ahead"
+    assert largest.memory > max(task_memory(plan, [s]) for s in together)
