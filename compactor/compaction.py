@@ -170,12 +170,12 @@ def compact_partition(
     brotli or none). Raises the ``CompactorError`` of bad input (nothing committed),
     ``CommitConflict`` if another round committed first.
     """
+    if not isinstance(partition, Partition):
+        partition = table.partition(partition)
     try:
         write_options(compression)
     except ValueError as e:
-        raise InvalidTableSpec(str(e)) from None
-    if not isinstance(partition, Partition):
-        partition = table.partition(partition)
+        raise InvalidTableSpec(f"partition {partition.key} of {table.url}: {e}") from None
     if table.url.startswith("memory://"):
         raise InvalidTableSpec(
             f"table {table.url}: a memory:// table lives in one process, and compaction runs in "

@@ -147,7 +147,8 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         )
     count = bucket_count or (compacted.bucket_count if compacted else table.bucket_count)
     if not 1 <= count <= locators.MAX_BUCKETS:
-        raise ValueError(f"bucket count {count} must be between 1 and {locators.MAX_BUCKETS}")
+        raise ValueError(f"partition {partition.key} of {table.url}: bucket count {count} must "
+                         f"be between 1 and {locators.MAX_BUCKETS}")
     rebuild = compacted is not None and (rebase or rebuild
                                          or index_store.paths_of(compacted) is None)
     if not snapshot.deltas and not rebuild:
