@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -169,17 +171,20 @@ def test_written_files_have_dictionaries_only_where_chosen(tmp_path) -> None:
     assert pq.read_table(storage.fs.open(path, "rb")).equals(source.take(pa.array(wanted)))
 
 
-def _small_sources(tmp_path, count: int) -> tuple[Storage, list, list[pa.Table]]:  # type: ignore[type-arg]
+def _small_sources(tmp_path, count: int, big_every: int = 0  # type: ignore[no-untyped-def]
+                   ) -> tuple[Storage, list, list[pa.Table]]:  # type: ignore[type-arg]
+    """``count`` small Parquet files (every ``big_every``-th one ten times larger)."""
     storage = Storage(f"file://{tmp_path}")
     rng = np.random.default_rng(count)
     sources, wanted = [], []
     for k in range(count):
-        table = pa.table({"id": np.arange(k * 100, k * 100 + 100, dtype=np.int64),
-                          "v": pa.array([f"s{k}-{i}" for i in range(100)])})
+        n = 1000 if big_every and k % big_every == 1 else 100
+        table = pa.table({"id": np.arange(k * 1000, k * 1000 + n, dtype=np.int64),
+                          "v": pa.array([f"s{k}-{i}" for i in range(n)])})
         pq.write_table(table, tmp_path / f"s{k}.parquet", row_group_size=30)
         file, parquet = files.describe(storage, f"file://{tmp_path}/s{k}.parquet")
         parquet.close()
-        rows = np.sort(rng.choice(100, 40, replace=False))
+        rows = np.sort(rng.choice(n, 40, replace=False))
         sources.append(materialize.SourceRows(k, file, {0: RowSet.of(rows)}))
         wanted.append(table.take(pa.array(rows)))
     return storage, sources, wanted
@@ -187,18 +192,29 @@ def _small_sources(tmp_path, count: int) -> tuple[Storage, list, list[pa.Table]]
 
 def test_small_sources_are_read_ahead_whole_and_written_in_order(tmp_path,
                                                                  monkeypatch) -> None:
-    storage, sources, wanted = _small_sources(tmp_path, 3 * materialize.READ_AHEAD_FILES)
-    whole = []
+    """Small sources are read whole by the read-ahead's threads, each once; larger ones
+    between them are opened in turn by the task itself; rows come out in source order."""
+    storage, sources, wanted = _small_sources(tmp_path, 3 * materialize.READ_AHEAD_FILES,
+                                              big_every=5)
+    sizes = sorted({s.file.size for s in sources})
+    limit = sizes[0] + (sizes[-1] - sizes[0]) // 2  # between the small and the larger files
+    monkeypatch.setattr(materialize, "READ_AHEAD_BYTES", limit)
+    reads = {}
     opened = files.open_verified
 
     def spy(storage: Storage, file, whole_file: bool = False):  # type: ignore[no-untyped-def]
-        whole.append(whole_file)
+        assert file.url not in reads, "read twice"
+        reads[file.url] = (whole_file, threading.current_thread() is threading.main_thread())
         return opened(storage, file, whole_file)
 
     monkeypatch.setattr(files, "open_verified", spy)
     out = materialize.materialize_group(storage, PartitionKey(), 0, sources,
-                                        wanted[0].schema, rows_per_file=10_000, codec="zstd")
-    assert whole == [True] * len(sources)  # each read once, whole, by the read-ahead
+                                        wanted[0].schema, rows_per_file=100_000, codec="zstd")
+    small = [s.file.size <= limit for s in sources]
+    assert 0 < sum(small) < len(sources)
+    # (whole, by the main thread) of each source: small ones whole by a read-ahead thread
+    assert [reads[s.file.url] for s in sources] == [(True, False) if x else (False, True)
+                                                    for x in small]
     [written] = out.written[0]
     path = storage.strip(written.url)
     assert path is not None
