@@ -282,7 +282,10 @@ class _ReadAhead:
         ahead = self.pending.pop(i, None)
         return None if ahead is None else ahead.result()
 
-    def close(self) -> None:
+    def __enter__(self) -> _ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
@@ -299,29 +302,19 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
                       codec: str = DEFAULT_CODEC) -> MaterializeOutput:
     """Read each source once and write every bucket's surviving rows of them, in order."""
     maybe_fail("materialize")
-    ahead = _ReadAhead(storage, sources)
-    try:
-        return _materialize(storage, partition, group, sources, schema, rows_per_file, codec,
-                            ahead)
-    finally:
-        ahead.close()
-
-
-def _materialize(storage: Storage, partition: PartitionKey, group: int,
-                 sources: list[SourceRows], schema: pa.Schema, rows_per_file: int, codec: str,
-                 ahead: _ReadAhead) -> MaterializeOutput:
     writers: dict[int, _BucketWriter] = {}
     bytes_read = rows = 0
-    for i, source in enumerate(sources):
-        wanted = {b: r.array() for b, r in source.rows.items()}
-        for parts in read_split(storage, source.file, wanted, schema, ahead.take(i)):
-            for bucket in sorted(parts):
-                if bucket not in writers:
-                    writers[bucket] = _BucketWriter(storage, partition, bucket, schema,
-                                                    rows_per_file, codec)
-                writers[bucket].add(parts.pop(bucket))
-        bytes_read += source.file.size
-        rows += sum(len(r) for r in source.rows.values())
+    with _ReadAhead(storage, sources) as ahead:
+        for i, source in enumerate(sources):
+            wanted = {b: r.array() for b, r in source.rows.items()}
+            for parts in read_split(storage, source.file, wanted, schema, ahead.take(i)):
+                for bucket in sorted(parts):
+                    if bucket not in writers:
+                        writers[bucket] = _BucketWriter(storage, partition, bucket, schema,
+                                                        rows_per_file, codec)
+                    writers[bucket].add(parts.pop(bucket))
+            bytes_read += source.file.size
+            rows += sum(len(r) for r in source.rows.values())
     written = {b: w.finish() for b, w in sorted(writers.items())}
     return MaterializeOutput(group, written, len(sources), bytes_read, rows)
 
