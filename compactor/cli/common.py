@@ -97,6 +97,9 @@ class Session:
 
         code = EXIT_CONFLICT if isinstance(error, CommitConflict) else EXIT_FAILURE
         message = " ".join(str(error).split()) or type(error).__name__
+        notes = getattr(error, "__notes__", None)  # e.g. which file an I/O error was reading
+        if notes:
+            message = f"{message} ({'; '.join(' '.join(str(n).split()) for n in notes)})"
         if not isinstance(error, CompactorError | CommandError):
             message = f"{type(error).__name__}: {message}"
             if self.where and self.where.split()[-1] not in message:

@@ -162,7 +162,8 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
                           sum(meta.row_group(g).total_byte_size for g in groups))
         at = 0
         for batch in _named_errors(file, parquet.iter_batches(
-                batch_size=step, row_groups=groups.tolist(), columns=names)):
+                batch_size=step, row_groups=groups.tolist(), columns=names),
+                in_memory=opened is not None):
             data = pa.Table.from_batches([batch])
             end = at + data.num_rows
             out = {}
@@ -180,15 +181,19 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
         parquet.close()
 
 
-def _named_errors(file: DataFile, batches: Iterator[pa.RecordBatch]
+def _named_errors(file: DataFile, batches: Iterator[pa.RecordBatch], in_memory: bool = False
                   ) -> Iterator[pa.RecordBatch]:
     """``batches``, with a read failure naming ``file``: undecodable data is a CorruptFile;
-    an I/O error (which a job may retry) keeps its type and gets a note."""
+    an I/O error (which a job may retry) keeps its type and gets a note. pyarrow reports some
+    undecodable pages as OSError too: from a file already in memory (``in_memory``) every
+    failure is the data's."""
     try:
         yield from batches
     except pa.ArrowInvalid as e:
         raise CorruptFile(f"file {file.url} is not valid Parquet ({e})") from None
     except OSError as e:
+        if in_memory:
+            raise CorruptFile(f"file {file.url} is not valid Parquet ({e})") from None
         e.add_note(f"reading {file.url}")
         raise
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,3 +107,19 @@ def test_help_explains_every_command_with_an_example() -> None:
     for run in runs:
         assert run.code == 0, run
         assert "Example" in run.out and "--json" in run.out and "--endpoint-url" in run.out, run
+
+
+def test_a_failure_shows_the_notes_that_say_which_file() -> None:
+    """An I/O error keeps its type (jobs retry it); the file it was reading is in a note,
+    which the one-line message carries."""
+    from compactor.cli.common import Session
+
+    error = ConnectionResetError(104, "Connection reset by peer")
+    error.add_note("reading s3://lake/orders/part-7.parquet")
+    session = Session(where="partition default of table s3://lake/orders")
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert session.fail(error) == 1
+    # (the file's URL names the table, so the command's "where" is not repeated)
+    assert err.getvalue().strip() == (
+        "error: ConnectionResetError: [Errno 104] Connection reset by peer "
+        "(reading s3://lake/orders/part-7.parquet)")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from compactor import files
-from compactor.errors import ChangedFile
+from compactor.errors import ChangedFile, CorruptFile
 from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.pipeline import materialize
@@ -117,6 +117,10 @@ def test_a_source_that_breaks_while_read_is_named(tmp_path) -> None:
     with pytest.raises(OSError) as failure:
         list(materialize.read_split(storage, file, {0: np.arange(10_000)}, table.schema))
     assert f"reading file://{tmp_path}/src.parquet" in failure.value.__notes__
+    # read whole first (as small sources are, ahead), the same page can only be the data's
+    whole = files.open_verified(storage, file, whole=True)
+    with pytest.raises(CorruptFile, match=rf"file file://{tmp_path}/src\.parquet is not valid"):
+        list(materialize.read_split(storage, file, {0: np.arange(10_000)}, table.schema, whole))
 
 
 def test_dictionary_columns_are_text_with_few_distinct_values() -> None:
