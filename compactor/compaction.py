@@ -32,7 +32,7 @@ from compactor.pipeline.materialize import (
     task_memory,
     write_options,
 )
-from compactor.pipeline.plan import NothingToDo, RoundPlan, plan_round
+from compactor.pipeline.plan import NothingToDo, RoundPlan, check_bucket_count, plan_round
 from compactor.pipeline.tasks import Dedupe, hash_task, materialize_task, peak_rss, warm_up
 from compactor.result import CompactionResult
 from compactor.table import Table
@@ -176,6 +176,7 @@ def compact_partition(
         write_options(compression)
     except ValueError as e:
         raise InvalidTableSpec(f"partition {partition.key} of {table.url}: {e}") from None
+    check_bucket_count(table, partition, bucket_count)  # before a runtime starts
     if table.url.startswith("memory://"):
         raise InvalidTableSpec(
             f"table {table.url}: a memory:// table lives in one process, and compaction runs in "

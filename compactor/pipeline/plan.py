@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 
 from compactor import files
-from compactor.errors import FileTooLarge
+from compactor.errors import FileTooLarge, InvalidTableSpec
 from compactor.manifest import CdcOps, CompactedState, DataFile, DeltaKind
 from compactor.partition import Partition
 from compactor.pipeline import index_store, locators
@@ -108,6 +108,14 @@ class RoundPlan:
                 if b * self.groups // self.bucket_count == group]
 
 
+def check_bucket_count(table: Table, partition: Partition, bucket_count: int | None) -> None:
+    """:class:`InvalidTableSpec` naming the partition unless ``bucket_count`` is None (keep
+    the partition's) or between 1 and ``MAX_BUCKETS``."""
+    if bucket_count is not None and not 1 <= bucket_count <= locators.MAX_BUCKETS:
+        raise InvalidTableSpec(f"partition {partition.key} of {table.url}: bucket count "
+                               f"{bucket_count} must be between 1 and {locators.MAX_BUCKETS}")
+
+
 class NothingToDo(Exception):
     """No delta above the high watermark and no rebase asked for."""
 
@@ -138,17 +146,16 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
                rebuild: bool = False) -> RoundPlan:
     snapshot = partition.snapshot()
     compacted = snapshot.compacted
+    check_bucket_count(table, partition, bucket_count)
     if compacted is not None and bucket_count is not None \
             and bucket_count != compacted.bucket_count and not rebase:
-        raise ValueError(
+        raise InvalidTableSpec(
             f"partition {partition.key} of {table.url} is compacted into "
             f"{compacted.bucket_count} buckets; changing that to {bucket_count} is a rebase "
             "(a full rewrite): ask for it with rebase=True (--rebase)"
         )
-    count = bucket_count or (compacted.bucket_count if compacted else table.bucket_count)
-    if not 1 <= count <= locators.MAX_BUCKETS:
-        raise ValueError(f"partition {partition.key} of {table.url}: bucket count {count} must "
-                         f"be between 1 and {locators.MAX_BUCKETS}")
+    count = bucket_count if bucket_count is not None else \
+        (compacted.bucket_count if compacted else table.bucket_count)
     rebuild = compacted is not None and (rebase or rebuild
                                          or index_store.paths_of(compacted) is None)
     if not snapshot.deltas and not rebuild:
