@@ -65,19 +65,22 @@ class RayObjectRef(ObjectRef):
         return (RayObjectRef, (self.ray_ref, self.actor_call))
 
 
+_environment_lock = threading.Lock()
+
+
 @contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``values`` set, for processes started meanwhile; restored after."""
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
+    """``os.environ`` with those of ``values`` it lacks set, for processes started meanwhile;
+    removed after. One ``ray.init`` at a time changes it; other threads of the program still
+    see the settings meanwhile (start the backend before threads that start processes)."""
+    with _environment_lock:
+        added = {k: v for k, v in values.items() if k not in os.environ}
+        os.environ.update(added)
+        try:
+            yield
+        finally:
+            for k in added:
                 os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class RayBackend(Backend):
@@ -123,7 +126,8 @@ class RayBackend(Backend):
             settings = {k: os.environ.get(k, v) for k, v in WORKER_MEMORY_ENV.items()}
             if address is None:
                 # a new local instance: its processes inherit this environment, so its workers
-                # (started with it, not per job) have the settings when the first task comes
+                # (started with it, not per job) have the settings when the first task comes;
+                # so do its own daemons (raylet, GCS), which allocate little
                 with _environment(settings):
                     # "local" always starts a new instance: a bare ray.init() would join
                     # whatever cluster another program left running on this machine

@@ -29,10 +29,11 @@ WORKER_MEMORY_ENV = {
     "ARROW_DEFAULT_MEMORY_POOL": "system",
 }
 
-# A task worker idle this long gives the free memory its heap keeps back to the system (see
-# ``release_free_memory``). Between the tasks of a step a worker waits milliseconds; between
-# steps (a round's hash tasks done, its dedupe actors folding) or rounds it waits seconds, and
-# the memory its tasks freed would otherwise stay counted against the machine meanwhile.
+# A task worker of the local backend idle this long gives the free memory its heap keeps back
+# to the system (see ``release_free_memory``; Ray's workers do not). Between the tasks of a
+# step a worker waits milliseconds; between steps (a round's hash tasks done, its dedupe actors
+# folding) or rounds it waits seconds, and the memory its tasks freed would otherwise stay
+# counted against the machine meanwhile.
 IDLE_TRIM_SECONDS = 0.5
 
 

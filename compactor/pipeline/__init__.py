@@ -2,8 +2,9 @@
 
 Data flow of one round (D = driver; tasks and actors run on the runtime)::
 
-    D: plan ── per source file ──▶ hash_bucket task: read key/order/op columns only
-                                    └─▶ per group of buckets: (hi, lo, order, file, row, op)
+    D: plan ── per file (or several small) ─▶ hash_bucket task: read key/order/op columns only
+                                    └─▶ per group of buckets: (hi, lo, [order], row, op),
+                                        sorted by key; position and file once per output
     dedupe actor (one per group of buckets, index cached across rounds)
         fold the records into its buckets' key index (D then frees them); plan ─▶ per bucket:
         files kept in place, surviving rows per source file

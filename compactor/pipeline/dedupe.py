@@ -177,8 +177,9 @@ class DedupeActor:
             where = self.storage.url_of(self.storage.path(self.partition_dir))
             raise runtime.ActorDiedError(
                 f"partition {where}: the dedupe actor of buckets {self.buckets[0]}-"
-                f"{self.buckets[-1]} holds no folded round (it restarted after folding, and "
-                "the records are freed): nothing was committed; run the round again")
+                f"{self.buckets[-1]} holds no folded round (it restarted after folding, or the "
+                "round was aborted or planned already; the records are freed): nothing was "
+                "committed; run the round again")
         folded, self._folded = self._folded, None
         result, records_per_bucket, spans = folded.result, folded.per_bucket, folded.spans
         state, bucket_sizes = folded.state, folded.bucket_sizes

@@ -134,11 +134,11 @@ class RewriteMap:
         ``rows_per_file`` rows); ``buckets[i]``: the number of the group's bucket i, whose
         compacted files are ordinals ``buckets[i] << 16 | position``; ``kept[i]``: how many of
         its files stay in place, ahead of the new ones. Returns how many files each bucket has
-        after the round.
+        after the round. ``file`` and ``row`` must be the arrays the map was built from, with
+        its selected entries unchanged since (their slots are looked up again, unchecked).
         """
         if self._relocated:  # it reads the old locators as it overwrites them: once only
             raise ValueError("the rewrite map has relocated its entries already")
-        self._relocated = True
         missing = [o for d, o in enumerate(self.ordinals.tolist())
                    if o not in group_of and self.counts[:, d].any()]
         if missing:
@@ -166,6 +166,7 @@ class RewriteMap:
         # long as the map lives) before its entries are pointed elsewhere
         # (the entries' slots were checked when the map was built, and the locators of selected
         # entries have not changed since)
+        self._relocated = True
         one_bucket = len(self.bounds) == 2
         for positions, files, rows in self._chunks(file, row):
             d, at = self._slot(files, rows, check=False)

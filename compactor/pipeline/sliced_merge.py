@@ -33,8 +33,9 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
                     keep_entered: bool = True) -> MergeResult:
     """``merge(index, records)``, slice by slice; ``index`` and every record lie in ``hi``
     range [first_hi, end_hi); ``schema``: the records'. The result's index is one table
-    (single chunks). ``keep_entered=False``: the result's ``entered`` is left empty (a first
-    round, where every entry entered, needs no list as long as the index)."""
+    (single chunks). ``keep_entered=False``: the result's ``entered`` may be left empty (a
+    first round, where every entry entered, needs no list as long as the index; a round of
+    one slice returns the merge's own list)."""
     slices = max(1, -(-records.rows // max(1, slice_records)))
     inner = slice_edges(first_hi, end_hi, slices)
     if slices == 1:  # the merge's own result is the next index: no copy into one

@@ -184,7 +184,7 @@ def test_workers_keep_freed_memory_and_skip_huge_pages_unless_told_otherwise(
 @runtime.remote
 def churn(mb: int) -> tuple[int, int]:
     """Allocate, touch and free ``mb`` MB in small blocks; (pid, resident anonymous KiB)."""
-    blocks = [np.ones(1 << 17) for _ in range(mb * 8)]  # 1 MiB each: the heap, not mmap
+    blocks = [np.ones(1 << 17) for _ in range(mb)]  # 1 MiB each (float64): the heap, not mmap
     del blocks
     return os.getpid(), _rss_anon_kib(os.getpid())
 
