@@ -154,7 +154,7 @@ def render_plan(info: dict[str, Any], out: Console) -> None:
               show_default=True,
               help="Parquet codec of the files written: zstd (level 1) is about as small as "
                    "brotli at a tenth of its time; lz4 and snappy encode about 30% faster into "
-                   "files about 1.8x larger; gzip and brotli are 10-100x slower.")
+                   "files about 1.7x larger; gzip and brotli are 10-100x slower.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 def compact(session: Session, url: str, partition: dict[str, str] | None, backend: str | None,
             address: str | None, target_file_size: int, buckets: int | None, rebase: bool,
