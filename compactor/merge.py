@@ -63,6 +63,9 @@ __all__ = [
 
 OP_UPSERT = 0
 OP_DELETE = 1
+# in an index held in memory only (``pipeline.live_index``): the key left, its slot not yet
+# reclaimed (the same value as a persisted delta's absent entries)
+OP_GONE = 2
 
 _FIXED = ("hi", "lo", "pos", "file", "row", "op")
 _INDEX_FIXED = ("hi", "lo", "file", "row", "op")
@@ -120,6 +123,9 @@ class MergeResult:
     # the fixed-width columns of ``index`` as numpy arrays sharing its memory, made for this
     # result: its owner may update them in place (the dedupe actor relocates rows so)
     columns: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # where a merge wrote the index into bigger buffers: those buffers (``columns`` and, for
+    # fixed-width ordering values, ``order`` as integers of their width, are their starts)
+    buffers: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def _numpy(table: pa.Table, name: str, dtype: type[np.generic]) -> np.ndarray:
@@ -142,7 +148,8 @@ class _Records:
             for name in fixed
         }
         self.hi, self.lo, self.op = self.columns["hi"], self.columns["lo"], self.columns["op"]
-        if len(self.op) and (self.op.min() < OP_UPSERT or self.op.max() > OP_DELETE):
+        top = OP_GONE if fixed is _INDEX_FIXED else OP_DELETE
+        if len(self.op) and (self.op.min() < OP_UPSERT or self.op.max() > top):
             raise MergeInputError(f"{what}: op must be {OP_UPSERT} (upsert) or {OP_DELETE}")
         self.order: pa.Array | None = None
         if "order" in table.column_names:
@@ -422,13 +429,55 @@ def merge(index: pa.Table, incoming: pa.Table,
     old = _Records(index, "index", _INDEX_FIXED)
     new = _Records(incoming, "incoming records")
     winners = _dedupe(new)
-    upsert = new.op[winners] == OP_UPSERT
-    # Deleted keys stay as tombstones only where an older-ordered record could still arrive.
-    enters = upsert | (new.order is not None)
     if len(old):
         at, found = _locate(old.hi, old.lo, new.hi[winners], new.lo[winners])
     else:
         at, found = np.zeros(len(winners), dtype=np.int64), np.zeros(len(winners), dtype=bool)
+    r = resolve(old, new, winners, at, found)
+    columns, entered = _splice(old, new.take(r.entering, into if not len(old) else None),
+                               r.entering_at, found[r.enters], np.sort(r.left))
+    index = _table(columns, index_schema(new.order_type))
+    return MergeResult(
+        index=index, records_in=len(new), inserted=r.inserted, updated=r.updated,
+        deleted=r.deleted, duplicates_dropped=r.duplicates_dropped,
+        superseded_files=r.superseded_files, entered=entered,
+        gone_hi=old.hi[r.left], gone_lo=old.lo[r.left],
+        columns={name: columns[name] for name in _INDEX_FIXED},
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Resolution:
+    """How a round's winning records meet the index entries of their keys.
+
+    ``enters``: mask over the winners of those that enter the index (new keys, or replacing
+    their key's entry); ``entering`` and ``entering_at``: those records, and where each goes
+    (the entry it replaces, or the number of entries below it); ``left``: positions of entries
+    whose keys leave the index without a successor (deletes, without an ordering column).
+    """
+
+    enters: np.ndarray
+    entering: np.ndarray
+    entering_at: np.ndarray
+    left: np.ndarray
+    superseded_files: np.ndarray
+    inserted: int
+    updated: int
+    deleted: int
+    duplicates_dropped: int
+
+
+def resolve(old: _Records, new: _Records, winners: np.ndarray, at: np.ndarray,
+            found: np.ndarray) -> Resolution:
+    """Apply the merge rule to each key's winning record ``winners`` (of ``new``, in key
+    order) and the entry ``at`` of ``old`` where ``found`` holds its key (else ``at`` counts
+    the entries below it). Entries with ``op`` OP_GONE count as absent."""
+    if len(old) and found.any():
+        found = found.copy()
+        found[found] = old.op[at[found]] != OP_GONE
+    upsert = new.op[winners] == OP_UPSERT
+    # Deleted keys stay as tombstones only where an older-ordered record could still arrive.
+    enters = upsert | (new.order is not None)
     wins = ~found
     matched = np.flatnonzero(found)
     if len(matched):
@@ -444,20 +493,14 @@ def merge(index: pa.Table, incoming: pa.Table,
     was_live[matched] = old.op[at[matched]] == OP_UPSERT
     entering = wins & enters
     changed = wins & was_live
-    left = at[found & wins & ~enters]  # old keys removed and not re-entered
-    columns, entered = _splice(old, new.take(winners[entering], into if not len(old) else None),
-                               at[entering], found[entering], np.sort(left))
-    index = _table(columns, index_schema(new.order_type))
-    return MergeResult(
-        index=index,
-        records_in=len(new),
+    return Resolution(
+        enters=entering, entering=winners[entering], entering_at=at[entering],
+        left=at[found & wins & ~enters],  # old keys removed and not re-entered
+        superseded_files=np.unique(old.columns["file"][at[changed]]),
         inserted=int((wins & upsert & ~was_live).sum()),
         updated=int((changed & upsert).sum()),
         deleted=int((changed & ~upsert).sum()),
         duplicates_dropped=len(new) - int(wins.sum()),
-        superseded_files=np.unique(old.columns["file"][at[changed]]),
-        entered=entered, gone_hi=old.hi[left], gone_lo=old.lo[left],
-        columns={name: columns[name] for name in _INDEX_FIXED},
     )
 
 

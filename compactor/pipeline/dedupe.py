@@ -10,7 +10,11 @@ behind. A round talks to it four times:
    files survive (``rewrite_map``); (``merge`` is both, for callers that keep the records);
 3. ``finalize``: given how the driver grouped source files into materialize tasks, point the
    next index at the rows' places in the files those tasks write, and persist it;
-4. ``commit`` (or ``abort``): adopt the next index once the round is committed.
+4. ``commit`` (or ``abort``): the round committed (or not).
+
+The index is a ``live_index.LiveIndex``: an incremental round folds its records into it in
+place, so from ``fold`` on it describes the round's next state; an actor whose round aborts or
+fails drops it and reloads the committed state's persisted index when next asked.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import runtime
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.hashing import bucket_of, bucket_start
-from compactor.merge import OP_DELETE, MergeResult, index_schema, record_schema
+from compactor.merge import OP_DELETE, OP_UPSERT, MergeResult, index_schema, record_schema
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
+from compactor.pipeline.live_index import IN_PLACE_RECORDS, LiveIndex
 from compactor.pipeline.rewrite_map import RewriteMap
 from compactor.pipeline.row_sets import RowSet
 from compactor.pipeline.sliced_merge import merge_in_slices
@@ -70,8 +75,6 @@ _CHUNK = 1 << 20  # entries handled at a time where a pass over all would need b
 
 @dataclass
 class _Pending:
-    index: pa.Table | None = None  # the group's next index, sorted by key
-    bounds: np.ndarray | None = None  # bucket i of the group: index rows bounds[i]:bounds[i+1]
     plans: dict[int, BucketPlan] = field(default_factory=dict)
     touched: dict[int, bool] = field(default_factory=dict)  # bucket -> got records this round
     chains: dict[int, list[str]] = field(default_factory=dict)  # bucket -> next index chain
@@ -81,9 +84,6 @@ class _Pending:
     # keys it removed
     entered: np.ndarray | None = None
     gone: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    # the index's file and row columns as numpy arrays of its own, which finalize updates
-    file: np.ndarray | None = None
-    row: np.ndarray | None = None
 
 
 @dataclass
@@ -100,8 +100,8 @@ class _Folded:
 
 
 class DedupeActor:
-    """The index of a group of buckets is one table sorted by key (a bucket is a range of
-    ``hi``, found by binary search), so a round neither concatenates nor splits it."""
+    """The index of a group of buckets is one ``LiveIndex`` (a bucket is a range of ``hi``),
+    so a round neither concatenates nor splits it."""
 
     def __init__(self, storage: Storage, partition_dir: str, buckets: list[int],
                  bucket_count: int, order_type: pa.DataType | None) -> None:
@@ -111,9 +111,11 @@ class DedupeActor:
         self.bucket_count = bucket_count
         self.records_schema = record_schema(order_type)
         self.schema = index_schema(order_type)
-        self.index: pa.Table | None = None
+        self.index: LiveIndex | None = None
         self.chains: dict[int, list[str]] = {}  # the persisted chain of each bucket's index
-        self.state: int | None = None  # position of the compacted state the index describes
+        # position of the committed state the index describes (None: none, or the index holds
+        # a round not yet committed)
+        self.state: int | None = None
         self.pending = _Pending()
         self._folded: _Folded | None = None
         last = self.buckets[-1] + 1
@@ -121,24 +123,32 @@ class DedupeActor:
                                 + ([bucket_start(last, bucket_count)] if last < bucket_count
                                    else []), dtype=np.uint64)
 
-    def _bounds(self, index: pa.Table) -> np.ndarray:
-        """Bucket i of the group holds index rows ``bounds[i]:bounds[i + 1]``."""
-        bounds = np.searchsorted(index.column("hi").to_numpy(), self._starts)
-        return bounds if len(bounds) > len(self.buckets) else np.append(bounds, index.num_rows)
+    def _range(self, i: int) -> tuple[int, int | None]:
+        """The ``hi`` range [first, end) of bucket i of the group (end None: no upper end)."""
+        return int(self._starts[i]), int(self._starts[i + 1]) if i + 1 < len(self._starts) \
+            else None
+
+    def _bucket_of(self, positions: np.ndarray) -> np.ndarray | int:
+        """Bucket (of the group) of the index entries at ``positions``."""
+        if len(self.buckets) == 1:
+            return 0
+        assert self.index is not None
+        return np.searchsorted(self._starts[1:len(self.buckets)],
+                               self.index.columns["hi"][positions], side="right")
 
     def _ensure(self, state: int | None, chains: dict[int, list[str]] | None) -> bool:
         """Make ``self.index`` describe compacted state ``state``; True if it was reloaded."""
         if state is None:
-            self.index = self.schema.empty_table()
+            self.index = LiveIndex.of(self.schema.empty_table(), headroom=False)
             self.chains = {b: [] for b in self.buckets}
-            self.state = None
             return False
         if self.state == state and self.index is not None:
             return False
+        self.index, self.state = None, None
         if chains is None:
             raise index_store.IndexUnavailable("the compacted state names no index files")
         parts = [index_store.read(self.storage, chains[b], self.schema) for b in self.buckets]
-        self.index = pa.concat_tables(parts).combine_chunks()
+        self.index = LiveIndex.of(pa.concat_tables(parts))
         self.chains = {b: list(chains[b]) for b in self.buckets}
         self.state = state
         return True
@@ -158,18 +168,31 @@ class DedupeActor:
         the records before the plans are made."""
         reloaded = self._ensure(state, index_paths)
         maybe_fail("dedupe")
-        old = self.index
-        assert old is not None
+        index = self.index
+        assert index is not None
+        self.state = None  # from here on the index holds this round: not a committed state
         records = GroupRecords(outputs, group)
         end = self.buckets[-1] + 1
-        result = merge_in_slices(old, records, self.records_schema, int(self._starts[0]),
-                                 bucket_start(end, self.bucket_count),
-                                 keep_entered=state is not None)
+        result = None
+        if state is not None and records.rows <= IN_PLACE_RECORDS:
+            if index.needs_rebuild():
+                self.index = index = index.rebuilt()
+            whole = records.between(records.cuts(np.zeros(0, dtype=np.uint64)), 0)
+            result = index.fold(self.records_schema.empty_table() if whole is None else whole)
+        peak = index.nbytes + records.nbytes
+        if result is None:  # a copy, merged slice by slice
+            self.index = None
+            result = merge_in_slices(index.sorted_table(), records, self.records_schema,
+                                     int(self._starts[0]), bucket_start(end, self.bucket_count),
+                                     keep_entered=state is not None)
+            del index
+            self.index = LiveIndex.adopt(result)
+            peak += self.index.nbytes
         # records per bucket of the group (a bucket is a range of hi)
         per_bucket = np.diff(sum(records.cuts(self._starts[1:len(self.buckets)]),
                                  np.zeros(len(self.buckets) + 1, dtype=np.int64)))
         self._folded = _Folded(result, per_bucket, records.spans(), state, bucket_sizes,
-                               reloaded, old.nbytes + records.nbytes + result.index.nbytes)
+                               reloaded, max(peak, self.index.nbytes + records.nbytes))
 
     def plan(self) -> GroupResult:
         """After ``fold``: per bucket, the files kept in place and the rows to rewrite."""
@@ -183,35 +206,37 @@ class DedupeActor:
         folded, self._folded = self._folded, None
         result, records_per_bucket, spans = folded.result, folded.per_bucket, folded.spans
         state, bucket_sizes = folded.state, folded.bucket_sizes
+        index = self.index
+        assert index is not None
         end = self.buckets[-1] + 1
-        new = result.index
-        op = new.column("op").to_numpy()
-        live = new.num_rows - int(np.count_nonzero(op == OP_DELETE))
-        bounds = self._bounds(new)
+        op, file = index.column("op"), index.column("file")
+        live = int(np.count_nonzero(op == OP_UPSERT))
         edges = np.array([*self.buckets, end])
         gone_bucket = np.searchsorted(edges, bucket_of(result.gone_hi, self.bucket_count),
                                       side="right") - 1
         lost = result.superseded_files[(result.superseded_files >= 0)
                                        & (result.superseded_files < locators.SOURCE_BASE)]
-        file, row = result.columns["file"], result.columns["row"]
         counts = (result.records_in, result.inserted, result.updated, result.deleted,
                   result.duplicates_dropped)
         # a first round's entries all entered: no list of them (as big as the index)
-        self.pending = _Pending(index=new, bounds=bounds, file=file, row=row,
-                                entered=None if state is None else result.entered)
+        entered = None if state is None else result.entered
+        self.pending = _Pending(entered=entered)
         gone_hi, gone_lo = result.gone_hi, result.gone_lo
         del result
-        # rewritten: live rows of this round's sources and of compacted files that lost a row
-        rewrite = locators.is_source(file)
-        if len(lost):
-            rewrite |= member(file, lost)
-        rewrite &= op != OP_DELETE
+        # rewritten: live rows of this round's sources (only entries that entered this round
+        # point at one) and of compacted files that lost a row (their entries are all live)
+        if entered is None:
+            rewrite = locators.is_source(file) & (op == OP_UPSERT)
+        else:
+            rewrite = member(file, lost) if len(lost) else np.zeros(index.n, dtype=bool)
+            rewrite[entered[locators.is_source(file[entered]) & (op[entered] == OP_UPSERT)]] = True
         for o in lost.tolist():
             spans[o] = bucket_sizes[locators.bucket_of_compacted(o)][o & 0xFFFF]
         ordinals = np.array(sorted(spans), dtype=np.int64)
         self.pending.rewrite = RewriteMap(ordinals, np.array([spans[o] for o in ordinals.tolist()],
                                                              dtype=np.int64),
-                                          file, row, rewrite, bounds)
+                                          file, index.column("row"), rewrite, self._bucket_of,
+                                          len(self.buckets))
         for i, b in enumerate(self.buckets):
             mine = gone_bucket == i
             self.pending.gone[b] = (gone_hi[mine], gone_lo[mine])
@@ -233,15 +258,13 @@ class DedupeActor:
         ``rows_per_file`` rows. Returns the next index chain of every bucket whose index
         changed, and the files written.
         """
-        pending = self.pending
-        assert pending.index is not None and pending.bounds is not None
-        assert pending.file is not None and pending.row is not None
+        pending, index = self.pending, self.index
+        assert index is not None and pending.rewrite is not None
         group_of = {o: g for g, ordinals in enumerate(groups) for o in ordinals}
-        index, bounds, file, row = pending.index, pending.bounds, pending.file, pending.row
+        file, row, op = index.column("file"), index.column("row"), index.column("op")
         # tombstones point at no file (their rows are never materialized); only entries that
         # came in this round can still point at one
         entered = pending.entered
-        op = index.column("op").to_numpy()
         if entered is None:  # every entry
             attached = np.concatenate([np.zeros(0, dtype=np.int64)] + [
                 i + np.flatnonzero((op[i:i + _CHUNK] == OP_DELETE) & (file[i:i + _CHUNK] >= 0))
@@ -251,72 +274,72 @@ class DedupeActor:
                 e[(op[e] == OP_DELETE) & (file[e] >= 0)]
                 for e in (entered[i:i + _CHUNK] for i in range(0, len(entered), _CHUNK))])
         file[attached] = -1
-        moved = [attached]
         # kept files behind a lost one move up in their bucket's file list (found before the
         # rewritten rows get their new ordinals, which may be the same numbers)
-        for i, b in enumerate(self.buckets):
-            plan = pending.plans.get(b)
-            if plan is not None:
-                moved.append(_shift_kept(b, plan, int(bounds[i]), int(bounds[i + 1]), file))
-        assert pending.rewrite is not None
+        moved = _shift_kept([pending.plans[b] for b in self.buckets if b in pending.plans], file)
         kept = [len(pending.plans[b].keep) if b in pending.plans else 0 for b in self.buckets]
         try:
             pending.rewrite.relocate(file, row, group_of, self.buckets, kept, rows_per_file)
         except ValueError as e:  # too many files for a bucket: say whose, nothing is committed
             where = self.storage.url_of(self.storage.path(self.partition_dir))
             raise ValueError(f"partition {where}: {e}; nothing was committed") from None
-        index = _set(_set(index, "file", file), "row", row)  # shares the arrays, no copy
-        pending.index = index
-        changed = None
+        changed_at: list[np.ndarray] | None = None
         if entered is not None:  # what the merge brought in, and what moved to new files
-            changed = np.zeros(index.num_rows, dtype=bool)
-            changed[entered] = True
-            changed |= pending.rewrite.selected
-            for m in moved:
-                changed[m] = True
+            changed = pending.rewrite.selected.copy()
+            for positions in (entered, attached, moved):
+                changed[positions] = True
+            positions = np.flatnonzero(changed)
+            del changed
+            cuts = np.searchsorted(self._bucket_of(positions) if len(self.buckets) > 1
+                                   else np.zeros(len(positions), np.int64),
+                                   np.arange(len(self.buckets) + 1))
+            changed_at = [positions[cuts[i]:cuts[i + 1]] for i in range(len(self.buckets))]
         written: list[str] = []
+        table = index.table()
         for i, b in enumerate(self.buckets):
-            lo, hi = int(bounds[i]), int(bounds[i + 1])
-            part = index.slice(lo, hi - lo)
-            chain = self.chains.get(b, [])
-            next_chain = self._persist(b, part, chain,
-                                       None if changed is None else changed[lo:hi])
+            next_chain = self._persist(b, i, table, None if changed_at is None else changed_at[i])
             if next_chain is not None:
                 pending.chains[b] = next_chain
                 written.append(next_chain[-1])
         return dict(pending.chains), written
 
-    def _persist(self, b: int, part: pa.Table, chain: list[str],
-                 changed: np.ndarray | None) -> list[str] | None:
-        """Write bucket ``b``'s next index, whole (a base) or as a delta on ``chain``; the next
-        chain, or None when nothing about the bucket's keys changed."""
-        count = 0 if changed is None else int(np.count_nonzero(changed))
-        if changed is not None and chain and not self.pending.touched[b] and not count:
+    def _persist(self, b: int, i: int, table: pa.Table, changed: np.ndarray | None
+                 ) -> list[str] | None:
+        """Write bucket ``b``'s (the group's i-th) next index, whole (a base) or as a delta on
+        its chain of the entries at positions ``changed`` (None: write a base); the next chain,
+        or None when nothing about the bucket's keys changed."""
+        assert self.index is not None
+        chain = self.chains.get(b, [])
+        if changed is not None and chain and not self.pending.touched[b] and not len(changed):
             return None
         gone_hi, gone_lo = self.pending.gone[b]
-        delta_rows = count + len(gone_hi)
+        delta_rows = 0 if changed is None else len(changed) + len(gone_hi)
+        first, end = self._range(i)
         if changed is None or not chain or len(chain) >= index_store.MAX_CHAIN \
-                or delta_rows * 4 > part.num_rows:
+                or delta_rows * 4 > self.index.count_between(first, end):
             rel = index_store.new_path(self.partition_dir, b, "base")
-            index_store.write(self.storage, rel, part)
+            index_store.write(self.storage, rel,
+                              table.take(pa.array(self.index.in_key_order(first, end))))
             return [rel]
         gone = np.empty(len(gone_hi), dtype=index_store.KEY)
         gone["hi"], gone["lo"] = gone_hi, gone_lo
         rel = index_store.new_path(self.partition_dir, b, "delta")
         index_store.write(self.storage, rel, pa.concat_tables(
-            [part.filter(pa.array(changed)), index_store.absent(gone, self.schema)]))
+            [table.take(pa.array(changed)), index_store.absent(gone, self.schema)]))
         return [*chain, rel]
 
     def commit(self, state: int) -> None:
-        """The round committed as compacted state ``state``: adopt the next indexes."""
-        self.index = self.pending.index
+        """The round committed as compacted state ``state``: the index describes it."""
         self.chains.update(self.pending.chains)
         self.pending = _Pending()
         self.state = state
 
     def abort(self) -> None:
+        """The round did not commit: drop the index that holds it (the next round reloads the
+        committed state's)."""
         self.pending = _Pending()
         self._folded = None
+        self.index, self.state = None, None
 
     def loaded_state(self) -> int | None:
         return self.state
@@ -333,17 +356,18 @@ def _plan_bucket(b: int, lost: np.ndarray, files_before: int,
     return BucketPlan(b, files_before, keep, tuple(sources))
 
 
-def _shift_kept(b: int, plan: BucketPlan, first: int, end: int, file: np.ndarray
-                ) -> np.ndarray:
-    """Renumber bucket ``b``'s entries (group positions ``first:end``) in kept files that
-    move up in the bucket's file list, in ``file``; returns their positions."""
-    shifted = [(position, at) for at, position in enumerate(plan.keep) if position != at]
+def _shift_kept(plans: list[BucketPlan], file: np.ndarray) -> np.ndarray:
+    """Renumber, in ``file``, the entries in kept files that move up in their bucket's file
+    list (behind a lost one); returns their positions."""
+    shifted = [((plan.bucket << 16) | position, (plan.bucket << 16) | at)
+               for plan in plans for at, position in enumerate(plan.keep) if position != at]
     if not shifted:
         return np.zeros(0, dtype=np.int64)
-    old = np.array([(b << 16) | p for p, _ in shifted], dtype=np.int32)
-    moves = first + np.flatnonzero(member(file[first:end], old))
-    file[moves] = (b << 16) | np.array([a for _, a in shifted])[np.searchsorted(old,
-                                                                               file[moves])]
+    shifted.sort()
+    old = np.array([o for o, _ in shifted], dtype=np.int32)
+    moves = np.flatnonzero(member(file, old))
+    file[moves] = np.array([n for _, n in shifted], dtype=np.int32)[
+        np.searchsorted(old, file[moves])]
     return moves
 
 
@@ -361,5 +385,3 @@ def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
     return flags[np.clip(values, low - 1, low + span + 1) - (low - 1)]
 
 
-def _set(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
-    return table.set_column(table.schema.get_field_index(name), name, pa.array(values))

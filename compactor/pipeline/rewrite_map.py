@@ -15,7 +15,7 @@ temporaries stay small whatever the index size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,10 +35,12 @@ class FileRows:
 
 class RewriteMap:
     def __init__(self, ordinals: np.ndarray, spans: np.ndarray, file: np.ndarray,
-                 row: np.ndarray, selected: np.ndarray, bounds: np.ndarray) -> None:
+                 row: np.ndarray, selected: np.ndarray,
+                 bucket_of: Callable[[np.ndarray], np.ndarray | int], buckets: int) -> None:
         """``ordinals``: sorted file ordinals that may hold selected entries, with ``spans``
         rows each; ``file``, ``row``: the index's locators; ``selected``: mask of the entries
-        whose rows are rewritten; bucket i of the group is index rows bounds[i]:bounds[i+1]."""
+        whose rows are rewritten; ``bucket_of``: the bucket (0 to ``buckets - 1``) of the
+        entries at some positions."""
         self.ordinals = np.asarray(ordinals, dtype=np.int64)
         sources = self.ordinals >= SOURCE_BASE  # sorted: compacted ordinals come first
         self._compacted = self.ordinals[~sources]
@@ -47,9 +49,8 @@ class RewriteMap:
         self._source_dense[self.ordinals[sources] - SOURCE_BASE] = np.flatnonzero(sources)
         self.offsets = np.concatenate([[0], np.cumsum(spans)]).astype(np.int64)
         self._spans = np.diff(self.offsets)
-        self.selected, self.bounds = selected, bounds
+        self.selected, self._bucket, self.buckets = selected, bucket_of, buckets
         self._relocated = False
-        buckets = len(bounds) - 1
         # first the bucket of each selected row at its slot, then its rank within the
         # bucket's selected rows of its file
         self.slots = np.full(int(self.offsets[-1]), -1, dtype=np.int32)
@@ -93,10 +94,6 @@ class RewriteMap:
                 continue
             positions = start + np.flatnonzero(chosen)
             yield positions, file[positions], row[positions]
-
-    def _bucket(self, positions: np.ndarray) -> np.ndarray | int:
-        return 0 if len(self.bounds) == 2 else \
-            np.searchsorted(self.bounds, positions, side="right") - 1
 
     def _dense(self, files: np.ndarray) -> np.ndarray:
         """The dense number of each file ordinal (-1: not one of the map's files). Sources
@@ -167,7 +164,7 @@ class RewriteMap:
         # (the entries' slots were checked when the map was built, and the locators of selected
         # entries have not changed since)
         self._relocated = True
-        one_bucket = len(self.bounds) == 2
+        one_bucket = self.buckets == 1
         for positions, files, rows in self._chunks(file, row):
             d, at = self._slot(files, rows, check=False)
             if one_bucket:  # plain gathers, not two-dimensional ones

@@ -87,19 +87,22 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
                    result.duplicates_dropped)
         at += m
         del result, part
-    # the next index keeps these buffers (zero-copy) until the round after: where the round
-    # replaced more keys than it added, give back the unused capacity (one column at a time)
+    # the next index keeps these buffers (zero-copy) and the room at their end, for the rounds
+    # after to append to; where the round replaced more keys than it added, give back most of
+    # the unused capacity (one column at a time)
     trim = at < capacity - capacity // 8
-    columns = {}
+    buffers = {}
     for name in list(out):
         values = out.pop(name)
-        columns[name] = values[:at].copy() if trim else values[:at]
+        buffers[name] = values[:at + at // 8].copy() if trim else values
         del values
     if trim and order_out is not None:
-        order_out = order_out[:at].copy()
+        order_out = order_out[:at + at // 8].copy()
+    columns = {name: values[:at] for name, values in buffers.items()}
     arrays = {name: pa.array(values, fields.field(name).type) for name, values in columns.items()}
     if order_out is not None:
         arrays["order"] = pa.array(order_out[:at]).view(order_type)
+        buffers["order"] = order_out
     elif orders:
         arrays["order"] = pa.concat_arrays(orders)
     records_in, inserted, updated, deleted, dropped = (int(c) for c in counts)
@@ -110,4 +113,5 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
         superseded_files=np.unique(np.concatenate(superseded)),
         entered=np.concatenate([np.zeros(0, dtype=np.int64), *entered]),
         gone_hi=np.concatenate(gone_hi), gone_lo=np.concatenate(gone_lo), columns=columns,
+        buffers=buffers,
     )

@@ -32,6 +32,12 @@ def _case(seed: int, entries: int, buckets: int, select: float = 0.7,  # type: i
     return ordinals, spans, file, row, selected, bounds
 
 
+def _map(ordinals, spans, file, row, selected, bounds) -> RewriteMap:  # type: ignore[no-untyped-def]
+    """A map whose bucket i holds the entries at positions ``bounds[i]:bounds[i + 1]``."""
+    return RewriteMap(ordinals, spans, file, row, selected,
+                      lambda at: np.searchsorted(bounds, at, side="right") - 1, len(bounds) - 1)
+
+
 def _expected(file, row, selected, bounds, group_of, bucket_ids, kept, rows_per_file):  # type: ignore[no-untyped-def]
     """Per bucket: its selected entries by (task, file, row); each task's rows cut into files."""
     new_file, new_row = file.copy(), row.copy()
@@ -81,7 +87,7 @@ def _check(case, buckets: int, rows_per_file: int) -> None:  # type: ignore[no-u
     kept = [i % 3 for i in range(buckets)]
     want_file, want_row, want_plans = _expected(file, row, selected, bounds, group_of,
                                                 bucket_ids, kept, rows_per_file)
-    rewrite = RewriteMap(ordinals, spans, file, row, selected, bounds)
+    rewrite = _map(ordinals, spans, file, row, selected, bounds)
     plans = [{f.ordinal: f.rows[i].tolist() for f in rewrite.files if i in f.rows}
              for i in range(buckets)]
     assert plans == want_plans
@@ -99,19 +105,19 @@ def test_repeated_or_unknown_locators_are_refused() -> None:
     ordinals, spans = np.array([SOURCE_BASE]), np.array([10])
     bounds = np.array([0, 3])
     with pytest.raises(ValueError, match="repeat"):
-        RewriteMap(ordinals, spans, np.full(3, SOURCE_BASE, np.int32), np.array([1, 2, 1]),
+        _map(ordinals, spans, np.full(3, SOURCE_BASE, np.int32), np.array([1, 2, 1]),
                    np.ones(3, bool), bounds)
     with pytest.raises(ValueError, match="outside"):
-        RewriteMap(ordinals, spans, np.array([SOURCE_BASE, SOURCE_BASE + 1, SOURCE_BASE],
+        _map(ordinals, spans, np.array([SOURCE_BASE, SOURCE_BASE + 1, SOURCE_BASE],
                                              np.int32), np.array([1, 2, 3]), np.ones(3, bool),
                    bounds)
     with pytest.raises(ValueError, match="outside"):
-        RewriteMap(ordinals, spans, np.full(3, SOURCE_BASE, np.int32), np.array([1, 2, 10]),
+        _map(ordinals, spans, np.full(3, SOURCE_BASE, np.int32), np.array([1, 2, 10]),
                    np.ones(3, bool), bounds)
 
 
 def test_a_bucket_beyond_65536_files_is_refused() -> None:
-    rewrite = RewriteMap(np.array([SOURCE_BASE]), np.array([5]),
+    rewrite = _map(np.array([SOURCE_BASE]), np.array([5]),
                          np.full(5, SOURCE_BASE, np.int32), np.arange(5), np.ones(5, bool),
                          np.array([0, 5]))
     with pytest.raises(ValueError, match="bucket 9 would hold more than 65536 files"):
@@ -171,10 +177,10 @@ def test_relocation_happens_once_and_every_file_with_rows_has_a_task() -> None:
     del group_of[int(ordinals[3])]  # a file with rows to rewrite that no task writes
     with pytest.raises(ValueError, match=f"files \\[{int(ordinals[3])}\\] hold rows to rewrite "
                                          "but no task writes them"):
-        RewriteMap(ordinals, spans, file, row, selected, bounds).relocate(
+        _map(ordinals, spans, file, row, selected, bounds).relocate(
             file.copy(), row.copy(), group_of, [0, 1], [0, 0], 10)
     group_of[int(ordinals[3])] = 1
-    rewrite = RewriteMap(ordinals, spans, file, row, selected, bounds)
+    rewrite = _map(ordinals, spans, file, row, selected, bounds)
     rewrite.relocate(file, row, group_of, [0, 1], [0, 0], 10)
     with pytest.raises(ValueError, match="relocated its entries already"):
         rewrite.relocate(file, row, group_of, [0, 1], [0, 0], 10)
