@@ -318,8 +318,8 @@ class DedupeActor:
         if changed is None or not chain or len(chain) >= index_store.MAX_CHAIN \
                 or delta_rows * 4 > self.index.count_between(first, end):
             rel = index_store.new_path(self.partition_dir, b, "base")
-            index_store.write(self.storage, rel,
-                              table.take(pa.array(self.index.in_key_order(first, end))))
+            part = self.index.take(self.index.in_key_order(first, end))  # (a slice: no copy)
+            index_store.write(self.storage, rel, part)
             return [rel]
         gone = np.empty(len(gone_hi), dtype=index_store.KEY)
         gone["hi"], gone["lo"] = gone_hi, gone_lo

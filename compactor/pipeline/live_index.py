@@ -151,30 +151,36 @@ class LiveIndex:
                 arrays.append(pa.array(self.column("order")).view(f.type))
         return pa.table(arrays, schema=schema)
 
-    def in_key_order(self, first_hi: int = 0, end_hi: int | None = None) -> np.ndarray:
+    def in_key_order(self, first_hi: int = 0, end_hi: int | None = None
+                     ) -> np.ndarray | slice:
         """Positions of the entries with ``hi`` in [first_hi, end_hi) in key order, without
-        OP_GONE ones."""
+        OP_GONE ones: a slice where they are consecutive (no appended or gone ones among
+        them), else an array."""
         hi = self.columns["hi"][:self.sorted_n]
         a = int(np.searchsorted(hi, np.uint64(first_hi)))
         b = self.sorted_n if end_hi is None else int(np.searchsorted(hi, np.uint64(end_hi)))
         t_hi, _, t_pos = self._tail
         ta = int(np.searchsorted(t_hi, np.uint64(first_hi)))
         tb = len(t_hi) if end_hi is None else int(np.searchsorted(t_hi, np.uint64(end_hi)))
-        positions = np.arange(a, b, dtype=np.int64)
-        if tb > ta:
-            positions = np.concatenate([positions, t_pos[ta:tb]])
-            perm, _ = sort_by_key(self.columns["hi"][positions], self.columns["lo"][positions],
-                                  runs=True)
-            positions = positions[perm]
+        if tb == ta and not (self.dead and (self.columns["op"][a:b] == OP_GONE).any()):
+            return slice(a, b)
+        positions = np.concatenate([np.arange(a, b, dtype=np.int64), t_pos[ta:tb]])
+        perm, _ = sort_by_key(self.columns["hi"][positions], self.columns["lo"][positions],
+                              runs=True)
+        positions = positions[perm]
         if self.dead:
             positions = positions[self.columns["op"][positions] != OP_GONE]
         return positions
 
+    def take(self, positions: np.ndarray | slice) -> pa.Table:
+        """The entries at ``positions`` (a slice of them: zero-copy)."""
+        if isinstance(positions, slice):
+            return self.table().slice(positions.start, positions.stop - positions.start)
+        return self.table().take(pa.array(positions))
+
     def sorted_table(self) -> pa.Table:
         """The entries in key order without OP_GONE ones (a copy unless already so)."""
-        if self.sorted_n == self.n and not self.dead:
-            return self.table()
-        return self.table().take(pa.array(self.in_key_order()))
+        return self.take(self.in_key_order())
 
     def needs_rebuild(self) -> bool:
         return (self.n - self.sorted_n) + self.dead > self.n // REBUILD_FRACTION

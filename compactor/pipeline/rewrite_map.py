@@ -23,6 +23,9 @@ import numpy as np
 from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE
 
 CHUNK = 1 << 20
+# compacted file ordinals (bucket << 16 | position) numbered by a table when they span at most
+# this many numbers (the files of 64 adjacent buckets)
+MAX_SPAN = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,24 @@ class RewriteMap:
         whose rows are rewritten; ``bucket_of``: the bucket (0 to ``buckets - 1``) of the
         entries at some positions."""
         self.ordinals = np.asarray(ordinals, dtype=np.int64)
-        sources = self.ordinals >= SOURCE_BASE  # sorted: compacted ordinals come first
-        self._compacted = self.ordinals[~sources]
-        self._source_dense = np.full(int(self.ordinals[-1]) - SOURCE_BASE + 1
-                                     if sources.any() else 0, -1, dtype=np.int64)
-        self._source_dense[self.ordinals[sources] - SOURCE_BASE] = np.flatnonzero(sources)
+        # the dense number of each ordinal by one table lookup: compacted ordinals (sorted
+        # first) at their distance from the lowest, sources after them at their distance from
+        # SOURCE_BASE, and a -1 at the end for every other ordinal; compacted ordinals further
+        # apart than MAX_SPAN (files of distant buckets of a big group) by binary search instead
+        sources = self.ordinals >= SOURCE_BASE
+        compacted = self.ordinals[~sources]
+        self._low = int(compacted[0]) if len(compacted) else 0
+        self._width = int(compacted[-1]) - self._low + 1 if len(compacted) else 0
+        self._compacted = None
+        if self._width > MAX_SPAN:
+            self._compacted, self._width = compacted, 0
+        size = self._width + (int(self.ordinals[-1]) - SOURCE_BASE + 1 if sources.any() else 0)
+        self._dense_of = np.full(size + 1, -1, dtype=np.int64)
+        if self._compacted is None:
+            self._dense_of[np.where(sources, self.ordinals - SOURCE_BASE + self._width,
+                                    self.ordinals - self._low)] = np.arange(len(self.ordinals))
+        else:
+            self._dense_of[self.ordinals[sources] - SOURCE_BASE] = np.flatnonzero(sources)
         self.offsets = np.concatenate([[0], np.cumsum(spans)]).astype(np.int64)
         self._spans = np.diff(self.offsets)
         self.selected, self._bucket, self.buckets = selected, bucket_of, buckets
@@ -96,22 +112,17 @@ class RewriteMap:
             yield positions, file[positions], row[positions]
 
     def _dense(self, files: np.ndarray) -> np.ndarray:
-        """The dense number of each file ordinal (-1: not one of the map's files). Sources
-        (most entries) by a table lookup, compacted files by binary search."""
-        if len(files) and int(files.min()) >= SOURCE_BASE \
-                and int(files.max()) - SOURCE_BASE < len(self._source_dense):
-            return self._source_dense[files.astype(np.int64) - SOURCE_BASE]  # sources only
-        d = np.full(len(files), -1, dtype=np.int64)
-        source = files >= SOURCE_BASE
-        j = files[source].astype(np.int64) - SOURCE_BASE
-        inside = j < len(self._source_dense)
-        d[np.flatnonzero(source)[inside]] = self._source_dense[j[inside]]
-        if not source.all():
-            at = np.flatnonzero(~source)
-            k = np.searchsorted(self._compacted, files[at])
+        """The dense number of each file ordinal (-1: not one of the map's files)."""
+        f = files.astype(np.int64)
+        k = np.where(f >= SOURCE_BASE, f - (SOURCE_BASE - self._width), f - self._low)
+        # (a negative k, as unsigned, is beyond the table: the -1 at its end)
+        d = self._dense_of[np.minimum(k.view(np.uint64), len(self._dense_of) - 1)]
+        if self._compacted is not None:
+            at = np.flatnonzero(f < SOURCE_BASE)
+            k = np.searchsorted(self._compacted, f[at])
             hit = k < len(self._compacted)
-            hit[hit] = self._compacted[k[hit]] == files[at[hit]]
-            d[at[hit]] = k[hit]
+            hit[hit] = self._compacted[k[hit]] == f[at[hit]]
+            d[at] = np.where(hit, k, -1)
         return d
 
     def _slot(self, files: np.ndarray, rows: np.ndarray, check: bool = True

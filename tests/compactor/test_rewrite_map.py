@@ -66,6 +66,15 @@ def test_plans_and_places_match_a_sort_by_locator(seed: int, entries: int, bucke
     _check(_case(seed, entries, buckets), buckets, rows_per_file)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_compacted_files_too_far_apart_for_a_table_are_found_by_search_to_the_same_places(
+        monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Lost files of distant buckets of a big group span more ordinals than the lookup table
+    takes: binary search must number them as the table does."""
+    monkeypatch.setattr(rewrite_map, "MAX_SPAN", 2)  # the case's compacted files span 4
+    _check(_case(seed, 400, 3), 3, 9)
+
+
 @pytest.mark.parametrize("chunk", [3, 7, 64])
 @pytest.mark.parametrize(("select", "sources_only"), [
     (1.0, True), (1.0, False), (0.97, True), (0.5, True)])
