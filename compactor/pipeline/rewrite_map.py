@@ -15,7 +15,7 @@ temporaries stay small whatever the index size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,7 @@ CHUNK = 1 << 20
 # compacted file ordinals (bucket << 16 | position) numbered by a table when they span at most
 # this many numbers (the files of 64 adjacent buckets)
 MAX_SPAN = 1 << 22
+CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,21 @@ class RewriteMap:
         # bucket's selected rows of its file
         self.slots = np.full(int(self.offsets[-1]), -1, dtype=np.int32)
         marked = 0
-        for positions, files, rows in self._chunks(file, row):
-            _, at = self._slot(files, rows)
-            self.slots[at] = self._bucket(positions)
+        # what relocate needs of a chunk of entries, kept for chunks not wholly selected (an
+        # incremental round's) up to CACHE_BYTES in all, so it need not find them again
+        self._found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | int]] = {}
+        budget = CACHE_BYTES
+        for start in range(0, len(selected), CHUNK):
+            positions, files, rows = self._chunk(start, file, row)
+            d, at = self._slot(files, rows)
+            bucket = self._bucket(positions)
+            self.slots[at] = bucket
             marked += len(at)
+            size = positions.nbytes + d.nbytes + at.nbytes + np.asarray(bucket).nbytes
+            whole = len(positions) == len(self.selected[start:start + CHUNK])
+            if not whole and size <= budget:
+                self._found[start] = (positions, d, at, bucket)
+                budget -= size
         if int(np.count_nonzero(self.slots >= 0)) != marked:
             raise ValueError("selected entries repeat a (file, row) locator")
         self.files: list[FileRows] = []  # files with selected rows, in ordinal order
@@ -99,17 +111,15 @@ class RewriteMap:
                     self.counts[i, d] = len(mine)
             self.files.append(FileRows(ordinal, per_bucket))
 
-    def _chunks(self, file: np.ndarray, row: np.ndarray
-                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(positions, files, rows) of the selected entries, a chunk at a time."""
-        for start in range(0, len(self.selected), CHUNK):
-            chosen = self.selected[start:start + CHUNK]
-            if chosen.all():  # every entry (a first round's): views, no gathers
-                end = start + len(chosen)
-                yield np.arange(start, end), file[start:end], row[start:end]
-                continue
-            positions = start + np.flatnonzero(chosen)
-            yield positions, file[positions], row[positions]
+    def _chunk(self, start: int, file: np.ndarray, row: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, files, rows) of the selected entries of the chunk from ``start``."""
+        chosen = self.selected[start:start + CHUNK]
+        if chosen.all():  # every entry (a first round's): views, no gathers
+            end = start + len(chosen)
+            return np.arange(start, end), file[start:end], row[start:end]
+        positions = start + np.flatnonzero(chosen)
+        return positions, file[positions], row[positions]
 
     def _dense(self, files: np.ndarray) -> np.ndarray:
         """The dense number of each file ordinal (-1: not one of the map's files)."""
@@ -170,21 +180,24 @@ class RewriteMap:
             + np.cumsum(files_of_task, axis=1) - files_of_task
         # (bucket, file): the ordinal of the first file the file's task writes for the bucket
         start_file = (np.array(buckets, dtype=np.int64) << 16)[:, None] | first_file[:, group]
-        # each chunk's slots are looked up again (keeping them per entry would cost memory as
-        # long as the map lives) before its entries are pointed elsewhere
-        # (the entries' slots were checked when the map was built, and the locators of selected
-        # entries have not changed since)
+        # chunks not kept when the map was built (a first round's, whose entries are all
+        # selected, or beyond CACHE_BYTES) are found again (their slots were checked then, and
+        # the locators of selected entries have not changed since)
         self._relocated = True
-        one_bucket = self.buckets == 1
-        for positions, files, rows in self._chunks(file, row):
-            d, at = self._slot(files, rows, check=False)
-            if one_bucket:  # plain gathers, not two-dimensional ones
-                q, r = np.divmod(before[0][d] + self.slots[at], rows_per_file)
-                new_file = start_file[0][d] + q
+        for start in range(0, len(self.selected), CHUNK):
+            found = self._found.pop(start, None)
+            if found is None:
+                positions, files, rows = self._chunk(start, file, row)
+                d, at = self._slot(files, rows, check=False)
+                bucket = self._bucket(positions)
             else:
-                i = self._bucket(positions)
-                q, r = np.divmod(before[i, d] + self.slots[at], rows_per_file)
-                new_file = start_file[i, d] + q
+                positions, d, at, bucket = found
+            if isinstance(bucket, int):  # plain gathers, not two-dimensional ones
+                q, r = np.divmod(before[bucket][d] + self.slots[at], rows_per_file)
+                new_file = start_file[bucket][d] + q
+            else:
+                q, r = np.divmod(before[bucket, d] + self.slots[at], rows_per_file)
+                new_file = start_file[bucket, d] + q
             where: np.ndarray | slice = positions
             if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
                 where = slice(int(positions[0]), int(positions[-1]) + 1)  # every entry
