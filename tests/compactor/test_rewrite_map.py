@@ -79,12 +79,16 @@ def test_compacted_files_too_far_apart_for_a_table_are_found_by_search_to_the_sa
 @pytest.mark.parametrize(("select", "sources_only"), [
     (1.0, True), (1.0, False), (0.97, True), (0.5, True)])
 @pytest.mark.parametrize("buckets", [1, 3])
+@pytest.mark.parametrize("cache_bytes", [rewrite_map.CACHE_BYTES, 200])
 def test_whole_chunks_and_source_only_entries_take_the_fast_paths_to_the_same_places(
         monkeypatch: pytest.MonkeyPatch, chunk: int, select: float, sources_only: bool,
-        buckets: int) -> None:
+        buckets: int, cache_bytes: int) -> None:
     """A first round selects every entry, all of sources: chunks read as views and files
-    found by one table lookup must place rows exactly as the general path does."""
+    found by one table lookup must place rows exactly as the general path does; so must
+    chunks found again at relocation because they were beyond the bytes kept (200: some
+    kept, most not)."""
     monkeypatch.setattr(rewrite_map, "CHUNK", chunk)
+    monkeypatch.setattr(rewrite_map, "CACHE_BYTES", cache_bytes)
     for seed in range(5):
         _check(_case(seed, 300, buckets, select, sources_only), buckets, 11)
 
