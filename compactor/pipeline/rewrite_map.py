@@ -124,7 +124,10 @@ class RewriteMap:
     def _dense(self, files: np.ndarray) -> np.ndarray:
         """The dense number of each file ordinal (-1: not one of the map's files)."""
         f = files.astype(np.int64)
-        k = np.where(f >= SOURCE_BASE, f - (SOURCE_BASE - self._width), f - self._low)
+        if self._width or self._compacted is not None:
+            k = np.where(f >= SOURCE_BASE, f - (SOURCE_BASE - self._width), f - self._low)
+        else:  # only sources (a first round's)
+            k = f - SOURCE_BASE
         # (a negative k, as unsigned, is beyond the table: the -1 at its end)
         d = self._dense_of[np.minimum(k.view(np.uint64), len(self._dense_of) - 1)]
         if self._compacted is not None:
