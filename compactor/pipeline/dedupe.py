@@ -290,9 +290,15 @@ class DedupeActor:
                 changed[positions] = True
             positions = np.flatnonzero(changed)
             del changed
-            cuts = np.searchsorted(self._bucket_of(positions) if len(self.buckets) > 1
-                                   else np.zeros(len(positions), np.int64),
-                                   np.arange(len(self.buckets) + 1))
+            # per bucket (appended entries of every bucket follow the sorted ones: positions
+            # are not in bucket order)
+            bucket = np.asarray(self._bucket_of(positions))
+            if bucket.ndim:
+                by_bucket = np.argsort(bucket, kind="stable")
+                positions, bucket = positions[by_bucket], bucket[by_bucket]
+            else:
+                bucket = np.zeros(len(positions), dtype=np.int64)
+            cuts = np.searchsorted(bucket, np.arange(len(self.buckets) + 1))
             changed_at = [positions[cuts[i]:cuts[i + 1]] for i in range(len(self.buckets))]
         written: list[str] = []
         table = index.table()

@@ -81,13 +81,14 @@ class LiveIndex:
     @classmethod
     def of(cls, table: pa.Table, headroom: bool = True) -> LiveIndex:
         """An index of ``table`` (index columns, sorted by key, one entry per key); with
-        ``headroom`` its columns are copied into arrays with room to append, else shared."""
+        ``headroom`` its columns are copied into arrays with room to append, else into arrays
+        of their size (Arrow's memory is read-only)."""
         table = table.combine_chunks()
         n = table.num_rows
         columns = {}
         for name in _INDEX_FIXED:
             values = table.column(name).to_numpy()
-            columns[name] = _with_headroom(values, n) if headroom else values
+            columns[name] = _with_headroom(values, n) if headroom else values.copy()
         order_type, order = None, None
         if "order" in table.column_names:
             values = table.column("order").combine_chunks() if n else \
@@ -97,7 +98,7 @@ class LiveIndex:
             if numbers is None:
                 order = values
             else:
-                columns["order"] = _with_headroom(numbers, n) if headroom else numbers
+                columns["order"] = _with_headroom(numbers, n) if headroom else numbers.copy()
         return cls(columns, order_type, order, n)
 
     @classmethod
