@@ -271,9 +271,11 @@ def test_random_cdc_streams_match_the_oracle(rt, tmp_path_factory, rounds, order
             s.check()
 
 
-@pytest.mark.parametrize("order_by", [None, "lsn"])
-def test_index_delta_chains_are_folded_by_a_new_runtime(tmp_path, order_by):
-    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], order_by, buckets=2)
+@pytest.mark.parametrize(("order_by", "buckets"), [(None, 2), ("lsn", 2), (None, 6)])
+def test_index_delta_chains_are_folded_by_a_new_runtime(tmp_path, order_by, buckets):
+    """With 6 buckets each of the 2 actors holds 3: the new keys of all its buckets are
+    appended behind its sorted entries, and each bucket's delta must get its own."""
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], order_by, buckets=buckets)
     rng = np.random.default_rng(8)
     s.upsert(pa.table({"id": np.arange(5000), "v": ["base"] * 5000,
                        "lsn": np.arange(5000)}, schema=SCHEMA))
