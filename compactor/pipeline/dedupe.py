@@ -283,9 +283,12 @@ class DedupeActor:
         except ValueError as e:  # too many files for a bucket: say whose, nothing is committed
             where = self.storage.url_of(self.storage.path(self.partition_dir))
             raise ValueError(f"partition {where}: {e}; nothing was committed") from None
+        # the map (a slot per row of its files) is done with: it need not wait for the commit
+        # beside the materialize tasks
+        changed = pending.rewrite.selected if entered is not None else None
+        pending.rewrite = None
         changed_at: list[np.ndarray] | None = None
-        if entered is not None:  # what the merge brought in, and what moved to new files
-            changed = pending.rewrite.selected.copy()
+        if changed is not None:  # what the merge brought in, and what moved to new files
             for positions in (entered, attached, moved):
                 changed[positions] = True
             positions = np.flatnonzero(changed)
