@@ -41,6 +41,7 @@ from runtime.errors import (
 from runtime.refs import ObjectRef
 from runtime.remote import ActorClass, ActorHandle, RemoteFunction, remote
 from runtime.scheduling import NodeAffinity, PlacementGroupSlot
+from runtime.worker_settings import release_free_memory
 
 __all__ = [
     "ActorClass",
@@ -71,6 +72,7 @@ __all__ = [
     "kill",
     "nodes",
     "put",
+    "release_free_memory",
     "remote",
     "shutdown",
     "wait",

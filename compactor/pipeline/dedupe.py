@@ -84,6 +84,7 @@ class _Pending:
     # keys it removed
     entered: np.ndarray | None = None
     gone: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    copied: bool = False  # the fold merged a copy of the index (not in place)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class _Folded:
     bucket_sizes: dict[int, tuple[int, ...]]
     reloaded: bool
     nbytes: int
+    copied: bool  # merged a copy of the index (not in place)
 
 
 class DedupeActor:
@@ -174,11 +176,13 @@ class DedupeActor:
         records = GroupRecords(outputs, group)
         end = self.buckets[-1] + 1
         result = None
+        in_place = False
         if state is not None and records.rows <= IN_PLACE_RECORDS:
             if index.needs_rebuild():
                 self.index = index = index.rebuilt()
             whole = records.between(records.cuts(np.zeros(0, dtype=np.uint64)), 0)
             result = index.fold(self.records_schema.empty_table() if whole is None else whole)
+            in_place = result is not None
         peak = index.nbytes + records.nbytes
         if result is None:  # a copy, merged slice by slice
             self.index = None
@@ -188,11 +192,15 @@ class DedupeActor:
             del index
             self.index = LiveIndex.adopt(result)
             peak += self.index.nbytes
+            # the merge's temporaries and the old index (hundreds of MB) would otherwise stay
+            # in this process's heap (kept for reuse) while the materialize tasks run
+            runtime.release_free_memory()
         # records per bucket of the group (a bucket is a range of hi)
         per_bucket = np.diff(sum(records.cuts(self._starts[1:len(self.buckets)]),
                                  np.zeros(len(self.buckets) + 1, dtype=np.int64)))
         self._folded = _Folded(result, per_bucket, records.spans(), state, bucket_sizes,
-                               reloaded, max(peak, self.index.nbytes + records.nbytes))
+                               reloaded, max(peak, self.index.nbytes + records.nbytes),
+                               copied=not in_place)
 
     def plan(self) -> GroupResult:
         """After ``fold``: per bucket, the files kept in place and the rows to rewrite."""
@@ -220,7 +228,7 @@ class DedupeActor:
                   result.duplicates_dropped)
         # a first round's entries all entered: no list of them (as big as the index)
         entered = None if state is None else result.entered
-        self.pending = _Pending(entered=entered)
+        self.pending = _Pending(entered=entered, copied=folded.copied)
         gone_hi, gone_lo = result.gone_hi, result.gone_lo
         del result
         # rewritten: live rows of this round's sources (only entries that entered this round
@@ -237,15 +245,18 @@ class DedupeActor:
                                                              dtype=np.int64),
                                           file, index.column("row"), rewrite, self._bucket_of,
                                           len(self.buckets))
+        # the rows of each file as numbers are only the plans' to take (as RowSets, a bitmap
+        # where dense): the map keeps no list of them
+        files, self.pending.rewrite.files = self.pending.rewrite.files, []
         for i, b in enumerate(self.buckets):
             mine = gone_bucket == i
             self.pending.gone[b] = (gone_hi[mine], gone_lo[mine])
             self.pending.touched[b] = bool(records_per_bucket[i])
             plan = _plan_bucket(b, lost, len(bucket_sizes.get(b, ())), [
-                (f.ordinal, RowSet.of(f.rows[i])) for f in self.pending.rewrite.files
-                if i in f.rows])
+                (f.ordinal, RowSet.of(f.rows[i])) for f in files if i in f.rows])
             if plan is not None:
                 self.pending.plans[b] = plan
+        del files
         return GroupResult(dict(self.pending.plans), *counts, live, folded.nbytes,
                            folded.reloaded)
 
@@ -310,6 +321,8 @@ class DedupeActor:
             if next_chain is not None:
                 pending.chains[b] = next_chain
                 written.append(next_chain[-1])
+        if pending.copied:  # as after the fold: hand back the memory its temporaries held
+            runtime.release_free_memory()
         return dict(pending.chains), written
 
     def _persist(self, b: int, i: int, table: pa.Table, changed: np.ndarray | None

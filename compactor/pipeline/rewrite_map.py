@@ -22,7 +22,7 @@ import numpy as np
 
 from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE
 
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 # compacted file ordinals (bucket << 16 | position) numbered by a table when they span at most
 # this many numbers (the files of 64 adjacent buckets)
 MAX_SPAN = 1 << 22
