@@ -80,25 +80,32 @@ class LiveIndex:
 
     @classmethod
     def of(cls, table: pa.Table, headroom: bool = True) -> LiveIndex:
-        """An index of ``table`` (index columns, sorted by key, one entry per key); with
-        ``headroom`` its columns are copied into arrays with room to append, else into arrays
-        of their size (Arrow's memory is read-only)."""
-        table = table.combine_chunks()
+        """An index of ``table`` (index columns, sorted by key, one entry per key), its columns
+        copied chunk by chunk (Arrow's memory is read-only) into arrays with room to append
+        (``headroom``), else of their size."""
         n = table.num_rows
-        columns = {}
-        for name in _INDEX_FIXED:
-            values = table.column(name).to_numpy()
-            columns[name] = _with_headroom(values, n) if headroom else values.copy()
+        capacity = n + max(n // HEADROOM_FRACTION, 1024) if headroom else n
+
+        def copied(chunks: list[pa.Array], dtype: np.dtype) -> np.ndarray:
+            out = np.empty(capacity, dtype=dtype)
+            at = 0
+            for chunk in chunks:
+                out[at:at + len(chunk)] = chunk.to_numpy()
+                at += len(chunk)
+            return out
+
+        columns = {name: copied(table.column(name).chunks, table.schema.field(name).type
+                                .to_pandas_dtype()) for name in _INDEX_FIXED}
         order_type, order = None, None
         if "order" in table.column_names:
-            values = table.column("order").combine_chunks() if n else \
-                pa.array([], table.schema.field("order").type)
+            values = table.column("order")
             order_type = values.type
-            numbers = _numpy_order(values)
-            if numbers is None:
-                order = values
+            width = fixed_width(pa.array([], order_type)) if not values.null_count else None
+            if width is None:
+                order = values.combine_chunks() if n else pa.array([], order_type)
             else:
-                columns["order"] = _with_headroom(numbers, n) if headroom else numbers.copy()
+                columns["order"] = copied([c.view(width) for c in values.chunks],
+                                          width.to_pandas_dtype())
         return cls(columns, order_type, order, n)
 
     @classmethod
