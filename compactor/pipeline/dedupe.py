@@ -33,10 +33,10 @@ from compactor.hashing import bucket_of, bucket_start
 from compactor.merge import OP_DELETE, OP_UPSERT, MergeResult, index_schema, record_schema
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
-from compactor.pipeline.live_index import IN_PLACE_RECORDS, LiveIndex
+from compactor.pipeline.live_index import IN_PLACE_FRACTION, IN_PLACE_RECORDS, LiveIndex
 from compactor.pipeline.rewrite_map import RewriteMap
 from compactor.pipeline.row_sets import RowSet
-from compactor.pipeline.sliced_merge import merge_in_slices
+from compactor.pipeline.sliced_merge import SLICE_RECORDS, merge_in_slices, slice_edges
 
 
 @dataclass(frozen=True)
@@ -176,13 +176,17 @@ class DedupeActor:
         records = GroupRecords(outputs, group)
         end = self.buckets[-1] + 1
         result = None
-        in_place = False
-        if state is not None and records.rows <= IN_PLACE_RECORDS:
+        in_place = state is not None and index.n > 0 and \
+            records.rows <= max(IN_PLACE_RECORDS, index.n // IN_PLACE_FRACTION) and \
+            all(index.accepts(run) for run, _, _ in records.runs)
+        if in_place:  # a range of keys at a time, as the merge of a copy below
             if index.needs_rebuild():
                 self.index = index = index.rebuilt()
-            whole = records.between(records.cuts(np.zeros(0, dtype=np.uint64)), 0)
-            result = index.fold(self.records_schema.empty_table() if whole is None else whole)
-            in_place = result is not None
+            slices = max(1, -(-records.rows // SLICE_RECORDS))
+            cuts = records.cuts(slice_edges(int(self._starts[0]),
+                                            bucket_start(end, self.bucket_count), slices))
+            result = index.fold(t for t in (records.between(cuts, j) for j in range(slices))
+                                if t is not None)
         peak = index.nbytes + records.nbytes
         if result is None:  # a copy, merged slice by slice
             self.index = None

@@ -17,14 +17,17 @@ round: the locators plan and finalize read and update stay where they were.
 Appended and gone entries are folded away by a rebuild (``rebuilt``: one sorted copy) once
 they pass 1/``REBUILD_FRACTION`` of the index, at the start of the round that finds them so;
 that O(n) pass is paid once per that many changed keys. Rounds that cannot fold in place merge
-a sorted copy instead (``compactor.merge``, sliced): the first round, rounds of more than
-``IN_PLACE_RECORDS`` records, and ordering values other than fixed-width numbers without nulls.
+a sorted copy instead (``compactor.merge``, sliced): the first round, rounds of more records
+than a quarter of the index (``IN_PLACE_FRACTION``; at least ``IN_PLACE_RECORDS`` fold in place),
+and ordering values other than fixed-width numbers without nulls.
 
 An index folded in place describes the round's next state before the round commits: an actor
 whose round aborts or fails drops it and reloads the persisted index of the committed state.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +46,10 @@ from compactor.merge import (
     sort_by_key,
 )
 
-IN_PLACE_RECORDS = 1 << 19  # a round with more records merges a copy, slice by slice
+# a round folds in place when it brings at most 1/IN_PLACE_FRACTION as many records as the index
+# has entries (or IN_PLACE_RECORDS); bigger ones change much of it: they merge a copy
+IN_PLACE_FRACTION = 4
+IN_PLACE_RECORDS = 1 << 19
 REBUILD_FRACTION = 8
 HEADROOM_FRACTION = 8  # spare capacity a new or grown index gets, as a fraction of its entries
 
@@ -221,17 +227,47 @@ class LiveIndex:
             found[hit] = True
         return at, found
 
-    def fold(self, incoming: pa.Table) -> MergeResult | None:
-        """Fold ``incoming`` records into the index in place (``compactor.merge.merge``'s
-        rule and result, its ``index`` this index's table and its ``entered`` positions here);
-        None, with nothing changed, when this index cannot take them in place."""
+    def accepts(self, incoming: pa.Table) -> bool:
+        """Whether ``fold`` can take these records in place: the index has entries and holds
+        its ordering values as numbers, and the records' are of the same type, without
+        nulls."""
         incoming = _decode_order(incoming)
         has_order = "order" in incoming.column_names
         if not self.n or has_order != (self.order_type is not None) or self.order is not None:
-            return None
-        if has_order and (incoming.schema.field("order").type != self.order_type
-                          or incoming.column("order").null_count):
-            return None
+            return False
+        return not has_order or (incoming.schema.field("order").type == self.order_type
+                                 and not incoming.column("order").null_count)
+
+    def fold(self, incoming: pa.Table | Iterable[pa.Table]) -> MergeResult | None:
+        """Fold ``incoming`` records into the index in place (``compactor.merge.merge``'s
+        rule and result, its ``index`` this index's table and its ``entered`` positions here);
+        None, with nothing changed, when this index cannot take them (``accepts``). Records
+        may come as slices over disjoint ranges of keys, folded one at a time (temporaries
+        stay a slice's); the caller has checked they are accepted (a slice that is not raises
+        ValueError, the index half folded)."""
+        if isinstance(incoming, pa.Table):
+            if not self.accepts(incoming):
+                return None
+            incoming = [incoming]
+        parts = []
+        for t in incoming:
+            if not self.accepts(t):
+                raise ValueError("records the index cannot fold in place")
+            parts.append(self._fold(_decode_order(t)))
+        return MergeResult(
+            index=self.table(), records_in=sum(p.records_in for p in parts),
+            inserted=sum(p.inserted for p in parts), updated=sum(p.updated for p in parts),
+            deleted=sum(p.deleted for p in parts),
+            duplicates_dropped=sum(p.duplicates_dropped for p in parts),
+            superseded_files=np.unique(np.concatenate(
+                [np.zeros(0, np.int32)] + [p.superseded_files for p in parts])),
+            entered=np.concatenate([np.zeros(0, np.int64)] + [p.entered for p in parts]),
+            gone_hi=np.concatenate([np.zeros(0, np.uint64)] + [p.gone_hi for p in parts]),
+            gone_lo=np.concatenate([np.zeros(0, np.uint64)] + [p.gone_lo for p in parts]),
+            columns={name: self.column(name) for name in _INDEX_FIXED})
+
+    def _fold(self, incoming: pa.Table) -> MergeResult:
+        has_order = "order" in incoming.column_names
         old = _Records(self.table(), "index", _INDEX_FIXED)
         new = _Records(incoming, "incoming records")
         winners = _dedupe(new)

@@ -10,7 +10,7 @@ import pytest
 from compactor.fs import Storage
 from compactor.hashing import bucket_of
 from compactor.merge import OP_DELETE, OP_UPSERT, index_schema, record_schema
-from compactor.pipeline import index_store, locators
+from compactor.pipeline import dedupe, index_store, locators
 from compactor.pipeline.dedupe import DedupeActor
 from compactor.pipeline.hash_bucket import HashOutput
 
@@ -29,13 +29,19 @@ def _output(hi: np.ndarray, ops: np.ndarray, order: np.ndarray | None, position:
     return HashOutput({0: table}, len(hi), 0, position, locators.source(j))
 
 
+@pytest.mark.parametrize("fold", ["in place", "in place, in slices", "a copy"])
 @pytest.mark.parametrize("ordered", [False, True])
-def test_persisted_index_is_the_held_one_and_holds_the_live_keys(tmp_path, ordered: bool
-                                                                 ) -> None:
+def test_persisted_index_is_the_held_one_and_holds_the_live_keys(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, ordered: bool, fold: str) -> None:
     """New keys of every bucket are appended after all sorted entries, so the changed entries
     are not in bucket order; each bucket's persisted chain (a base, then deltas: updates hit
     the newest keys, which live in each bucket's last small files) must still get exactly
     its own."""
+    if fold == "in place, in slices":  # a round's records folded a range of keys at a time
+        monkeypatch.setattr(dedupe, "SLICE_RECORDS", 17)
+    if fold == "a copy":  # every round merges a copy of the index
+        monkeypatch.setattr(dedupe, "IN_PLACE_RECORDS", 0)
+        monkeypatch.setattr(dedupe, "IN_PLACE_FRACTION", 10**9)
     buckets, count = [0, 1, 2], 3
     order_type = pa.int64() if ordered else None
     storage = Storage(f"file://{tmp_path}")
@@ -86,5 +92,6 @@ def test_persisted_index_is_the_held_one_and_holds_the_live_keys(tmp_path, order
             assert (bucket_of(keys, count) == b).all()
             held_live |= set(keys[held.column("op").to_numpy() == OP_UPSERT].tolist())
         assert held_live == live, f"round {round_}"
-    assert actor.index.sorted_n < actor.index.n  # later rounds' new keys were appended
+    # later rounds' new keys were appended (or, merged as copies, sorted in)
+    assert (actor.index.sorted_n < actor.index.n) == (fold != "a copy")
     assert deltas >= 10  # and most buckets' changes were persisted as deltas
