@@ -138,7 +138,10 @@ def _numpy(table: pa.Table, name: str, dtype: type[np.generic]) -> np.ndarray:
 class _Records:
     """A record table's fixed-width columns as numpy arrays, plus its ``order`` values."""
 
-    def __init__(self, table: pa.Table, what: str, fixed: tuple[str, ...] = _FIXED) -> None:
+    def __init__(self, table: pa.Table, what: str, fixed: tuple[str, ...] = _FIXED,
+                 check: bool = True) -> None:
+        """``check=False``: the ops are known to be valid (an index this module built), so
+        they are not read through to be checked."""
         missing = [name for name in fixed if name not in table.column_names]
         if missing:
             raise MergeInputError(f"{what} lack column(s) {missing}; have {table.column_names}")
@@ -149,7 +152,7 @@ class _Records:
         }
         self.hi, self.lo, self.op = self.columns["hi"], self.columns["lo"], self.columns["op"]
         top = OP_GONE if fixed is _INDEX_FIXED else OP_DELETE
-        if len(self.op) and (self.op.min() < OP_UPSERT or self.op.max() > top):
+        if check and len(self.op) and (self.op.min() < OP_UPSERT or self.op.max() > top):
             raise MergeInputError(f"{what}: op must be {OP_UPSERT} (upsert) or {OP_DELETE}")
         self.order: pa.Array | None = None
         if "order" in table.column_names:

@@ -222,7 +222,6 @@ class DedupeActor:
         assert index is not None
         end = self.buckets[-1] + 1
         op, file = index.column("op"), index.column("file")
-        live = int(np.count_nonzero(op == OP_UPSERT))
         edges = np.array([*self.buckets, end])
         gone_bucket = np.searchsorted(edges, bucket_of(result.gone_hi, self.bucket_count),
                                       side="right") - 1
@@ -261,7 +260,7 @@ class DedupeActor:
             if plan is not None:
                 self.pending.plans[b] = plan
         del files
-        return GroupResult(dict(self.pending.plans), *counts, live, folded.nbytes,
+        return GroupResult(dict(self.pending.plans), *counts, index.live, folded.nbytes,
                            folded.reloaded)
 
     def finalize(self, groups: list[list[int]], rows_per_file: int
@@ -398,11 +397,16 @@ def _shift_kept(plans: list[BucketPlan], file: np.ndarray) -> np.ndarray:
 
 
 def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
-    """Mask of the int32 ``values`` that are in ``of``: a lookup in a table of flags over
-    ``of``'s range when that is small (lost files of a few buckets), else by hashing (np.isin
-    would sort both)."""
+    """Mask of the int32 ``values`` that are in ``of``: compared with each of a few, else a
+    lookup in a table of flags over ``of``'s range when that is small (lost files of a few
+    buckets), else by hashing (np.isin would sort both)."""
     if not len(of):
         return np.zeros(len(values), dtype=bool)
+    if len(of) <= 8:  # a few (an incremental round's lost files): compares, 3-15x faster
+        found = values == of[0]
+        for value in of[1:]:
+            found |= values == value
+        return found
     low, span = int(of.min()), int(of.max()) - int(of.min())
     if low < 0 or span >= 1 << 22 or low + span + 1 > np.iinfo(values.dtype).max:
         return pc.is_in(pa.array(values), value_set=pa.array(of)).to_numpy(zero_copy_only=False)

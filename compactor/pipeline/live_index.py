@@ -35,6 +35,7 @@ import pyarrow as pa
 from compactor.merge import (
     _INDEX_FIXED,
     OP_GONE,
+    OP_UPSERT,
     MergeResult,
     _decode_order,
     _dedupe,
@@ -81,6 +82,7 @@ class LiveIndex:
         self.order = order  # variable-width or nullable ordering values: no folds in place
         self.n = self.sorted_n = n
         self.dead = 0  # entries marked OP_GONE
+        self.live = int(np.count_nonzero(columns["op"][:n] == OP_UPSERT))  # upserts
         # the appended entries [sorted_n, n) in key order: their keys and positions
         self._tail = (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.int64))
 
@@ -268,7 +270,7 @@ class LiveIndex:
 
     def _fold(self, incoming: pa.Table) -> MergeResult:
         has_order = "order" in incoming.column_names
-        old = _Records(self.table(), "index", _INDEX_FIXED)
+        old = _Records(self.table(), "index", _INDEX_FIXED, check=False)
         new = _Records(incoming, "incoming records")
         winners = _dedupe(new)
         at, found = self._locate(new.hi[winners], new.lo[winners])
@@ -287,6 +289,7 @@ class LiveIndex:
         self.columns["file"][r.left] = -1
         self.columns["row"][r.left] = -1
         self.dead += len(r.left) - revived
+        self.live += r.inserted - r.deleted
         appended = self._append({name: v[~present] for name, v in values.items()})
         return MergeResult(
             index=self.table(), records_in=len(new), inserted=r.inserted, updated=r.updated,

@@ -178,6 +178,7 @@ def check_invariants(live: LiveIndex) -> None:
     assert len(set(zip(hi.tolist(), lo.tolist(), strict=True))) == live.n, "a key twice"
     gone = op == OP_GONE
     assert live.dead == int(gone.sum())
+    assert live.live == int((op == OP_UPSERT).sum())
     assert (live.column("file")[gone] == -1).all() and (live.column("row")[gone] == -1).all()
     sorted_hi, sorted_lo = hi[:live.sorted_n], lo[:live.sorted_n]
     assert keys_of(sorted_hi, sorted_lo) == list(zip(sorted_hi.tolist(), sorted_lo.tolist(),

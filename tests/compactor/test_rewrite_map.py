@@ -144,7 +144,8 @@ def test_member_matches_isin_for_narrow_and_wide_sets() -> None:
                              [np.iinfo(np.int32).max, np.iinfo(np.int32).min + 1]]
                             ).astype(np.int32)
     for of in (np.array([], np.int64), np.array([compacted(2, 5)]), rng.choice(values, 40),
-               np.array([0, 1 << 21, SOURCE_BASE]), np.array([-1, 3])):
+               np.array([0, 1 << 21, SOURCE_BASE]), np.array([-1, 3]), rng.choice(values, 8),
+               rng.choice(values, 9), np.array([7, 9, 7, 9, 7, 9, 7, 9, 5], np.int32)):
         assert member(values, of).tolist() == np.isin(values, of).tolist()
 
 
