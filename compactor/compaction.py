@@ -298,7 +298,6 @@ def _round(table: Table, partition: Partition, target_file_size: int,
             properties={index_store.PROPERTY: json.dumps(index_paths)},
             metrics={k: float(v) for k, v in result_fields.items()},
         )
-        progress("commit", 1, 1, 0, 0)
     except BaseException:
         for ref in finalize_refs:  # index files of a round that will not commit
             try:
@@ -309,6 +308,9 @@ def _round(table: Table, partition: Partition, target_file_size: int,
             a.abort.remote()
         _cleanup(table, written, new_index_paths)
         raise
+    # committed: from here on nothing may clean the round's files up (a progress callback that
+    # raises only stops the caller; the actors, not told, reload the index next round)
+    progress("commit", 1, 1, 0, 0)
     try:
         runtime.get([a.commit.remote(state.position) for a in actors])
     except runtime.ActorDiedError:

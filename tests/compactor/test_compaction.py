@@ -301,6 +301,23 @@ def test_index_delta_chains_are_folded_by_a_new_runtime(tmp_path, order_by, buck
             assert not s.compact_and_check(target_file_size=2000).rebased
 
 
+def test_a_progress_callback_failing_after_the_commit_deletes_nothing(rt, tmp_path):
+    """The round is committed before its last progress report: an error there must not clean
+    up (delete) the files the committed state names."""
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn")
+    rng = np.random.default_rng(3)
+    for r in range(2):
+        s.upsert(_rows(rng, 300, 200, 1000 * r, f"r{r}"))
+
+        def progress(step: str, done: int, total: int, *rest: object) -> None:
+            if step == "commit" and done == total:
+                raise RuntimeError("the progress display broke")
+
+        with pytest.raises(RuntimeError, match="the progress display broke"):
+            compact_partition(s.table, s.part, progress=progress)
+        s.check()  # committed, every file it names still there
+
+
 def test_only_recent_partitions_keep_their_dedupe_actors(rt, tmp_path):
     from compactor.compaction import KEEP_WARM
 
