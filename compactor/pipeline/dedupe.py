@@ -179,9 +179,10 @@ class DedupeActor:
         in_place = state is not None and index.n > 0 and \
             records.rows <= max(IN_PLACE_RECORDS, index.n // IN_PLACE_FRACTION) and \
             all(index.accepts(run) for run, _, _ in records.runs)
+        if in_place and index.needs_rebuild():
+            self.index = index = index.rebuilt()
+            in_place = index.n > 0  # (every key may have left)
         if in_place:  # a range of keys at a time, as the merge of a copy below
-            if index.needs_rebuild():
-                self.index = index = index.rebuilt()
             slices = max(1, -(-records.rows // SLICE_RECORDS))
             cuts = records.cuts(slice_edges(int(self._starts[0]),
                                             bucket_start(end, self.bucket_count), slices))

@@ -81,7 +81,7 @@ class LiveIndex:
         self.order_type = order_type
         self.order = order  # variable-width or nullable ordering values: no folds in place
         self.n = self.sorted_n = n
-        self.dead = 0  # entries marked OP_GONE
+        self.dead = int(np.count_nonzero(columns["op"][:n] == OP_GONE))  # entries marked gone
         self.live = int(np.count_nonzero(columns["op"][:n] == OP_UPSERT))  # upserts
         # the appended entries [sorted_n, n) in key order: their keys and positions
         self._tail = (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.int64))
@@ -202,7 +202,18 @@ class LiveIndex:
         return (self.n - self.sorted_n) + self.dead > self.n // REBUILD_FRACTION
 
     def rebuilt(self) -> LiveIndex:
-        return LiveIndex.of(self.sorted_table())
+        """The index sorted by key, without gone entries: gathered straight into new arrays
+        with headroom."""
+        at = self.in_key_order()
+        positions = np.arange(at.start, at.stop) if isinstance(at, slice) else at
+        m = len(positions)
+        columns = {}
+        for name, column in self.columns.items():
+            out = np.empty(m + max(m // HEADROOM_FRACTION, 1024), dtype=column.dtype)
+            np.take(column, positions, out=out[:m])
+            columns[name] = out
+        order = None if self.order is None else self.order.take(pa.array(positions))
+        return LiveIndex(columns, self.order_type, order, m)
 
     def count_between(self, first_hi: int, end_hi: int | None) -> int:
         """Entries (OP_GONE ones included) with ``hi`` in [first_hi, end_hi) (None: no end)."""

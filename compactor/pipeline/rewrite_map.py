@@ -126,6 +126,8 @@ class RewriteMap:
         f = files.astype(np.int64)
         if self._width or self._compacted is not None:
             k = np.where(f >= SOURCE_BASE, f - (SOURCE_BASE - self._width), f - self._low)
+            # (a compacted ordinal above the map's highest would land among the sources)
+            k[(f < SOURCE_BASE) & (k >= self._width)] = -1
         else:  # only sources (a first round's)
             k = f - SOURCE_BASE
         # (a negative k, as unsigned, is beyond the table: the -1 at its end)

@@ -45,7 +45,8 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
     index_cuts = np.concatenate([[0], np.searchsorted(index.column("hi").to_numpy(), inner),
                                  [n]]).astype(np.int64)
     run_cuts = records.cuts(inner)
-    capacity = n + records.rows
+    # room for every record to be a new key, and for later rounds to append 1/8 more
+    capacity = n + records.rows + max((n + records.rows) // 8, 1024)
     fields = index_schema(schema.field("order").type if "order" in schema.names else None)
     out = {f.name: np.empty(capacity, dtype=f.type.to_pandas_dtype()) for f in fields
            if f.name != "order"}  # the fixed-width columns
@@ -88,9 +89,9 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
         at += m
         del result, part
     # the next index keeps these buffers (zero-copy) and the room at their end, for the rounds
-    # after to append to; where the round replaced more keys than it added, give back most of
-    # the unused capacity (one column at a time)
-    trim = at < capacity - capacity // 8
+    # after to append to; where the records held many more versions than keys, give back the
+    # capacity beyond 1/8 of room (one column at a time)
+    trim = at + at // 8 < capacity - capacity // 4
     buffers = {}
     for name in list(out):
         values = out.pop(name)
