@@ -262,11 +262,16 @@ class LiveIndex:
             if not self.accepts(incoming):
                 return None
             incoming = [incoming]
-        parts = []
-        for t in incoming:
-            if not self.accepts(t):
-                raise ValueError("records the index cannot fold in place")
-            parts.append(self._fold(_decode_order(t)))
+        parts, appended = [], []
+        try:
+            for t in incoming:
+                if not self.accepts(t):
+                    raise ValueError("records the index cannot fold in place")
+                part, added = self._fold(_decode_order(t))
+                parts.append(part)
+                appended.append(added)
+        finally:  # (slices cover disjoint keys: none looks for another's new keys)
+            self._find_appended(appended)
         return MergeResult(
             index=self.table(), records_in=sum(p.records_in for p in parts),
             inserted=sum(p.inserted for p in parts), updated=sum(p.updated for p in parts),
@@ -279,7 +284,8 @@ class LiveIndex:
             gone_lo=np.concatenate([np.zeros(0, np.uint64)] + [p.gone_lo for p in parts]),
             columns={name: self.column(name) for name in _INDEX_FIXED})
 
-    def _fold(self, incoming: pa.Table) -> MergeResult:
+    def _fold(self, incoming: pa.Table) -> tuple[MergeResult, np.ndarray]:
+        """One slice: its result, and the positions of the keys it appended."""
         has_order = "order" in incoming.column_names
         old = _Records(self.table(), "index", _INDEX_FIXED, check=False)
         new = _Records(incoming, "incoming records")
@@ -307,7 +313,7 @@ class LiveIndex:
             deleted=r.deleted, duplicates_dropped=r.duplicates_dropped,
             superseded_files=r.superseded_files,
             entered=np.concatenate([slots, appended]), gone_hi=gone_hi, gone_lo=gone_lo,
-            columns={name: self.column(name) for name in _INDEX_FIXED})
+            columns={name: self.column(name) for name in _INDEX_FIXED}), appended
 
     def _append(self, values: dict[str, np.ndarray]) -> np.ndarray:
         """Append entries (in key order, keys new to the index); their positions."""
@@ -320,12 +326,17 @@ class LiveIndex:
                             for name, column in self.columns.items()}
         for name, column in self.columns.items():
             column[n:n + k] = values[name]
-        positions = np.arange(n, n + k, dtype=np.int64)
-        t_hi, t_lo, t_pos = self._tail
-        hi = np.concatenate([t_hi, values["hi"]])
-        lo = np.concatenate([t_lo, values["lo"]])
-        perm, _ = sort_by_key(hi, lo, runs=True)
-        self._tail = (hi[perm], lo[perm], np.concatenate([t_pos, positions])[perm])
         self.n = n + k
-        return positions
+        return np.arange(n, n + k, dtype=np.int64)
+
+    def _find_appended(self, positions: list[np.ndarray]) -> None:
+        """Add appended entries (sorted runs of positions) to the sorted list of the tail."""
+        added = np.concatenate([np.zeros(0, np.int64), *positions])
+        if not len(added):
+            return
+        t_hi, t_lo, t_pos = self._tail
+        hi = np.concatenate([t_hi, self.columns["hi"][added]])
+        lo = np.concatenate([t_lo, self.columns["lo"][added]])
+        perm, _ = sort_by_key(hi, lo, runs=True)  # sorted runs: merged in linear passes
+        self._tail = (hi[perm], lo[perm], np.concatenate([t_pos, added])[perm])
 
