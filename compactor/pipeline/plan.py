@@ -6,7 +6,8 @@ to an output file, and the ``memory`` each task and actor asks the scheduler for
 memory-aware scheduling keeps a round within the machine or cluster. Files larger than
 ``SPLIT_ROWS`` are hashed in several tasks by row groups; consecutive small files share a task
 (up to ``BATCH_ROWS`` rows and ``BATCH_FILES`` files), so thousands of small delta files cost
-tens of tasks, not thousands.
+tens of tasks, not thousands. Of many small files only a sample of footers is read
+(``FOOTER_SAMPLE``); the rest are sized from it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ BATCH_FILES = 64  # ...and this many files
 RECORD_BYTES = 64  # digest, locator, op and bookkeeping per key record in memory
 MIN_TASK_MEMORY = 64 << 20
 FOOTER_THREADS = 16
+# of many small files (up to BATCH_ROWS rows each: hashed whole, in shared tasks) only the
+# FOOTER_SAMPLE largest footers are read; the others' sizes in memory are estimated from those
+# (a round of hundreds of small deltas on S3 spent seconds reading footers); each file is
+# still checked unchanged when a hash task opens it
+FOOTER_SAMPLE = 16
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,30 @@ def _footer_stats(table: Table, file: DataFile, columns: list[str]) -> tuple[lis
         parquet.close()
 
 
+def _all_footer_stats(table: Table, items: list[tuple[DataFile, int, DeltaKind, CdcOps | None]],
+                      key_cols: list[str]) -> list[tuple[list[int], int, int]]:
+    """``_footer_stats`` of every item: read, except for small files beyond a sample of
+    FOOTER_SAMPLE, whose figures are estimated from the sample's (the most per row and per
+    stored byte)."""
+    small = [j for j, (f, *_) in enumerate(items) if f.rows <= BATCH_ROWS]
+    sample = set(sorted(small, key=lambda j: -items[j][0].size)[:FOOTER_SAMPLE])
+    estimated = set(small) - sample if len(small) > FOOTER_SAMPLE else set()
+    read = [j for j in range(len(items)) if j not in estimated]
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        found = dict(zip(read, pool.map(
+            lambda j: _footer_stats(table, items[j][0], key_cols + (
+                [items[j][3].column] if items[j][3] is not None else [])),
+            read), strict=True))
+    if estimated:
+        key_per_row = max(found[j][1] / max(items[j][0].rows, 1) for j in sample)
+        decoded_per_byte = max(found[j][2] / max(items[j][0].size, 1) for j in sample)
+        for j in estimated:
+            f = items[j][0]
+            found[j] = ([f.rows] if f.rows else [], int(f.rows * key_per_row),
+                        int(f.size * decoded_per_byte))
+    return [found[j] for j in range(len(items))]
+
+
 def plan_round(table: Table, partition: Partition, *, target_file_size: int,
                bucket_count: int | None, rebase: bool, groups: int,
                rebuild: bool = False) -> RoundPlan:
@@ -170,11 +200,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         items += [(f, compacted.high_watermark, DeltaKind.UPSERT, None) for f in compacted.files]
     for d in snapshot.deltas:
         items += [(f, d.position, d.kind, d.cdc) for f in d.files]
-    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
-        stats = list(pool.map(
-            lambda it: _footer_stats(table, it[0], key_cols + (
-                [it[3].column] if it[3] is not None else [])),
-            items))
+    stats = _all_footer_stats(table, items, key_cols)
 
     tasks: list[HashTask] = []
     sources: dict[int, DataFile] = {}

@@ -79,3 +79,68 @@ def test_a_round_counts_each_file_it_reads_not_each_task(tmp_path) -> None:
         result = compact_partition(table, part)
     assert result.rows_out == 15
     assert result.files_read == 5 + 5  # each hashed (in one task), then each materialized
+
+
+def _many_small_deltas(tmp_path, count: int):  # type: ignore[no-untyped-def]
+    schema = pa.schema([("id", pa.int64()), ("lsn", pa.int64())])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=("id",),
+                         ordering_column="lsn", bucket_count=2)
+    part = table.partition()
+    for k in range(count):  # sizes differ: the largest are the sample
+        n = 3 + k
+        part.append(pa.table({"id": np.arange(n) + 100 * k, "lsn": np.full(n, k)},
+                             schema=schema))
+    return table, part
+
+
+def test_of_many_small_files_only_a_sample_of_footers_is_read(tmp_path, monkeypatch) -> None:
+    """Hundreds of small deltas on S3 cost a footer read each: only FOOTER_SAMPLE (the
+    largest) are read, and the others' memory is estimated from them, never below what they
+    need."""
+    from compactor.pipeline import plan as plan_module
+
+    read: list[str] = []
+    real = plan_module._footer_stats
+
+    def counted(table, file, columns):  # type: ignore[no-untyped-def]
+        read.append(file.url)
+        return real(table, file, columns)
+
+    monkeypatch.setattr(plan_module, "_footer_stats", counted)
+    table, part = _many_small_deltas(tmp_path, plan_module.FOOTER_SAMPLE + 24)
+    files = [f for d in part.snapshot().deltas for f in d.files]
+    plan = plan_round(table, part, target_file_size=1 << 20, bucket_count=None, rebase=False,
+                      groups=2)
+    largest = sorted(files, key=lambda f: -f.size)[:plan_module.FOOTER_SAMPLE]
+    assert sorted(read) == sorted(f.url for f in largest)
+    assert sum(len(t.inputs) for t in plan.tasks) == len(files)  # every file hashed, whole
+    assert all(i.row_groups is None for t in plan.tasks for i in t.inputs)
+    assert plan.row_bytes >= 16  # two int64 columns, estimated from the sample
+    read.clear()
+    table, part = _many_small_deltas(tmp_path / "few", plan_module.FOOTER_SAMPLE)
+    plan_round(table, part, target_file_size=1 << 20, bucket_count=None, rebase=False,
+               groups=2)
+    assert len(read) == plan_module.FOOTER_SAMPLE  # few: every footer read
+
+
+def test_a_changed_small_file_whose_footer_was_not_read_still_fails_the_round(tmp_path
+                                                                             ) -> None:
+    """The hash task that opens it checks it unchanged since registered: the round fails
+    naming it and commits nothing."""
+    from pathlib import Path
+
+    import pytest
+
+    import runtime
+    from compactor.compaction import compact_partition
+    from compactor.errors import ChangedFile
+    from compactor.pipeline.plan import FOOTER_SAMPLE
+
+    table, part = _many_small_deltas(tmp_path, FOOTER_SAMPLE + 8)
+    smallest = min((f for d in part.snapshot().deltas for f in d.files), key=lambda f: f.size)
+    path = Path(smallest.url.removeprefix("file://"))
+    path.write_bytes(path.read_bytes() + b"\0")  # another size: not the registered file
+    with runtime.init("local", num_cpus=2), \
+            pytest.raises(ChangedFile, match=f"{path.name} changed since it was registered"):
+        compact_partition(table, part)
+    assert part.snapshot().compacted is None
