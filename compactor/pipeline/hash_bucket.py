@@ -23,6 +23,7 @@ from compactor.hashing import NullKeyError, bucket_of, key_digest
 from compactor.manifest import CdcOps, DataFile, DeltaKind
 from compactor.merge import OP_DELETE, OP_UPSERT, record_schema, sort_by_key
 
+WHOLE_FILE_BYTES = 8 << 20  # source files up to this size are read in one request
 
 @dataclass(frozen=True)
 class HashInput:
@@ -134,7 +135,10 @@ def hash_file(
     groups: int,
 ) -> HashOutput:
     maybe_fail("hash_bucket")
-    parquet = files.open_verified(storage, item.file)
+    # a small file is read whole, in one request (an object store's latency, not its bytes,
+    # is what it costs), then only its key columns decoded
+    parquet = files.open_verified(storage, item.file, whole=item.row_groups is None
+                                  and item.file.size <= WHOLE_FILE_BYTES)
     try:
         columns = list(primary_key)
         if ordering_column is not None:

@@ -144,3 +144,30 @@ def test_a_changed_small_file_whose_footer_was_not_read_still_fails_the_round(tm
             pytest.raises(ChangedFile, match=f"{path.name} changed since it was registered"):
         compact_partition(table, part)
     assert part.snapshot().compacted is None
+
+
+def test_a_small_source_is_hashed_from_one_read_of_it_whole(tmp_path, monkeypatch) -> None:
+    """On an object store a request costs its latency: a small file (not split by row groups)
+    is read in one request, a file hashed by row groups only in the parts it needs."""
+    from compactor import files
+    from compactor.pipeline import hash_bucket
+    from compactor.pipeline.hash_bucket import hash_file
+
+    table, part = _many_small_deltas(tmp_path, 1)
+    file = part.snapshot().deltas[0].files[0]
+    opened: list[bool] = []
+    real = files.open_parquet
+
+    def recorded(storage, path, whole=False):  # type: ignore[no-untyped-def]
+        opened.append(whole)
+        return real(storage, path, whole)
+
+    monkeypatch.setattr(files, "open_parquet", recorded)
+    for row_groups in (None, (0,)):
+        item = HashInput(file, 0, 1, DeltaKind.UPSERT, None, row_groups)
+        out = hash_file(table.storage, item, ("id",), "lsn", pa.int64(), 2, 1)
+        assert out.rows == 3
+    monkeypatch.setattr(hash_bucket, "WHOLE_FILE_BYTES", file.size - 1)  # now too big
+    hash_file(table.storage, HashInput(file, 0, 1, DeltaKind.UPSERT, None), ("id",), "lsn",
+              pa.int64(), 2, 1)
+    assert opened == [True, False, False]
