@@ -23,7 +23,8 @@ from compactor.hashing import NullKeyError, bucket_of, key_digest
 from compactor.manifest import CdcOps, DataFile, DeltaKind
 from compactor.merge import OP_DELETE, OP_UPSERT, record_schema, sort_by_key
 
-WHOLE_FILE_BYTES = 8 << 20  # source files up to this size are read in one request
+WHOLE_FILE_BYTES = 1 << 20  # source files up to this size are read in one request
+
 
 @dataclass(frozen=True)
 class HashInput:
@@ -136,7 +137,8 @@ def hash_file(
 ) -> HashOutput:
     maybe_fail("hash_bucket")
     # a small file is read whole, in one request (an object store's latency, not its bytes,
-    # is what it costs), then only its key columns decoded
+    # is what it costs), then only its key columns decoded; larger ones only in the column
+    # chunks the key columns need (a 7 MB delta of 8 columns read whole: +10 ms on local disk)
     parquet = files.open_verified(storage, item.file, whole=item.row_groups is None
                                   and item.file.size <= WHOLE_FILE_BYTES)
     try:
