@@ -153,7 +153,8 @@ class _Records:
         self.hi, self.lo, self.op = self.columns["hi"], self.columns["lo"], self.columns["op"]
         top = OP_GONE if fixed is _INDEX_FIXED else OP_DELETE
         if check and len(self.op) and (self.op.min() < OP_UPSERT or self.op.max() > top):
-            raise MergeInputError(f"{what}: op must be {OP_UPSERT} (upsert) or {OP_DELETE}")
+            raise MergeInputError(f"{what}: op must be {OP_UPSERT} (upsert) or {OP_DELETE} (delete)"
+                                  + (f" or {OP_GONE} (gone)" if top == OP_GONE else ""))
         self.order: pa.Array | None = None
         if "order" in table.column_names:
             self.order = table.column("order").combine_chunks()

@@ -368,7 +368,8 @@ class DedupeActor:
         self.index, self.state = None, None
 
     def loaded_state(self) -> int | None:
-        return self.state
+        """The committed state the index in memory describes (None: none held)."""
+        return self.state if self.index is not None else None
 
 
 def _plan_bucket(b: int, lost: np.ndarray, files_before: int,

@@ -59,3 +59,16 @@ def test_unknown_compacted_file_above_the_maps_highest_is_refused() -> None:
     row = np.array([0, 3], np.int32)
     with pytest.raises(ValueError, match="outside"):
         RewriteMap(ordinals, spans, file, row, np.ones(2, bool), lambda at: 0, 1)
+
+
+def test_an_actor_holding_no_index_names_no_state(tmp_path) -> None:
+    """A commit that reaches a restarted actor (its index lost with its process) or an abort
+    leaves no index in memory: the actor must not claim to hold the committed state."""
+    actor = DedupeActor(Storage(f"file://{tmp_path}"), "p", [0], 1, None)
+    actor.commit(5)  # restarted after its round's finalize: nothing in memory
+    assert actor.loaded_state() is None
+    keys = np.arange(1, 4, dtype=np.uint64) << np.uint64(40)
+    _round(actor, None, keys, np.zeros(3, np.int8), 1)
+    assert actor.loaded_state() == 1
+    actor.abort()
+    assert actor.loaded_state() is None
