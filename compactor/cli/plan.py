@@ -107,7 +107,8 @@ def plan(session: Session, url: str, partition: dict[str, str] | None, cluster_c
          target_file_size: int, buckets: int | None, rebase: bool) -> None:
     """The worker nodes (how many, of which type) a round of a partition needs on a cluster.
 
-    Reads the partition's pending deltas and their Parquet footers as `compact` would, sizes
+    Reads the partition's pending deltas and their Parquet footers as `compact` would (of
+    more than 16 small files, the 16 largest; the rest are sized from them), sizes
     each task's and dedupe actor's memory request, and packs them onto the worker node types
     of CLUSTER.yaml (spot before on-demand, within each type's and the cluster's max_workers).
     A request no node type can hold is an error (exit 1) before anything starts. Prints the

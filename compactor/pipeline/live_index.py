@@ -55,6 +55,11 @@ REBUILD_FRACTION = 8
 HEADROOM_FRACTION = 8  # spare capacity a new or grown index gets, as a fraction of its entries
 
 
+def with_room(n: int) -> int:
+    """The capacity of an index of ``n`` entries: room to append 1/HEADROOM_FRACTION more."""
+    return n + max(n // HEADROOM_FRACTION, 1024)
+
+
 def _numpy_order(order: pa.Array) -> np.ndarray | None:
     """Fixed-width ordering values without nulls as integers of their width (else None)."""
     width = fixed_width(order)
@@ -65,7 +70,7 @@ def _with_headroom(values: np.ndarray, n: int, need: int | None = None) -> np.nd
     """The first ``n`` of ``values`` in a new array with room for ``need`` (default ``n``)
     entries and 1/HEADROOM_FRACTION more."""
     need = n if need is None else need
-    out = np.empty(need + max(need // HEADROOM_FRACTION, 1024), dtype=values.dtype)
+    out = np.empty(with_room(need), dtype=values.dtype)
     out[:n] = values[:n]
     return out
 
@@ -92,7 +97,7 @@ class LiveIndex:
         copied chunk by chunk (Arrow's memory is read-only) into arrays with room to append
         (``headroom``), else of their size."""
         n = table.num_rows
-        capacity = n + max(n // HEADROOM_FRACTION, 1024) if headroom else n
+        capacity = with_room(n) if headroom else n
 
         def copied(chunks: list[pa.Array], dtype: np.dtype) -> np.ndarray:
             out = np.empty(capacity, dtype=dtype)
@@ -209,7 +214,7 @@ class LiveIndex:
         m = len(positions)
         columns = {}
         for name, column in self.columns.items():
-            out = np.empty(m + max(m // HEADROOM_FRACTION, 1024), dtype=column.dtype)
+            out = np.empty(with_room(m), dtype=column.dtype)
             np.take(column, positions, out=out[:m])
             columns[name] = out
         order = None if self.order is None else self.order.take(pa.array(positions))

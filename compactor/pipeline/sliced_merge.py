@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from compactor.merge import MergeResult, fixed_width, index_schema, merge
 from compactor.pipeline.hash_bucket import GroupRecords
+from compactor.pipeline.live_index import with_room
 
 SLICE_RECORDS = 1 << 19
 
@@ -46,7 +47,7 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
                                  [n]]).astype(np.int64)
     run_cuts = records.cuts(inner)
     # room for every record to be a new key, and for later rounds to append 1/8 more
-    capacity = n + records.rows + max((n + records.rows) // 8, 1024)
+    capacity = with_room(n + records.rows)
     fields = index_schema(schema.field("order").type if "order" in schema.names else None)
     out = {f.name: np.empty(capacity, dtype=f.type.to_pandas_dtype()) for f in fields
            if f.name != "order"}  # the fixed-width columns
