@@ -21,7 +21,7 @@ from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.hashing import NullKeyError, bucket_of, key_digest
 from compactor.manifest import CdcOps, DataFile, DeltaKind
-from compactor.merge import OP_DELETE, OP_UPSERT, record_schema, sort_by_key
+from compactor.merge import OP_DELETE, OP_UPSERT, one_array, record_schema, sort_by_key
 
 WHOLE_FILE_BYTES = 1 << 20  # source files up to this size are read in one request
 
@@ -161,7 +161,7 @@ def hash_file(
     n = data.num_rows
     cols: dict[str, pa.Array | np.ndarray] = {"hi": hi, "lo": lo}
     if ordering_column is not None:
-        order = data.column(ordering_column).combine_chunks()
+        order = one_array(data.column(ordering_column))
         if order_type is not None and order.type != order_type:
             try:
                 order = order.cast(order_type)

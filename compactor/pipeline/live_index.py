@@ -43,6 +43,7 @@ from compactor.merge import (
     _Records,
     fixed_width,
     index_schema,
+    one_array,
     resolve,
     sort_by_key,
 )
@@ -115,7 +116,7 @@ class LiveIndex:
             order_type = values.type
             width = fixed_width(pa.array([], order_type)) if not values.null_count else None
             if width is None:
-                order = values.combine_chunks() if n else pa.array([], order_type)
+                order = one_array(values) if n else pa.array([], order_type)
             else:
                 columns["order"] = copied([c.view(width) for c in values.chunks],
                                           width.to_pandas_dtype())
@@ -133,7 +134,7 @@ class LiveIndex:
             if "order" in result.buffers:
                 columns["order"] = result.buffers["order"]
             else:
-                values = index.column("order").combine_chunks() if index.num_rows else \
+                values = one_array(index.column("order")) if index.num_rows else \
                     pa.array([], order_type)
                 numbers = _numpy_order(values)
                 if numbers is None:

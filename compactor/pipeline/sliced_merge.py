@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from compactor.merge import MergeResult, fixed_width, index_schema, merge
+from compactor.merge import MergeResult, fixed_width, index_schema, merge, one_array
 from compactor.pipeline.hash_bucket import GroupRecords
 from compactor.pipeline.live_index import with_room
 
@@ -72,7 +72,7 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
             if not empty:
                 out[name][at:at + m] = result.columns[name]
         if order_type is not None:
-            order = result.index.column("order").combine_chunks().cast(order_type)
+            order = one_array(result.index.column("order")).cast(order_type)
             if order_out is not None and order.null_count:
                 orders.append(pa.array(order_out[:at]).view(order_type))
                 order_out = None
