@@ -6,7 +6,7 @@ What a table writes, and what references it::
                                                         referenced by delta commits
     partitions/<p>/compacted/b#####/<uuid>.parquet      compacted files: referenced by compaction
                                                         commits (their bucket file lists)
-    partitions/<p>/index/b#####/{base,delta}-<uuid>.{arrow,parquet}
+    partitions/<p>/index/b#####/{base,delta,moves}-<uuid>.{arrow,parquet}
                                                         primary-key index chains: referenced by
                                                         compaction commits (``properties["index"]``)
     .<name>.<uuid>.tmp in _table/metadata, _log, _checkpoints
@@ -72,7 +72,7 @@ _HEX = r"[0-9a-f]{32}"
 # (kind, directory below the partition, file name) of what gc may remove
 _DATA = re.compile(rf"data/{_HEX}\.parquet")
 _COMPACTED = re.compile(rf"compacted/b\d{{5}}/{_HEX}\.parquet")
-_INDEX = re.compile(rf"index/b\d{{5}}/(base|delta)-{_HEX}\.(arrow|parquet)")
+_INDEX = re.compile(rf"index/b\d{{5}}/(base|delta|moves)-{_HEX}\.(arrow|parquet)")
 _TEMPORARY = re.compile(rf"({LOG_DIR}|{CHECKPOINT_DIR})/\.[^/\\]+\.{_HEX}\.tmp")
 _METADATA_TEMPORARY = re.compile(rf"{METADATA_DIR}/\.[^/\\]+\.{_HEX}\.tmp")
 _KINDS = (("data", _DATA), ("compacted", _COMPACTED), ("index", _INDEX),

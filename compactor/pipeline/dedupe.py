@@ -298,16 +298,23 @@ class DedupeActor:
         except ValueError as e:  # too many files for a bucket: say whose, nothing is committed
             where = self.storage.url_of(self.storage.path(self.partition_dir))
             raise ValueError(f"partition {where}: {e}; nothing was committed") from None
+        # an incremental round persists the entries the merge brought in (the attached ones
+        # among them) and, not the entries of the rows it moved, where the rows of the files it
+        # rewrote or renumbered went
+        moves: dict[int, list[index_store.Move]] = {}
+        if entered is not None:
+            for i, b in enumerate(self.buckets):
+                if b in pending.plans:
+                    moves[b] = [index_store.Move(b << 16 | position, b << 16 | at) for at, position
+                                in enumerate(pending.plans[b].keep) if position != at] + [
+                        index_store.Move(*placed) for placed in pending.rewrite.placed(i, b)]
         # the map (a slot per row of its files) is done with: it need not wait for the commit
         # beside the materialize tasks
-        changed = pending.rewrite.selected if entered is not None else None
         pending.rewrite = None
+        del moved
         changed_at: list[np.ndarray] | None = None
-        if changed is not None:  # what the merge brought in, and what moved to new files
-            for positions in (entered, attached, moved):
-                changed[positions] = True
-            positions = np.flatnonzero(changed)
-            del changed
+        if entered is not None:
+            positions = np.unique(entered)
             # per bucket (appended entries of every bucket follow the sorted ones: positions
             # are not in bucket order)
             bucket = np.asarray(self._bucket_of(positions))
@@ -321,38 +328,47 @@ class DedupeActor:
         written: list[str] = []
         table = index.table()
         for i, b in enumerate(self.buckets):
-            next_chain = self._persist(b, i, table, None if changed_at is None else changed_at[i])
+            next_chain, new_files = self._persist(
+                b, i, table, None if changed_at is None else changed_at[i], moves.get(b, []),
+                rows_per_file)
             if next_chain is not None:
                 pending.chains[b] = next_chain
-                written.append(next_chain[-1])
+            written += new_files
         if pending.copied:  # as after the fold: hand back the memory its temporaries held
             runtime.release_free_memory()
         return dict(pending.chains), written
 
-    def _persist(self, b: int, i: int, table: pa.Table, changed: np.ndarray | None
-                 ) -> list[str] | None:
-        """Write bucket ``b``'s (the group's i-th) next index, whole (a base) or as a delta on
-        its chain of the entries at positions ``changed`` (None: write a base); the next chain,
-        or None when nothing about the bucket's keys changed."""
+    def _persist(self, b: int, i: int, table: pa.Table, changed: np.ndarray | None,
+                 moves: list[index_store.Move], rows_per_file: int
+                 ) -> tuple[list[str] | None, list[str]]:
+        """Write bucket ``b``'s (the group's i-th) next index, whole (a base) or on its chain as
+        the ``moves`` of its files and a delta of the entries at positions ``changed`` (None:
+        write a base); the next chain (None when nothing about the bucket's index changed),
+        and the files written."""
         assert self.index is not None
         chain = self.chains.get(b, [])
-        if changed is not None and chain and not self.pending.touched[b] and not len(changed):
-            return None
+        if changed is not None and chain and not self.pending.touched[b] and not len(changed) \
+                and not moves:
+            return None, []
         gone_hi, gone_lo = self.pending.gone[b]
         delta_rows = 0 if changed is None else len(changed) + len(gone_hi)
         first, end = self._range(i)
-        if changed is None or not chain or len(chain) >= index_store.MAX_CHAIN \
+        if changed is None or not chain or index_store.rounds(chain) >= index_store.MAX_CHAIN \
                 or delta_rows * 4 > self.index.count_between(first, end):
             rel = index_store.new_path(self.partition_dir, b, "base")
             part = self.index.take(self.index.in_key_order(first, end))  # (a slice: no copy)
             index_store.write(self.storage, rel, part)
-            return [rel]
+            return [rel], [rel]
+        written = []
+        if moves:
+            written.append(index_store.new_path(self.partition_dir, b, "moves"))
+            index_store.write_moves(self.storage, written[-1], moves, rows_per_file)
         gone = np.empty(len(gone_hi), dtype=index_store.KEY)
         gone["hi"], gone["lo"] = gone_hi, gone_lo
-        rel = index_store.new_path(self.partition_dir, b, "delta")
-        index_store.write(self.storage, rel, pa.concat_tables(
+        written.append(index_store.new_path(self.partition_dir, b, "delta"))
+        index_store.write(self.storage, written[-1], pa.concat_tables(
             [table.take(pa.array(changed)), index_store.absent(gone, self.schema)]))
-        return [*chain, rel]
+        return [*chain, *written], written
 
     def commit(self, state: int) -> None:
         """The round committed as compacted state ``state``: the index describes it."""

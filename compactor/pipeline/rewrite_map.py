@@ -68,6 +68,7 @@ class RewriteMap:
         self._spans = np.diff(self.offsets)
         self.selected, self._bucket, self.buckets = selected, bucket_of, buckets
         self._relocated = False
+        self._placed: tuple[np.ndarray, np.ndarray] | None = None  # set by relocate
         # first the bucket of each selected row at its slot, then its rank within the
         # bucket's selected rows of its file
         self.slots = np.full(int(self.offsets[-1]), -1, dtype=np.int32)
@@ -189,6 +190,7 @@ class RewriteMap:
         # selected, or beyond CACHE_BYTES) are found again (their slots were checked then, and
         # the locators of selected entries have not changed since)
         self._relocated = True
+        self._placed = (before, start_file)
         for start in range(0, len(self.selected), CHUNK):
             found = self._found.pop(start, None)
             if found is None:
@@ -209,3 +211,17 @@ class RewriteMap:
             file[where] = new_file
             row[where] = r
         return total
+
+    def placed(self, i: int, bucket: int) -> list[tuple[int, int, int, np.ndarray]]:
+        """After ``relocate``: for each compacted file of ``bucket`` (the group's bucket i) the
+        map was given, (its ordinal, the ordinal of the first file its rewritten rows went to,
+        their first place among their task's rows of the bucket, the mask of its rows
+        rewritten)."""
+        assert self._placed is not None, "relocate first"
+        before, start_file = self._placed
+        out = []
+        for d, ordinal in enumerate(self.ordinals.tolist()):
+            if ordinal < SOURCE_BASE and ordinal >> 16 == bucket:
+                rows = self.slots[self.offsets[d]:self.offsets[d + 1]] >= 0
+                out.append((ordinal, int(start_file[i, d]), int(before[i, d]), rows))
+        return out

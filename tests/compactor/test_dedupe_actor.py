@@ -52,7 +52,7 @@ def test_persisted_index_is_the_held_one_and_holds_the_live_keys(
     sizes: dict[int, tuple[int, ...]] = {}
     state = None
     newest = np.zeros(0, dtype=np.uint64)
-    deltas = 0
+    deltas = moved = 0
     for round_ in range(8):
         new = rng.integers(1, 2**64 - 1, 3000 if round_ == 0 else 60, dtype=np.uint64)
         hot = np.array(sorted(set(newest.tolist()) & live), dtype=np.uint64)
@@ -70,6 +70,7 @@ def test_persisted_index_is_the_held_one_and_holds_the_live_keys(
                           | {locators.source(0)})
         chains, _ = actor.finalize([ordinals], 100)
         deltas += sum("/delta-" in chain[-1] for chain in chains.values())
+        moved += sum(index_store.is_moves(rel) for chain in chains.values() for rel in chain[-2:])
         state = round_ + 1
         actor.commit(state)
         live |= set(new.tolist()) | set(revived.tolist())
@@ -95,3 +96,4 @@ def test_persisted_index_is_the_held_one_and_holds_the_live_keys(
     # later rounds' new keys were appended (or, merged as copies, sorted in)
     assert (actor.index.sorted_n < actor.index.n) == (fold != "a copy")
     assert deltas >= 10  # and most buckets' changes were persisted as deltas
+    assert moved >= 5  # after moves of the files their rounds rewrote

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
+import pytest
 
 from compactor.fs import Storage
 from compactor.merge import empty_index, index_schema, merge, record_schema
@@ -107,3 +108,91 @@ def test_lz4_arrow_chains_with_positions_from_earlier_versions_are_still_read(tm
         writer.write_table(old)
     assert index_store.read(storage, ["base.arrow"], index_schema()).equals(
         old.drop_columns(["pos"]))
+
+
+def _entries(keys: list[int], file: list[int], row: list[int], op: list[int] | None = None
+             ) -> pa.Table:
+    n = len(keys)
+    return pa.table({"hi": pa.array(keys, pa.uint64()), "lo": pa.array(keys, pa.uint64()),
+                     "file": pa.array(file, pa.int32()), "row": pa.array(row, pa.int32()),
+                     "op": pa.array(op or [0] * n, pa.int8())}, schema=index_schema())
+
+
+def _moves_round(tmp_path):
+    """Bucket 3 had files 0, 1, 2 (3 << 16 | i), of 4, 6 and 2 rows, an entry per row (key
+    10f + r for row r of file f). A round rewrote file 1, keeping rows 0, 2, 3 and 5 (its
+    keys 11, 13 and 14 changed), into the files it wrote from place 3 of its task's rows on,
+    2 rows per file, from position 2 on; file 2 moved up to position 1."""
+    storage = Storage(f"file://{tmp_path}")
+    b = 3 << 16
+    sizes = [4, 6, 2]
+    keys = [10 * f + r for f, n in enumerate(sizes) for r in range(n)]
+    base = _entries(keys, [b | f for f, n in enumerate(sizes) for _ in range(n)],
+                    [r for n in sizes for r in range(n)])
+    index_store.write(storage, "p/base-1.arrow", base)
+    survivors = np.array([True, False, True, True, False, True])
+    moves = [index_store.Move(b | 2, b | 1),
+             index_store.Move(b | 1, b | 2, 3, survivors)]
+    index_store.write_moves(storage, "p/moves-1.arrow", moves, 2)
+    return storage, b, keys
+
+
+def test_moves_repoint_the_entries_read_before_them(tmp_path):
+    """Each surviving row of the rewritten file lands at place 3 + its rank among the
+    survivors (files of 2 rows from position 2 on); the delta then has the changed keys."""
+    storage, b, _ = _moves_round(tmp_path)
+    # keys 11 and 14 updated (written by the round at places 0 and 1), 13 deleted, 99 new
+    delta = pa.concat_tables([
+        _entries([11, 14, 99], [b | 2, b | 2, b | 4], [0, 1, 0]),
+        index_store.absent(np.array([(13, 13)], dtype=index_store.KEY), index_schema())])
+    index_store.write(storage, "p/delta-1.arrow", delta)
+    folded = index_store.read(storage, ["p/base-1.arrow", "p/moves-1.arrow", "p/delta-1.arrow"],
+                              index_schema())
+    expected = {k: (b | 0, k) for k in (0, 1, 2, 3)}  # file 0: kept where it was
+    # survivors of file 1 (rows 0, 2, 3, 5) at places 3, 4, 5, 6 -> files 2 + place // 2
+    for rank, r in enumerate([0, 2, 3, 5]):
+        place = 3 + rank
+        expected[10 + r] = (b | (2 + place // 2), place % 2)
+    expected.update({20: (b | 1, 0), 21: (b | 1, 1)})  # file 2, renumbered
+    expected.update({11: (b | 2, 0), 14: (b | 2, 1), 99: (b | 4, 0)})
+    del expected[13]
+    got = dict(zip(folded.column("hi").to_pylist(),
+                   zip(folded.column("file").to_pylist(), folded.column("row").to_pylist(),
+                       strict=True), strict=True))
+    assert got == expected
+    assert folded.column("hi").to_pylist() == sorted(expected)
+    assert index_store.rounds(["p/base-1.arrow", "p/moves-1.arrow", "p/delta-1.arrow"]) == 2
+
+
+def test_a_live_key_whose_row_did_not_survive_a_move_makes_the_chain_unusable(tmp_path):
+    """Row 1 of file 1 (key 11) did not survive, and no delta entry replaces key 11's: the
+    chain cannot say where its row is, so the round must rebuild the index from data."""
+    storage, b, _ = _moves_round(tmp_path)
+    delta = pa.concat_tables([  # key 14's newer entry only
+        _entries([14], [b | 2], [1]),
+        index_store.absent(np.array([(13, 13)], dtype=index_store.KEY), index_schema())])
+    index_store.write(storage, "p/delta-1.arrow", delta)
+    with pytest.raises(index_store.IndexUnavailable, match="1 live keys point at no row"):
+        index_store.read(storage, ["p/base-1.arrow", "p/moves-1.arrow", "p/delta-1.arrow"],
+                         index_schema())
+
+
+def test_a_moves_file_that_does_not_add_up_is_refused(tmp_path):
+    storage, b, _ = _moves_round(tmp_path)
+    bad = [index_store.Move(b | 1, b | 2, 3, np.ones(6, dtype=bool))]
+    index_store.write_moves(storage, "p/moves-2.arrow", bad, 2)
+    table = ipc.open_file(str(tmp_path / "p/moves-2.arrow")).read_all()
+    table = table.set_column(3, "rows", pa.array([60], pa.int64()))  # 1 byte for 60 rows
+    with pa.OSFile(str(tmp_path / "p/moves-2.arrow"), "wb") as out, \
+            ipc.new_file(out, table.schema) as writer:
+        writer.write_table(table)
+    with pytest.raises(index_store.IndexUnavailable, match="1 bytes of survivors for 60 rows"):
+        index_store.read(storage, ["p/base-1.arrow", "p/moves-2.arrow"], index_schema())
+
+
+def test_a_reader_taking_a_moves_file_for_an_index_refuses_it(tmp_path):
+    """Versions before moves files read every chain file as an index: a moves file does not
+    match one, so they rebuild the index instead of using entries that point at old rows."""
+    storage, _, _ = _moves_round(tmp_path)
+    with pytest.raises(index_store.IndexUnavailable):
+        index_store._read_one(storage, "p/moves-1.arrow", index_schema())
