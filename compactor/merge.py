@@ -105,7 +105,8 @@ class MergeResult:
     or stopped being live. ``duplicates_dropped`` counts incoming records that lost to a newer
     version of their key. ``superseded_files`` are the sorted file ordinals whose
     rows the old index held live and the new one no longer does: every other file of the old
-    index is untouched and can be referenced in place.
+    index is untouched and can be referenced in place; ``superseded`` are those rows'
+    locators, ``file << 32 | row`` (int64), in no particular order.
     """
 
     index: pa.Table = field(repr=False)
@@ -120,6 +121,7 @@ class MergeResult:
     entered: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     gone_hi: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     gone_lo: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    superseded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # the fixed-width columns of ``index`` as numpy arrays sharing its memory, made for this
     # result: its owner may update them in place (the dedupe actor relocates rows so)
     columns: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -451,7 +453,7 @@ def merge(index: pa.Table, incoming: pa.Table,
         index=index, records_in=len(new), inserted=r.inserted, updated=r.updated,
         deleted=r.deleted, duplicates_dropped=r.duplicates_dropped,
         superseded_files=r.superseded_files, entered=entered,
-        gone_hi=old.hi[r.left], gone_lo=old.lo[r.left],
+        gone_hi=old.hi[r.left], gone_lo=old.lo[r.left], superseded=r.superseded,
         columns={name: columns[name] for name in _INDEX_FIXED},
     )
 
@@ -471,6 +473,7 @@ class Resolution:
     entering_at: np.ndarray
     left: np.ndarray
     superseded_files: np.ndarray
+    superseded: np.ndarray  # the locators (file << 32 | row) of the entries no longer live
     inserted: int
     updated: int
     deleted: int
@@ -503,10 +506,13 @@ def resolve(old: _Records, new: _Records, winners: np.ndarray, at: np.ndarray,
     was_live[matched] = old.op[at[matched]] == OP_UPSERT
     entering = wins & enters
     changed = wins & was_live
+    superseded = at[changed]
+    files = old.columns["file"][superseded]
     return Resolution(
         enters=entering, entering=winners[entering], entering_at=at[entering],
         left=at[found & wins & ~enters],  # old keys removed and not re-entered
-        superseded_files=np.unique(old.columns["file"][at[changed]]),
+        superseded_files=np.unique(files),
+        superseded=files.astype(np.int64) << 32 | old.columns["row"][superseded].astype(np.int64),
         inserted=int((wins & upsert & ~was_live).sum()),
         updated=int((changed & upsert).sum()),
         deleted=int((changed & ~upsert).sum()),

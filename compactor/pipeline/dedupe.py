@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 import runtime
 from compactor.faults import maybe_fail
@@ -34,7 +33,7 @@ from compactor.merge import OP_DELETE, OP_UPSERT, MergeResult, index_schema, rec
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
 from compactor.pipeline.live_index import IN_PLACE_FRACTION, IN_PLACE_RECORDS, LiveIndex
-from compactor.pipeline.rewrite_map import RewriteMap
+from compactor.pipeline.rewrite_map import RewriteMap, member
 from compactor.pipeline.row_sets import RowSet
 from compactor.pipeline.sliced_merge import SLICE_RECORDS, merge_in_slices, slice_edges
 
@@ -234,21 +233,32 @@ class DedupeActor:
         entered = None if state is None else result.entered
         self.pending = _Pending(entered=entered, copied=folded.copied)
         gone_hi, gone_lo = result.gone_hi, result.gone_lo
-        del result
         # rewritten: live rows of this round's sources (only entries that entered this round
-        # point at one) and of compacted files that lost a row (their entries are all live)
+        # point at one) and of compacted files that lost a row (every row of such a file but
+        # those it lost is live: the map needs only the lost ones, the merge's superseded)
+        complement = None
         if entered is None:
             rewrite = locators.is_source(file) & (op == OP_UPSERT)
         else:
-            rewrite = member(file, lost) if len(lost) else np.zeros(index.n, dtype=bool)
-            rewrite[entered[locators.is_source(file[entered]) & (op[entered] == OP_UPSERT)]] = True
+            rewrite = np.sort(entered[locators.is_source(file[entered])
+                                      & (op[entered] == OP_UPSERT)])
+            superseded = result.superseded[
+                np.isin(result.superseded >> 32, lost.astype(np.int64))]
+            by_file = np.argsort(superseded >> 32, kind="stable")
+            cuts = np.searchsorted(superseded[by_file] >> 32, lost.astype(np.int64))
+            cuts = np.append(cuts, len(superseded))
+            complement = {
+                o: (self.buckets.index(locators.bucket_of_compacted(o)),
+                    superseded[by_file[cuts[k]:cuts[k + 1]]] & 0xFFFFFFFF)
+                for k, o in enumerate(lost.tolist())}
+        del result
         for o in lost.tolist():
             spans[o] = bucket_sizes[locators.bucket_of_compacted(o)][o & 0xFFFF]
         ordinals = np.array(sorted(spans), dtype=np.int64)
         self.pending.rewrite = RewriteMap(ordinals, np.array([spans[o] for o in ordinals.tolist()],
                                                              dtype=np.int64),
                                           file, index.column("row"), rewrite, self._bucket_of,
-                                          len(self.buckets))
+                                          len(self.buckets), complement)
         # the rows of each file as numbers are only the plans' to take (as RowSets, a bitmap
         # where dense): the map keeps no list of them
         files, self.pending.rewrite.files = self.pending.rewrite.files, []
@@ -289,13 +299,16 @@ class DedupeActor:
                 e[(op[e] == OP_DELETE) & (file[e] >= 0)]
                 for e in (entered[i:i + _CHUNK] for i in range(0, len(entered), _CHUNK))])
         file[attached] = -1
-        # kept files behind a lost one move up in their bucket's file list (found before the
-        # rewritten rows get their new ordinals, which may be the same numbers)
-        moved = _shift_kept([pending.plans[b] for b in self.buckets if b in pending.plans], file)
         kept = [len(pending.plans[b].keep) if b in pending.plans else 0 for b in self.buckets]
         try:
+            # the entries of the files rewritten whole but for their lost rows, found before
+            # kept files behind a lost one move up in their bucket's file list (and so before
+            # the rewritten rows get their new ordinals, which may be the same numbers)
+            pending.rewrite.find_complement(file, row)
+            moved = _shift_kept([pending.plans[b] for b in self.buckets if b in pending.plans],
+                                file)
             pending.rewrite.relocate(file, row, group_of, self.buckets, kept, rows_per_file)
-        except ValueError as e:  # too many files for a bucket: say whose, nothing is committed
+        except ValueError as e:  # too many files for a bucket, or a corrupt index: say whose
             where = self.storage.url_of(self.storage.path(self.partition_dir))
             raise ValueError(f"partition {where}: {e}; nothing was committed") from None
         # an incremental round persists the entries the merge brought in (the attached ones
@@ -314,7 +327,7 @@ class DedupeActor:
         del moved
         changed_at: list[np.ndarray] | None = None
         if entered is not None:
-            positions = np.unique(entered)
+            positions = np.sort(entered)  # (distinct: each key enters once)
             # per bucket (appended entries of every bucket follow the sorted ones: positions
             # are not in bucket order)
             bucket = np.asarray(self._bucket_of(positions))
@@ -412,24 +425,4 @@ def _shift_kept(plans: list[BucketPlan], file: np.ndarray) -> np.ndarray:
     file[moves] = np.array([n for _, n in shifted], dtype=np.int32)[
         np.searchsorted(old, file[moves])]
     return moves
-
-
-def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
-    """Mask of the int32 ``values`` that are in ``of``: compared with each of a few, else a
-    lookup in a table of flags over ``of``'s range when that is small (lost files of a few
-    buckets), else by hashing (np.isin would sort both)."""
-    if not len(of):
-        return np.zeros(len(values), dtype=bool)
-    if len(of) <= 8:  # a few (an incremental round's lost files): compares, 3-15x faster
-        found = values == of[0]
-        for value in of[1:]:
-            found |= values == value
-        return found
-    low, span = int(of.min()), int(of.max()) - int(of.min())
-    if low < 0 or span >= 1 << 22 or low + span + 1 > np.iinfo(values.dtype).max:
-        return pc.is_in(pa.array(values), value_set=pa.array(of)).to_numpy(zero_copy_only=False)
-    flags = np.zeros(span + 3, dtype=bool)  # a False slot below and above the range
-    flags[np.asarray(of, dtype=np.int64) - low + 1] = True
-    return flags[np.clip(values, low - 1, low + span + 1) - (low - 1)]
-
 

@@ -288,6 +288,7 @@ class LiveIndex:
             entered=np.concatenate([np.zeros(0, np.int64)] + [p.entered for p in parts]),
             gone_hi=np.concatenate([np.zeros(0, np.uint64)] + [p.gone_hi for p in parts]),
             gone_lo=np.concatenate([np.zeros(0, np.uint64)] + [p.gone_lo for p in parts]),
+            superseded=np.concatenate([np.zeros(0, np.int64)] + [p.superseded for p in parts]),
             columns={name: self.column(name) for name in _INDEX_FIXED})
 
     def _fold(self, incoming: pa.Table) -> tuple[MergeResult, np.ndarray]:
@@ -319,6 +320,7 @@ class LiveIndex:
             deleted=r.deleted, duplicates_dropped=r.duplicates_dropped,
             superseded_files=r.superseded_files,
             entered=np.concatenate([slots, appended]), gone_hi=gone_hi, gone_lo=gone_lo,
+            superseded=r.superseded,
             columns={name: self.column(name) for name in _INDEX_FIXED}), appended
 
     def _append(self, values: dict[str, np.ndarray]) -> np.ndarray:

@@ -11,6 +11,12 @@ over each file's range reads the rows back in order, per bucket, and stores at e
 row's rank among its bucket's rows of the file. Relocating an entry is then a lookup of its
 slot. The work is O(entries + rows of those files), in chunks of ``CHUNK`` entries, so the
 temporaries stay small whatever the index size.
+
+An incremental round rewrites a few compacted files that lost rows, and every other row of
+them: such a file is given as its *complement*, the rows it lost (the merge's superseded
+locators). Its surviving rows and their ranks follow from those alone, so the plan looks at
+none of its entries; ``relocate`` finds them (one compare per entry of the index per file) and
+checks that they are exactly one per surviving row.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE
 
@@ -40,11 +48,14 @@ class FileRows:
 class RewriteMap:
     def __init__(self, ordinals: np.ndarray, spans: np.ndarray, file: np.ndarray,
                  row: np.ndarray, selected: np.ndarray,
-                 bucket_of: Callable[[np.ndarray], np.ndarray | int], buckets: int) -> None:
+                 bucket_of: Callable[[np.ndarray], np.ndarray | int], buckets: int,
+                 complement: dict[int, tuple[int, np.ndarray]] | None = None) -> None:
         """``ordinals``: sorted file ordinals that may hold selected entries, with ``spans``
         rows each; ``file``, ``row``: the index's locators; ``selected``: mask of the entries
-        whose rows are rewritten; ``bucket_of``: the bucket (0 to ``buckets - 1``) of the
-        entries at some positions."""
+        whose rows are rewritten, or their positions (sorted); ``bucket_of``: the bucket (0
+        to ``buckets - 1``) of the entries at some positions; ``complement``: compacted files
+        of ``ordinals`` every row of which is rewritten but the given ones (ordinal -> (its
+        bucket, the rows)): their entries must not be among ``selected``."""
         self.ordinals = np.asarray(ordinals, dtype=np.int64)
         # the dense number of each ordinal by one table lookup: compacted ordinals (sorted
         # first) at their distance from the lowest, sources after them at their distance from
@@ -66,7 +77,13 @@ class RewriteMap:
             self._dense_of[self.ordinals[sources] - SOURCE_BASE] = np.flatnonzero(sources)
         self.offsets = np.concatenate([[0], np.cumsum(spans)]).astype(np.int64)
         self._spans = np.diff(self.offsets)
-        self.selected, self._bucket, self.buckets = selected, bucket_of, buckets
+        self._bucket, self.buckets = bucket_of, buckets
+        # the selected entries a chunk at a time: CHUNK entries of the index (a mask), or
+        # CHUNK of the positions given
+        self.selected = selected if selected.dtype == bool else None
+        self._positions = None if self.selected is not None else \
+            np.asarray(selected, dtype=np.int64)
+        self._chunks = -(-len(selected) // CHUNK)
         self._relocated = False
         self._placed: tuple[np.ndarray, np.ndarray] | None = None  # set by relocate
         # first the bucket of each selected row at its slot, then its rank within the
@@ -77,19 +94,38 @@ class RewriteMap:
         # incremental round's) up to CACHE_BYTES in all, so it need not find them again
         self._found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | int]] = {}
         budget = CACHE_BYTES
-        for start in range(0, len(selected), CHUNK):
-            positions, files, rows = self._chunk(start, file, row)
+        for c in range(self._chunks):
+            positions, files, rows, whole = self._chunk(c, file, row)
             d, at = self._slot(files, rows)
             bucket = self._bucket(positions)
             self.slots[at] = bucket
             marked += len(at)
             size = positions.nbytes + d.nbytes + at.nbytes + np.asarray(bucket).nbytes
-            whole = len(positions) == len(self.selected[start:start + CHUNK])
             if not whole and size <= budget:
-                self._found[start] = (positions, d, at, bucket)
+                self._found[c] = (positions, d, at, bucket)
                 budget -= size
         if int(np.count_nonzero(self.slots >= 0)) != marked:
             raise ValueError("selected entries repeat a (file, row) locator")
+        # complement files: each surviving row's rank among them, straight from the lost rows
+        self._complement: dict[int, int] = {}  # dense number -> bucket
+        # per complement file: the positions of its entries, its number, bucket, their ranks
+        self._found_complement: list[tuple[np.ndarray, int, int, np.ndarray]] | None = None
+        for ordinal, (i, lost) in sorted((complement or {}).items()):
+            d = int(self._dense(np.array([ordinal]))[0])
+            if d < 0 or ordinal >= SOURCE_BASE:
+                raise ValueError(f"file {ordinal} is not a compacted file of the map")
+            span = self.slots[self.offsets[d]:self.offsets[d + 1]]
+            lost = np.sort(np.asarray(lost, dtype=np.int64))
+            if len(lost) and (lost[0] < 0 or lost[-1] >= len(span)
+                              or (np.diff(lost) == 0).any()):
+                raise ValueError(f"file {ordinal} of {len(span)} rows: lost rows repeat or "
+                                 "fall outside it")
+            if (span >= 0).any():
+                raise ValueError(f"file {ordinal} is both selected and a complement")
+            alive = np.ones(len(span), dtype=bool)
+            alive[lost] = False
+            span[alive] = np.arange(len(span) - len(lost), dtype=np.int32)
+            self._complement[d] = i
         self.files: list[FileRows] = []  # files with selected rows, in ordinal order
         self.counts = np.zeros((buckets, len(self.ordinals)), dtype=np.int64)
         for d, ordinal in enumerate(self.ordinals.tolist()):
@@ -98,6 +134,10 @@ class RewriteMap:
             if len(span) < 2**31:  # plans travel to the driver and the tasks: half the bytes
                 rows = rows.astype(np.int32)
             if not len(rows):
+                continue
+            if d in self._complement:  # (ranked already)
+                self.counts[self._complement[d], d] = len(rows)
+                self.files.append(FileRows(ordinal, {self._complement[d]: rows}))
                 continue
             owners = span[rows]
             by_bucket = np.argsort(owners, kind="stable") if buckets > 1 else \
@@ -112,15 +152,21 @@ class RewriteMap:
                     self.counts[i, d] = len(mine)
             self.files.append(FileRows(ordinal, per_bucket))
 
-    def _chunk(self, start: int, file: np.ndarray, row: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positions, files, rows) of the selected entries of the chunk from ``start``."""
+    def _chunk(self, c: int, file: np.ndarray, row: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """(positions, files, rows) of the selected entries of chunk ``c``, and whether they
+        are all its entries of the index."""
+        start = c * CHUNK
+        if self._positions is not None:
+            positions = self._positions[start:start + CHUNK]
+            return positions, file[positions], row[positions], False
+        assert self.selected is not None
         chosen = self.selected[start:start + CHUNK]
         if chosen.all():  # every entry (a first round's): views, no gathers
             end = start + len(chosen)
-            return np.arange(start, end), file[start:end], row[start:end]
+            return np.arange(start, end), file[start:end], row[start:end], True
         positions = start + np.flatnonzero(chosen)
-        return positions, file[positions], row[positions]
+        return positions, file[positions], row[positions], False
 
     def _dense(self, files: np.ndarray) -> np.ndarray:
         """The dense number of each file ordinal (-1: not one of the map's files)."""
@@ -186,15 +232,20 @@ class RewriteMap:
             + np.cumsum(files_of_task, axis=1) - files_of_task
         # (bucket, file): the ordinal of the first file the file's task writes for the bucket
         start_file = (np.array(buckets, dtype=np.int64) << 16)[:, None] | first_file[:, group]
+        self.find_complement(file, row)
         # chunks not kept when the map was built (a first round's, whose entries are all
         # selected, or beyond CACHE_BYTES) are found again (their slots were checked then, and
         # the locators of selected entries have not changed since)
         self._relocated = True
         self._placed = (before, start_file)
-        for start in range(0, len(self.selected), CHUNK):
-            found = self._found.pop(start, None)
+        for positions, d, i, ranks in self._found_complement or ():  # a file and bucket each
+            q, r = np.divmod(before[i, d] + ranks, rows_per_file)
+            file[positions] = start_file[i, d] + q
+            row[positions] = r
+        for c in range(self._chunks):
+            found = self._found.pop(c, None)
             if found is None:
-                positions, files, rows = self._chunk(start, file, row)
+                positions, files, rows, _ = self._chunk(c, file, row)
                 d, at = self._slot(files, rows, check=False)
                 bucket = self._bucket(positions)
             else:
@@ -212,6 +263,35 @@ class RewriteMap:
             row[where] = r
         return total
 
+    def find_complement(self, file: np.ndarray, row: np.ndarray) -> None:
+        """Find the entries of the complement files, checked to be one per row they keep;
+        call it before any entry of the index gets a new file ordinal (kept files
+        renumbered, or ``relocate``, which calls it too)."""
+        if not self._complement or self._found_complement is not None:
+            return
+        found = []
+        for d, i in sorted(self._complement.items()):
+            ordinal = int(self.ordinals[d])
+            positions = np.flatnonzero(file == ordinal)
+            rows = row[positions]
+            span = self.slots[self.offsets[d]:self.offsets[d + 1]]
+            keeps = int(self.counts[i, d])
+            ranks = np.zeros(0, dtype=np.int32)
+            ok = len(positions) == keeps
+            if ok and keeps and rows.min() >= 0 and rows.max() < len(span):
+                ranks = span[rows]  # (-1 at a lost row)
+                seen = np.zeros(keeps + 1, dtype=bool)
+                seen[ranks] = True  # (a -1 marks the extra slot)
+                ok = not seen[-1] and int(np.count_nonzero(seen)) == keeps
+            elif keeps:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"the index's entries of file {ordinal} are not one per row it keeps "
+                    f"({len(positions)} entries for {keeps} rows; {len(span) - keeps} lost)")
+            found.append((positions, d, i, ranks))
+        self._found_complement = found
+
     def placed(self, i: int, bucket: int) -> list[tuple[int, int, int, np.ndarray]]:
         """After ``relocate``: for each compacted file of ``bucket`` (the group's bucket i) the
         map was given, (its ordinal, the ordinal of the first file its rewritten rows went to,
@@ -225,3 +305,22 @@ class RewriteMap:
                 rows = self.slots[self.offsets[d]:self.offsets[d + 1]] >= 0
                 out.append((ordinal, int(start_file[i, d]), int(before[i, d]), rows))
         return out
+
+
+def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """Mask of the int32 ``values`` that are in ``of``: compared with each of a few, else a
+    lookup in a table of flags over ``of``'s range when that is small (lost files of a few
+    buckets), else by hashing (np.isin would sort both)."""
+    if not len(of):
+        return np.zeros(len(values), dtype=bool)
+    if len(of) <= 8:  # a few (an incremental round's lost files): compares, 3-15x faster
+        found = values == of[0]
+        for value in of[1:]:
+            found |= values == value
+        return found
+    low, span = int(of.min()), int(of.max()) - int(of.min())
+    if low < 0 or span >= 1 << 22 or low + span + 1 > np.iinfo(values.dtype).max:
+        return pc.is_in(pa.array(values), value_set=pa.array(of)).to_numpy(zero_copy_only=False)
+    flags = np.zeros(span + 3, dtype=bool)  # a False slot below and above the range
+    flags[np.asarray(of, dtype=np.int64) - low + 1] = True
+    return flags[np.clip(values, low - 1, low + span + 1) - (low - 1)]

@@ -57,7 +57,7 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
     width = fixed_width(pa.nulls(0, order_type)) if order_type is not None else None
     order_out = np.empty(capacity, width.to_pandas_dtype()) if width is not None else None
     orders: list[pa.Array] = []
-    entered, gone_hi, gone_lo, superseded = [], [], [], []
+    entered, gone_hi, gone_lo, superseded, superseded_at = [], [], [], [], []
     counts = np.zeros(5, dtype=np.int64)
     at = 0
     for j in range(slices):
@@ -85,6 +85,7 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
         gone_hi.append(result.gone_hi)
         gone_lo.append(result.gone_lo)
         superseded.append(result.superseded_files)
+        superseded_at.append(result.superseded)
         counts += (result.records_in, result.inserted, result.updated, result.deleted,
                    result.duplicates_dropped)
         at += m
@@ -114,6 +115,7 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
         duplicates_dropped=dropped,
         superseded_files=np.unique(np.concatenate(superseded)),
         entered=np.concatenate([np.zeros(0, dtype=np.int64), *entered]),
-        gone_hi=np.concatenate(gone_hi), gone_lo=np.concatenate(gone_lo), columns=columns,
+        gone_hi=np.concatenate(gone_hi), gone_lo=np.concatenate(gone_lo),
+        superseded=np.concatenate([np.zeros(0, dtype=np.int64), *superseded_at]), columns=columns,
         buffers=buffers,
     )

@@ -194,6 +194,7 @@ def check_fold(live: LiveIndex, result: MergeResult | None, expected: MergeResul
     counts = ("records_in", "inserted", "updated", "deleted", "duplicates_dropped")
     assert {c: getattr(result, c) for c in counts} == {c: getattr(expected, c) for c in counts}
     assert result.superseded_files.tolist() == expected.superseded_files.tolist()
+    assert sorted(result.superseded.tolist()) == sorted(expected.superseded.tolist())
     assert len(result.gone_hi) == len(result.gone_lo) == len(expected.gone_hi)
     assert keys_of(result.gone_hi, result.gone_lo) == keys_of(expected.gone_hi, expected.gone_lo)
     # the entries that entered: where the fold put them, the rows merge put in its index

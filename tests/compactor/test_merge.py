@@ -133,6 +133,8 @@ def check_round(reference: Reference, before: dict[Key, Rec], result: MergeResul
     assert result.duplicates_dropped == len(records) - len(winners)
     assert result.records_in == len(records)
     assert result.superseded_files.tolist() == sorted({before[k].file for k in changed})
+    assert sorted(result.superseded.tolist()) == sorted(
+        before[k].file << 32 | before[k].row for k in changed)
 
 
 ORDER_VALUES: dict[str, tuple[pa.DataType | None, st.SearchStrategy[object]]] = {
@@ -470,6 +472,7 @@ def test_merging_in_slices_matches_one_merge_and_the_reference(order_kind: str,
         assert all(_same(a, b) for a, b in zip(mine, theirs, strict=True))  # NaN == NaN here
         assert result.entered.tolist() == whole.entered.tolist()
         assert result.superseded_files.tolist() == whole.superseded_files.tolist()
+        assert sorted(result.superseded.tolist()) == sorted(whole.superseded.tolist())
         assert sorted(zip(result.gone_hi.tolist(), result.gone_lo.tolist(), strict=True)) == \
             sorted(zip(whole.gone_hi.tolist(), whole.gone_lo.tolist(), strict=True))
         assert all(result.columns[name].tolist() == result.index.column(name).to_pylist()

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from compactor.pipeline import rewrite_map
-from compactor.pipeline.dedupe import member
 from compactor.pipeline.locators import SOURCE_BASE, compacted
-from compactor.pipeline.rewrite_map import RewriteMap
+from compactor.pipeline.rewrite_map import RewriteMap, member
 
 
 def _case(seed: int, entries: int, buckets: int, select: float = 0.7,  # type: ignore[no-untyped-def]
@@ -198,3 +197,72 @@ def test_relocation_happens_once_and_every_file_with_rows_has_a_task() -> None:
     rewrite.relocate(file, row, group_of, [0, 1], [0, 0], 10)
     with pytest.raises(ValueError, match="relocated its entries already"):
         rewrite.relocate(file, row, group_of, [0, 1], [0, 0], 10)
+
+
+def _complement_case(seed: int):  # type: ignore[no-untyped-def]
+    """Bucket 3's index after an incremental fold: compacted files 0 and 2 (of 50 and 40
+    rows) lost some rows, whose keys' entries now point at rows of a source; file 1 (kept)
+    and every other row of files 0 and 2 keep one entry per row. Entries in random order."""
+    rng = np.random.default_rng(seed)
+    sizes = {compacted(3, 0): 50, compacted(3, 1): 30, compacted(3, 2): 40}
+    lost = {o: np.sort(rng.choice(n, rng.integers(0, n // 2), replace=False))
+            for o, n in sizes.items() if o != compacted(3, 1)}
+    lost[compacted(3, 2)] = np.union1d(lost[compacted(3, 2)], [0, 39])
+    file, row = [], []
+    for o, n in sizes.items():
+        keep = np.setdiff1d(np.arange(n), lost.get(o, []))
+        file += [o] * len(keep)
+        row += keep.tolist()
+    entered = sum(len(r) for r in lost.values()) + 3  # and three new keys
+    file += [SOURCE_BASE] * entered
+    row += rng.choice(60, entered, replace=False).tolist()
+    order = rng.permutation(len(file))
+    file = np.array(file, dtype=np.int32)[order]
+    row = np.array(row, dtype=np.int32)[order]
+    ordinals = np.array([*sorted(lost), SOURCE_BASE])
+    spans = np.array([sizes[o] for o in sorted(lost)] + [60])
+    return file, row, lost, ordinals, spans
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_files_given_by_the_rows_they_lost_place_rows_as_if_their_entries_were_selected(
+        seed: int) -> None:
+    file, row, lost, ordinals, spans = _complement_case(seed)
+    bounds = np.array([0, len(file)])
+    selected = member(file, ordinals.astype(np.int32))
+    whole = _map(ordinals, spans, file.copy(), row.copy(), selected, bounds)
+    sources = np.flatnonzero(file >= SOURCE_BASE)
+    given = RewriteMap(ordinals, spans, file, row, sources, lambda at: 0, 1,
+                       {o: (0, r) for o, r in lost.items()})
+    assert [(f.ordinal, f.rows[0].tolist()) for f in given.files] == \
+        [(f.ordinal, f.rows[0].tolist()) for f in whole.files]
+    want_file, want_row = file.copy(), row.copy()
+    group_of = {int(o): g for o, g in zip(ordinals, [0, 1, 1], strict=True)}
+    total = whole.relocate(want_file, want_row, group_of, [3], [1], 7)
+    assert given.relocate(file, row, group_of, [3], [1], 7).tolist() == total.tolist()
+    assert file.tolist() == want_file.tolist() and row.tolist() == want_row.tolist()
+    placed = [(o, first, slot, rows.tolist()) for o, first, slot, rows in given.placed(0, 3)]
+    assert placed == [(o, first, slot, rows.tolist())
+                      for o, first, slot, rows in whole.placed(0, 3)]
+
+
+@pytest.mark.parametrize("damage", ["an entry at a lost row", "a row without an entry",
+                                    "two entries of one row"])
+def test_files_given_by_their_lost_rows_refuse_entries_not_one_per_kept_row(damage: str
+                                                                             ) -> None:
+    file, row, lost, ordinals, spans = _complement_case(1)
+    o = compacted(3, 0)
+    mine = np.flatnonzero(file == o)
+    if damage == "an entry at a lost row":
+        row[mine[0]] = lost[o][0]
+    elif damage == "a row without an entry":
+        file[mine[0]] = compacted(3, 1)
+    else:
+        row[mine[0]] = row[mine[1]]
+    given = RewriteMap(ordinals, spans, file, row, np.flatnonzero(file >= SOURCE_BASE),
+                       lambda at: 0, 1, {o: (0, r) for o, r in lost.items()})
+    with pytest.raises(ValueError, match="not one per row it keeps"):
+        given.relocate(file, row, {int(o): 0 for o in ordinals}, [3], [1], 7)
+    with pytest.raises(ValueError, match="fall outside"):
+        RewriteMap(ordinals, spans, file, row, np.flatnonzero(file >= SOURCE_BASE),
+                   lambda at: 0, 1, {o: (0, np.array([50]))})
