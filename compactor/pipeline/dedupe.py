@@ -199,6 +199,7 @@ class DedupeActor:
             # the merge's temporaries and the old index (hundreds of MB) would otherwise stay
             # in this process's heap (kept for reuse) while the materialize tasks run
             runtime.release_free_memory()
+        assert self.index is not None
         # records per bucket of the group (a bucket is a range of hi)
         per_bucket = np.diff(sum(records.cuts(self._starts[1:len(self.buckets)]),
                                  np.zeros(len(self.buckets) + 1, dtype=np.int64)))
@@ -305,15 +306,14 @@ class DedupeActor:
             # kept files behind a lost one move up in their bucket's file list (and so before
             # the rewritten rows get their new ordinals, which may be the same numbers)
             pending.rewrite.find_complement(file, row)
-            moved = _shift_kept([pending.plans[b] for b in self.buckets if b in pending.plans],
-                                file)
+            _shift_kept([pending.plans[b] for b in self.buckets if b in pending.plans], file)
             pending.rewrite.relocate(file, row, group_of, self.buckets, kept, rows_per_file)
         except ValueError as e:  # too many files for a bucket, or a corrupt index: say whose
             where = self.storage.url_of(self.storage.path(self.partition_dir))
             raise ValueError(f"partition {where}: {e}; nothing was committed") from None
         # an incremental round persists the entries the merge brought in (the attached ones
-        # among them) and, not the entries of the rows it moved, where the rows of the files it
-        # rewrote or renumbered went
+        # among them), and where the rows of the files it rewrote or renumbered went (not the
+        # entries of those rows)
         moves: dict[int, list[index_store.Move]] = {}
         if entered is not None:
             for i, b in enumerate(self.buckets):
@@ -324,7 +324,6 @@ class DedupeActor:
         # the map (a slot per row of its files) is done with: it need not wait for the commit
         # beside the materialize tasks
         pending.rewrite = None
-        del moved
         changed_at: list[np.ndarray] | None = None
         if entered is not None:
             positions = np.sort(entered)  # (distinct: each key enters once)
@@ -412,17 +411,16 @@ def _plan_bucket(b: int, lost: np.ndarray, files_before: int,
     return BucketPlan(b, files_before, keep, tuple(sources))
 
 
-def _shift_kept(plans: list[BucketPlan], file: np.ndarray) -> np.ndarray:
+def _shift_kept(plans: list[BucketPlan], file: np.ndarray) -> None:
     """Renumber, in ``file``, the entries in kept files that move up in their bucket's file
-    list (behind a lost one); returns their positions."""
+    list (behind a lost one)."""
     shifted = [((plan.bucket << 16) | position, (plan.bucket << 16) | at)
                for plan in plans for at, position in enumerate(plan.keep) if position != at]
     if not shifted:
-        return np.zeros(0, dtype=np.int64)
+        return
     shifted.sort()
     old = np.array([o for o, _ in shifted], dtype=np.int32)
     moves = np.flatnonzero(member(file, old))
     file[moves] = np.array([n for _, n in shifted], dtype=np.int32)[
         np.searchsorted(old, file[moves])]
-    return moves
 

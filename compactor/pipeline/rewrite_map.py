@@ -111,10 +111,10 @@ class RewriteMap:
         # per complement file: the positions of its entries, its number, bucket, their ranks
         self._found_complement: list[tuple[np.ndarray, int, int, np.ndarray]] | None = None
         for ordinal, (i, lost) in sorted((complement or {}).items()):
-            d = int(self._dense(np.array([ordinal]))[0])
-            if d < 0 or ordinal >= SOURCE_BASE:
+            k = int(self._dense(np.array([ordinal]))[0])
+            if k < 0 or ordinal >= SOURCE_BASE:
                 raise ValueError(f"file {ordinal} is not a compacted file of the map")
-            span = self.slots[self.offsets[d]:self.offsets[d + 1]]
+            span = self.slots[self.offsets[k]:self.offsets[k + 1]]
             lost = np.sort(np.asarray(lost, dtype=np.int64))
             if len(lost) and (lost[0] < 0 or lost[-1] >= len(span)
                               or (np.diff(lost) == 0).any()):
@@ -125,19 +125,19 @@ class RewriteMap:
             alive = np.ones(len(span), dtype=bool)
             alive[lost] = False
             span[alive] = np.arange(len(span) - len(lost), dtype=np.int32)
-            self._complement[d] = i
+            self._complement[k] = i
         self.files: list[FileRows] = []  # files with selected rows, in ordinal order
         self.counts = np.zeros((buckets, len(self.ordinals)), dtype=np.int64)
-        for d, ordinal in enumerate(self.ordinals.tolist()):
-            span = self.slots[self.offsets[d]:self.offsets[d + 1]]
+        for k, ordinal in enumerate(self.ordinals.tolist()):
+            span = self.slots[self.offsets[k]:self.offsets[k + 1]]
             rows = np.flatnonzero(span >= 0)
             if len(span) < 2**31:  # plans travel to the driver and the tasks: half the bytes
                 rows = rows.astype(np.int32)
             if not len(rows):
                 continue
-            if d in self._complement:  # (ranked already)
-                self.counts[self._complement[d], d] = len(rows)
-                self.files.append(FileRows(ordinal, {self._complement[d]: rows}))
+            if k in self._complement:  # (ranked already)
+                self.counts[self._complement[k], k] = len(rows)
+                self.files.append(FileRows(ordinal, {self._complement[k]: rows}))
                 continue
             owners = span[rows]
             by_bucket = np.argsort(owners, kind="stable") if buckets > 1 else \
@@ -149,7 +149,7 @@ class RewriteMap:
                 if len(mine):
                     per_bucket[i] = mine
                     span[mine] = np.arange(len(mine), dtype=np.int32)
-                    self.counts[i, d] = len(mine)
+                    self.counts[i, k] = len(mine)
             self.files.append(FileRows(ordinal, per_bucket))
 
     def _chunk(self, c: int, file: np.ndarray, row: np.ndarray
@@ -238,9 +238,9 @@ class RewriteMap:
         # the locators of selected entries have not changed since)
         self._relocated = True
         self._placed = (before, start_file)
-        for positions, d, i, ranks in self._found_complement or ():  # a file and bucket each
-            q, r = np.divmod(before[i, d] + ranks, rows_per_file)
-            file[positions] = start_file[i, d] + q
+        for positions, k, i, ranks in self._found_complement or ():  # a file and bucket each
+            q, r = np.divmod(before[i, k] + ranks, rows_per_file)
+            file[positions] = start_file[i, k] + q
             row[positions] = r
         for c in range(self._chunks):
             found = self._found.pop(c, None)
