@@ -158,8 +158,8 @@ def _all_footer_stats(table: Table, items: list[tuple[DataFile, int, DeltaKind, 
     read = [j for j in range(len(items)) if j not in estimated]
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
         found = dict(zip(read, pool.map(
-            lambda j: _footer_stats(table, items[j][0], key_cols + (
-                [items[j][3].column] if items[j][3] is not None else [])),
+            lambda j: _footer_stats(table, items[j][0], key_cols + [
+                cdc.column for cdc in items[j][3:4] if cdc is not None]),
             read), strict=True))
     if estimated:
         key_per_row = max(found[j][1] / max(items[j][0].rows, 1) for j in sample)
