@@ -256,10 +256,13 @@ class DedupeActor:
         for o in lost.tolist():
             spans[o] = bucket_sizes[locators.bucket_of_compacted(o)][o & 0xFFFF]
         ordinals = np.array(sorted(spans), dtype=np.int64)
-        self.pending.rewrite = RewriteMap(ordinals, np.array([spans[o] for o in ordinals.tolist()],
-                                                             dtype=np.int64),
-                                          file, index.column("row"), rewrite, self._bucket_of,
-                                          len(self.buckets), complement)
+        try:
+            self.pending.rewrite = RewriteMap(
+                ordinals, np.array([spans[o] for o in ordinals.tolist()], dtype=np.int64),
+                file, index.column("row"), rewrite, self._bucket_of, len(self.buckets),
+                complement)
+        except ValueError as e:  # a corrupt index: say whose (the round rebuilds it)
+            raise self._named(e) from None
         # the rows of each file as numbers are only the plans' to take (as RowSets, a bitmap
         # where dense): the map keeps no list of them
         files, self.pending.rewrite.files = self.pending.rewrite.files, []
@@ -309,8 +312,7 @@ class DedupeActor:
             _shift_kept([pending.plans[b] for b in self.buckets if b in pending.plans], file)
             pending.rewrite.relocate(file, row, group_of, self.buckets, kept, rows_per_file)
         except ValueError as e:  # too many files for a bucket, or a corrupt index: say whose
-            where = self.storage.url_of(self.storage.path(self.partition_dir))
-            raise ValueError(f"partition {where}: {e}; nothing was committed") from None
+            raise self._named(e) from None
         # an incremental round persists the entries the merge brought in (the attached ones
         # among them), and where the rows of the files it rewrote or renumbered went (not the
         # entries of those rows)
@@ -349,6 +351,11 @@ class DedupeActor:
         if pending.copied:  # as after the fold: hand back the memory its temporaries held
             runtime.release_free_memory()
         return dict(pending.chains), written
+
+    def _named(self, e: ValueError) -> ValueError:
+        """``e`` (of its type) naming the partition, and that the round committed nothing."""
+        where = self.storage.url_of(self.storage.path(self.partition_dir))
+        return type(e)(f"partition {where}: {e}; nothing was committed")
 
     def _persist(self, b: int, i: int, table: pa.Table, changed: np.ndarray | None,
                  moves: list[index_store.Move], rows_per_file: int

@@ -63,6 +63,12 @@ class IndexUnavailable(Exception):
     """The persisted index of a bucket cannot be used; the round rebuilds it from data."""
 
 
+class IndexCorrupt(IndexUnavailable, ValueError):
+    """An index (held or reloaded) does not describe the compacted files: entries at rows a
+    file does not have, or not one per row it keeps. The round commits nothing and is run
+    again with the index rebuilt from the compacted files."""
+
+
 def paths_of(state: CompactedState | None) -> list[list[str]] | None:
     if state is None or PROPERTY not in state.properties:
         return None

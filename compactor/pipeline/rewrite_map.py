@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from compactor.pipeline.index_store import IndexCorrupt
 from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE
 
 CHUNK = 1 << 18
@@ -105,7 +106,7 @@ class RewriteMap:
                 self._found[c] = (positions, d, at, bucket)
                 budget -= size
         if int(np.count_nonzero(self.slots >= 0)) != marked:
-            raise ValueError("selected entries repeat a (file, row) locator")
+            raise IndexCorrupt("selected entries repeat a (file, row) locator")
         # complement files: each surviving row's rank among them, straight from the lost rows
         self._complement: dict[int, int] = {}  # dense number -> bucket
         # per complement file: the positions of its entries, its number, bucket, their ranks
@@ -118,7 +119,7 @@ class RewriteMap:
             lost = np.sort(np.asarray(lost, dtype=np.int64))
             if len(lost) and (lost[0] < 0 or lost[-1] >= len(span)
                               or (np.diff(lost) == 0).any()):
-                raise ValueError(f"file {ordinal} of {len(span)} rows: lost rows repeat or "
+                raise IndexCorrupt(f"file {ordinal} of {len(span)} rows: lost rows repeat or "
                                  "fall outside it")
             if (span >= 0).any():
                 raise ValueError(f"file {ordinal} is both selected and a complement")
@@ -192,7 +193,7 @@ class RewriteMap:
         d = self._dense(files)
         if check and len(d) and (d.min() < 0 or rows.min() < 0
                                  or (rows >= self._spans[d]).any()):
-            raise ValueError("selected entries point outside the files the map was given")
+            raise IndexCorrupt("selected entries point outside the files the map was given")
         return d, self.offsets[d] + rows
 
     def relocate(self, file: np.ndarray, row: np.ndarray, group_of: dict[int, int],
@@ -270,9 +271,19 @@ class RewriteMap:
         if not self._complement or self._found_complement is not None:
             return
         found = []
-        for d, i in sorted(self._complement.items()):
+        dense = sorted(self._complement)
+        of = self.ordinals[dense].astype(file.dtype)  # (sorted)
+        # one pass over the index for all files, then the entries found split by file
+        hits = np.flatnonzero(member(file, of))
+        files = file[hits]
+        if len(dense) > 8:
+            by_file = np.argsort(files, kind="stable")
+            cuts = np.searchsorted(files[by_file], np.append(of, np.iinfo(file.dtype).max))
+        for j, d in enumerate(dense):
+            i = self._complement[d]
             ordinal = int(self.ordinals[d])
-            positions = np.flatnonzero(file == ordinal)
+            positions = hits[by_file[cuts[j]:cuts[j + 1]]] if len(dense) > 8 else \
+                hits[files == ordinal]
             rows = row[positions]
             span = self.slots[self.offsets[d]:self.offsets[d + 1]]
             keeps = int(self.counts[i, d])
@@ -286,7 +297,7 @@ class RewriteMap:
             elif keeps:
                 ok = False
             if not ok:
-                raise ValueError(
+                raise IndexCorrupt(
                     f"the index's entries of file {ordinal} are not one per row it keeps "
                     f"({len(positions)} entries for {keeps} rows; {len(span) - keeps} lost)")
             found.append((positions, d, i, ranks))

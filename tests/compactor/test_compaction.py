@@ -22,6 +22,7 @@ import runtime
 from compactor import CdcOps, DeltaKind, create_table
 from compactor.compaction import compact_partition
 from compactor.errors import FileTooLarge, InvalidTableSpec, TooManyFiles
+from compactor.merge import index_schema
 from compactor.pipeline import index_store
 from compactor.reader import read_partition
 from tests.oracle import assert_tables_equal, expected_state
@@ -223,6 +224,33 @@ def test_lost_index_files_are_rebuilt_from_data(rt, tmp_path):
     runtime.init("local", num_cpus=2)
     result = s.compact_and_check()
     assert result.rebased  # rebuilt from the compacted files, not from a lost index
+
+
+@pytest.mark.parametrize("damage", ["two keys at one row", "a key at a row beyond its file"])
+def test_a_corrupt_index_is_refused_and_the_round_rebuilds_it_from_data(rt, tmp_path,
+                                                                         damage):
+    """A persisted index whose entries are not one per row of their files (here: one key's
+    entry rewritten to point at another key's row, or past its file's end) is caught when a
+    round rewrites that file; the round commits nothing and runs again from the compacted
+    files (``rebased``), and the result still matches the oracle."""
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn")
+    rng = np.random.default_rng(6)
+    s.upsert(_rows(rng, 3000, 1000, 0, "a"))
+    s.compact_and_check()
+    chain = index_store.paths_of(s.part.snapshot().compacted)[0]  # type: ignore[index]
+    assert len(chain) == 1
+    index = index_store.read(s.table.storage, chain, index_schema(pa.int64()))
+    rows = index.column("row").to_numpy().copy()
+    files = index.column("file").to_numpy()
+    same = np.flatnonzero(files == files[0])
+    rows[same[0]] = rows[same[1]] if damage == "two keys at one row" else 10**6
+    index_store.write(s.table.storage, chain[0], index.set_column(
+        index.schema.get_field_index("row"), "row", pa.array(rows, pa.int32())))
+    runtime.shutdown()  # a new process: the actors reload the damaged index
+    runtime.init("local", num_cpus=2)
+    s.upsert(_rows(rng, 3000, 1000, 3000, "b"))  # every key again: every file is rewritten
+    result = s.compact_and_check()
+    assert result.rebased
 
 
 def test_changed_delta_file_fails_cleanly_and_commits_nothing(rt, tmp_path):

@@ -199,12 +199,14 @@ def test_relocation_happens_once_and_every_file_with_rows_has_a_task() -> None:
         rewrite.relocate(file, row, group_of, [0, 1], [0, 0], 10)
 
 
-def _complement_case(seed: int):  # type: ignore[no-untyped-def]
+def _complement_case(seed: int, more: int = 0):  # type: ignore[no-untyped-def]
     """Bucket 3's index after an incremental fold: compacted files 0 and 2 (of 50 and 40
     rows) lost some rows, whose keys' entries now point at rows of a source; file 1 (kept)
-    and every other row of files 0 and 2 keep one entry per row. Entries in random order."""
+    and every other row of files 0 and 2 keep one entry per row. Entries in random order.
+    ``more``: that many more files (3, 4, ...) of 20 rows lost rows too."""
     rng = np.random.default_rng(seed)
     sizes = {compacted(3, 0): 50, compacted(3, 1): 30, compacted(3, 2): 40}
+    sizes.update({compacted(3, 3 + k): 20 for k in range(more)})
     lost = {o: np.sort(rng.choice(n, rng.integers(0, n // 2), replace=False))
             for o, n in sizes.items() if o != compacted(3, 1)}
     lost[compacted(3, 2)] = np.union1d(lost[compacted(3, 2)], [0, 39])
@@ -215,19 +217,20 @@ def _complement_case(seed: int):  # type: ignore[no-untyped-def]
         row += keep.tolist()
     entered = sum(len(r) for r in lost.values()) + 3  # and three new keys
     file += [SOURCE_BASE] * entered
-    row += rng.choice(60, entered, replace=False).tolist()
+    row += rng.choice(entered + 60, entered, replace=False).tolist()
     order = rng.permutation(len(file))
     file = np.array(file, dtype=np.int32)[order]
     row = np.array(row, dtype=np.int32)[order]
     ordinals = np.array([*sorted(lost), SOURCE_BASE])
-    spans = np.array([sizes[o] for o in sorted(lost)] + [60])
+    spans = np.array([sizes[o] for o in sorted(lost)] + [entered + 60])
     return file, row, lost, ordinals, spans
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("seed", "more"), [(s, 0) for s in range(6)] + [(6, 7), (7, 12)])
 def test_files_given_by_the_rows_they_lost_place_rows_as_if_their_entries_were_selected(
-        seed: int) -> None:
-    file, row, lost, ordinals, spans = _complement_case(seed)
+        seed: int, more: int) -> None:
+    """(Up to 8 files are found by a compare each, more in one pass and split by a sort.)"""
+    file, row, lost, ordinals, spans = _complement_case(seed, more)
     bounds = np.array([0, len(file)])
     selected = member(file, ordinals.astype(np.int32))
     whole = _map(ordinals, spans, file.copy(), row.copy(), selected, bounds)
@@ -237,7 +240,7 @@ def test_files_given_by_the_rows_they_lost_place_rows_as_if_their_entries_were_s
     assert [(f.ordinal, f.rows[0].tolist()) for f in given.files] == \
         [(f.ordinal, f.rows[0].tolist()) for f in whole.files]
     want_file, want_row = file.copy(), row.copy()
-    group_of = {int(o): g for o, g in zip(ordinals, [0, 1, 1], strict=True)}
+    group_of = {int(o): min(k, 1) for k, o in enumerate(ordinals)}
     total = whole.relocate(want_file, want_row, group_of, [3], [1], 7)
     assert given.relocate(file, row, group_of, [3], [1], 7).tolist() == total.tolist()
     assert file.tolist() == want_file.tolist() and row.tolist() == want_row.tolist()
