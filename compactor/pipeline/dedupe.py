@@ -33,7 +33,8 @@ from compactor.merge import OP_DELETE, OP_UPSERT, MergeResult, index_schema, rec
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
 from compactor.pipeline.live_index import IN_PLACE_FRACTION, IN_PLACE_RECORDS, LiveIndex
-from compactor.pipeline.rewrite_map import RewriteMap, member
+from compactor.pipeline.locators import member
+from compactor.pipeline.rewrite_map import RewriteMap
 from compactor.pipeline.row_sets import RowSet
 from compactor.pipeline.sliced_merge import SLICE_RECORDS, merge_in_slices, slice_edges
 

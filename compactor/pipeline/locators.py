@@ -13,6 +13,8 @@ Index entries and records say ``(file, row)``. ``file`` is an int32 ordinal:
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 SOURCE_BASE = 1 << 30
 MAX_BUCKETS = 1 << 14
@@ -34,3 +36,22 @@ def is_source(ordinal: np.ndarray | int) -> np.ndarray | bool:
 
 def bucket_of_compacted(ordinal: int) -> int:
     return ordinal >> 16
+
+
+def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """Mask of the int32 ``values`` that are in ``of``: compared with each of a few, else a
+    lookup in a table of flags over ``of``'s range when that is small (lost files of a few
+    buckets), else by hashing (np.isin would sort both)."""
+    if not len(of):
+        return np.zeros(len(values), dtype=bool)
+    if len(of) <= 8:  # a few (an incremental round's lost files): compares, 3-15x faster
+        found = values == of[0]
+        for value in of[1:]:
+            found |= values == value
+        return found
+    low, span = int(of.min()), int(of.max()) - int(of.min())
+    if low < 0 or span >= 1 << 22 or low + span + 1 > np.iinfo(values.dtype).max:
+        return pc.is_in(pa.array(values), value_set=pa.array(of)).to_numpy(zero_copy_only=False)
+    flags = np.zeros(span + 3, dtype=bool)  # a False slot below and above the range
+    flags[np.asarray(of, dtype=np.int64) - low + 1] = True
+    return flags[np.clip(values, low - 1, low + span + 1) - (low - 1)]

@@ -25,11 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from compactor.pipeline.index_store import IndexCorrupt
-from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE
+from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE, member
 
 CHUNK = 1 << 18
 # compacted file ordinals (bucket << 16 | position) numbered by a table when they span at most
@@ -317,21 +315,3 @@ class RewriteMap:
                 out.append((ordinal, int(start_file[i, d]), int(before[i, d]), rows))
         return out
 
-
-def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
-    """Mask of the int32 ``values`` that are in ``of``: compared with each of a few, else a
-    lookup in a table of flags over ``of``'s range when that is small (lost files of a few
-    buckets), else by hashing (np.isin would sort both)."""
-    if not len(of):
-        return np.zeros(len(values), dtype=bool)
-    if len(of) <= 8:  # a few (an incremental round's lost files): compares, 3-15x faster
-        found = values == of[0]
-        for value in of[1:]:
-            found |= values == value
-        return found
-    low, span = int(of.min()), int(of.max()) - int(of.min())
-    if low < 0 or span >= 1 << 22 or low + span + 1 > np.iinfo(values.dtype).max:
-        return pc.is_in(pa.array(values), value_set=pa.array(of)).to_numpy(zero_copy_only=False)
-    flags = np.zeros(span + 3, dtype=bool)  # a False slot below and above the range
-    flags[np.asarray(of, dtype=np.int64) - low + 1] = True
-    return flags[np.clip(values, low - 1, low + span + 1) - (low - 1)]

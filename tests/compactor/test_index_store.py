@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
@@ -196,3 +197,30 @@ def test_a_reader_taking_a_moves_file_for_an_index_refuses_it(tmp_path):
     storage, _, _ = _moves_round(tmp_path)
     with pytest.raises(index_store.IndexUnavailable):
         index_store._read_one(storage, "p/moves-1.arrow", index_schema())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_chain_spliced_into_its_sorted_base_folds_as_a_sort_of_all_of_it(seed: int) -> None:
+    """Deltas spliced into the base where their keys fall (one pass over the base) give what
+    sorting every entry of the chain gives: keys new, replaced, gone (OP_ABSENT) and gone
+    then back, keys sharing ``hi`` (told apart by ``lo``), and a base out of order (an older
+    writer's: sorted instead)."""
+    rng = np.random.default_rng(seed)
+
+    def entries(n: int, sort: bool) -> pa.Table:
+        hi = rng.integers(0, 40, n).astype(np.uint64)  # few values: many keys share hi
+        lo = rng.integers(0, 6, n).astype(np.uint64)
+        k = np.unique(np.stack([hi, lo], axis=1), axis=0)  # sorted, distinct
+        if not sort:
+            k = k[rng.permutation(len(k))]
+        m = len(k)
+        op = np.where(rng.random(m) < 0.25, index_store.OP_ABSENT, 0).astype(np.int8)
+        return pa.table({"hi": pa.array(k[:, 0], pa.uint64()), "lo": pa.array(k[:, 1], pa.uint64()),
+                         "file": pa.array(rng.integers(0, 9, m), pa.int32()),
+                         "row": pa.array(rng.integers(0, 99, m), pa.int32()),
+                         "op": pa.array(op)}, schema=index_schema())
+
+    base = entries(150, sort=seed != 7)
+    base = base.filter(pc.not_equal(base.column("op"), index_store.OP_ABSENT))
+    parts = [base] + [entries(int(rng.integers(0, 60)), sort=False) for _ in range(3)]
+    assert index_store._fold(parts).equals(index_store._newest(parts))
