@@ -256,8 +256,9 @@ def _fold(parts: list[pa.Table]) -> pa.Table:
     lexsort of every entry, 0.6 s so)."""
     base = parts[0]
     hi, lo = base.column("hi").to_numpy(), base.column("lo").to_numpy()
-    if len(hi) < 2 or not _sorted(hi, lo):  # (an unsorted or tiny base: sort everything)
-        return _newest(parts)
+    if len(hi) < 2 or not _sorted(hi, lo) or \
+            (base.column("op").to_numpy() == OP_ABSENT).any():
+        return _newest(parts)  # (a base unsorted, tiny or naming keys that left: sort all)
     changes = _last_of_each_key(parts[1:])
     c_hi, c_lo = changes.column("hi").to_numpy(), changes.column("lo").to_numpy()
     at, found = _locate(hi, lo, c_hi, c_lo)
