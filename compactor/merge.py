@@ -191,7 +191,16 @@ class _Records:
             name: np.take(a, indices, out=into[name][:len(indices)], mode="wrap") if name in into
             else a[indices] for name, a in self.columns.items()}
         if self.order is not None:
-            columns["order"] = self.order.take(indices)
+            width = fixed_width(self.order)
+            buffer = into.get("order")
+            if width is not None and buffer is not None and \
+                    buffer.dtype == width.to_pandas_dtype():
+                # fixed-width values without nulls, as integers of their width, into the buffer
+                values = np.take(self.order.view(width).to_numpy(), indices,
+                                 out=buffer[:len(indices)], mode="wrap")
+                columns["order"] = pa.array(values).view(self.order.type)
+            else:
+                columns["order"] = self.order.take(indices)
         return columns
 
 
@@ -432,7 +441,8 @@ def merge(index: pa.Table, incoming: pa.Table,
     """Fold ``incoming`` records (any order, duplicates allowed) into ``index``.
 
     ``index`` is a previous result's ``index`` (or ``empty_index(...)``); it is not modified.
-    ``into``: buffers for the fixed-width index columns, used when ``index`` is empty (the
+    ``into``: buffers for the fixed-width index columns (and for fixed-width ordering values
+    without nulls, ``order``, as integers of their width), used when ``index`` is empty (the
     result's columns are then views of their start: no copy to make later).
     """
     if "pos" in index.column_names:  # an index of an earlier version

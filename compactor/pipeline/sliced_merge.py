@@ -63,10 +63,13 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
     for j in range(slices):
         part = records.between(run_cuts, j)
         empty = index_cuts[j + 1] == index_cuts[j]  # (a first round's): merged straight into out
+        into = None
+        if empty:
+            into = {name: values[at:] for name, values in out.items()}
+            if order_out is not None:
+                into["order"] = order_out[at:]
         result = merge(index.slice(index_cuts[j], index_cuts[j + 1] - index_cuts[j]),
-                       schema.empty_table() if part is None else part,
-                       into={name: values[at:] for name, values in out.items()} if empty
-                       else None)
+                       schema.empty_table() if part is None else part, into=into)
         m = result.index.num_rows
         for name in out:
             if not empty:
@@ -77,7 +80,9 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
                 orders.append(pa.array(order_out[:at]).view(order_type))
                 order_out = None
             if order_out is not None:
-                order_out[at:at + m] = order.view(width).to_numpy()
+                values = order.view(width).to_numpy()
+                if not np.shares_memory(values, order_out[at:at + m]):  # (not merged into it)
+                    order_out[at:at + m] = values
             else:
                 orders.append(order)
         if keep_entered:
