@@ -94,13 +94,15 @@ class RewriteMap:
         self._found: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | int]] = {}
         budget = CACHE_BYTES
         for c in range(self._chunks):
-            positions, files, rows, whole = self._chunk(c, file, row)
+            positions, files, rows = self._chunk(c, file, row)
             d, at = self._slot(files, rows)
-            bucket = self._bucket(positions)
+            bucket = self._bucket_at(positions)
             self.slots[at] = bucket
             marked += len(at)
+            if isinstance(positions, slice):  # every entry of the chunk: found again cheaply
+                continue
             size = positions.nbytes + d.nbytes + at.nbytes + np.asarray(bucket).nbytes
-            if not whole and size <= budget:
+            if size <= budget:
                 self._found[c] = (positions, d, at, bucket)
                 budget -= size
         if int(np.count_nonzero(self.slots >= 0)) != marked:
@@ -152,20 +154,28 @@ class RewriteMap:
             self.files.append(FileRows(ordinal, per_bucket))
 
     def _chunk(self, c: int, file: np.ndarray, row: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-        """(positions, files, rows) of the selected entries of chunk ``c``, and whether they
-        are all its entries of the index."""
+               ) -> tuple[np.ndarray | slice, np.ndarray, np.ndarray]:
+        """(positions, files, rows) of the selected entries of chunk ``c``; positions as a
+        slice where they are all its entries of the index."""
         start = c * CHUNK
         if self._positions is not None:
             positions = self._positions[start:start + CHUNK]
-            return positions, file[positions], row[positions], False
+            return positions, file[positions], row[positions]
         assert self.selected is not None
         chosen = self.selected[start:start + CHUNK]
         if chosen.all():  # every entry (a first round's): views, no gathers
-            end = start + len(chosen)
-            return np.arange(start, end), file[start:end], row[start:end], True
+            whole = slice(start, start + len(chosen))
+            return whole, file[whole], row[whole]
         positions = start + np.flatnonzero(chosen)
-        return positions, file[positions], row[positions], False
+        return positions, file[positions], row[positions]
+
+    def _bucket_at(self, positions: np.ndarray | slice) -> np.ndarray | int:
+        """The bucket of the entries at ``positions`` (a slice: a run of them)."""
+        if self.buckets == 1:
+            return 0
+        if isinstance(positions, slice):
+            positions = np.arange(positions.start, positions.stop)
+        return self._bucket(positions)
 
     def _dense(self, files: np.ndarray) -> np.ndarray:
         """The dense number of each file ordinal (-1: not one of the map's files)."""
@@ -237,26 +247,32 @@ class RewriteMap:
         # the locators of selected entries have not changed since)
         self._relocated = True
         self._placed = (before, start_file)
-        for positions, k, i, ranks in self._found_complement or ():  # a file and bucket each
+        for entries, k, i, ranks in self._found_complement or ():  # a file and bucket each
             q, r = np.divmod(before[i, k] + ranks, rows_per_file)
-            file[positions] = start_file[i, k] + q
-            row[positions] = r
+            file[entries] = start_file[i, k] + q
+            row[entries] = r
         for c in range(self._chunks):
             found = self._found.pop(c, None)
             if found is None:
-                positions, files, rows, _ = self._chunk(c, file, row)
+                positions, files, rows = self._chunk(c, file, row)
                 d, at = self._slot(files, rows, check=False)
-                bucket = self._bucket(positions)
+                bucket = self._bucket_at(positions)
             else:
                 positions, d, at, bucket = found
             if isinstance(bucket, int):  # plain gathers, not two-dimensional ones
-                q, r = np.divmod(before[bucket][d] + self.slots[at], rows_per_file)
-                new_file = start_file[bucket][d] + q
+                place = before[bucket][d]
+                place += self.slots[at]
+                q, r = np.divmod(place, rows_per_file)
+                new_file = start_file[bucket][d]
             else:
-                q, r = np.divmod(before[bucket, d] + self.slots[at], rows_per_file)
-                new_file = start_file[bucket, d] + q
+                place = before[bucket, d]
+                place += self.slots[at]
+                q, r = np.divmod(place, rows_per_file)
+                new_file = start_file[bucket, d]
+            new_file += q
             where: np.ndarray | slice = positions
-            if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
+            if not isinstance(positions, slice) and len(positions) and \
+                    positions[-1] - positions[0] + 1 == len(positions):
                 where = slice(int(positions[0]), int(positions[-1]) + 1)  # every entry
             file[where] = new_file
             row[where] = r
