@@ -24,7 +24,8 @@ from compactor.pipeline import dedupe, index_store, live_index, locators, rewrit
 from compactor.pipeline.dedupe import DedupeActor, _shift_kept
 from compactor.pipeline.locators import SOURCE_BASE, compacted
 from compactor.pipeline.rewrite_map import RewriteMap, member
-from tests.compactor.test_index_moves import Sim, _output
+from tests.compactor._actor_sim import hash_output, hash_outputs, materialize
+from tests.compactor.test_index_moves import Sim
 
 # --- the old approach, replayed beside the actor ------------------------------------------------
 
@@ -155,10 +156,7 @@ class Rounds(Sim):
         base_pos = 100 * (round_ + 1)
         before, located = dict(self.oracle), self.where()
         after = self.expected_after(files, base_pos)
-        outputs = [_output([k for k, *_ in rows], [o for _, o, _, _ in rows],
-                           [x for _, _, x, _ in rows] if self.order_type else None,
-                           base_pos + j, locators.source(j), self.order_type)
-                   for j, rows in enumerate(files)]
+        outputs = hash_outputs(files, base_pos, self.order_type)
         sizes = {b: tuple(len(f) for f in self.files[b]) for b in self.buckets}
         if restart:
             self.actor = self.new_actor()
@@ -180,25 +178,7 @@ class Rounds(Sim):
             rows_per_file = int(self.rng.choice([1, 2, 3, 7, 40]))
         chains, _ = actor.finalize(groups, rows_per_file)
         self.moves_seen += sum(index_store.is_moves(r) for c in chains.values() for r in c[-2:])
-        new_files = {}
-        for b in self.buckets:
-            p = plans.get(b)
-            if p is None:
-                new_files[b] = self.files[b]
-                continue
-            out = [self.files[b][i] for i in p.keep]
-            sources = {o: rs.array() for o, rs in p.sources}
-            for g in groups:
-                rows = []
-                for o in g:
-                    for r in sources.get(o, np.zeros(0, np.int64)).tolist():
-                        if o >= SOURCE_BASE:
-                            key, _op, _order, version = files[o - SOURCE_BASE][r]
-                            rows.append((key, version))
-                        else:
-                            rows.append(self.files[o >> 16][o & 0xFFFF][r])
-                out += [rows[i:i + rows_per_file] for i in range(0, len(rows), rows_per_file)]
-            new_files[b] = out
+        new_files = materialize(self.files, plans, groups, files, rows_per_file)
         self.oracle = after
         self.files = new_files
         self.chains = {b: chains.get(b, (self.chains or {}).get(b)) for b in self.buckets}
@@ -216,6 +196,18 @@ class Rounds(Sim):
 
     def keys_by_file(self, b: int) -> list[list[tuple[int, int]]]:
         return [[k for k, _ in rows] for rows in self.files[b]]
+
+
+
+def _fold_copies(monkeypatch: pytest.MonkeyPatch, slice_records: int | None = None) -> None:
+    """Every round merges a copy of the index (never in place); with ``slice_records``, in
+    slices of that many records (merge_in_slices' default is bound at import: patching
+    dedupe.SLICE_RECORDS slices only folds in place)."""
+    monkeypatch.setattr(dedupe, "IN_PLACE_RECORDS", 0)
+    monkeypatch.setattr(dedupe, "IN_PLACE_FRACTION", 10**9)
+    if slice_records is not None:
+        monkeypatch.setattr(dedupe, "merge_in_slices", functools.partial(
+            sliced_merge.merge_in_slices, slice_records=slice_records))
 
 
 # --- random rounds, every fold strategy, compared with the old approach -----------------------
@@ -240,12 +232,7 @@ def test_rounds_match_the_old_mask_approach_and_the_oracle(
         monkeypatch.setattr(dedupe, "SLICE_RECORDS", 7)
         monkeypatch.setattr(live_index, "REBUILD_FRACTION", 10**6)
     elif fold == "copy":
-        monkeypatch.setattr(dedupe, "IN_PLACE_RECORDS", 0)
-        monkeypatch.setattr(dedupe, "IN_PLACE_FRACTION", 10**9)
-        # copies merged in slices too (merge_in_slices' default is bound at import: patching
-        # dedupe.SLICE_RECORDS slices only folds in place)
-        monkeypatch.setattr(dedupe, "merge_in_slices",
-                            functools.partial(sliced_merge.merge_in_slices, slice_records=9))
+        _fold_copies(monkeypatch, slice_records=9)
     else:
         monkeypatch.setattr(dedupe, "SLICE_RECORDS", 23)
         monkeypatch.setattr(dedupe, "IN_PLACE_RECORDS", 60)
@@ -276,10 +263,7 @@ def test_keys_changed_twice_in_a_round_lose_their_row_once(
     the reverse), deleted then (no ordering column: gone) revived a round later and updated
     again: each old row is superseded once; rows of the files and the index agree."""
     if fold == "copy":
-        monkeypatch.setattr(dedupe, "IN_PLACE_RECORDS", 0)
-        monkeypatch.setattr(dedupe, "IN_PLACE_FRACTION", 10**9)
-        monkeypatch.setattr(dedupe, "merge_in_slices",
-                            functools.partial(sliced_merge.merge_in_slices, slice_records=3))
+        _fold_copies(monkeypatch, slice_records=3)
     else:
         monkeypatch.setattr(dedupe, "SLICE_RECORDS", 3)
         monkeypatch.setattr(live_index, "REBUILD_FRACTION", 10**6)
@@ -321,8 +305,7 @@ def test_emptied_lost_file_whose_kept_neighbour_takes_its_ordinal(
     0), file 2 loses one (its rest rewritten after the kept file, into ordinals 1, 2...),
     file 3 kept (renumbered 1, the number file 1 had); bucket 0's file 0 loses one row."""
     if fold == "copy":
-        monkeypatch.setattr(dedupe, "IN_PLACE_RECORDS", 0)
-        monkeypatch.setattr(dedupe, "IN_PLACE_FRACTION", 10**9)
+        _fold_copies(monkeypatch)
     sim = Rounds(tmp_path, [0, 1, 2], 3, ordered, 9, twin)
     keys = [sim.new_key() for _ in range(90)]
     sim.known = list(keys)
@@ -360,16 +343,23 @@ def _corrupt_chain(sim: Rounds, b: int, damage) -> None:  # type: ignore[no-unty
     sim.chains = {**sim.chains, b: [rel]}
 
 
-@pytest.mark.parametrize("damage", ["two keys at one kept row", "a kept row without entry",
-                                    "a key at the row another key lost",
-                                    "a key beyond the file's rows"])
-def test_corrupt_entries_of_a_lost_file_are_refused(tmp_path, monkeypatch, damage) -> None:
+def _two_files_of_ten(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A one-bucket actor after a round of 20 new keys written as two files of 10 rows, and the
+    keys of the first file, in row order (the old approach is no longer replayed beside it: it
+    would choke on damage done to the index)."""
     sim = Rounds(tmp_path, [0], 1, False, 3, Twin(monkeypatch))
     keys = [sim.new_key() for _ in range(20)]
     sim.known = list(keys)
     sim.play(0, [[sim.record(k) for k in keys]], rows_per_file=10, one_task=True)
-    monkeypatch.undo()  # (the old approach, replayed, would choke on the damage itself)
-    f0 = sim.keys_by_file(0)[0]
+    monkeypatch.undo()
+    return sim, sim.keys_by_file(0)[0]
+
+
+@pytest.mark.parametrize("damage", ["two keys at one kept row", "a kept row without entry",
+                                    "a key at the row another key lost",
+                                    "a key beyond the file's rows"])
+def test_corrupt_entries_of_a_lost_file_are_refused(tmp_path, monkeypatch, damage) -> None:
+    sim, f0 = _two_files_of_ten(tmp_path, monkeypatch)
 
     def at(cols, key):  # type: ignore[no-untyped-def]
         return int(np.flatnonzero((cols["hi"] == key[0]) & (cols["lo"] == key[1]))[0])
@@ -387,7 +377,7 @@ def test_corrupt_entries_of_a_lost_file_are_refused(tmp_path, monkeypatch, damag
     _corrupt_chain(sim, 0, damaged)
     sim.state += 1  # a state the actor holds no index of: it loads the damaged chain
     sim.actor = sim.new_actor()
-    outputs = [_output([f0[0]], [OP_UPSERT], None, 500, locators.source(0), None)]
+    outputs = [hash_output([f0[0]], [OP_UPSERT], None, 500, locators.source(0), None)]
     actor = sim.actor
     actor.fold(sim.state, sim.chains, {0: (10, 10)}, 0, outputs)
     actor.plan()
@@ -399,12 +389,7 @@ def test_corrupt_entries_of_a_lost_file_are_refused(tmp_path, monkeypatch, damag
 def test_two_live_keys_at_one_row_both_superseded_are_refused(tmp_path, monkeypatch) -> None:
     """Both keys at one row change: the row is lost twice; refused (the old approach refused
     the repeated locator too), not planned."""
-    sim = Rounds(tmp_path, [0], 1, False, 3, Twin(monkeypatch))
-    keys = [sim.new_key() for _ in range(20)]
-    sim.known = list(keys)
-    sim.play(0, [[sim.record(k) for k in keys]], rows_per_file=10, one_task=True)
-    monkeypatch.undo()  # (the old approach, replayed, would choke on the damage itself)
-    f0 = sim.keys_by_file(0)[0]
+    sim, f0 = _two_files_of_ten(tmp_path, monkeypatch)
 
     def damaged(cols) -> None:  # type: ignore[no-untyped-def]
         j = int(np.flatnonzero((cols["hi"] == f0[4][0]) & (cols["lo"] == f0[4][1]))[0])
@@ -412,8 +397,8 @@ def test_two_live_keys_at_one_row_both_superseded_are_refused(tmp_path, monkeypa
     _corrupt_chain(sim, 0, damaged)
     sim.state += 1
     actor = sim.new_actor()
-    outputs = [_output([f0[4], f0[5]], [OP_UPSERT, OP_UPSERT], None, 500, locators.source(0),
-                       None)]
+    outputs = [hash_output([f0[4], f0[5]], [OP_UPSERT, OP_UPSERT], None, 500,
+                           locators.source(0), None)]
     actor.fold(sim.state, sim.chains, {0: (10, 10)}, 0, outputs)
     with pytest.raises(ValueError, match=r"repeat|not one per row"):
         actor.plan()
@@ -586,7 +571,7 @@ def test_a_lost_file_of_more_rows_than_16_bits_count(tmp_path) -> None:
     changed = np.array([5, 69_999, 65_536])
     keys = [(int(hi[r]), int(hi[r])) for r in changed]
     actor.fold(1, {0: ["p/index/base.arrow"]}, {0: (n,)}, 0, [
-        _output(keys, [OP_UPSERT, OP_UPSERT, OP_DELETE], None, 9, SOURCE_BASE, None)])
+        hash_output(keys, [OP_UPSERT, OP_UPSERT, OP_DELETE], None, 9, SOURCE_BASE, None)])
     plan = actor.plan().plans[0]
     assert plan.keep == () and [o for o, _ in plan.sources] == [0, SOURCE_BASE]
     assert plan.sources[0][1].array().tolist() == np.setdiff1d(np.arange(n), changed).tolist()

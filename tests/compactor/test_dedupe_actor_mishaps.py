@@ -14,24 +14,15 @@ import pytest
 
 from compactor.fs import Storage
 from compactor.hashing import bucket_start
-from compactor.merge import OP_DELETE, OP_UPSERT, index_schema, record_schema
-from compactor.pipeline import dedupe, index_store, live_index, locators
+from compactor.merge import OP_DELETE, OP_UPSERT, index_schema
+from compactor.pipeline import dedupe, index_store, live_index
 from compactor.pipeline.dedupe import DedupeActor
-from compactor.pipeline.hash_bucket import HashOutput
-
-
-def _output(keys: list[tuple[int, int]], ops: list[int], orders: list[int] | None,
-            position: int, ordinal: int, order_type) -> HashOutput:
-    hi = np.array([k[0] for k in keys], dtype=np.uint64)
-    lo = np.array([k[1] for k in keys], dtype=np.uint64)
-    by_key = np.lexsort((lo, hi))
-    fields = [f for f in record_schema(order_type) if f.name not in ("pos", "file")]
-    columns = {"hi": hi[by_key], "lo": lo[by_key], "row": by_key.astype(np.int32),
-               "op": np.array(ops, dtype=np.int8)[by_key]}
-    if orders is not None:
-        columns["order"] = np.array(orders, dtype=np.int64)[by_key]
-    table = pa.table([columns[f.name] for f in fields], schema=pa.schema(fields))
-    return HashOutput({0: table}, len(keys), 0, position, ordinal)
+from tests.compactor._actor_sim import (
+    check_index,
+    expected_after,
+    hash_outputs,
+    materialize,
+)
 
 
 class Sim:
@@ -81,30 +72,12 @@ class Sim:
         return files
 
     def expected_after(self, files, base_pos: int):
-        oracle = dict(self.oracle)
-        best: dict = {}
-        for j, rows in enumerate(files):
-            for r, (key, op, order, version) in enumerate(rows):
-                cmp = ((order if self.order_type else 0), base_pos + j, locators.source(j), r)
-                if key not in best or cmp > best[key][0]:
-                    best[key] = (cmp, op, order, version)
-        for key, (_cmp, op, order, version) in best.items():
-            old = oracle.get(key)
-            if self.order_type is not None and old is not None and order < old[0]:
-                continue  # loses to the indexed entry (ties: the later record wins)
-            if op == OP_DELETE and self.order_type is None:
-                oracle.pop(key, None)
-            else:
-                oracle[key] = (order, op, version)
-        return oracle
+        return expected_after(self.oracle, files, base_pos, self.order_type is not None)
 
     def run_round(self, round_: int, size: int, mishap: str | None) -> None:
         files = self.make_round(size)
         base_pos = 100 * (round_ + 1)
-        outputs = [_output([k for k, *_ in rows], [o for _, o, _, _ in rows],
-                           [x for _, _, x, _ in rows] if self.order_type else None,
-                           base_pos + j, locators.source(j), self.order_type)
-                   for j, rows in enumerate(files)]
+        outputs = hash_outputs(files, base_pos, self.order_type)
         sizes = {b: tuple(len(f) for f in self.files[b]) for b in self.buckets}
         actor = self.actor
         for attempt in range(2):
@@ -125,27 +98,7 @@ class Sim:
                 continue
             break
         # materialize (simulated) and commit
-        new_files = {}
-        for b in self.buckets:
-            p = actor.pending.plans.get(b)
-            if p is None:
-                new_files[b] = self.files[b]
-                continue
-            out = [self.files[b][i] for i in p.keep]
-            sources = dict((o, rs.array()) for o, rs in p.sources)
-            for g in groups:
-                rows = []
-                for o in g:
-                    if o not in sources:
-                        continue
-                    for r in sources[o].tolist():
-                        if o >= locators.SOURCE_BASE:
-                            key, _op, _order, version = files[o - locators.SOURCE_BASE][r]
-                            rows.append((key, version))
-                        else:
-                            rows.append(self.files[o >> 16][o & 0xFFFF][r])
-                out += [rows[i:i + rows_per_file] for i in range(0, len(rows), rows_per_file)]
-            new_files[b] = out
+        new_files = materialize(self.files, actor.pending.plans, groups, files, rows_per_file)
         self.oracle = self.expected_after(files, base_pos)
         self.files = new_files
         self.chains = {b: chains.get(b, (self.chains or {}).get(b)) for b in self.buckets}
@@ -166,32 +119,9 @@ class Sim:
             assert persisted.equals(held), f"round {round_}, bucket {b}: persisted != held"
             held_all.append(held)
         held = pa.concat_tables(held_all)
-        hi, lo = held.column("hi").to_numpy(), held.column("lo").to_numpy()
-        op, file, row = (held.column(c).to_numpy() for c in ("op", "file", "row"))
-        got = {}
-        for j in range(held.num_rows):
-            got[(int(hi[j]), int(lo[j]))] = (int(op[j]), int(file[j]), int(row[j]),
-                                             held.column("order")[j].as_py()
-                                             if self.order_type else None)
-        assert set(got) == set(self.oracle), f"round {round_}: keys differ"
-        located = set()
-        for key, (order, o, version) in self.oracle.items():
-            gop, gfile, grow, gorder = got[key]
-            assert gop == o, f"round {round_}: op of {key}"
-            if self.order_type is not None:
-                assert gorder == order, f"round {round_}: order of {key}"
-            if o == OP_UPSERT:
-                b = gfile >> 16
-                assert 0 <= gfile < locators.SOURCE_BASE and b == self.bucket(key[0])
-                content = self.files[b][gfile & 0xFFFF][grow]
-                assert content == (key, version), f"round {round_}: {key} points at {content}"
-                located.add((gfile, grow))
-            else:
-                assert gfile == -1
-        rows_in_files = sum(len(f) for b in self.buckets for f in self.files[b])
-        assert rows_in_files == len(located), f"round {round_}: files hold stray rows"
-        assert actor.index.live == len(located)
-
+        live = check_index(held, self.oracle, self.files, self.bucket,
+                           self.order_type is not None, f"round {round_}")
+        assert actor.index.live == live
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("ordered", [False, True])

@@ -17,23 +17,15 @@ import pytest
 
 from compactor.fs import Storage
 from compactor.hashing import bucket_start
-from compactor.merge import OP_DELETE, OP_UPSERT, index_schema, record_schema
-from compactor.pipeline import dedupe, index_store, live_index, locators
+from compactor.merge import OP_DELETE, OP_UPSERT, index_schema
+from compactor.pipeline import dedupe, index_store, live_index
 from compactor.pipeline.dedupe import DedupeActor
-from compactor.pipeline.hash_bucket import HashOutput
-
-
-def _output(keys, ops, orders, position, ordinal, order_type) -> HashOutput:
-    hi = np.array([k[0] for k in keys], dtype=np.uint64)
-    lo = np.array([k[1] for k in keys], dtype=np.uint64)
-    by_key = np.lexsort((lo, hi))
-    fields = [f for f in record_schema(order_type) if f.name not in ("pos", "file")]
-    columns = {"hi": hi[by_key], "lo": lo[by_key], "row": by_key.astype(np.int32),
-               "op": np.array(ops, dtype=np.int8)[by_key]}
-    if orders is not None:
-        columns["order"] = np.array(orders, dtype=np.int64)[by_key]
-    table = pa.table([columns[f.name] for f in fields], schema=pa.schema(fields))
-    return HashOutput({0: table}, len(keys), 0, position, ordinal)
+from tests.compactor._actor_sim import (
+    check_index,
+    expected_after,
+    hash_outputs,
+    materialize,
+)
 
 
 class Sim:
@@ -86,22 +78,7 @@ class Sim:
         return files
 
     def expected_after(self, files, base_pos: int):
-        oracle = dict(self.oracle)
-        best: dict = {}
-        for j, rows in enumerate(files):
-            for r, (key, op, order, version) in enumerate(rows):
-                cmp = ((order if self.order_type else 0), base_pos + j, locators.source(j), r)
-                if key not in best or cmp > best[key][0]:
-                    best[key] = (cmp, op, order, version)
-        for key, (_cmp, op, order, version) in best.items():
-            old = oracle.get(key)
-            if self.order_type is not None and old is not None and order < old[0]:
-                continue  # loses to the indexed entry
-            if op == OP_DELETE and self.order_type is None:
-                oracle.pop(key, None)
-            else:
-                oracle[key] = (order, op, version)
-        return oracle
+        return expected_after(self.oracle, files, base_pos, self.order_type is not None)
 
     def tasks(self, plans, lost_files):
         """Materialize tasks: the sources with rows to write (ordinal order) cut into 1 to 4
@@ -120,10 +97,7 @@ class Sim:
         if files is None:
             files = self.make_round(size, update_share, delete_share)
         base_pos = 100 * (round_ + 1)
-        outputs = [_output([k for k, *_ in rows], [o for _, o, _, _ in rows],
-                           [x for _, _, x, _ in rows] if self.order_type else None,
-                           base_pos + j, locators.source(j), self.order_type)
-                   for j, rows in enumerate(files)]
+        outputs = hash_outputs(files, base_pos, self.order_type)
         sizes = {b: tuple(len(f) for f in self.files[b]) for b in self.buckets}
         if restart:  # a restarted actor: loads the committed state's chains
             self.actor = self.new_actor()
@@ -140,25 +114,7 @@ class Sim:
         chains, _ = actor.finalize(groups, rows_per_file)
         self.moves_seen += sum(index_store.is_moves(r) for c in chains.values() for r in c[-2:])
         # materialize (simulated) and commit
-        new_files = {}
-        for b in self.buckets:
-            p = plans.get(b)
-            if p is None:
-                new_files[b] = self.files[b]
-                continue
-            out = [self.files[b][i] for i in p.keep]
-            sources = {o: rs.array() for o, rs in p.sources}
-            for g in groups:
-                rows = []
-                for o in g:
-                    for r in sources.get(o, np.zeros(0, np.int64)).tolist():
-                        if o >= locators.SOURCE_BASE:
-                            key, _op, _order, version = files[o - locators.SOURCE_BASE][r]
-                            rows.append((key, version))
-                        else:
-                            rows.append(self.files[o >> 16][o & 0xFFFF][r])
-                out += [rows[i:i + rows_per_file] for i in range(0, len(rows), rows_per_file)]
-            new_files[b] = out
+        new_files = materialize(self.files, plans, groups, files, rows_per_file)
         self.oracle = self.expected_after(files, base_pos)
         self.files = new_files
         self.chains = {b: chains.get(b, (self.chains or {}).get(b)) for b in self.buckets}
@@ -181,33 +137,8 @@ class Sim:
         self.check_index(fresh.index.sorted_table(), f"round {round_}, reloaded")
 
     def check_index(self, held: pa.Table, where: str) -> None:
-        hi, lo = held.column("hi").to_numpy(), held.column("lo").to_numpy()
-        op, file, row = (held.column(c).to_numpy() for c in ("op", "file", "row"))
-        order = held.column("order").to_pylist() if self.order_type else [None] * len(hi)
-        got = {(int(hi[j]), int(lo[j])): (int(op[j]), int(file[j]), int(row[j]), order[j])
-               for j in range(held.num_rows)}
-        assert set(got) == set(self.oracle), f"{where}: keys differ"
-        located = set()
-        for key, (order_, o, version) in self.oracle.items():
-            gop, gfile, grow, gorder = got[key]
-            assert gop == o, f"{where}: op of {key}"
-            if self.order_type is not None:
-                assert gorder == order_, f"{where}: order of {key}"
-            if o == OP_UPSERT:
-                b = gfile >> 16
-                assert 0 <= gfile < locators.SOURCE_BASE and b == self.bucket(key[0]), \
-                    f"{where}: {key} points at file {gfile}"
-                bucket_files = self.files[b]
-                assert (gfile & 0xFFFF) < len(bucket_files), f"{where}: {key}: no file {gfile}"
-                content = bucket_files[gfile & 0xFFFF][grow] \
-                    if grow < len(bucket_files[gfile & 0xFFFF]) else None
-                assert content == (key, version), f"{where}: {key} points at {content}"
-                located.add((gfile, grow))
-            else:
-                assert gfile == -1, f"{where}: tombstone {key} in a file"
-        rows_in_files = sum(len(f) for b in self.buckets for f in self.files[b])
-        assert rows_in_files == len(located), f"{where}: files hold stray rows"
-
+        check_index(held, self.oracle, self.files, self.bucket, self.order_type is not None,
+                    where)
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("ordered", [False, True])
