@@ -321,8 +321,8 @@ class DedupeActor:
         if entered is not None:
             for i, b in enumerate(self.buckets):
                 if b in pending.plans:
-                    moves[b] = [index_store.Move(b << 16 | position, b << 16 | at) for at, position
-                                in enumerate(pending.plans[b].keep) if position != at] + [
+                    moves[b] = [index_store.Move(old, new)
+                                for old, new in _renumbered(pending.plans[b])] + [
                         index_store.Move(*placed) for placed in pending.rewrite.placed(i, b)]
         # the map (a slot per row of its files) is done with: it need not wait for the commit
         # beside the materialize tasks
@@ -419,11 +419,17 @@ def _plan_bucket(b: int, lost: np.ndarray, files_before: int,
     return BucketPlan(b, files_before, keep, tuple(sources))
 
 
+def _renumbered(plan: BucketPlan) -> list[tuple[int, int]]:
+    """(old ordinal, new ordinal) of the bucket's kept files that move up in its file list
+    (behind a lost one)."""
+    return [(locators.compacted(plan.bucket, position), locators.compacted(plan.bucket, at))
+            for at, position in enumerate(plan.keep) if position != at]
+
+
 def _shift_kept(plans: list[BucketPlan], file: np.ndarray) -> None:
     """Renumber, in ``file``, the entries in kept files that move up in their bucket's file
     list (behind a lost one)."""
-    shifted = [((plan.bucket << 16) | position, (plan.bucket << 16) | at)
-               for plan in plans for at, position in enumerate(plan.keep) if position != at]
+    shifted = [pair for plan in plans for pair in _renumbered(plan)]
     if not shifted:
         return
     shifted.sort()

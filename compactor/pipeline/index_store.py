@@ -304,6 +304,7 @@ def read(storage: Storage, chain: list[str], schema: pa.Schema) -> pa.Table:
             (table.column("file").to_numpy() < 0)
         if nowhere.any():
             raise IndexUnavailable(
-                f"index chain {chain[-1]}: {int(np.count_nonzero(nowhere))} live keys point at "
-                "no row after the files' moves (no later entry replaced theirs)")
+                f"index chain ending {storage.url_of(storage.path(chain[-1]))}: "
+                f"{int(np.count_nonzero(nowhere))} live keys point at no row after the files' "
+                "moves (no later entry replaced theirs)")
     return table

@@ -156,11 +156,13 @@ def _all_footer_stats(table: Table, items: list[tuple[DataFile, int, DeltaKind, 
     sample = set(sorted(small, key=lambda j: -items[j][0].size)[:FOOTER_SAMPLE])
     estimated = set(small) - sample if len(small) > FOOTER_SAMPLE else set()
     read = [j for j in range(len(items)) if j not in estimated]
+
+    def stats(j: int) -> tuple[list[int], int, int]:
+        file, _, _, cdc = items[j]
+        return _footer_stats(table, file, key_cols + ([cdc.column] if cdc is not None else []))
+
     with ThreadPoolExecutor(FOOTER_THREADS) as pool:
-        found = dict(zip(read, pool.map(
-            lambda j: _footer_stats(table, items[j][0], key_cols + [
-                cdc.column for cdc in items[j][3:4] if cdc is not None]),
-            read), strict=True))
+        found = dict(zip(read, pool.map(stats, read), strict=True))
     if estimated:
         key_per_row = max(found[j][1] / max(items[j][0].rows, 1) for j in sample)
         decoded_per_byte = max(found[j][2] / max(items[j][0].size, 1) for j in sample)
