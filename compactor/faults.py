@@ -3,14 +3,16 @@
 ``COMPACTOR_INJECT_FAULT="STEP:ACTION:MARKER"`` (read where the step runs, so worker processes
 see it through their environment). When step STEP (hash_bucket, dedupe, materialize, commit)
 runs and the file MARKER does not exist yet, MARKER is created and ACTION happens once:
-``kill`` (SIGKILL this process) or ``raise`` (an ``InjectedFault``). Without the variable this
-is a no-op costing one environment lookup.
+``kill`` (SIGKILL this process), ``raise`` (an ``InjectedFault``) or ``sleep-SECONDS`` (pause,
+then go on: e.g. a round that waits at its commit while another process's round commits).
+Without the variable this is a no-op costing one environment lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "COMPACTOR_INJECT_FAULT"
 
@@ -33,4 +35,7 @@ def maybe_fail(step: str) -> None:
     os.close(fd)
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action.startswith("sleep-"):
+        time.sleep(float(action.removeprefix("sleep-")))
+        return
     raise InjectedFault(f"injected fault in step {step}")

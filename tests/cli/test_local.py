@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from compactor.faults import ENV
 from tests.cli.conftest import (
     SCHEMA,
     compactor,
@@ -172,13 +174,16 @@ def test_verify_catches_corrupted_compacted_files(table_url: str, tmp_path: Path
     assert str(second) in report.json()["error"] and "changed" in report.json()["error"]
 
 
-def test_racing_rounds_one_commits_the_other_exits_3(table_url: str, tmp_path: Path) -> None:
+def test_racing_rounds_one_commits_the_other_exits_3(table_url: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     compactor("table", "create", table_url, "-k", "id", "--order-by", "lsn", "--buckets", "2",
               "--schema", SCHEMA)
     for attempt in range(3):
         data = write_parquet(tmp_path / f"in-{attempt}.parquet",
                              upserts(list(range(2000)), f"r{attempt}", 10_000 * attempt))
         assert compactor("append", table_url, "--kind", "upsert", data).code == 0
+        # the first round at its commit waits, so the other, started with it, commits first
+        monkeypatch.setenv(ENV, f"commit:sleep-8:{tmp_path}/paused-{attempt}")
         racers = [start("compact", table_url, "--json") for _ in range(2)]
         outcomes = sorted((*p.communicate(timeout=120), p.returncode)[::-1] for p in racers)
         codes = [code for code, _, _ in outcomes]
