@@ -134,7 +134,7 @@ def _compactor(job: Job, backend: str) -> dict[str, Round]:
     import runtime
     from compactor import CdcOps, DeltaKind, create_table
     from compactor.compaction import compact_partition
-    from compactor.pipeline.tasks import warm_up
+    from compactor.pipeline.tasks import PRELOAD, warm_up
 
     ds = job.dataset
     table = create_table(f"file://{job.out}/table", ds.schema(), primary_key=ds.key_columns,
@@ -152,10 +152,11 @@ def _compactor(job: Job, backend: str) -> dict[str, Round]:
 
     rounds: dict[str, Round] = {}
     start = time.perf_counter()
-    with runtime.init(backend, num_cpus=job.cores):
+    with runtime.init(backend, num_cpus=job.cores, preload=PRELOAD):
         # the workers start and import the pipeline (pyarrow, numpy) before the clock starts,
         # as DuckDB and pyarrow are imported before theirs does: "init" reports that time (the
-        # full round still starts its dedupe actors' processes)
+        # full round still starts its dedupe actors' processes: on the local backend, forks of
+        # its zygote, which imported the pipeline at init)
         runtime.get([warm_up.remote() for _ in range(job.cores)])
         init_s = time.perf_counter() - start
         for name in ("full", "incremental"):

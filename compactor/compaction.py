@@ -33,7 +33,14 @@ from compactor.pipeline.materialize import (
     write_options,
 )
 from compactor.pipeline.plan import NothingToDo, RoundPlan, check_bucket_count, plan_round
-from compactor.pipeline.tasks import Dedupe, hash_task, materialize_task, peak_rss, warm_up
+from compactor.pipeline.tasks import (
+    PRELOAD,
+    Dedupe,
+    hash_task,
+    materialize_task,
+    peak_rss,
+    warm_up,
+)
 from compactor.result import CompactionResult
 from compactor.table import Table
 
@@ -184,7 +191,7 @@ def compact_partition(
         )
     with ExitStack() as stack:
         if not runtime.is_initialized():
-            stack.enter_context(runtime.init(backend, address=address))
+            stack.enter_context(runtime.init(backend, address=address, preload=PRELOAD))
         # rounds of one partition in this process take turns: they share its dedupe actors
         lock = _round_locks.setdefault(f"{table.metadata.table_id}:{partition.key}",
                                        threading.Lock())

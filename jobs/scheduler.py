@@ -41,6 +41,7 @@ import runtime
 from compactor.compaction import compact_partition
 from compactor.errors import UnknownPartition
 from compactor.partition import Partition
+from compactor.pipeline.tasks import PRELOAD
 from compactor.table import Table, open_table
 from jobs.config import Config, Job
 from jobs.history import ABANDONED, FAILED, INTERRUPTED, History, Run
@@ -90,7 +91,7 @@ class _Runtime:
             return False
         self.close()
         log.info("starting the %s runtime%s", key[0], f" at {key[1]}" if key[1] else "")
-        runtime.init(key[0], address=key[1])
+        runtime.init(key[0], address=key[1], preload=PRELOAD)
         self.key = key
         return True
 

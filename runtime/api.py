@@ -71,6 +71,7 @@ def init(
     num_cpus: float | None = None,
     memory: int | None = None,
     address: str | None = None,
+    preload: Sequence[str] = (),
     **backend_options: Any,
 ) -> RuntimeContext:
     """Start (or join) the runtime.
@@ -80,6 +81,10 @@ def init(
     num_cpus / memory: the budget tasks and actors are scheduled in (default: this machine's).
     address: for Ray, ``None`` (start a local instance), ``"auto"`` or ``"ray://host:port"``;
     ``$COMPACTOR_ADDRESS`` when None.
+    preload: modules the program's tasks and actors import. The local backend forks its
+    workers from one process that imported them once (``runtime.local.zygote``), so a worker or
+    actor started mid-job is ready in milliseconds, not after its own imports; Ray starts its
+    workers itself.
     """
     global _backend
     name = (backend or os.environ.get(ENV_BACKEND) or "local").lower()
@@ -93,6 +98,8 @@ def init(
                 "call runtime.shutdown() first"
             )
         kwargs = dict(backend_options)
+        if preload:
+            kwargs["preload"] = tuple(preload)
         if address is not None:
             kwargs["address"] = address
         _backend = cls(num_cpus=num_cpus, memory=memory, **kwargs)  # type: ignore[call-arg]

@@ -106,6 +106,7 @@ class RayBackend(Backend):
         address: str | None = None,
         *,
         autoscaling: bool = False,
+        preload: Sequence[str] = (),  # (Ray starts and reuses its own worker processes)
         **ray_init_options: Any,
     ) -> None:
         self._owns_ray = not ray.is_initialized()

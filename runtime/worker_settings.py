@@ -21,12 +21,16 @@ from __future__ import annotations
 # - glibc gives each thread that allocates its own arena (up to 8 per core), and each keeps
 #   its own free memory: Arrow's reader threads in a materialize task left ~360 MB resident
 #   per worker; two arenas: ~300 MB, the same speed (20M-row round, one run each).
+# - pyarrow's bundled jemalloc (unused: Arrow allocates from glibc, above) starts a background
+#   thread when pyarrow is imported; the local backend's zygote (runtime.local.zygote) forks
+#   workers only from a process without threads.
 WORKER_MEMORY_ENV = {
     "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=536870912:"
                       "glibc.malloc.arena_max=2",
     "NUMPY_MADVISE_HUGEPAGE": "0",
     "OPENBLAS_NUM_THREADS": "1",
     "ARROW_DEFAULT_MEMORY_POOL": "system",
+    "JE_ARROW_MALLOC_CONF": "background_thread:false",
 }
 
 # A task worker of the local backend idle this long gives the free memory its heap keeps back

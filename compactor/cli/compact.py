@@ -31,13 +31,14 @@ def run_round(session: Session, table: Table, part: Partition, *, backend: str |
     started (and stopped) for the round."""
     import runtime
     from compactor.compaction import compact_partition
+    from compactor.pipeline.tasks import PRELOAD
     from runtime.api import ENV_BACKEND
 
     with RoundProgress(session.err) as progress, ExitStack() as stack:
         if not runtime.is_initialized():
             name = backend or os.environ.get(ENV_BACKEND) or "local"
             progress.begin("runtime", f"starting the {name} runtime")
-            stack.enter_context(runtime.init(backend, address=address))
+            stack.enter_context(runtime.init(backend, address=address, preload=PRELOAD))
         progress.begin("plan", "reading the snapshot and Parquet footers")
         return compact_partition(table, part, progress=progress, **options)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -140,6 +140,7 @@ def demo(session: Session, directory: Path, rows: int, backend: str | None,
     """
     import runtime
     from compactor import CdcOps, DeltaKind, create_table
+    from compactor.pipeline.tasks import PRELOAD
 
     directory = directory.absolute()
     session.where = f"demo directory {directory}"
@@ -162,7 +163,7 @@ def demo(session: Session, directory: Path, rows: int, backend: str | None,
                    f"{sum(d.rows for d in deltas):,} rows")
 
     rounds: list[CompactionResult] = []
-    with runtime.init(backend):
+    with runtime.init(backend, preload=PRELOAD):
         _step(session, "compaction round 1: every delta so far")
         rounds.append(_round(session, part, target_file_size))
         late = export.changes("20240504-000000000.parquet", rows // 50, recent=True)

@@ -12,6 +12,10 @@ from compactor.pipeline.dedupe import DedupeActor
 from compactor.pipeline.hash_bucket import HashInput, HashOutput, hash_file
 from compactor.pipeline.materialize import MaterializeOutput, materialize_group
 
+# what a runtime's workers import before they run a step (``runtime.init(preload=...)``: the
+# local backend forks every worker, actors' too, from one process that imported it)
+PRELOAD = (__name__,)
+
 
 def peak_rss() -> int:
     """Peak resident set of this process in bytes (Linux reports KiB)."""

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import wait as wait_for_conns
@@ -38,7 +39,7 @@ from runtime.errors import (
 from runtime.local import serialization, values
 from runtime.local.actors import ActorManager
 from runtime.local.directory import FAILED, PENDING, ObjectDirectory, Waiter
-from runtime.local.processes import WorkerProc, worker_env
+from runtime.local.processes import WorkerProc, Zygote, ZygoteUnavailable, worker_env
 from runtime.local.refs import LocalObjectRef, tracker
 from runtime.local.store import ObjectStore
 from runtime.local.work import Work
@@ -59,7 +60,7 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, num_cpus: float | None = None, memory: int | None = None,
-                 *, store_parent: str | None = None) -> None:
+                 *, store_parent: str | None = None, preload: Sequence[str] = ()) -> None:
         cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
         mem = float(memory if memory is not None
                     else int(psutil.virtual_memory().total * MEMORY_FRACTION))
@@ -81,6 +82,12 @@ class LocalBackend(Backend):
         self.start_failures = 0
         self.code: dict[str, bytes] = {}  # function id -> pickled function
         self.env = worker_env()
+        self.zygote: Zygote | None = None
+        try:
+            self.zygote = Zygote(self.store.root, self.env, preload)
+        except ZygoteUnavailable as e:
+            warnings.warn(f"runtime: workers start as new interpreters, not forked from a "
+                          f"zygote ({e})", RuntimeWarning, stacklevel=3)
         self.closed = False
         self.actors = ActorManager(self)
         self._wake_r, self._wake_w = os.pipe()
@@ -112,7 +119,7 @@ class LocalBackend(Backend):
             self.dir.release(DRIVER, oid)
 
     def _spawn(self, actor: Any = None) -> WorkerProc:
-        w = WorkerProc(_new_id()[:16], self.store.root, self.node_id, self.env)
+        w = WorkerProc(_new_id()[:16], self.store.root, self.node_id, self.env, self.zygote)
         w.actor = actor
         self.workers[w.id] = w
         if actor is None:
@@ -400,6 +407,8 @@ class LocalBackend(Backend):
         for w in workers:
             w.reap()
             w.close()
+        if self.zygote is not None:  # (after the reaping: it reports the workers' exits)
+            self.zygote.close()
         self._wake()
         self._loop_thread.join(timeout=5)
         os.close(self._wake_r)

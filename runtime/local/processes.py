@@ -1,15 +1,26 @@
-"""Worker processes of the local backend: start, talk to, and stop them."""
+"""Worker processes of the local backend: start, talk to, and stop them.
+
+Workers are forked by the zygote (``zygote.py``: one process that imported the worker and the
+``preload`` modules once) while it works, else started as new interpreters.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import queue
+import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from runtime.local.zygote import MAX_MESSAGE
 from runtime.worker_settings import WORKER_MEMORY_ENV
 
 
@@ -25,20 +36,189 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+ZYGOTE_START_SECONDS = 120  # for the zygote's imports, on a loaded machine
+SPAWN_SECONDS = 30  # for a fork (the zygote answers in milliseconds)
+UNKNOWN_EXIT = "exit status unknown: the process that forked it is gone"
+
+
+class ZygoteUnavailable(Exception):
+    """The zygote did not start, or stopped answering: start workers as interpreters."""
+
+
+class Zygote:
+    """The driver's end of the zygote (see ``zygote.py``)."""
+
+    def __init__(self, store_root: str, env: dict[str, str], preload: Sequence[str]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "runtime.local.zygote", str(theirs.fileno()),
+                 store_root, *preload],
+                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as e:
+            ours.close()
+            raise ZygoteUnavailable(f"it could not start: {e}") from None
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.errors: list[str] = []
+        self._lock = threading.Lock()  # one spawn request at a time
+        self._spawned: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._exited: dict[int, int] = {}
+        self._changed = threading.Condition()
+        self.alive = False
+        try:
+            msg, _ = self._recv(ZYGOTE_START_SECONDS)
+        except ZygoteUnavailable:
+            self.close()
+            raise
+        if msg[0] != "ready":
+            self.close()
+            raise ZygoteUnavailable(f"its imports started {msg[1]} threads: forking is unsafe")
+        self.errors = list(msg[1])
+        self.alive = True
+        self._reader = threading.Thread(target=self._read, name="zygote-reader", daemon=True)
+        self._reader.start()
+
+    def _recv(self, timeout: float | None) -> tuple[tuple, list[int]]:
+        if timeout is not None and not select.select([self.sock], [], [], timeout)[0]:
+            raise ZygoteUnavailable(f"no answer in {timeout} s")
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 1)
+        except OSError as e:
+            raise ZygoteUnavailable(str(e)) from None
+        if not data:
+            raise ZygoteUnavailable(f"it exited ({self.proc.poll()})")
+        return tuple(json.loads(data)), fds
+
+    def _read(self) -> None:
+        try:
+            while True:
+                msg, fds = self._recv(None)
+                if msg[0] == "spawned":
+                    self._spawned.put((msg[1], fds[0]))
+                elif msg[0] == "exited":
+                    with self._changed:
+                        self._exited[msg[1]] = msg[2]
+                        self._changed.notify_all()
+        except ZygoteUnavailable:
+            pass
+        self.alive = False
+        self._spawned.put(None)
+        with self._changed:
+            self._changed.notify_all()
+
+    def spawn(self, conn_fd: int, args: list[str]) -> ForkedProc:
+        """A worker forked with ``conn_fd`` as its socket to the driver."""
+        with self._lock:
+            if not self.alive:
+                raise ZygoteUnavailable("it is gone")
+            try:
+                socket.send_fds(self.sock, [json.dumps(["spawn", args]).encode()], [conn_fd])
+            except OSError as e:
+                raise ZygoteUnavailable(str(e)) from None
+            try:
+                got = self._spawned.get(timeout=SPAWN_SECONDS)
+            except queue.Empty:
+                got = None
+            if got is None:
+                self.alive = False
+                raise ZygoteUnavailable("it stopped answering")
+            return ForkedProc(self, *got)
+
+    def exit_code(self, pid: int, timeout: float | None) -> int | None:
+        """The exit code of forked worker ``pid`` once it ended (None: not within timeout,
+        or unknown, the zygote being gone)."""
+        with self._changed:
+            self._changed.wait_for(lambda: pid in self._exited or not self.alive, timeout)
+            return self._exited.pop(pid, None)
+
+    def close(self) -> None:
+        self.alive = False
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # (wakes the reader: close alone may not)
+        except OSError:
+            pass
+        self.sock.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class ForkedProc:
+    """A worker the zygote forked, with ``subprocess.Popen``'s methods that the driver uses.
+    Signals go through a pidfd, so they reach exactly this process; its exit code comes from
+    the zygote, which reaps it."""
+
+    def __init__(self, zygote: Zygote, pid: int, pidfd: int) -> None:
+        self.zygote, self.pid, self.pidfd = zygote, pid, pidfd
+        self.returncode: int | None = None
+        self.status_unknown = False
+
+    def _ended(self, timeout: float | None = 0) -> bool:
+        if self.pidfd < 0:
+            return True
+        return bool(select.select([self.pidfd], [], [], timeout)[0])  # readable once it exits
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not self.status_unknown and self._ended():
+            self.wait(1)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.returncode is None and not self.status_unknown:
+            start = time.monotonic()
+            code = self.zygote.exit_code(self.pid, timeout)
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            if code is not None:
+                self.returncode = code
+            elif self._ended(left):  # ended, but the zygote did not say how (it is gone)
+                self.status_unknown = True
+            else:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0)
+        if self.returncode is not None and self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _start(worker_id: str, store_root: str, node_id: str, env: dict[str, str],
+           zygote: Zygote | None, child: socket.socket) -> subprocess.Popen | ForkedProc:
+    args = [store_root, worker_id, node_id]
+    if zygote is not None:
+        try:
+            return zygote.spawn(child.fileno(), args)
+        except ZygoteUnavailable:
+            pass
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime.local.worker", str(child.fileno()), *args],
+        pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
+        # a terminal's Ctrl-C goes to the driver, which decides; workers never see it
+        start_new_session=True,
+    )
+
+
 class WorkerProc:
     """One worker process and the driver's end of its socket."""
 
-    def __init__(self, worker_id: str, store_root: str, node_id: str, env: dict[str, str]) -> None:
+    def __init__(self, worker_id: str, store_root: str, node_id: str, env: dict[str, str],
+                 zygote: Zygote | None = None) -> None:
         self.id = worker_id
         parent, child = socket.socketpair()
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runtime.local.worker", str(child.fileno()), store_root,
-                 worker_id, node_id],
-                pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
-                # a terminal's Ctrl-C goes to the driver, which decides; workers never see it
-                start_new_session=True,
-            )
+            self.proc = _start(worker_id, store_root, node_id, env, zygote, child)
         finally:
             child.close()
         self.conn = Connection(parent.detach())
@@ -84,11 +264,11 @@ class WorkerProc:
 
     def exit_description(self) -> str:
         code = self.proc.poll()
+        if code is None and getattr(self.proc, "status_unknown", False):
+            return UNKNOWN_EXIT
         if code is None:
             return "still running"
         if code < 0:
-            import signal
-
             try:
                 return f"killed by {signal.Signals(-code).name}"
             except ValueError:

@@ -1,7 +1,7 @@
 """Main loop of a worker process: runs tasks, or hosts one actor.
 
-Started by the driver as ``python -m runtime.local.worker FD STORE_ROOT WORKER_ID NODE_ID``
-with one end of a socketpair as FD. Threads:
+Forked by the zygote (``zygote.py``), or started by the driver as ``python -m
+runtime.local.worker FD STORE_ROOT WORKER_ID NODE_ID``, with one end of a socketpair as FD. Threads:
 
 - the channel's reader thread: receives from the driver (see ``channel.py``);
 - the main thread: runs tasks and actor calls in arrival order;
@@ -24,6 +24,7 @@ from typing import Any
 from runtime.local import serialization, values
 from runtime.local.channel import Channel
 from runtime.local.store import ObjectStore
+from runtime.local.zygote import set_name
 from runtime.worker_settings import IDLE_TRIM_SECONDS, release_free_memory
 
 
@@ -109,6 +110,7 @@ class Worker:
 def main(argv: list[str]) -> None:
     fd, store_root, worker_id, node_id = argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are the driver's to handle
+    set_name("runtime-worker")
     from runtime import api
     from runtime.local.client import WorkerBackend
 

@@ -190,8 +190,9 @@ def _cli_tree(process: psutil.Process) -> tuple[list[int], list[str]]:
         except psutil.NoSuchProcess:
             continue
         pids.append(child.pid)
-        if "runtime.local.worker" in cmd:
-            stores.add(cmd[cmd.index("runtime.local.worker") + 2])
+        for module in ("runtime.local.worker", "runtime.local.zygote"):  # (forked: its cmd)
+            if module in cmd:
+                stores.add(cmd[cmd.index(module) + 2])
     return pids, sorted(stores)
 
 

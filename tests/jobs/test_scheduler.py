@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import runtime
 from compactor import Partition, Table
 from compactor.compaction import compact_partition
+from compactor.pipeline.tasks import PRELOAD
 from compactor.reader import read_partition
 from jobs.cli import jobs
 from jobs.history import ABANDONED, NOOP, SUCCEEDED, TIMED_OUT, History
@@ -266,6 +267,7 @@ OTHER_WRITER = """
 import json, sys
 from compactor import open_table
 from compactor.compaction import compact_partition
+from compactor.pipeline.tasks import PRELOAD
 from compactor.reader import read_partition
 table = open_table(sys.argv[1])
 assert compact_partition(table, json.loads(sys.argv[2])).committed
@@ -297,7 +299,8 @@ def test_jobs_on_another_backend_wait_for_the_runtime_to_be_free(
             return state["up"]
 
         @staticmethod
-        def init(backend: str, address: str | None = None) -> None:
+        def init(backend: str, address: str | None = None, preload: tuple = ()) -> None:
+            assert preload == PRELOAD  # the workers import the pipeline once, in the zygote
             calls.append(("init", backend, str(address)))
             state["up"] = True
 

@@ -220,6 +220,6 @@ def test_a_burst_of_tasks_starts_no_more_workers_than_can_run_at_once():
         me = psutil.Process()
         pids = set(runtime.get([pid_after.remote(0.05) for _ in range(20)]))
         workers = [p for p in me.children(recursive=True) if p.pid in pids or
-                   "runtime.local.worker" in " ".join(p.cmdline())]
+                   p.name() == "runtime-worker"]
     assert len(pids) <= 2
     assert len(workers) <= 2
