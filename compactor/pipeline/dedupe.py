@@ -264,15 +264,15 @@ class DedupeActor:
                 complement)
         except ValueError as e:  # a corrupt index: say whose (the round rebuilds it)
             raise self._named(e) from None
-        # the rows of each file as numbers are only the plans' to take (as RowSets, a bitmap
-        # where dense): the map keeps no list of them
+        # the rows of each file (RowSets: a bitmap where dense) are only the plans' to take:
+        # the map keeps no list of them
         files, self.pending.rewrite.files = self.pending.rewrite.files, []
         for i, b in enumerate(self.buckets):
             mine = gone_bucket == i
             self.pending.gone[b] = (gone_hi[mine], gone_lo[mine])
             self.pending.touched[b] = bool(records_per_bucket[i])
             plan = _plan_bucket(b, lost, len(bucket_sizes.get(b, ())), [
-                (f.ordinal, RowSet.of(f.rows[i])) for f in files if i in f.rows])
+                (f.ordinal, f.rows[i]) for f in files if i in f.rows])
             if plan is not None:
                 self.pending.plans[b] = plan
         del files

@@ -28,6 +28,7 @@ import numpy as np
 
 from compactor.pipeline.index_store import IndexCorrupt
 from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE, member
+from compactor.pipeline.row_sets import RowSet
 
 CHUNK = 1 << 18
 # compacted file ordinals (bucket << 16 | position) numbered by a table when they span at most
@@ -38,10 +39,10 @@ CACHE_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class FileRows:
-    """Bucket i's selected rows of one file (sorted), for each bucket of the group with any."""
+    """Bucket i's selected rows of one file, for each bucket of the group with any."""
 
     ordinal: int
-    rows: dict[int, np.ndarray]
+    rows: dict[int, RowSet]
 
 
 class RewriteMap:
@@ -111,6 +112,7 @@ class RewriteMap:
         self._complement: dict[int, int] = {}  # dense number -> bucket
         # per complement file: the positions of its entries, its number, bucket, their ranks
         self._found_complement: list[tuple[np.ndarray, int, int, np.ndarray]] | None = None
+        kept_rows: dict[int, np.ndarray] = {}  # complement files: the mask of rows they keep
         for ordinal, (i, lost) in sorted((complement or {}).items()):
             k = int(self._dense(np.array([ordinal]))[0])
             if k < 0 or ordinal >= SOURCE_BASE:
@@ -127,18 +129,27 @@ class RewriteMap:
             alive[lost] = False
             span[alive] = np.arange(len(span) - len(lost), dtype=np.int32)
             self._complement[k] = i
+            kept_rows[k] = alive
         self.files: list[FileRows] = []  # files with selected rows, in ordinal order
         self.counts = np.zeros((buckets, len(self.ordinals)), dtype=np.int64)
         for k, ordinal in enumerate(self.ordinals.tolist()):
             span = self.slots[self.offsets[k]:self.offsets[k + 1]]
+            selected_here = kept_rows.pop(k, None)
+            if selected_here is None and buckets == 1:  # its rows ranked by a running count
+                selected_here = span >= 0
+                span[selected_here] = np.arange(np.count_nonzero(selected_here),
+                                                dtype=np.int32)
+            if selected_here is not None:  # (ranked already)
+                rows_of = RowSet.of_mask(selected_here)
+                if len(rows_of):
+                    i = self._complement.get(k, 0)
+                    self.counts[i, k] = len(rows_of)
+                    self.files.append(FileRows(ordinal, {i: rows_of}))
+                continue
             rows = np.flatnonzero(span >= 0)
             if len(span) < 2**31:  # plans travel to the driver and the tasks: half the bytes
                 rows = rows.astype(np.int32)
             if not len(rows):
-                continue
-            if k in self._complement:  # (ranked already)
-                self.counts[self._complement[k], k] = len(rows)
-                self.files.append(FileRows(ordinal, {self._complement[k]: rows}))
                 continue
             owners = span[rows]
             by_bucket = np.argsort(owners, kind="stable") if buckets > 1 else \
@@ -148,7 +159,7 @@ class RewriteMap:
             for i in range(buckets):
                 mine = rows[by_bucket[cuts[i]:cuts[i + 1]]]
                 if len(mine):
-                    per_bucket[i] = mine
+                    per_bucket[i] = RowSet.of(mine)
                     span[mine] = np.arange(len(mine), dtype=np.int32)
                     self.counts[i, k] = len(mine)
             self.files.append(FileRows(ordinal, per_bucket))

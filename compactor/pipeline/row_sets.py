@@ -38,6 +38,19 @@ class RowSet:
         mask[np.asarray(rows, dtype=np.int64) - first] = True
         return cls(n, first, span, bits=np.packbits(mask, bitorder="little"))
 
+    @classmethod
+    def of_mask(cls, mask: np.ndarray) -> RowSet:
+        """The rows where ``mask`` (bool, one per row of the file) is True: as ``of`` their
+        numbers, without listing them where the set is dense."""
+        n = int(np.count_nonzero(mask))
+        if n == 0:
+            return cls(0, values=np.zeros(0, dtype=np.int32))
+        first = int(np.argmax(mask))
+        span = len(mask) - int(np.argmax(mask[::-1])) - first
+        if span > 32 * n:
+            return cls(n, values=np.flatnonzero(mask).astype(np.int32))
+        return cls(n, first, span, bits=np.packbits(mask[first:first + span], bitorder="little"))
+
     def __len__(self) -> int:
         return self.count
 

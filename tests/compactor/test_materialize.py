@@ -277,3 +277,19 @@ def test_each_file_chooses_its_dictionaries_from_its_first_row_group(tmp_path) -
     meta = pq.ParquetFile(storage.fs.open(path, "rb")).metadata
     assert meta.row_group(0).column(1).has_dictionary_page
     assert pq.read_table(storage.fs.open(path, "rb")).equals(pa.concat_tables(tables))
+
+
+@pytest.mark.parametrize("mask", [
+    np.zeros(0, dtype=bool), np.zeros(100, dtype=bool), np.ones(100, dtype=bool),
+    np.arange(1000) % 7 != 3, (np.arange(10_000) == 17) | (np.arange(10_000) == 9_000),
+    np.arange(300) >= 299, np.arange(300) < 1,
+])
+def test_a_row_set_of_a_mask_holds_its_true_rows(mask: np.ndarray) -> None:
+    """``RowSet.of_mask``: the same rows, and the same form (numbers where sparse, else a
+    bitmap over the rows they span), as ``RowSet.of`` of their numbers."""
+    from compactor.pipeline.row_sets import RowSet
+
+    got, want = RowSet.of_mask(mask), RowSet.of(np.flatnonzero(mask))
+    assert got.array().tolist() == np.flatnonzero(mask).tolist() == want.array().tolist()
+    assert (got.first, got.span, got.bits is None) == (want.first, want.span, want.bits is None)
+    assert len(got) == int(mask.sum())

@@ -100,7 +100,7 @@ def _check(case, buckets: int, rows_per_file: int) -> None:  # type: ignore[no-u
     want_file, want_row, want_plans = _expected(file, row, selected, bounds, group_of,
                                                 bucket_ids, kept, rows_per_file)
     rewrite = _map(ordinals, spans, file, row, selected, bounds)
-    plans = [{f.ordinal: f.rows[i].tolist() for f in rewrite.files if i in f.rows}
+    plans = [{f.ordinal: f.rows[i].array().tolist() for f in rewrite.files if i in f.rows}
              for i in range(buckets)]
     assert plans == want_plans
     assert [f.ordinal for f in rewrite.files] == sorted(f.ordinal for f in rewrite.files)
@@ -237,8 +237,8 @@ def test_files_given_by_the_rows_they_lost_place_rows_as_if_their_entries_were_s
     sources = np.flatnonzero(file >= SOURCE_BASE)
     given = RewriteMap(ordinals, spans, file, row, sources, lambda at: 0, 1,
                        {o: (0, r) for o, r in lost.items()})
-    assert [(f.ordinal, f.rows[0].tolist()) for f in given.files] == \
-        [(f.ordinal, f.rows[0].tolist()) for f in whole.files]
+    assert [(f.ordinal, f.rows[0].array().tolist()) for f in given.files] == \
+        [(f.ordinal, f.rows[0].array().tolist()) for f in whole.files]
     want_file, want_row = file.copy(), row.copy()
     group_of = {int(o): min(k, 1) for k, o in enumerate(ordinals)}
     total = whole.relocate(want_file, want_row, group_of, [3], [1], 7)
