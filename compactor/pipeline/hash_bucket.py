@@ -112,6 +112,8 @@ def _ops(data: pa.Table, item: HashInput) -> np.ndarray:
         return np.full(n, OP_DELETE, dtype=np.int8)
     assert item.cdc is not None
     column = data.column(item.cdc.column)
+    if pa.types.is_dictionary(column.type):  # (pandas categoricals; files written from them)
+        column = column.cast(column.type.value_type)
     is_upsert = pc.is_in(column, value_set=pa.array(list(item.cdc.upsert), column.type))
     is_delete = pc.is_in(column, value_set=pa.array(list(item.cdc.delete), column.type))
     unknown = pc.invert(pc.or_(is_upsert, is_delete))

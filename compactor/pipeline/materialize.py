@@ -172,16 +172,17 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
         for batch in _named_errors(file, parquet.iter_batches(
                 batch_size=step, row_groups=groups.tolist(), columns=names),
                 in_memory=opened is not None):
-            data = pa.Table.from_batches([batch])
+            # in the table's types first: a file's type may have no gather of its own
+            # (string_view, binary_view)
+            data = conform(pa.Table.from_batches([batch]), schema, file.url)
             end = at + data.num_rows
             out = {}
             for key, r in local.items():
                 lo, hi = np.searchsorted(r, [at, end])
                 if lo == hi:
                     continue
-                part = data if hi - lo == data.num_rows else \
+                out[key] = data if hi - lo == data.num_rows else \
                     data.take(pa.array(r[lo:hi] - at))  # every row in order: no gather
-                out[key] = conform(part, schema, file.url)
             at = end
             del data, batch
             yield out
