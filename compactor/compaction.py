@@ -39,6 +39,7 @@ from compactor.pipeline.tasks import (
     hash_task,
     materialize_task,
     peak_rss,
+    tombstone_task,
     warm_up,
 )
 from compactor.result import CompactionResult
@@ -241,7 +242,13 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         hash_refs = [hash_task.options(memory=task.memory).remote(table.storage, task.inputs,
                                                                   *args)
                      for task in plan.tasks]
-        hashed = _gather(hash_refs, "hash_bucket", progress, [t.size for t in plan.tasks])
+        old_state = plan.snapshot.compacted  # a rebuild's: its deletes, at its position
+        hash_refs += [tombstone_task.remote(
+            table.storage, list(chain), plan.order_type, plan.bucket_count, plan.groups,
+            old_state.high_watermark, ordinal, plan.tombstones_tolerant)  # type: ignore[union-attr]
+            for chain, ordinal in plan.tombstones]
+        hashed = _gather(hash_refs, "hash_bucket", progress,
+                         [t.size for t in plan.tasks] + [0] * len(plan.tombstones))
         seconds["hash_bucket"] = time.perf_counter() - t
         rss["hash_bucket"] = max((h.peak_rss for batch in hashed for h in batch), default=0)
 

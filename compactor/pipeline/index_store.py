@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from compactor.fs import Storage
 from compactor.manifest import CompactedState
-from compactor.merge import OP_UPSERT, _locate
+from compactor.merge import OP_DELETE, OP_UPSERT, _locate
 from compactor.pipeline.locators import member
 
 PROPERTY = "index"
@@ -270,6 +270,16 @@ def _fold(parts: list[pa.Table]) -> pa.Table:
     where = at[entering] - np.searchsorted(removed, at[entering], side="left")
     out = np.insert(kept, where, len(hi) + np.arange(int(entering.sum()), dtype=np.int64))
     return pa.concat_tables([base, changes.filter(pa.array(entering))]).take(pa.array(out))
+
+
+def tombstones(storage: Storage, chain: list[str], schema: pa.Schema) -> pa.Table:
+    """The deleted keys a bucket's index remembers (``op`` OP_DELETE), sorted by key. Where
+    rows moved does not matter to them: the chain's moves files are not read."""
+    parts = [_read_one(storage, rel, schema) for rel in chain if not is_moves(rel)]
+    if not parts:
+        raise IndexUnavailable("empty index chain")
+    table = parts[0] if len(parts) == 1 else _fold(parts)
+    return table.filter(pa.array(table.column("op").to_numpy() == OP_DELETE))
 
 
 def read(storage: Storage, chain: list[str], schema: pa.Schema) -> pa.Table:

@@ -100,6 +100,12 @@ class RoundPlan:
     row_bytes: float  # decoded (Arrow) bytes per row, for materialize memory requests
     dedupe_memory: int
     order_type: pa.DataType | None
+    # a rebuild's old index chains whose tombstones the new index keeps (with an ordering
+    # column: see tombstones.py), each with the source ordinal its records carry; and whether
+    # a chain that cannot be read loses its tombstones (the index is known unusable) rather
+    # than failing the round
+    tombstones: tuple[tuple[tuple[str, ...], int], ...] = ()
+    tombstones_tolerant: bool = False
 
     @property
     def rows_in(self) -> int:
@@ -188,6 +194,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         )
     count = bucket_count if bucket_count is not None else \
         (compacted.bucket_count if compacted else table.bucket_count)
+    unusable = rebuild  # (the index was found unusable: the round runs again without it)
     rebuild = compacted is not None and (rebase or rebuild
                                          or index_store.paths_of(compacted) is None)
     if not snapshot.deltas and not rebuild:
@@ -251,6 +258,9 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
     order_type = (table.schema.field(table.ordering_column).type
                   if table.ordering_column else None)
     groups = max(1, min(groups, count))
+    old_chains = index_store.paths_of(compacted) if rebuild and order_type is not None else None
+    carried = tuple((tuple(chain), locators.source(len(items) + b))
+                    for b, chain in enumerate(old_chains or []) if chain)
     return RoundPlan(
         snapshot=snapshot, base=base, rebuild=rebuild, bucket_count=count, groups=groups,
         tasks=tuple(batch_small(tasks)), sources=sources,
@@ -260,5 +270,5 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
                           max(1, int(target_file_size / max(bytes_per_row, 1e-9)))),
         row_bytes=decoded / max(sum(f.rows for f, *_ in items), 1),
         dedupe_memory=max(MIN_TASK_MEMORY, int(3 * keys * RECORD_BYTES / groups)),
-        order_type=order_type,
+        order_type=order_type, tombstones=carried, tombstones_tolerant=unusable,
     )

@@ -11,6 +11,7 @@ import runtime
 from compactor.pipeline.dedupe import DedupeActor
 from compactor.pipeline.hash_bucket import HashInput, HashOutput, hash_file
 from compactor.pipeline.materialize import MaterializeOutput, materialize_group
+from compactor.pipeline.tombstones import carried_tombstones
 
 # what a runtime's workers import before they run a step (``runtime.init(preload=...)``: the
 # local backend forks every worker, actors' too, from one process that imported it)
@@ -42,6 +43,12 @@ def hash_task(storage: Any, inputs: tuple[HashInput, ...], *args: Any) -> list[H
             outputs = list(pool.map(lambda item: hash_file(storage, item, *args), inputs))
     rss = peak_rss()
     return [replace(o, peak_rss=rss) for o in outputs]
+
+
+@runtime.remote(max_retries=3)
+def tombstone_task(*args: Any) -> list[HashOutput]:
+    """A rebase's records of the deletes an old bucket's index remembers (as a hash task's)."""
+    return [replace(carried_tombstones(*args), peak_rss=peak_rss())]
 
 
 @runtime.remote(max_retries=3)
