@@ -96,7 +96,7 @@ def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
         except ValueError:
             pass
         handles.append(Dedupe.options(
-            name=f"{prefix}:{g}", memory=min(plan.dedupe_memory, total_memory // 2),
+            name=f"{prefix}:{g}", memory=_actor_memory(plan, total_memory),
         ).remote(table.storage, partition.key.dir, plan.group_buckets(g), plan.bucket_count,
                  plan.order_type))
     _warm.pop(prefix, None)
@@ -108,6 +108,22 @@ def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
             except Exception:  # already gone, or a runtime since shut down
                 pass
     return handles
+
+
+def _actor_memory(plan: RoundPlan, total_memory: int) -> int:
+    """The memory each dedupe actor asks for: its share of the index, but the actors of a
+    round together never the whole budget (tasks must still fit beside them)."""
+    return min(plan.dedupe_memory, total_memory // (plan.groups + 1))
+
+
+def _task_memory_cap(plan: RoundPlan) -> int:
+    """The most a task of the round may ask for and still be scheduled: what the runtime has
+    free (other partitions' warm actors hold theirs), and at most the budget less this round's
+    actors, which hold theirs until the round ends. A task asking for more would wait for
+    ever; capped, it runs, alone if need be."""
+    total = int(runtime.cluster_resources()["memory"])
+    free = int(runtime.available_resources()["memory"])
+    return max(0, min(free, total - plan.groups * _actor_memory(plan, total)))
 
 
 def _fold(plan: RoundPlan, actors: list[Any], hash_refs: list[Any],
@@ -239,9 +255,9 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         t = time.perf_counter()
         args = (table.primary_key, table.ordering_column, plan.order_type, plan.bucket_count,
                 plan.groups)
-        hash_refs = [hash_task.options(memory=task.memory).remote(table.storage, task.inputs,
-                                                                  *args)
-                     for task in plan.tasks]
+        cap = _task_memory_cap(plan)
+        hash_refs = [hash_task.options(memory=min(cap, task.memory)).remote(
+            table.storage, task.inputs, *args) for task in plan.tasks]
         old_state = plan.snapshot.compacted  # a rebuild's: its deletes, at its position
         hash_refs += [tombstone_task.remote(
             table.storage, list(chain), plan.order_type, plan.bucket_count, plan.groups,
@@ -270,12 +286,12 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                     f"files, more than {locators.MAX_FILES_PER_BUCKET}; raise the target file "
                     f"size ({plan.rows_per_file} rows per file now) or rebase to more buckets; "
                     "nothing was written")
-        total_memory = int(runtime.cluster_resources()["memory"])
+        cap = _task_memory_cap(plan)
         # largest first: the step ends when its last task does, so the small ones fill in
         task_rows = [sum(len(r) for s in group for r in s.rows.values()) for group in tasks]
         by_rows = sorted(range(len(tasks)), key=lambda g: -task_rows[g])
         submitted = {g: materialize_task.options(
-            memory=min(total_memory, task_memory(plan, tasks[g]))).remote(
+            memory=min(cap, task_memory(plan, tasks[g]))).remote(
                 table.storage, partition.key, g, tasks[g], table.schema, plan.rows_per_file,
                 compression) for g in by_rows}
         mat_refs = [submitted[g] for g in range(len(tasks))]

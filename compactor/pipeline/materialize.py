@@ -395,9 +395,13 @@ def files_per_bucket(plans: dict[int, BucketPlan], groups: list[list[SourceRows]
 
 def task_memory(plan: RoundPlan, group: list[SourceRows]) -> int:
     """Twice the decoded rows a task reads at a time (a batch of its largest source, and the
-    rows gathered from it), plus the buckets' buffers and the small sources read ahead."""
+    rows gathered from it), plus the buckets' buffers (a row group each, or all the rows it
+    writes of a bucket when fewer) and the small sources read ahead."""
     largest = max(batch_rows(s.file.rows, int(s.file.rows * plan.row_bytes))
                   for s in group) * plan.row_bytes
-    buckets = len({b for s in group for b in s.rows})
-    return int(2 * largest + buckets * ROW_GROUP_ROWS * plan.row_bytes) + (64 << 20) \
-        + read_ahead_memory(group)
+    rows: dict[int, int] = {}  # per bucket: its rows the task writes (a buffer holds a row group)
+    for s in group:
+        for b, r in s.rows.items():
+            rows[b] = rows.get(b, 0) + len(r)
+    buffered = sum(min(ROW_GROUP_ROWS, n) for n in rows.values())
+    return int(2 * largest + buffered * plan.row_bytes) + (64 << 20) + read_ahead_memory(group)

@@ -249,6 +249,24 @@ def test_a_rebase_keeps_the_deletes_an_older_row_must_lose_to(rt, tmp_path, when
     assert sorted(read_partition(s.table, s.part)["id"].to_pylist()) == ids[1::2].tolist()
 
 
+@pytest.mark.timeout(120)
+def test_tasks_fit_beside_the_rounds_actors_in_a_small_memory_budget(tmp_path):
+    """Each task's memory request is what it needs (a bucket it writes a few rows of buffers
+    only those rows), capped at what the round's dedupe actors leave of the budget: asking for
+    more than could ever be free would wait for ever. Here 64 buckets of wide rows, in 2 GiB;
+    then a rebase of one-row files to 256 buckets."""
+    schema = pa.schema([("id", pa.int64()), ("v", pa.string()), ("lsn", pa.int64())])
+    s = Scenario(f"file://{tmp_path}/t", schema, ["id"], "lsn", buckets=64)
+    s.upsert(pa.table({"id": np.arange(2000), "v": [f"{i:0400d}" for i in range(2000)],
+                       "lsn": np.zeros(2000, dtype=np.int64)}, schema=schema))
+    with runtime.init("local", num_cpus=2, memory=2 << 30):
+        s.compact_and_check()
+        for i in range(20):
+            s.upsert(pa.table({"id": [i], "v": ["x"], "lsn": [1]}, schema=schema))
+        s.compact_and_check(target_file_size=100)
+        assert s.compact_and_check(bucket_count=256, rebase=True).rebased
+
+
 def test_index_is_recovered_from_storage_by_a_new_runtime(tmp_path):
     s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn")
     rng = np.random.default_rng(3)
