@@ -76,7 +76,8 @@ def _gather(refs: list[Any], step: str, progress: Progress,
 
 _round_locks: dict[str, threading.Lock] = {}
 KEEP_WARM = 4  # partitions whose dedupe actors (and cached indexes) stay alive in a runtime
-_warm: OrderedDict[str, list[Any]] = OrderedDict()  # actor-set name -> handles, LRU first
+# actor-set name -> (handles, the memory each asked for), least recently used first
+_warm: OrderedDict[str, tuple[list[Any], int]] = OrderedDict()
 
 
 def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
@@ -88,6 +89,18 @@ def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
     total_memory = int(runtime.cluster_resources()["memory"])
     prefix = (f"dedupe:{table.metadata.table_id}:{partition.key}:{plan.bucket_count}:"
               f"{plan.groups}")
+    for name in list(_warm):  # (those of a runtime since shut down)
+        try:
+            runtime.get_actor(f"{name}:0")
+        except ValueError:
+            del _warm[name]
+    memory = _warm[prefix][1] if prefix in _warm else _actor_memory(plan, total_memory)
+    # other partitions' actors go, least recently used first, beyond KEEP_WARM partitions or
+    # where this round's would not fit beside them and a share left for tasks
+    room = total_memory - total_memory // (plan.groups + 1) - plan.groups * memory
+    while len(_warm) - (prefix in _warm) >= KEEP_WARM or \
+            sum(len(h) * m for name, (h, m) in _warm.items() if name != prefix) > room:
+        _stop(next(name for name in _warm if name != prefix))
     handles = []
     for g in range(plan.groups):
         try:
@@ -95,19 +108,21 @@ def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
             continue
         except ValueError:
             pass
-        handles.append(Dedupe.options(
-            name=f"{prefix}:{g}", memory=_actor_memory(plan, total_memory),
-        ).remote(table.storage, partition.key.dir, plan.group_buckets(g), plan.bucket_count,
-                 plan.order_type))
+        handles.append(Dedupe.options(name=f"{prefix}:{g}", memory=memory).remote(
+            table.storage, partition.key.dir, plan.group_buckets(g), plan.bucket_count,
+            plan.order_type))
     _warm.pop(prefix, None)
-    _warm[prefix] = handles
-    while len(_warm) > KEEP_WARM:
-        for handle in _warm.popitem(last=False)[1]:
-            try:
-                runtime.kill(handle)
-            except Exception:  # already gone, or a runtime since shut down
-                pass
+    _warm[prefix] = (handles, memory)
     return handles
+
+
+def _stop(name: str) -> None:
+    """Stop a warm partition's dedupe actors (its index is reloaded when next needed)."""
+    for handle in _warm.pop(name)[0]:
+        try:
+            runtime.kill(handle)
+        except Exception:  # already gone, or a runtime since shut down
+            pass
 
 
 def _actor_memory(plan: RoundPlan, total_memory: int) -> int:
@@ -116,14 +131,13 @@ def _actor_memory(plan: RoundPlan, total_memory: int) -> int:
     return min(plan.dedupe_memory, total_memory // (plan.groups + 1))
 
 
-def _task_memory_cap(plan: RoundPlan) -> int:
-    """The most a task of the round may ask for and still be scheduled: what the runtime has
-    free (other partitions' warm actors hold theirs), and at most the budget less this round's
-    actors, which hold theirs until the round ends. A task asking for more would wait for
-    ever; capped, it runs, alone if need be."""
-    total = int(runtime.cluster_resources()["memory"])
-    free = int(runtime.available_resources()["memory"])
-    return max(0, min(free, total - plan.groups * _actor_memory(plan, total)))
+def _task_memory_cap() -> int:
+    """The most a task may ask for and still be scheduled: the budget less what the dedupe
+    actors kept alive hold (this round's, and other partitions' warm ones), which they keep
+    while tasks run. A task asking for more would wait for ever; capped, it runs, alone if
+    need be."""
+    held = sum(len(handles) * memory for handles, memory in _warm.values())
+    return max(0, int(runtime.cluster_resources()["memory"]) - held)
 
 
 def _fold(plan: RoundPlan, actors: list[Any], hash_refs: list[Any],
@@ -255,7 +269,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         t = time.perf_counter()
         args = (table.primary_key, table.ordering_column, plan.order_type, plan.bucket_count,
                 plan.groups)
-        cap = _task_memory_cap(plan)
+        cap = _task_memory_cap()
         hash_refs = [hash_task.options(memory=min(cap, task.memory)).remote(
             table.storage, task.inputs, *args) for task in plan.tasks]
         old_state = plan.snapshot.compacted  # a rebuild's: its deletes, at its position
@@ -286,7 +300,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                     f"files, more than {locators.MAX_FILES_PER_BUCKET}; raise the target file "
                     f"size ({plan.rows_per_file} rows per file now) or rebase to more buckets; "
                     "nothing was written")
-        cap = _task_memory_cap(plan)
+        cap = _task_memory_cap()
         # largest first: the step ends when its last task does, so the small ones fill in
         task_rows = [sum(len(r) for s in group for r in s.rows.values()) for group in tasks]
         by_rows = sorted(range(len(tasks)), key=lambda g: -task_rows[g])

@@ -413,6 +413,25 @@ def test_a_progress_callback_failing_after_the_commit_deletes_nothing(rt, tmp_pa
         s.check()  # committed, every file it names still there
 
 
+@pytest.mark.timeout(120)
+def test_a_partitions_actors_make_room_in_a_small_budget_by_stopping_older_ones(tmp_path):
+    """Warm partitions' dedupe actors keep their memory; a new partition's actors that would
+    not fit beside them (and a share for tasks) stop the least recently used ones first,
+    instead of waiting for ever for memory nobody gives back."""
+    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
+                         partition_by=["day"], bucket_count=2)
+    rng = np.random.default_rng(10)
+    parts = [table.partition({"day": f"d{i}"}) for i in range(4)]
+    with runtime.init("local", num_cpus=2, memory=300 << 20):
+        for p in parts:
+            data = _rows(rng, 300, 100, 0, "x")
+            p.append(data)
+            compact_partition(table, p)
+            assert read_partition(table, p).num_rows == len(set(data["id"].to_pylist()))
+        with pytest.raises(ValueError):
+            runtime.get_actor(f"dedupe:{table.metadata.table_id}:{parts[0].key}:2:2:0")
+
+
 def test_only_recent_partitions_keep_their_dedupe_actors(rt, tmp_path):
     from compactor.compaction import KEEP_WARM
 
