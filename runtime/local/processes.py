@@ -76,7 +76,7 @@ class Zygote:
             raise
         if msg[0] != "ready":
             self.close()
-            raise ZygoteUnavailable(f"its imports started {msg[1]} threads: forking is unsafe")
+            raise ZygoteUnavailable(msg[1])
         self.errors = list(msg[1])
         self.alive = True
         self._reader = threading.Thread(target=self._read, name="zygote-reader", daemon=True)
@@ -97,7 +97,9 @@ class Zygote:
         try:
             while True:
                 msg, fds = self._recv(None)
-                if msg[0] == "spawned":
+                if msg[0] == "spawned" and not self.alive:  # (too late: not waited for)
+                    os.close(fds[0])
+                elif msg[0] == "spawned":
                     self._spawned.put((msg[1], fds[0]))
                 elif msg[0] == "exited":
                     with self._changed:
@@ -194,33 +196,36 @@ class ForkedProc:
                 pass
 
 
-def _start(worker_id: str, store_root: str, node_id: str, env: dict[str, str],
-           zygote: Zygote | None, child: socket.socket) -> subprocess.Popen | ForkedProc:
-    args = [store_root, worker_id, node_id]
-    if zygote is not None:
-        try:
-            return zygote.spawn(child.fileno(), args)
-        except ZygoteUnavailable:
-            pass
-    return subprocess.Popen(
-        [sys.executable, "-m", "runtime.local.worker", str(child.fileno()), *args],
-        pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
-        # a terminal's Ctrl-C goes to the driver, which decides; workers never see it
-        start_new_session=True,
-    )
-
-
 class WorkerProc:
     """One worker process and the driver's end of its socket."""
 
     def __init__(self, worker_id: str, store_root: str, node_id: str, env: dict[str, str],
                  zygote: Zygote | None = None) -> None:
         self.id = worker_id
+        args = [store_root, worker_id, node_id]
         parent, child = socket.socketpair()
+        proc: subprocess.Popen | ForkedProc | None = None
+        if zygote is not None:
+            try:
+                proc = zygote.spawn(child.fileno(), args)
+            except ZygoteUnavailable:
+                # a fresh socket: a fork the zygote may still make of this request sees its
+                # end closed and exits
+                parent.close()
+                child.close()
+                parent, child = socket.socketpair()
         try:
-            self.proc = _start(worker_id, store_root, node_id, env, zygote, child)
+            if proc is None:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "runtime.local.worker", str(child.fileno()), *args],
+                    pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
+                    # a terminal's Ctrl-C goes to the driver, which decides; workers never see
+                    # it
+                    start_new_session=True,
+                )
         finally:
             child.close()
+        self.proc: subprocess.Popen | ForkedProc = proc
         self.conn = Connection(parent.detach())
         self._send_lock = threading.Lock()
         self.state = "starting"  # starting -> idle <-> busy; or actor; -> dead

@@ -13,7 +13,8 @@ itself ``runtime-zygote``.
 Protocol (``FD``: a SOCK_SEQPACKET socket; each message one JSON array):
 
 - to the driver, once: ``("ready", errors)`` (``errors``: modules that failed to import), or
-  ``("unsafe", threads)`` and exit when the imports started threads (forking then is unsafe);
+  ``("unsafe", reason)`` and exit: the imports started threads (forking then is unsafe), or
+  the system has no pidfds;
 - from the driver: ``("spawn", args)`` with the worker's end of its socket as an attached fd;
   the reply ``("spawned", pid)`` carries a pidfd of the worker (signals reach exactly it, even
   once its pid is reused);
@@ -111,13 +112,25 @@ def main(argv: list[str]) -> None:
             errors.append(f"{name}: {type(e).__name__}: {e}")
     threads = _threads()
     if threads > 1:
-        _send(sock, ("unsafe", threads))
+        _send(sock, ("unsafe", f"its imports started {threads} threads: forking is unsafe"))
+        return
+    try:  # the driver signals the workers through pidfds (Linux 5.3 and later)
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError) as e:
+        _send(sock, ("unsafe", f"no pidfds here ({e})"))
         return
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    _send(sock, ("ready", errors))
+    try:
+        _send(sock, ("ready", errors))
+        _serve(sock, wake_r, wake_w)
+    except OSError:  # the driver is gone
+        pass
+
+
+def _serve(sock: socket.socket, wake_r: int, wake_w: int) -> None:
     while True:
         ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
         if wake_r in ready:

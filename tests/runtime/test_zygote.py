@@ -136,3 +136,30 @@ def test_the_compaction_pipeline_preloads_without_threads(recwarn: pytest.Warnin
         assert len(os.listdir(f"/proc/{zygote.proc.pid}/task")) == 1
         assert "compactor.pipeline.tasks" in psutil.Process(zygote.proc.pid).cmdline()
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_zygote_that_stops_answering_is_replaced_and_its_late_fork_exits(
+        monkeypatch: pytest.MonkeyPatch):
+    """A spawn the zygote does not answer in SPAWN_SECONDS starts an interpreter on a fresh
+    socket; the fork the zygote makes of it later finds its socket closed and exits."""
+    from runtime.local import processes
+
+    monkeypatch.setattr(processes, "SPAWN_SECONDS", 1.0)
+    with runtime.init("local", num_cpus=2):
+        backend = _backend()
+        zygote = backend.zygote
+        os.kill(zygote.proc.pid, signal.SIGSTOP)
+        try:
+            probes = [Probe.remote() for _ in range(3)]  # two take the idle workers; one waits
+            assert len({w for w, _ in runtime.get([p.where.remote() for p in probes])}) == 3
+            assert not zygote.alive
+        finally:
+            os.kill(zygote.proc.pid, signal.SIGCONT)
+        # it forks the request it got; the fork exits (and the zygote says so)
+        with zygote._changed:
+            assert zygote._changed.wait_for(lambda: zygote._exited, timeout=10)
+            [(late, code)] = zygote._exited.items()
+        assert code == 0 and late not in {w.pid for w in backend.workers.values()}
+        assert not psutil.pid_exists(late) or \
+            psutil.Process(late).status() == psutil.STATUS_ZOMBIE
+        assert len(runtime.get([where.remote() for _ in range(4)])) == 4
