@@ -76,8 +76,20 @@ def _gather(refs: list[Any], step: str, progress: Progress,
 
 _round_locks: dict[str, threading.Lock] = {}
 KEEP_WARM = 4  # partitions whose dedupe actors (and cached indexes) stay alive in a runtime
-# actor-set name -> (handles, the memory each asked for), least recently used first
-_warm: OrderedDict[str, tuple[list[Any], int]] = OrderedDict()
+# actor-set name -> (handles, the memory each asked for, its partition's _round_locks key),
+# least recently used first
+_warm: OrderedDict[str, tuple[list[Any], int, str]] = OrderedDict()
+
+
+def _round_key(table: Table, partition: Partition) -> str:
+    return f"{table.metadata.table_id}:{partition.key}"
+
+
+def _in_use(name: str) -> bool:
+    """Whether a round of this process is compacting the partition of warm actor set
+    ``name``."""
+    lock = _round_locks.get(_warm[name][2])
+    return lock is not None and lock.locked()
 
 
 def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
@@ -95,12 +107,15 @@ def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
         except ValueError:
             del _warm[name]
     memory = _warm[prefix][1] if prefix in _warm else _actor_memory(plan, total_memory)
-    # other partitions' actors go, least recently used first, beyond KEEP_WARM partitions or
-    # where this round's would not fit beside them and a share left for tasks
+    # other partitions' actors go beyond KEEP_WARM partitions, or where this round's would not
+    # fit beside them and a share left for tasks: least recently used first, those of
+    # partitions no round of this process is compacting before the others (whose rounds then
+    # fail and are retried; waiting for memory they never give back would hang)
     room = total_memory - total_memory // (plan.groups + 1) - plan.groups * memory
     while len(_warm) - (prefix in _warm) >= KEEP_WARM or \
-            sum(len(h) * m for name, (h, m) in _warm.items() if name != prefix) > room:
-        _stop(next(name for name in _warm if name != prefix))
+            sum(len(h) * m for name, (h, m, _) in _warm.items() if name != prefix) > room:
+        others = [name for name in _warm if name != prefix]
+        _stop(min(others, key=lambda name: _in_use(name)))  # (stable: LRU among equals)
     handles = []
     for g in range(plan.groups):
         try:
@@ -112,7 +127,7 @@ def _actors(table: Table, partition: Partition, plan: RoundPlan) -> list[Any]:
             table.storage, partition.key.dir, plan.group_buckets(g), plan.bucket_count,
             plan.order_type))
     _warm.pop(prefix, None)
-    _warm[prefix] = (handles, memory)
+    _warm[prefix] = (handles, memory, _round_key(table, partition))
     return handles
 
 
@@ -136,7 +151,7 @@ def _task_memory_cap() -> int:
     actors kept alive hold (this round's, and other partitions' warm ones), which they keep
     while tasks run. A task asking for more would wait for ever; capped, it runs, alone if
     need be."""
-    held = sum(len(handles) * memory for handles, memory in _warm.values())
+    held = sum(len(handles) * memory for handles, memory, _ in _warm.values())
     return max(0, int(runtime.cluster_resources()["memory"]) - held)
 
 
@@ -224,8 +239,7 @@ def compact_partition(
         if not runtime.is_initialized():
             stack.enter_context(runtime.init(backend, address=address, preload=PRELOAD))
         # rounds of one partition in this process take turns: they share its dedupe actors
-        lock = _round_locks.setdefault(f"{table.metadata.table_id}:{partition.key}",
-                                       threading.Lock())
+        lock = _round_locks.setdefault(_round_key(table, partition), threading.Lock())
         stack.enter_context(lock)
         try:
             return _round(table, partition, target_file_size, bucket_count, rebase,

@@ -432,6 +432,38 @@ def test_a_partitions_actors_make_room_in_a_small_budget_by_stopping_older_ones(
             runtime.get_actor(f"dedupe:{table.metadata.table_id}:{parts[0].key}:2:2:0")
 
 
+@pytest.mark.timeout(120)
+def test_actors_of_a_partition_being_compacted_are_stopped_last(tmp_path):
+    """Making room, a partition another round of this process is compacting keeps its actors
+    while an idle one, though used more recently, gives way."""
+    import threading
+
+    from compactor import compaction
+
+    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
+                         partition_by=["day"], bucket_count=2)
+    rng = np.random.default_rng(11)
+    busy, idle, new = (table.partition({"day": d}) for d in ("a", "b", "c"))
+
+    def alive(p) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            runtime.get_actor(f"dedupe:{table.metadata.table_id}:{p.key}:2:2:0")
+            return True
+        except ValueError:
+            return False
+
+    with runtime.init("local", num_cpus=2, memory=450 << 20):  # room for two partitions' actors
+        for p in (busy, idle, new):
+            p.append(_rows(rng, 300, 100, 0, "x"))
+        compact_partition(table, busy)
+        compact_partition(table, idle)
+        lock = compaction._round_locks.setdefault(compaction._round_key(table, busy),
+                                                  threading.Lock())
+        with lock:  # as if a round of ``busy`` were running in another thread
+            compact_partition(table, new)
+        assert alive(busy) and alive(new) and not alive(idle)
+
+
 def test_only_recent_partitions_keep_their_dedupe_actors(rt, tmp_path):
     from compactor.compaction import KEEP_WARM
 
