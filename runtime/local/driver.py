@@ -71,18 +71,29 @@ class LocalBackend(Backend):
         self.total = {"CPU": cpus, "memory": mem}
         self.available = dict(self.total)
         self.store = ObjectStore.create(self.session_id, store_parent)
+        self.workers: dict[str, WorkerProc] = {}
+        self.zygote: Zygote | None = None
+        try:
+            self._start(cpus, preload)
+        except BaseException:  # (Ctrl-C while the zygote imports, too): leave nothing behind
+            for w in self.workers.values():
+                w.kill()
+            if self.zygote is not None:
+                self.zygote.close()
+            self.store.destroy()
+            raise
+
+    def _start(self, cpus: float, preload: Sequence[str]) -> None:
         self.dir = ObjectDirectory(self.store)
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.works: dict[str, Work] = {}
         self.queue: deque[Work] = deque()  # tasks not yet running
-        self.workers: dict[str, WorkerProc] = {}
         self.idle: deque[WorkerProc] = deque()
         self.starting = 0
         self.start_failures = 0
         self.code: dict[str, bytes] = {}  # function id -> pickled function
         self.env = worker_env()
-        self.zygote: Zygote | None = None
         try:
             self.zygote = Zygote(self.store.root, self.env, preload)
         except ZygoteUnavailable as e:

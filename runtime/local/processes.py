@@ -71,7 +71,7 @@ class Zygote:
         self.alive = False
         try:
             msg, _ = self._recv(ZYGOTE_START_SECONDS)
-        except ZygoteUnavailable:
+        except BaseException:  # (Ctrl-C while it imports, too)
             self.close()
             raise
         if msg[0] != "ready":

@@ -21,8 +21,9 @@ Protocol (``FD``: a SOCK_SEQPACKET socket; each message one JSON array):
 - to the driver, for each worker that ends: ``("exited", pid, code)``, ``code`` as
   ``subprocess`` reports it (negative: killed by that signal).
 
-When the driver's end closes, the zygote exits; the workers live on until their own sockets
-to the driver close.
+When the driver's end closes, the zygote removes the session's store directory (as a worker
+does when the driver is gone) and exits; the workers live on until their own sockets to the
+driver close.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import importlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -126,8 +128,11 @@ def main(argv: list[str]) -> None:
     try:
         _send(sock, ("ready", errors))
         _serve(sock, wake_r, wake_w)
-    except OSError:  # the driver is gone
+    except OSError:
         pass
+    # the driver is gone (or shut down): if it died before any worker started, nobody else
+    # removes the session's store directory
+    shutil.rmtree(argv[1], ignore_errors=True)
 
 
 def _serve(sock: socket.socket, wake_r: int, wake_w: int) -> None:

@@ -163,3 +163,40 @@ def test_a_zygote_that_stops_answering_is_replaced_and_its_late_fork_exits(
         assert not psutil.pid_exists(late) or \
             psutil.Process(late).status() == psutil.STATUS_ZOMBIE
         assert len(runtime.get([where.remote() for _ in range(4)])) == 4
+
+
+@pytest.mark.parametrize("signal_", [signal.SIGINT, signal.SIGKILL])
+def test_a_driver_interrupted_or_killed_while_the_zygote_starts_leaves_nothing(
+        tmp_path, signal_: signal.Signals):
+    """Ctrl-C in init (the program goes on) or the driver's death while the zygote imports:
+    no store directory and no process is left."""
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, time, runtime
+        print("starting", flush=True)
+        try:
+            runtime.init("local", num_cpus=1, preload=["tests.runtime._slow_import"],
+                         store_parent={str(tmp_path)!r})
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            time.sleep(0.5)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               text=True, cwd=os.getcwd())
+    assert process.stdout is not None and process.stdout.readline() == "starting\n"
+    time.sleep(1.0)  # the zygote is importing
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children and os.listdir(tmp_path)
+    process.send_signal(signal_)
+    rest = process.communicate(timeout=30)[0]
+    if signal_ == signal.SIGINT:
+        assert rest == "interrupted\n" and process.returncode == 0
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (
+            os.listdir(tmp_path) or any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+                                        for c in children)):
+        time.sleep(0.1)
+    assert os.listdir(tmp_path) == []
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
