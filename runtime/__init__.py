@@ -35,6 +35,7 @@ from runtime.errors import (
     RuntimeBaseError,
     TaskCancelledError,
     TaskError,
+    TaskExitedError,
     UnschedulableError,
     WorkerCrashedError,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "RuntimeContext",
     "TaskCancelledError",
     "TaskError",
+    "TaskExitedError",
     "UnschedulableError",
     "WorkerCrashedError",
     "available_resources",

@@ -20,6 +20,11 @@ class WorkerCrashedError(RuntimeBaseError):
     """The worker process running a task died, and the task's retries are used up."""
 
 
+class TaskExitedError(RuntimeBaseError):
+    """A task or actor call raised SystemExit or KeyboardInterrupt (``sys.exit()`` in a task):
+    the task failed; the caller's program does not exit."""
+
+
 class ActorDiedError(RuntimeBaseError):
     """The actor's process died (or its constructor failed) and it cannot be restarted."""
 

@@ -13,6 +13,7 @@ submit tasks, call actors, put and get.
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import sys
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
+from runtime.errors import TaskExitedError
 from runtime.local import serialization, values
 from runtime.local.channel import Channel
 from runtime.local.store import ObjectStore
@@ -64,12 +66,18 @@ class Worker:
         # The result stays alive until "done" is sent: refs it contains must reach the driver
         # (which then keeps them alive for the result) before this process lets go of them.
         result: Any = None
+        pid = os.getpid()
         try:
             args, kwargs = self._inputs(args_blob, deps)
             result = fn(*args, **kwargs)
             del args, kwargs
+            _check_process(pid)
             loc, contained = values.encode_value(result, self.store, object_id)
         except BaseException as e:
+            _check_process(pid)
+            if not isinstance(e, Exception):  # sys.exit() in a task fails the task, and
+                # does not end the caller's program
+                e = TaskExitedError(f"it raised {type(e).__name__}{e.args!r}")
             blob, tb = values.encode_error(e)
             self.channel.send(("fail", object_id, blob, tb))
             return
@@ -105,6 +113,13 @@ class Worker:
 
     def call(self, call_id: str, method: str, args_blob: bytes, deps: dict[str, Any]) -> None:
         self._finish(call_id, getattr(self.actor, method), args_blob, deps)
+
+
+def _check_process(pid: int) -> None:
+    """A child a task forked that returned into the worker's loop: it must not answer for the
+    worker (it has its socket, not its reader thread); it ends here."""
+    if os.getpid() != pid:
+        os._exit(0)
 
 
 def main(argv: list[str]) -> None:

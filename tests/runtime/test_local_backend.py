@@ -223,3 +223,43 @@ def test_a_burst_of_tasks_starts_no_more_workers_than_can_run_at_once():
                    p.name() == "runtime-worker"]
     assert len(pids) <= 2
     assert len(workers) <= 2
+
+
+@runtime.remote(max_retries=0)
+def exits(code: int) -> None:
+    sys.exit(code)
+
+
+@runtime.remote(max_retries=0)
+def forks(child_does: str) -> str:
+    """Forks; the child leaves through Python (returning, raising or sys.exit)."""
+    if os.fork() == 0:
+        if child_does == "raises":
+            raise RuntimeError("child")
+        if child_does == "exits":
+            sys.exit(0)
+        return "child value"
+    return "parent ok"
+
+
+def test_sys_exit_in_a_task_fails_the_task_not_the_callers_program():
+    with runtime.init("local", num_cpus=1):
+        with pytest.raises(runtime.TaskExitedError, match=r"SystemExit\(3,\)"):
+            runtime.get(exits.remote(3))
+        assert runtime.get(pid.remote()) > 0  # the worker goes on
+
+
+@pytest.mark.parametrize("child_does", ["returns", "raises", "exits"])
+def test_a_task_that_forks_gets_its_own_result_and_its_child_ends(child_does: str):
+    """A child a task forks and that returns into the worker's loop ends there: it neither
+    answers for the task nor outlives the worker."""
+    with runtime.init("local", num_cpus=1):
+        me = psutil.Process()
+        before = {p.pid for p in me.children(recursive=True)}
+        assert runtime.get(forks.remote(child_does), timeout=30) == "parent ok"
+        assert runtime.get([pid.remote() for _ in range(3)], timeout=30)
+        born = {p.pid for p in me.children(recursive=True)} - before
+        workers = set(runtime.get([pid.remote() for _ in range(2)], timeout=30))
+        assert _wait_until(lambda: not any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            for p in born - workers))
