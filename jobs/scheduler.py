@@ -118,6 +118,9 @@ class Scheduler:
         self._stopping = threading.Event()
         self._runtime = _Runtime()
         self._keeper: threading.Thread | None = None
+        # (job, partition) -> (the partition's version, when) of a round that failed: it is
+        # not due again until the partition changes or retries.max_backoff has passed
+        self._failed: dict[tuple[str, str], tuple[int, float]] = {}
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self) -> list[Candidate]:
@@ -156,11 +159,17 @@ class Scheduler:
     def _check(self, job: Job, table: Table, part: Partition,
                fired: float | None = None) -> Candidate | None:
         """``part`` as a candidate if it is due (``fired``: reuse that cron evaluation)."""
+        version = 0
         try:
-            pending = Pending.of(part.snapshot())
+            snapshot = part.snapshot()
+            pending, version = Pending.of(snapshot), snapshot.version
         except UnknownPartition:
             pending = Pending()
         now = self.clock.now()
+        failed = self._failed.get((job.name, str(part.key)))
+        if failed is not None and failed[0] == version and \
+                now - failed[1] < job.retries.max_backoff:
+            return None  # failed as it is: not again every tick (the failure is recorded)
         self.metrics.observe_pending(job.name, str(part.key), pending, now)
         if fired is None:
             fired = self._cron(job, str(part.key), now)
@@ -236,7 +245,15 @@ class Scheduler:
         done = replace(run, outcome=FAILED, finished_at=self.clock.now(),
                        error="the round stopped unexpectedly")
         try:
+            try:
+                version = c.partition.snapshot().version
+            except Exception:  # (the round reports it; the next check sees a change)
+                version = -1
             done = run_round(c.job, c.table, c.partition, control, run, self.clock, self.compact)
+            if done.outcome == FAILED:
+                self._failed[(c.job.name, c.label)] = (version, self.clock.now())
+            else:
+                self._failed.pop((c.job.name, c.label), None)
         except BaseException as e:  # a bug, not a compaction failure: record it all the same
             done = replace(done, error_type=type(e).__name__, error=one_line(e))
             raise

@@ -124,3 +124,30 @@ def test_a_permanent_failure_is_recorded_with_its_message_and_not_retried(tmp_pa
     assert done.error_type == "MissingFile"
     assert done.error.startswith(f"file file://{tmp_path}/t/partitions/day=2024-05-01/data/")
     assert done.error.endswith(".parquet does not exist")
+
+
+def test_a_partition_that_failed_is_not_due_again_until_it_changes_or_the_backoff_passes(
+        tmp_path: Path) -> None:
+    """A round that failed (here for good: a delta's file vanished) is recorded once, not again
+    at every tick: the partition is due again once it changes (a new delta) or after
+    ``retries.max_backoff`` (0.1 s here), in case someone put the file back."""
+    from tests.jobs.conftest import ManualClock, rows
+
+    table = make_table(f"file://{tmp_path}/t", ["2024-05-01"])
+    part = table.partition({"day": "2024-05-01"})
+    Path(part.snapshot().deltas[0].files[0].url.removeprefix("file://")).unlink()
+    clock = ManualClock()
+    scheduler = Scheduler(config(table.url, tmp_path), clock=clock)
+    try:
+        (first,) = scheduler.run_once()
+        assert first.outcome == FAILED and first.error_type == "MissingFile"
+        clock.advance(0.05)
+        assert scheduler.run_once() == []  # as it was, and within the backoff: not again
+        clock.advance(0.1)
+        (again,) = scheduler.run_once()  # the backoff passed: tried again
+        assert again.outcome == FAILED
+        part.append(rows(range(5), "new"))  # it changed: due at once
+        (changed,) = scheduler.run_once()
+        assert changed.outcome == FAILED and len(scheduler.history.recent(job="daily")) == 3
+    finally:
+        scheduler.shutdown()
