@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 import click
 
 from compactor.cli.append import append
+from compactor.cli.common import EXIT_INTERRUPTED
 from compactor.cli.compact import compact
 from compactor.cli.demo import demo
 from compactor.cli.gc import gc
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                                    "error_type": type(e).__name__, "exit_code": e.exit_code}))
         e.show()
         return e.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
+        if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C: the shells' 128 + SIGINT
+            click.echo("interrupted: nothing was committed by a round that had not finished",
+                       err=True)
+            return EXIT_INTERRUPTED
         click.echo("Aborted!", err=True)
         return 1
     except SystemExit as e:

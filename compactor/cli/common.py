@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from compactor import Partition, Table
 
 EXIT_FAILURE, EXIT_CONFLICT = 1, 3  # 2, usage errors, is click's
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a process SIGINT ended
 _S3 = ("s3", "s3a")
 _PIPED_WIDTH = 160
 
