@@ -219,7 +219,8 @@ def once(session: Session, config: str) -> None:
               help="The history database (default: the config's, else "
                    f"${ENV_HISTORY} or {DEFAULT_HISTORY}).")
 @click.option("--job", metavar="NAME", help="Only this job's runs.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Show at most this many rounds, the most recent first.")
 def status(session: Session, config: str | None, history_path: str | None, job: str | None,
            limit: int) -> None:
     """Recent rounds: job, partition, start, duration, outcome, rows and bytes, error."""
