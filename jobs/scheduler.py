@@ -166,11 +166,11 @@ class Scheduler:
         except UnknownPartition:
             pending = Pending()
         now = self.clock.now()
+        self.metrics.observe_pending(job.name, str(part.key), pending, now)
         failed = self._failed.get((job.name, str(part.key)))
         if failed is not None and failed[0] == version and \
                 now - failed[1] < job.retries.max_backoff:
             return None  # failed as it is: not again every tick (the failure is recorded)
-        self.metrics.observe_pending(job.name, str(part.key), pending, now)
         if fired is None:
             fired = self._cron(job, str(part.key), now)
         reason = due(job.triggers, pending, now, fired)
