@@ -77,7 +77,9 @@ class Worker:
             _check_process(pid)
             if not isinstance(e, Exception):  # sys.exit() in a task fails the task, and
                 # does not end the caller's program
-                e = TaskExitedError(f"it raised {type(e).__name__}{e.args!r}")
+                e = TaskExitedError(
+                    f"{getattr(fn, '__qualname__', 'the task')} raised "
+                    f"{type(e).__name__}{e.args!r}: a task that exits fails, its caller goes on")
             blob, tb = values.encode_error(e)
             self.channel.send(("fail", object_id, blob, tb))
             return
