@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from compactor.cli.params import PartitionValues
+from compactor.errors import UnknownPartition
 
 if TYPE_CHECKING:
     from compactor import Partition, Table
@@ -70,8 +71,11 @@ class Session:
         self.where = f"table {url}"
         return open_table(url, storage_options=self.storage_options(url))
 
-    def partition(self, table: Table, values: Mapping[str, str] | None) -> Partition:
-        """The partition ``--partition`` names; an unpartitioned table's only one by default."""
+    def partition(self, table: Table, values: Mapping[str, str] | None,
+                  existing: bool = False) -> Partition:
+        """The partition ``--partition`` names; an unpartitioned table's only one by default.
+        ``existing``: it must have commits (checked before any work starts), else the error
+        names the partitions the table has."""
         if values is None and table.partition_by:
             raise click.UsageError(
                 f"table {table.url} is partitioned by {', '.join(table.partition_by)}: "
@@ -79,6 +83,9 @@ class Session:
             )
         part = table.partition(values)
         self.where = f"partition {part.key} of table {table.url}"
+        if existing and part.version() == 0:
+            raise UnknownPartition(f"partition {part.key} of {table.url} has no commits: "
+                                   f"nothing was ever appended to it; {_known(table)}")
         return part
 
     def emit(self, data: Any, render: Callable[[Console], None]) -> None:
@@ -149,6 +156,17 @@ def command(name: str, *, group: click.Group | None = None,
         return cmd
 
     return decorate
+
+
+def _known(table: Table, shown: int = 5) -> str:
+    """The partitions ``table`` has, for an error about one it has not."""
+    if not table.partition_by:
+        return "append a delta first"
+    names = [str(p.key) for p in table.partitions()]
+    if not names:
+        return "the table has no partitions yet"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"the table's partitions: {', '.join(names[:shown])}{more}"
 
 
 def partition_option() -> Callable[[Any], Any]:

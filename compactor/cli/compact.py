@@ -173,7 +173,7 @@ def compact(session: Session, url: str, partition: dict[str, str] | None, backen
           --target-file-size 512MB
     """
     table = session.open_table(url)
-    part = session.partition(table, partition)
+    part = session.partition(table, partition, existing=True)
     if dry_run:
         from compactor.pipeline.plan import NothingToDo, plan_round
 

@@ -124,7 +124,7 @@ def plan(session: Session, url: str, partition: dict[str, str] | None, cluster_c
 
     cluster = load_cluster(cluster_config)
     table = session.open_table(url)
-    part = session.partition(table, partition)
+    part = session.partition(table, partition, existing=True)
     try:
         # a round makes one dedupe actor per CPU up when it starts: the idle cluster's
         round_plan = plan_round(table, part, target_file_size=target_file_size,

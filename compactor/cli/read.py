@@ -36,7 +36,7 @@ def read(session: Session, url: str, partition: dict[str, str] | None, destinati
     from compactor.reader import read_partition
 
     table = session.open_table(url)
-    part = session.partition(table, partition)
+    part = session.partition(table, partition, existing=True)
     fs, root = session.filesystem(destination)
     root = root.rstrip("/")
     if fs.exists(root):

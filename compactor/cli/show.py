@@ -103,7 +103,8 @@ def render_partitions(infos: list[dict[str, Any]], out: Console) -> None:
 def _table_view(session: Session, table: Table, values: Mapping[str, str] | None,
                 with_files: bool) -> dict[str, Any]:
     # A partition named on the command line must exist; otherwise show the ones that do.
-    parts = [session.partition(table, values)] if values is not None else table.partitions()
+    parts = [session.partition(table, values, existing=True)] if values is not None \
+        else table.partitions()
     infos = [partition_info(p, p.snapshot(), with_files) for p in parts]
     return {"table": table_info(table), "partitions": infos,
             "detail": values is not None or not table.partition_by}
@@ -202,13 +203,9 @@ def history(session: Session, url: str, partition: dict[str, str] | None,
     Example:
       compactor history s3://lake/orders -p day=2024-05-01 --limit 20
     """
-    from compactor.errors import UnknownPartition
-
     table = session.open_table(url)
-    part = session.partition(table, partition)
+    part = session.partition(table, partition, existing=True)
     head = part.version()
-    if head == 0:
-        raise UnknownPartition(f"partition {part.key} of {table.url} has no commits")
     start = 1 if limit is None else max(1, head - limit + 1)
     entries = part.log.read_from(start, head)
     view = {"table": table.url, "partition": str(part.key), "head": head,

@@ -94,7 +94,7 @@ def verify(session: Session, url: str, partition: dict[str, str] | None, limit: 
       compactor verify s3://lake/orders -p day=2024-05-01
     """
     table = session.open_table(url)
-    part = session.partition(table, partition)
+    part = session.partition(table, partition, existing=True)
     report = check_partition(table, part, limit)
     session.emit(report, lambda out: render_report(report, out))
     if not report["ok"]:
