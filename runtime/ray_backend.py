@@ -23,10 +23,12 @@ until they are killed.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import ray
 import ray.exceptions as rex
@@ -83,6 +85,30 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
 
 
+CONNECT_SECONDS = 10.0  # a cluster's address that accepts no TCP connection in this long fails
+
+
+def check_reachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
+    """Fail at once, naming ``address``, when nothing accepts a connection where it points
+    (``ray://host:port``, or a GCS's ``host:port``; ``auto`` and other forms are left to Ray).
+    Ray itself retries an unreachable client address for 30 s and a GCS address for minutes."""
+    rest = address.removeprefix("ray://")
+    if "://" in rest:
+        return
+    try:
+        parts = urlsplit("//" + rest)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return
+    if not host or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConnectionError(f"cannot reach a Ray cluster at {address!r}: {reason}") from None
+
+
 class RayBackend(Backend):
     """Runs tasks and actors on Ray.
 
@@ -136,6 +162,7 @@ class RayBackend(Backend):
                              **ray_init_options)
             else:
                 runtime_env["env_vars"] = {**settings, **(runtime_env.get("env_vars") or {})}
+                check_reachable(address)
                 ray.init(address=address, runtime_env=runtime_env, **ray_init_options)
         self._autoscaling = autoscaling
         self._remote_functions: dict[str, Any] = {}  # function_id -> Ray remote function

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -212,6 +213,28 @@ def test_joins_a_running_ray_by_address(ray_instance: None) -> None:
     assert node == here.get_node_id() and still_connected == "False"
     assert refused.startswith("refused: num_cpus and memory size a new local Ray")
     assert ray.get(ray.put("the shared instance is still up")) == "the shared instance is still up"
+
+
+def test_an_address_where_nothing_listens_fails_at_once_naming_it() -> None:
+    # Ray retried a client address for 30 s, and a GCS address for many minutes
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    out = run_python(f"""
+        import time, ray, runtime
+        for address in ("ray://127.0.0.1:{port}", "127.0.0.1:{port}"):
+            start = time.monotonic()
+            try:
+                runtime.init("ray", address=address)
+            except ConnectionError as e:
+                result(time.monotonic() - start < 10, e)
+            result(ray.is_initialized(), runtime.is_initialized())
+        """)
+    assert out == [
+        f"True cannot reach a Ray cluster at 'ray://127.0.0.1:{port}': Connection refused",
+        "False False",
+        f"True cannot reach a Ray cluster at '127.0.0.1:{port}': Connection refused",
+        "False False"]
 
 
 def test_shutdown_leaves_a_ray_it_joined_running_and_kills_only_its_own_actors(
