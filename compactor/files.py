@@ -8,7 +8,7 @@ committed is reported by name instead of being read as if it were the same data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -49,10 +49,13 @@ def _info(storage: Storage, path: str) -> dict[str, Any]:
     return info
 
 
-def open_parquet(storage: Storage, path: str, whole: bool = False) -> pq.ParquetFile:
+def open_parquet(storage: Storage, path: str, whole: bool = False,
+                 read_dictionary: Callable[[pq.FileMetaData], list[str]] | None = None
+                 ) -> pq.ParquetFile:
     """Open ``path`` as Parquet (reads the footer only; ``whole``: reads all of the file into
     memory first, in one request); :class:`CorruptFile` if it is not Parquet. An I/O error
-    while reading a whole file keeps its type (a job may retry it), with a note naming it."""
+    while reading a whole file keeps its type (a job may retry it), with a note naming it.
+    ``read_dictionary``: given the footer, the columns to read as dictionary arrays."""
     source: Any
     if whole:
         try:
@@ -65,7 +68,12 @@ def open_parquet(storage: Storage, path: str, whole: bool = False) -> pq.Parquet
     try:
         if not whole:
             source = storage.fs.open(path, "rb")
-        return pq.ParquetFile(source)
+        parquet = pq.ParquetFile(source)
+        names = read_dictionary(parquet.metadata) if read_dictionary is not None else None
+        if not names:
+            return parquet
+        # the same source and its footer as read, dictionary columns decoded as such
+        return pq.ParquetFile(source, metadata=parquet.metadata, read_dictionary=names)
     except FileNotFoundError:
         raise MissingFile(f"file {storage.url_of(path)} does not exist") from None
     except (pa.ArrowException, OSError, ValueError) as e:
@@ -99,8 +107,10 @@ def verify(storage: Storage, file: DataFile) -> None:
         )
 
 
-def open_verified(storage: Storage, file: DataFile, whole: bool = False) -> pq.ParquetFile:
+def open_verified(storage: Storage, file: DataFile, whole: bool = False,
+                  read_dictionary: Callable[[pq.FileMetaData], list[str]] | None = None
+                  ) -> pq.ParquetFile:
     """Verify ``file`` is unchanged, then open it as Parquet (footer only; ``whole``: all of
-    it read into memory)."""
+    it read into memory; ``read_dictionary``: as ``open_parquet``'s)."""
     verify(storage, file)
-    return open_parquet(storage, resolve(storage, file.url), whole)
+    return open_parquet(storage, resolve(storage, file.url), whole, read_dictionary)

@@ -11,7 +11,8 @@ later) are filled with nulls; every batch is cast to the table schema. Small sou
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,45 @@ def write_options(codec: str, dictionary: list[str] | None = None) -> dict[str, 
     return options
 
 
+def _dictionary_text(t: pa.DataType) -> bool:
+    """string or binary (Parquet reads the large variants as dictionaries of these too)."""
+    return pa.types.is_string(t) or pa.types.is_binary(t)
+
+
+# A text column a source stores with dictionary pages, in at most DICTIONARY_READ_BYTES bytes a
+# value uncompressed (bit-packed indices: few distinct values), is read as a dictionary array
+# and stays one up to the writer: its values are neither decoded into strings, nor gathered as
+# strings, nor hashed again into the compacted file's dictionary. A four-valued column, per
+# million rows read: decoding 41 -> 13 ms, gathering 17 -> 4 ms, writing 35 -> 17 ms.
+DICTIONARY_READ_BYTES = 2
+DICTIONARY_READ_GROUPS = 8  # row groups looked at to decide
+# a file written from dictionary arrays states the table's own types for readers (below)
+_PASSTHROUGH = hasattr(pq.ParquetWriter, "add_key_value_metadata")
+
+
+def dictionary_reads(schema: pa.Schema) -> Callable[[pq.FileMetaData], list[str]]:
+    """Given a source's footer, the text columns of ``schema`` to read as dictionary arrays."""
+    text = [f.name for f in schema if _dictionary_text(f.type)] if _PASSTHROUGH else []
+
+    def pick(meta: pq.FileMetaData) -> list[str]:
+        if not text or not meta.num_row_groups:
+            return []
+        where = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+        chosen = []
+        for name in text:
+            if name not in where:
+                continue
+            chunks = [meta.row_group(g).column(where[name])
+                      for g in range(min(meta.num_row_groups, DICTIONARY_READ_GROUPS))]
+            if all(c.has_dictionary_page for c in chunks) and sum(
+                    c.total_uncompressed_size for c in chunks) <= DICTIONARY_READ_BYTES * sum(
+                    c.num_values for c in chunks):
+                chosen.append(name)
+        return chosen
+
+    return pick
+
+
 def dictionary_columns(sample: pa.Table) -> list[str]:
     """The text (string or binary) columns of ``sample`` worth a dictionary: at most one
     distinct value in ``DICTIONARY_RATIO`` among its first ``DICTIONARY_SAMPLE`` rows (so none
@@ -104,12 +144,14 @@ class MaterializeOutput:
 
 
 def conform(batch: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
-    """``batch`` with exactly the table's columns, in order and type (new columns null)."""
+    """``batch`` with exactly the table's columns, in order and type (new columns null); a
+    text column read as a dictionary array stays one, of the table's type's values."""
     columns = []
     for f in schema:
         if f.name in batch.column_names:
             col = batch.column(f.name)
-            if col.type != f.type:
+            if col.type != f.type and not (pa.types.is_dictionary(col.type)
+                                           and col.type.value_type == f.type):
                 try:
                     col = col.cast(f.type)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
@@ -119,7 +161,8 @@ def conform(batch: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
             columns.append(col)
         else:
             columns.append(pa.nulls(batch.num_rows, f.type))
-    return pa.Table.from_arrays(columns, schema=schema)
+    return pa.Table.from_arrays(columns, schema=pa.schema(
+        [f.with_type(c.type) for f, c in zip(schema, columns, strict=True)], schema.metadata))
 
 
 # bytes of a source read at a time, as the Parquet footer counts them (row groups'
@@ -148,7 +191,8 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
     gathered straight from the decoded batch. Memory stays bounded whatever the file's size
     (by a batch, and a row group's compressed column chunks while its rows are read).
     ``opened``: the file, already verified and opened (read ahead)."""
-    parquet = opened or files.open_verified(storage, file)
+    parquet = opened or files.open_verified(storage, file, read_dictionary=dictionary_reads(
+        schema))
     try:
         meta = parquet.metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
@@ -207,6 +251,44 @@ def _named_errors(file: DataFile, batches: Iterator[pa.RecordBatch], in_memory: 
         raise
 
 
+ARROW_SCHEMA = b"ARROW:schema"
+
+
+def arrow_schema(schema: pa.Schema) -> bytes:
+    """The ``ARROW:schema`` value pyarrow stores in a Parquet file written with ``schema``."""
+    return base64.b64encode(schema.serialize().to_pybytes())
+
+
+def _dense_head(tables: list[pa.Table], schema: pa.Schema, rows: int) -> pa.Table:
+    """The first ``rows`` rows of ``tables`` (conformed batches), in the table's types."""
+    head, n = [], 0
+    for t in tables:
+        if n >= rows:
+            break
+        t = t.slice(0, rows - n)
+        head.append(pa.Table.from_arrays([c if c.type == f.type else c.cast(f.type) for c, f in
+                                          zip(t.columns, schema, strict=True)], schema=schema))
+        n += t.num_rows
+    return pa.concat_tables(head)
+
+
+def _combine(tables: list[pa.Table], schema: pa.Schema, dictionary: set[str]) -> pa.Table:
+    """``tables`` (conformed batches) as one table of ``schema``: the columns ``dictionary``
+    as dictionary arrays sharing one dictionary (so the writer takes their indices as they
+    are), the others in the table's types."""
+    columns = []
+    for i, f in enumerate(schema):
+        chunks = [c for t in tables for c in t.column(i).chunks]
+        if f.name in dictionary:
+            chunks = [c if c.type == f.type else c.cast(f.type) if pa.types.is_dictionary(c.type)
+                      else c.dictionary_encode() for c in chunks]
+            columns.append(pa.chunked_array(chunks, f.type).unify_dictionaries())
+        else:
+            columns.append(pa.chunked_array([c if c.type == f.type else c.cast(f.type)
+                                             for c in chunks], f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 class _BucketWriter:
     """Writes one bucket's rows, a new file every ``rows_per_file`` rows; each file's
     dictionary columns are chosen from its first row group's rows."""
@@ -219,6 +301,8 @@ class _BucketWriter:
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self._writer: pq.ParquetWriter | None = None
+        self._file_schema = schema  # the writer's: text columns with a dictionary as such
+        self._passthrough: set[str] = set()
         self._out: Any = None
         self._rel = ""
         self._in_file = 0
@@ -239,12 +323,19 @@ class _BucketWriter:
     def _flush(self) -> None:
         if not self._buffered:
             return
-        data = pa.concat_tables(self._buffer)
         if self._writer is None:
+            chosen = dictionary_columns(_dense_head(self._buffer, self.schema, DICTIONARY_SAMPLE))
+            # text columns with a dictionary are written from dictionary arrays
+            self._passthrough = {f.name for f in self.schema if f.name in chosen
+                                 and _dictionary_text(f.type)} if _PASSTHROUGH else set()
+            self._file_schema = pa.schema(
+                [f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in self._passthrough
+                 else f for f in self.schema], metadata=self.schema.metadata)
             self._rel = layout.new_compacted_file(self.partition, self.bucket)
             self._out = self.storage.open_output(self._rel)
-            self._writer = pq.ParquetWriter(self._out, self.schema, **write_options(
-                self.codec, dictionary_columns(data)))
+            self._writer = pq.ParquetWriter(self._out, self._file_schema, **write_options(
+                self.codec, chosen))
+        data = _combine(self._buffer, self._file_schema, self._passthrough)
         self._writer.write_table(data, row_group_size=ROW_GROUP_ROWS)
         self._in_file += self._buffered
         self._buffer, self._buffered = [], 0
@@ -253,6 +344,8 @@ class _BucketWriter:
         self._flush()
         if self._writer is None:
             return
+        if self._passthrough:  # readers get the table's types back, not dictionaries
+            self._writer.add_key_value_metadata({ARROW_SCHEMA: arrow_schema(self.schema)})
         self._writer.close()
         self._out.close()
         self.files.append(files.written(self.storage, self.storage.path(self._rel),
@@ -274,8 +367,9 @@ READ_AHEAD_FILES = 8
 class _ReadAhead:
     """Opens the small sources of a task ahead of their turn, whole, in a thread pool."""
 
-    def __init__(self, storage: Storage, sources: list[SourceRows]) -> None:
+    def __init__(self, storage: Storage, sources: list[SourceRows], schema: pa.Schema) -> None:
         self.storage, self.sources = storage, sources
+        self.dictionary = dictionary_reads(schema)
         self.small = [s.file.size <= READ_AHEAD_BYTES for s in sources]
         count = sum(self.small)
         self.pool = ThreadPoolExecutor(min(READ_AHEAD_FILES, count)) if count > 1 else None
@@ -291,7 +385,8 @@ class _ReadAhead:
         while self.next < len(self.sources) and len(self.pending) < READ_AHEAD_FILES:
             if self.small[self.next]:
                 self.pending[self.next] = self.pool.submit(
-                    files.open_verified, self.storage, self.sources[self.next].file, True)
+                    files.open_verified, self.storage, self.sources[self.next].file, True,
+                    self.dictionary)
             self.next += 1
         ahead = self.pending.pop(i, None)
         return None if ahead is None else ahead.result()
@@ -318,7 +413,7 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
     maybe_fail("materialize")
     writers: dict[int, _BucketWriter] = {}
     bytes_read = rows = 0
-    with _ReadAhead(storage, sources) as ahead:
+    with _ReadAhead(storage, sources, schema) as ahead:
         for i, source in enumerate(sources):
             wanted = {b: r.array() for b, r in source.rows.items()}
             for parts in read_split(storage, source.file, wanted, schema, ahead.take(i)):

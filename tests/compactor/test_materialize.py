@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -206,10 +207,11 @@ def test_small_sources_are_read_ahead_whole_and_written_in_order(tmp_path,
     reads = {}
     opened = files.open_verified
 
-    def spy(storage: Storage, file, whole_file: bool = False):  # type: ignore[no-untyped-def]
+    def spy(storage: Storage, file, whole_file: bool = False,  # type: ignore[no-untyped-def]
+            read_dictionary=None):
         assert file.url not in reads, "read twice"
         reads[file.url] = (whole_file, threading.current_thread() is threading.main_thread())
-        return opened(storage, file, whole_file)
+        return opened(storage, file, whole_file, read_dictionary)
 
     monkeypatch.setattr(files, "open_verified", spy)
     out = materialize.materialize_group(storage, PartitionKey(), 0, sources,
@@ -293,3 +295,62 @@ def test_a_row_set_of_a_mask_holds_its_true_rows(mask: np.ndarray) -> None:
     assert got.array().tolist() == np.flatnonzero(mask).tolist() == want.array().tolist()
     assert (got.first, got.span, got.bits is None) == (want.first, want.span, want.bits is None)
     assert len(got) == int(mask.sum())
+
+
+def test_dictionary_text_is_read_and_written_as_dictionaries_and_read_back_as_the_tables(
+        tmp_path) -> None:
+    """Low-cardinality text stored with dictionary pages is read as dictionary arrays and
+    written from them (sources with different dictionaries, and one without dictionary pages,
+    share a row group); the file reads back as the table's types, its ``ARROW:schema`` being
+    the one pyarrow writes for the table schema, with statistics, and the values asked for."""
+    schema = pa.schema([pa.field("id", pa.int64(), nullable=False), ("s", pa.string()),
+                        ("ls", pa.large_string()), ("b", pa.binary()), ("many", pa.string())],
+                       metadata={b"owner": b"tests"})
+    storage = Storage(f"file://{tmp_path}")
+    rng = np.random.default_rng(11)
+    sources, expected = [], []
+    for k, (words, dictionary) in enumerate([(["new", "paid"], True), (["paid", "lost", None],
+                                             True), (["new", "late"], False)]):
+        n = 30_000
+        pick = rng.integers(0, len(words), n)
+        text = [words[i] for i in pick]
+        text[0] = "aardvark"  # in the source's dictionary, but not among the rows asked for
+        table = pa.table({"id": np.arange(n, dtype=np.int64) + k * n, "s": text, "ls": text,
+                          "b": [None if t is None else t.encode() for t in text],
+                          "many": [f"m{i}" for i in rng.permutation(n)]}, schema=schema)
+        pq.write_table(table, tmp_path / f"src{k}.parquet", row_group_size=10_000,
+                       use_dictionary=dictionary)
+        file, parquet = files.describe(storage, f"file://{tmp_path}/src{k}.parquet")
+        if dictionary:
+            # (not large_string: Parquet reads it as a dictionary of strings)
+            assert materialize.dictionary_reads(schema)(parquet.metadata) == ["s", "b"]
+        parquet.close()
+        rows = np.sort(rng.choice(np.arange(1, n), n // 3, replace=False))
+        read = next(materialize.read_split(storage, file, {0: rows}, schema))[0]
+        assert [pa.types.is_dictionary(t) for t in read.schema.types] == \
+            [False, dictionary, False, dictionary, False]
+        sources.append(materialize.SourceRows(k, file, {0: RowSet.of(rows)}))
+        expected.append(table.take(pa.array(rows)))
+    out = materialize.materialize_group(storage, PartitionKey(), 0, sources, schema,
+                                        rows_per_file=1_000_000, codec="snappy")
+    [written] = out.written[0]
+    path = storage.strip(written.url)
+    assert path is not None
+    parquet = pq.ParquetFile(storage.fs.open(path, "rb"))
+    reference = tmp_path / "reference.parquet"
+    pq.write_table(schema.empty_table(), reference)
+    stored = parquet.metadata.metadata
+    assert stored[b"ARROW:schema"] == pq.read_metadata(reference).metadata[b"ARROW:schema"]
+    assert stored[b"owner"] == b"tests"
+    back = pq.read_table(storage.fs.open(path, "rb"))
+    assert back.schema == schema and back.schema.metadata == schema.metadata
+    assert back.equals(pa.concat_tables(expected))
+    first = parquet.metadata.row_group(0)
+    has_dictionary = {first.column(i).path_in_schema: first.column(i).has_dictionary_page
+                      for i in range(first.num_columns)}
+    assert has_dictionary == {"id": False, "s": True, "ls": True, "b": True, "many": False}
+    for i in (1, 2, 3):  # bounds of the rows written, not of every value of a dictionary
+        statistics = first.column(i).statistics
+        assert statistics.has_min_max and statistics.null_count == back.column(i).null_count
+        values = pc.min_max(back.column(i)).as_py()
+        assert (statistics.min, statistics.max) == (values["min"], values["max"])

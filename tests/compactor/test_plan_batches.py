@@ -158,9 +158,9 @@ def test_a_small_source_is_hashed_from_one_read_of_it_whole(tmp_path, monkeypatc
     opened: list[bool] = []
     real = files.open_parquet
 
-    def recorded(storage, path, whole=False):  # type: ignore[no-untyped-def]
+    def recorded(storage, path, whole=False, read_dictionary=None):  # type: ignore[no-untyped-def]
         opened.append(whole)
-        return real(storage, path, whole)
+        return real(storage, path, whole, read_dictionary)
 
     monkeypatch.setattr(files, "open_parquet", recorded)
     for row_groups in (None, (0,)):
