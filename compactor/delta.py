@@ -10,21 +10,23 @@ Per kind, a file must carry:
 - CDC: as UPSERT, plus the op column, whose every value must be one of the configured upsert or
   delete values. The op column is not part of the table schema.
 
-Keys may never be null. For a Parquet file, null checks use the footer's per-row-group null
-counts and read a key column only where those do not prove it null-free; the op column is read
-(it is small, and the only way to know its values). Errors name the file (or "appended data")
-and the row.
+Keys may never be null, nor may a column the table declares not nullable in a row the delta
+upserts (a CDC delete row's other columns may be null). For a Parquet file, null checks use the
+footer's per-row-group null counts and read a column only where those do not prove it
+null-free; the op column is read (it is small, and the only way to know its values). Errors
+name the file (or "appended data"), the column and the row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from compactor.errors import CorruptFile, MissingColumn, NullKey, UnknownOp
+from compactor.errors import CorruptFile, MissingColumn, NullKey, NullValue, UnknownOp
 from compactor.manifest import CdcOps, DeltaKind
 
 
@@ -65,20 +67,37 @@ class DeltaSpec:
         op = None if self.cdc is None else self.cdc.column
         return pa.schema([f for f in schema if f.name != op])
 
-    def check_rows(self, data: pa.Table, source: str, offset: int = 0) -> None:
-        """Raise on a null key or an unknown op in ``data`` (rows numbered from ``offset``)."""
-        self._check(data, self.primary_key, source, offset)
+    @property
+    def not_null(self) -> tuple[str, ...]:
+        """The non-key columns the table declares not nullable, checked in upserted rows."""
+        if self.kind is DeltaKind.DELETE:
+            return ()
+        return tuple(f.name for f in self.table_schema
+                     if not f.nullable and f.name not in self.primary_key)
 
-    def _check(self, data: pa.Table, keys: list[str] | tuple[str, ...], source: str,
+    def check_rows(self, data: pa.Table, source: str, offset: int = 0) -> None:
+        """Raise on a null key, an unknown op, or a null in a not-nullable column of an
+        upserted row in ``data`` (rows numbered from ``offset``)."""
+        self._check(data, self.primary_key, self.not_null, source, offset)
+
+    def _check(self, data: pa.Table, keys: Sequence[str], not_null: Sequence[str], source: str,
                offset: int) -> None:
         for name in keys:
             row = _first(pc.is_null(data.column(name)))
             if row is not None:
                 raise NullKey(f"{source}: null in key column {name!r} at row {offset + row}")
+        upserts = None
         if self.cdc is not None:
-            self._check_ops(data.column(self.cdc.column), source, offset)
+            upserts = self._check_ops(data.column(self.cdc.column), source, offset)
+        for name in not_null:
+            nulls = pc.is_null(data.column(name))
+            row = _first(nulls if upserts is None else pc.and_(nulls, upserts))
+            if row is not None:
+                raise NullValue(f"{source}: null at row {offset + row} in column {name!r}, "
+                                "which the table declares not nullable")
 
-    def _check_ops(self, column: pa.ChunkedArray, source: str, offset: int) -> None:
+    def _check_ops(self, column: pa.ChunkedArray, source: str, offset: int) -> pa.ChunkedArray:
+        """Raise on an op that is neither an upsert nor a delete; else the mask of upserts."""
         assert self.cdc is not None
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
@@ -97,6 +116,7 @@ class DeltaSpec:
                 f"{source}: op column {self.cdc.column!r} holds {column[row].as_py()!r} at row "
                 f"{offset + row}; expected one of {allowed}"
             )
+        return pc.is_in(column, value_set=pa.array(list(self.cdc.upsert), type=column.type))
 
     def check_parquet(self, parquet: pq.ParquetFile, source: str) -> None:
         """:meth:`check_rows` for a Parquet file, reading as little of it as it can."""
@@ -105,14 +125,16 @@ class DeltaSpec:
         offset = 0
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)
-            keys = [n for n in self.primary_key if not _proved_not_null(group, index.get(n))]
-            columns = keys if self.cdc is None else [*keys, self.cdc.column]
+            keys, not_null = ([n for n in names if not _proved_not_null(group, index.get(n))]
+                              for names in (self.primary_key, self.not_null))
+            columns = [*keys, *not_null] if self.cdc is None else [*keys, *not_null,
+                                                                   self.cdc.column]
             if columns:
                 try:
                     data = parquet.read_row_group(g, columns=columns)
                 except (pa.ArrowException, OSError) as e:
                     raise CorruptFile(f"{source}: row group {g} is unreadable ({e})") from None
-                self._check(data, keys, source, offset)
+                self._check(data, keys, not_null, source, offset)
             offset += group.num_rows
 
 

@@ -50,6 +50,11 @@ class NullKey(CompactorError, ValueError):
     """A primary-key column holds a null; the message names the file and row."""
 
 
+class NullValue(SchemaMismatch):
+    """A column the table declares not nullable holds a null in a row a delta upserts; the
+    message names the file, the column and the row."""
+
+
 class UnknownOp(CompactorError, ValueError):
     """A CDC op column holds a value that maps to neither upsert nor delete."""
 

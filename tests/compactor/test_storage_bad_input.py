@@ -26,6 +26,7 @@ from compactor import (
     MissingColumn,
     MissingFile,
     NullKey,
+    NullValue,
     Partition,
     SchemaMismatch,
     UnknownOp,
@@ -37,6 +38,7 @@ from tests.compactor._storage import (
     files_under,
     new_table,
     write_bytes,
+    write_parquet,
 )
 
 
@@ -170,6 +172,35 @@ def test_missing_not_nullable_column(table_root: str) -> None:
     with pytest.raises(MissingColumn, match=r"appended data .*: missing column 'v'"):
         part.append(pa.table({"id": [1]}))
     assert part.append(pa.table({"id": [1]}), kind=DeltaKind.DELETE).position == 1
+
+
+def test_a_null_in_a_not_nullable_column_of_an_upserted_row_is_refused(table_root: str
+                                                                         ) -> None:
+    """A not-nullable non-key column may not hold a null where a delta upserts a row (it was
+    accepted, then every round of the partition failed writing it); a CDC delete row's other
+    columns, which are never written, may."""
+    schema = pa.schema([pa.field("id", pa.int64(), nullable=False),
+                        pa.field("v", pa.string(), nullable=False), ("w", pa.int64())])
+    table = new_table(table_root, schema)
+    part = table.partition()
+    part.append(pa.table({"id": [1], "v": ["x"], "w": [1]}, schema=schema))
+    before = files_under(table_root)
+    with pytest.raises(NullValue, match=r"^appended data .*: null at row 1 in column 'v', which "
+                                        r"the table declares not nullable$"):
+        part.append(pa.table({"id": [5, 6], "v": ["a", None], "w": [1, 2]}))
+    url = write_parquet(export_url(table_root), {"id": [1, 2, 3, 4, 5], "w": [0] * 5,
+                                                 "v": ["a", "b", "c", None, "e"]},
+                        row_group_size=2)
+    with pytest.raises(NullValue, match=f"^file {url}: null at row 3 in column 'v'"):
+        part.register([url])
+    cdc = pa.table({"op": ["I", "D", "U"], "id": [7, 1, 8], "v": ["a", None, None], "w": [0] * 3})
+    with pytest.raises(NullValue, match="null at row 2 in column 'v'"):  # an update: refused
+        part.append(cdc, kind=DeltaKind.CDC, cdc=CdcOps("op"))
+    assert part.version() == 1 and files_under(table_root) == before
+    # a delete row without its before-image, and nulls where the table allows them
+    assert part.append(cdc.slice(0, 2), kind=DeltaKind.CDC, cdc=CdcOps("op")).position == 2
+    assert part.append(pa.table({"id": [9], "v": ["z"], "w": [None]}, schema=schema)
+                       ).position == 3
 
 
 def test_unknown_partition(table_root: str) -> None:
