@@ -160,6 +160,8 @@ def _fold(plan: RoundPlan, actors: list[Any], hash_refs: list[Any],
     """Every actor folds the round's records into its index; an actor that dies meanwhile
     restarts, reloads its index and folds again (the records are still there)."""
     state = plan.base.position if plan.base is not None else None
+    compacted = plan.snapshot.compacted
+    prior = compacted.high_watermark if plan.rebuild and compacted is not None else None
     paths = index_store.paths_of(plan.base)
     sizes = {b: tuple(f.rows for f in files) for b, files in enumerate(plan.base.buckets)} \
         if plan.base else {}
@@ -168,7 +170,7 @@ def _fold(plan: RoundPlan, actors: list[Any], hash_refs: list[Any],
         refs = {
             g: actors[g].fold.remote(
                 state, None if paths is None else {b: paths[b] for b in plan.group_buckets(g)},
-                sizes, g, hash_refs)
+                sizes, g, hash_refs, prior)
             for g in range(len(actors)) if not done[g]
         }
         try:

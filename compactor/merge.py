@@ -376,15 +376,30 @@ def _locate(
 
 def _dedupe(cols: _Records) -> np.ndarray:
     """Indices of each key's winning record, in (hi, lo) order (deletes included)."""
+    return _winners(cols)[0]
+
+
+def _dedupe_flagged(cols: _Records, flag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_dedupe``, and for each key whether any of its records is ``flag``ged."""
+    winners, perm, starts = _winners(cols)
+    if not len(winners):
+        return winners, np.zeros(0, dtype=bool)
+    return winners, np.logical_or.reduceat(flag[perm], starts)
+
+
+def _winners(cols: _Records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_dedupe``'s winners, the permutation sorting the records by key, and where each key's
+    records start in it."""
     n = len(cols)
     if n == 0:
-        return np.empty(0, dtype=np.int64)
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, empty
     perm, first = sort_by_key(cols.hi, cols.lo, runs=True)
     starts = np.flatnonzero(first)
     sizes = np.diff(np.append(starts, n))
     contested = np.repeat(sizes > 1, sizes)
     if not contested.any():
-        return perm
+        return perm, perm, starts
     rows = perm[contested]
     sub_sizes = sizes[sizes > 1]
     sub_starts = np.concatenate([[0], np.cumsum(sub_sizes)[:-1]])
@@ -392,7 +407,7 @@ def _dedupe(cols: _Records) -> np.ndarray:
     wins = _group_argmax(sub_starts, sub_sizes, _comparison_keys(cols, rows, order_keys))
     keep = ~contested
     keep[np.flatnonzero(contested)[wins]] = True
-    return perm[keep]
+    return perm[keep], perm, starts
 
 
 # --- merge -------------------------------------------------------------------------------------
@@ -436,26 +451,34 @@ def _unify_order(index: pa.Table, incoming: pa.Table) -> tuple[pa.Table, pa.Tabl
     return cast(index), cast(incoming)
 
 
-def merge(index: pa.Table, incoming: pa.Table,
-          into: dict[str, np.ndarray] | None = None) -> MergeResult:
+def merge(index: pa.Table, incoming: pa.Table, into: dict[str, np.ndarray] | None = None,
+          prior: int | None = None) -> MergeResult:
     """Fold ``incoming`` records (any order, duplicates allowed) into ``index``.
 
     ``index`` is a previous result's ``index`` (or ``empty_index(...)``); it is not modified.
     ``into``: buffers for the fixed-width index columns (and for fixed-width ordering values
     without nulls, ``order``, as integers of their width), used when ``index`` is empty (the
-    result's columns are then views of their start: no copy to make later).
+    result's columns are then views of their start: no copy to make later). ``prior``: the
+    records at stream positions up to it are the compacted state a rebuild re-hashes (its
+    rows and tombstones): they count as the keys that were there, not as incoming records.
     """
     if "pos" in index.column_names:  # an index of an earlier version
         index = index.drop_columns(["pos"])
     index, incoming = _unify_order(index, incoming)
     old = _Records(index, "index", _INDEX_FIXED)
     new = _Records(incoming, "incoming records")
-    winners = _dedupe(new)
+    before = None
+    if prior is None:
+        winners = _dedupe(new)
+    else:
+        is_prior = new.columns["pos"] <= prior
+        winners, live = _dedupe_flagged(new, is_prior & (new.op == OP_UPSERT))
+        before = Before(live, is_prior[winners], int(is_prior.sum()))
     if len(old):
         at, found = _locate(old.hi, old.lo, new.hi[winners], new.lo[winners])
     else:
         at, found = np.zeros(len(winners), dtype=np.int64), np.zeros(len(winners), dtype=bool)
-    r = resolve(old, new, winners, at, found)
+    r = resolve(old, new, winners, at, found, before)
     columns, entered = _splice(old, new.take(r.entering, into if not len(old) else None),
                                r.entering_at, found[r.enters], np.sort(r.left))
     index = _table(columns, index_schema(new.order_type))
@@ -490,11 +513,22 @@ class Resolution:
     duplicates_dropped: int
 
 
+@dataclass(frozen=True, eq=False)
+class Before:
+    """Of a rebuild's records, those of the compacted state it re-hashes, per winner: whether
+    its key was live (had a row there), whether the winner is one of them; and their count."""
+
+    live: np.ndarray
+    winner: np.ndarray
+    records: int
+
+
 def resolve(old: _Records, new: _Records, winners: np.ndarray, at: np.ndarray,
-            found: np.ndarray) -> Resolution:
+            found: np.ndarray, before: Before | None = None) -> Resolution:
     """Apply the merge rule to each key's winning record ``winners`` (of ``new``, in key
     order) and the entry ``at`` of ``old`` where ``found`` holds its key (else ``at`` counts
-    the entries below it). Entries with ``op`` OP_GONE count as absent."""
+    the entries below it). Entries with ``op`` OP_GONE count as absent. ``before``: the
+    records of the compacted state a rebuild re-hashes (for the counts)."""
     if len(old) and found.any():
         found = found.copy()
         found[found] = old.op[at[found]] != OP_GONE
@@ -518,15 +552,22 @@ def resolve(old: _Records, new: _Records, winners: np.ndarray, at: np.ndarray,
     changed = wins & was_live
     superseded = at[changed]
     files = old.columns["file"][superseded]
+    # counts: a key live in the compacted state a rebuild re-hashes was there too; its row
+    # winning again changes nothing, and those records are no incoming duplicates
+    live, counted, dropped = was_live, changed, len(new) - int(wins.sum())
+    if before is not None:
+        live = was_live | before.live
+        counted = wins & live & ~before.winner
+        dropped -= before.records - int(before.winner.sum())
     return Resolution(
         enters=entering, entering=winners[entering], entering_at=at[entering],
         left=at[found & wins & ~enters],  # old keys removed and not re-entered
         superseded_files=np.unique(files),
         superseded=files.astype(np.int64) << 32 | old.columns["row"][superseded].astype(np.int64),
-        inserted=int((wins & upsert & ~was_live).sum()),
-        updated=int((changed & upsert).sum()),
-        deleted=int((changed & ~upsert).sum()),
-        duplicates_dropped=len(new) - int(wins.sum()),
+        inserted=int((wins & upsert & ~live).sum()),
+        updated=int((counted & upsert).sum()),
+        deleted=int((counted & ~upsert).sum()),
+        duplicates_dropped=dropped,
     )
 
 

@@ -14,7 +14,9 @@ class CompactionResult:
     dedupe, materialize, index, commit); peak RSS is the largest resident set of a process that
     ran the step (bytes). ``deletes_applied`` counts keys that were in the compacted state
     before the round and are deleted by it (a key inserted and deleted within one round never
-    was there); ``duplicates_dropped`` counts incoming rows that lost to a newer version.
+    was there); ``duplicates_dropped`` counts incoming rows that lost to a newer version (a
+    rebase counts both as an incremental round of the same deltas would: the compacted rows it
+    re-hashes are the keys that were there, not incoming rows).
     ``bytes_read`` counts whole input files (deltas once per step that reads them).
     """
 

@@ -157,17 +157,20 @@ class DedupeActor:
 
     def merge(self, state: int | None, index_paths: dict[int, list[str]] | None,
               bucket_sizes: dict[int, tuple[int, ...]], group: int,
-              outputs: Sequence[HashOutput | Sequence[HashOutput]]) -> GroupResult:
+              outputs: Sequence[HashOutput | Sequence[HashOutput]],
+              prior: int | None = None) -> GroupResult:
         """``fold`` then ``plan``."""
-        self.fold(state, index_paths, bucket_sizes, group, outputs)
+        self.fold(state, index_paths, bucket_sizes, group, outputs, prior)
         return self.plan()
 
     def fold(self, state: int | None, index_paths: dict[int, list[str]] | None,
              bucket_sizes: dict[int, tuple[int, ...]], group: int,
-             outputs: Sequence[HashOutput | Sequence[HashOutput]]) -> None:
+             outputs: Sequence[HashOutput | Sequence[HashOutput]],
+             prior: int | None = None) -> None:
         """Merge the round's records (group ``group`` of the hash ``outputs``) into the index
         of compacted state ``state``; keeps what ``plan`` needs of them, so the caller may free
-        the records before the plans are made."""
+        the records before the plans are made. ``prior``: a rebuild's old high watermark (its
+        records up to it are the compacted state it re-hashes: for the round's counts)."""
         reloaded = self._ensure(state, index_paths)
         maybe_fail("dedupe")
         index = self.index
@@ -193,7 +196,7 @@ class DedupeActor:
             self.index = None
             result = merge_in_slices(index.sorted_table(), records, self.records_schema,
                                      int(self._starts[0]), bucket_start(end, self.bucket_count),
-                                     keep_entered=state is not None)
+                                     keep_entered=state is not None, prior=prior)
             del index
             self.index = LiveIndex.adopt(result)
             peak += self.index.nbytes
@@ -210,13 +213,8 @@ class DedupeActor:
 
     def plan(self) -> GroupResult:
         """After ``fold``: per bucket, the files kept in place and the rows to rewrite."""
-        if self._folded is None:  # an actor that died is retried as such (jobs retry it)
-            where = self.storage.url_of(self.storage.path(self.partition_dir))
-            raise runtime.ActorDiedError(
-                f"partition {where}: the dedupe actor of buckets {self.buckets[0]}-"
-                f"{self.buckets[-1]} holds no folded round (it restarted after folding, or the "
-                "round was aborted or planned already; the records are freed): nothing was "
-                "committed; run the round again")
+        if self._folded is None:
+            raise self._lost("folded", "folding", "planned already; the records are freed")
         folded, self._folded = self._folded, None
         result, records_per_bucket, spans = folded.result, folded.per_bucket, folded.spans
         state, bucket_sizes = folded.state, folded.bucket_sizes
@@ -289,7 +287,8 @@ class DedupeActor:
         changed, and the files written.
         """
         pending, index = self.pending, self.index
-        assert index is not None and pending.rewrite is not None
+        if index is None or pending.rewrite is None:
+            raise self._lost("planned", "planning", "finalized already")
         group_of = {o: g for g, ordinals in enumerate(groups) for o in ordinals}
         file, row, op = index.column("file"), index.column("row"), index.column("op")
         # tombstones point at no file (their rows are never materialized); only entries that
@@ -389,6 +388,15 @@ class DedupeActor:
         index_store.write(self.storage, written[-1], pa.concat_tables(
             [table.take(pa.array(changed)), index_store.absent(gone, self.schema)]))
         return [*chain, *written], written
+
+    def _lost(self, state: str, step: str, or_else: str) -> runtime.ActorDiedError:
+        """The error of a call that finds no round in the state it needs: the actor died and
+        was restarted in between (retried as such: jobs retry it), or the caller erred."""
+        where = self.storage.url_of(self.storage.path(self.partition_dir))
+        return runtime.ActorDiedError(
+            f"partition {where}: the dedupe actor of buckets {self.buckets[0]}-"
+            f"{self.buckets[-1]} holds no {state} round (it restarted after {step}, or the "
+            f"round was aborted or {or_else}): nothing was committed; run the round again")
 
     def commit(self, state: int) -> None:
         """The round committed as compacted state ``state``: the index describes it."""

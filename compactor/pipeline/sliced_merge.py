@@ -31,17 +31,17 @@ def slice_edges(first_hi: int, end_hi: int, slices: int) -> np.ndarray:
 
 def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
                     first_hi: int, end_hi: int, slice_records: int = SLICE_RECORDS,
-                    keep_entered: bool = True) -> MergeResult:
+                    keep_entered: bool = True, prior: int | None = None) -> MergeResult:
     """``merge(index, records)``, slice by slice; ``index`` and every record lie in ``hi``
     range [first_hi, end_hi); ``schema``: the records'. The result's index is one table
     (single chunks). ``keep_entered=False``: the result's ``entered`` may be left empty (a
     first round, where every entry entered, needs no list as long as the index; a round of
-    one slice returns the merge's own list)."""
+    one slice returns the merge's own list). ``prior``: as ``merge``'s."""
     slices = max(1, -(-records.rows // max(1, slice_records)))
     inner = slice_edges(first_hi, end_hi, slices)
     if slices == 1:  # the merge's own result is the next index: no copy into one
         whole = records.between(records.cuts(inner), 0)
-        return merge(index, schema.empty_table() if whole is None else whole)
+        return merge(index, schema.empty_table() if whole is None else whole, prior=prior)
     n = index.num_rows
     index_cuts = np.concatenate([[0], np.searchsorted(index.column("hi").to_numpy(), inner),
                                  [n]]).astype(np.int64)
@@ -69,7 +69,7 @@ def merge_in_slices(index: pa.Table, records: GroupRecords, schema: pa.Schema,
             if order_out is not None:
                 into["order"] = order_out[at:]
         result = merge(index.slice(index_cuts[j], index_cuts[j + 1] - index_cuts[j]),
-                       schema.empty_table() if part is None else part, into=into)
+                       schema.empty_table() if part is None else part, into=into, prior=prior)
         m = result.index.num_rows
         for name in out:
             if not empty:

@@ -249,6 +249,36 @@ def test_a_rebase_keeps_the_deletes_an_older_row_must_lose_to(rt, tmp_path, when
     assert sorted(read_partition(s.table, s.part)["id"].to_pylist()) == ids[1::2].tolist()
 
 
+@pytest.mark.parametrize("order_by", ["lsn", None])
+def test_a_rebase_counts_deletes_and_duplicates_as_an_incremental_round_does(rt, tmp_path,
+                                                                           order_by):
+    """A rebase re-hashes the compacted rows as records; those are the keys that were there,
+    not incoming duplicates: a delete of one counts as applied (it counted as a dropped
+    duplicate), and tombstones carried over count as neither."""
+    results = []
+    for name, rebase in (("incremental", False), ("rebase", True)):
+        s = Scenario(f"file://{tmp_path}/{name}", SCHEMA, ["id"], order_by, buckets=3)
+        ids = np.arange(300)
+        s.upsert(pa.table({"id": ids, "v": [f"a{i}" for i in ids], "lsn": np.full(300, 10)},
+                          schema=SCHEMA))
+        s.compact_and_check()
+        s.delete(pa.table({"id": ids[:20], "lsn": np.full(20, 20)}))  # tombstones (lsn)
+        s.compact_and_check()
+        s.delete(pa.table({"id": np.r_[ids[100:130], [5000, 5001]], "lsn": np.full(32, 30)}))
+        for v in ("b", "c"):  # 40 keys updated twice: 40 versions dropped
+            s.upsert(pa.table({"id": ids[200:240], "v": [f"{v}{i}" for i in range(40)],
+                               "lsn": np.full(40, 40 if v == "b" else 50)}, schema=SCHEMA))
+        s.upsert(pa.table({"id": [7000, 7000], "v": ["n", "m"], "lsn": [60, 61]},
+                          schema=SCHEMA))
+        results.append(s.compact_and_check(**({"bucket_count": 5, "rebase": True} if rebase
+                                              else {})))
+    incremental, rebased = results
+    assert rebased.rebased and not incremental.rebased
+    assert (rebased.deletes_applied, rebased.duplicates_dropped, rebased.rows_out) == \
+        (incremental.deletes_applied, incremental.duplicates_dropped, incremental.rows_out) == \
+        (30, 41, 300 - 20 - 30 + 1)
+
+
 @pytest.mark.timeout(120)
 def test_tasks_fit_beside_the_rounds_actors_in_a_small_memory_budget(tmp_path):
     """Each task's memory request is what it needs (a bucket it writes a few rows of buffers

@@ -184,6 +184,20 @@ def test_an_actor_asked_for_plans_without_a_folded_round_says_to_rerun(tmp_path)
     assert f"partition file://{tmp_path}/partitions/day=1:" in str(failure.value)
 
 
+def test_an_actor_asked_to_finalize_without_a_planned_round_says_to_rerun(tmp_path) -> None:
+    """A restarted actor (Ray restarts one killed between plan and finalize) fails finalize as
+    a lost actor, which jobs retry, not with a bare AssertionError."""
+    import runtime
+    from compactor.fs import Storage
+    from compactor.pipeline.dedupe import DedupeActor
+
+    actor = DedupeActor(Storage(f"file://{tmp_path}"), "partitions/day=1", [2, 3], 4, None)
+    with pytest.raises(runtime.ActorDiedError,
+                       match=f"partition file://{tmp_path}/partitions/day=1: .* buckets 2-3 "
+                             "holds no planned round .* run the round again"):
+        actor.finalize([[SOURCE_BASE]], 100)
+
+
 def test_relocation_happens_once_and_every_file_with_rows_has_a_task() -> None:
     ordinals, spans, file, row, selected, bounds = _case(5, 300, 2)
     group_of = {int(o): g for o, g in zip(ordinals, [0, 0, 1, 1, 2], strict=True)}
