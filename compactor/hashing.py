@@ -52,7 +52,9 @@ decimal32/64/128/256            10   (scale mod 2**16) << 32     the unscaled va
 
 So the digest depends on logical values only: int32 ``5`` and uint64 ``5`` agree, as do equal
 instants in different timestamp units or time zones, a date in date32 and date64, string and
-large_string, decimal128 and decimal256 of the same scale. The tag keeps types apart (int ``1``
+large_string, decimal128 and decimal256 of the same scale (the hash allows for them; a table
+still refuses a delta whose column changes type, unit or time zone: ``compactor.schema``). The
+tag keeps types apart (int ``1``
 is not string ``"1"``), and because every column absorbs its size before its payload, column
 boundaries cannot shift: ``("ab", "c")`` differs from ``("a", "bc")``. A dictionary-encoded
 column is hashed by its decoded values. Floating point and nested types are not key types.
