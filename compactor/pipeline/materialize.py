@@ -282,11 +282,34 @@ def _combine(tables: list[pa.Table], schema: pa.Schema, dictionary: set[str]) ->
         if f.name in dictionary:
             chunks = [c if c.type == f.type else c.cast(f.type) if pa.types.is_dictionary(c.type)
                       else c.dictionary_encode() for c in chunks]
-            columns.append(pa.chunked_array(chunks, f.type).unify_dictionaries())
+            columns.append(_used_values(pa.chunked_array(chunks, f.type).unify_dictionaries()))
         else:
             columns.append(pa.chunked_array([c if c.type == f.type else c.cast(f.type)
                                              for c in chunks], f.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+# a shared dictionary of more values than this keeps only those its rows use: the writer
+# stores the dictionary whole, and a source's (or several sources') can hold many values the
+# rows written never use
+DICTIONARY_TRIM_VALUES = 256
+
+
+def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``column`` (chunks sharing one dictionary) with only the dictionary values its rows
+    use, once that dictionary holds more than ``DICTIONARY_TRIM_VALUES``."""
+    if not column.num_chunks or len(column.chunk(0).dictionary) <= DICTIONARY_TRIM_VALUES:
+        return column
+    dictionary = column.chunk(0).dictionary
+    used = np.zeros(len(dictionary), dtype=bool)
+    for c in column.chunks:
+        used[c.indices.drop_null().to_numpy()] = True
+    if used.all():
+        return column
+    renumbered = pa.array(np.cumsum(used, dtype=np.int32) - 1)
+    kept = dictionary.filter(pa.array(used))
+    return pa.chunked_array([pa.DictionaryArray.from_arrays(renumbered.take(c.indices), kept)
+                             for c in column.chunks], column.type)
 
 
 class _BucketWriter:

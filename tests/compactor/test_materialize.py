@@ -354,3 +354,34 @@ def test_dictionary_text_is_read_and_written_as_dictionaries_and_read_back_as_th
         assert statistics.has_min_max and statistics.null_count == back.column(i).null_count
         values = pc.min_max(back.column(i)).as_py()
         assert (statistics.min, statistics.max) == (values["min"], values["max"])
+
+
+def test_a_file_keeps_only_the_dictionary_values_its_rows_use(tmp_path) -> None:
+    """Sources whose dictionaries hold thousands of values the rows kept never use: the file
+    written stores the values it uses, not the sources' whole dictionaries (it stored 144x
+    the bytes)."""
+    schema = pa.schema([("id", pa.int64()), ("s", pa.string())])
+    storage = Storage(f"file://{tmp_path}")
+    sources, expected = [], []
+    for k in range(3):
+        n = 300_000  # (so that the dictionary's 450 KB make at most 2 bytes a value)
+        text = ["common"] * (n - 3000) + [f"{k}-{i:0150d}" for i in range(3000)]
+        table = pa.table({"id": np.arange(n, dtype=np.int64) + k * n, "s": text}, schema=schema)
+        pq.write_table(table, tmp_path / f"src{k}.parquet", row_group_size=n)
+        file, parquet = files.describe(storage, f"file://{tmp_path}/src{k}.parquet")
+        assert materialize.dictionary_reads(schema)(parquet.metadata) == ["s"]
+        parquet.close()
+        rows = np.r_[np.arange(0, n - 3000, 10), np.arange(n - 3000, n - 2950)]
+        sources.append(materialize.SourceRows(k, file, {0: RowSet.of(rows)}))
+        expected.append(table.take(pa.array(rows)))
+    out = materialize.materialize_group(storage, PartitionKey(), 0, sources, schema,
+                                        rows_per_file=1_000_000, codec="none")
+    [written] = out.written[0]
+    path = storage.strip(written.url)
+    assert path is not None
+    parquet = pq.ParquetFile(storage.fs.open(path, "rb"))
+    assert pq.read_table(storage.fs.open(path, "rb")).equals(pa.concat_tables(expected))
+    column = parquet.metadata.row_group(0).column(1)
+    assert column.has_dictionary_page
+    # 151 distinct values of about 150 bytes, plus one bit-packed index per row
+    assert column.total_uncompressed_size < 151 * 160 + parquet.metadata.num_rows
