@@ -44,6 +44,8 @@ def _delete_flags(i: int, table: pa.Table, op_column: str, op_map: Mapping[str, 
     if unknown:
         raise ValueError(f"op_map values must be 'upsert' or 'delete', not {sorted(unknown)}")
     ops = table.column(op_column)
+    if pa.types.is_dictionary(ops.type):  # (categorical op columns: their values count)
+        ops = ops.cast(ops.type.value_type)
     known = pc.fill_null(pc.is_in(ops, pa.array(list(op_map), ops.type)), False)
     if not pc.all(known, min_count=0).as_py():
         row = pc.index(known, False).as_py()

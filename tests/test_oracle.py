@@ -75,6 +75,10 @@ def test_cdc_ops_map_rows_to_upserts_and_deletes() -> None:
     assert rows(custom) == []
     kept = expected_state([("cdc", pa.table({"op": ["I"], "id": [1]}))], "id", keep_op_column=True)
     assert rows(kept) == [{"op": "I", "id": 1}]
+    categorical = expected_state([("cdc", pa.table({
+        "Op": pa.array(["I", "I", "U", "D"]).dictionary_encode(), "id": [1, 2, 1, 2],
+        "v": ["a", "b", "c", None]}))], "id", op_column="Op")
+    assert rows(categorical) == [{"id": 1, "v": "c"}]
 
 
 def test_unknown_cdc_op_names_the_delta_and_row() -> None:
