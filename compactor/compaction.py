@@ -32,7 +32,13 @@ from compactor.pipeline.materialize import (
     task_memory,
     write_options,
 )
-from compactor.pipeline.plan import NothingToDo, RoundPlan, check_bucket_count, plan_round
+from compactor.pipeline.plan import (
+    NothingToDo,
+    RoundPlan,
+    check_bucket_count,
+    plan_round,
+    round_work,
+)
 from compactor.pipeline.tasks import (
     PRELOAD,
     Dedupe,
@@ -239,6 +245,9 @@ def compact_partition(
         )
     with ExitStack() as stack:
         if not runtime.is_initialized():
+            idle = nothing_to_do(table, partition, bucket_count, rebase)
+            if idle is not None:  # said before a runtime starts (Ray's takes seconds)
+                return idle
             stack.enter_context(runtime.init(backend, address=address, preload=PRELOAD))
         # rounds of one partition in this process take turns: they share its dedupe actors
         lock = _round_locks.setdefault(_round_key(table, partition), threading.Lock())
@@ -251,6 +260,29 @@ def compact_partition(
             return _round(table, partition, target_file_size, bucket_count, rebase,
                           compression, progress or _quiet, rebuild=True)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def nothing_to_do(table: Table, partition: Partition, bucket_count: int | None = None,
+                  rebase: bool = False) -> CompactionResult | None:
+    """The result of a round that would find nothing to do, told from the partition's snapshot
+    alone (no runtime needed); None if there is work. Raises as ``compact_partition`` would
+    for a bucket count change without ``rebase``."""
+    start = time.perf_counter()
+    try:
+        round_work(table, partition, bucket_count, rebase)
+    except NothingToDo as e:
+        return _idle(table, partition, e, start)
+    return None
+
+
+def _idle(table: Table, partition: Partition, reason: NothingToDo, start: float
+          ) -> CompactionResult:
+    snap = partition.snapshot()
+    hw = snap.high_watermark
+    count = snap.compacted.bucket_count if snap.compacted else table.bucket_count
+    return CompactionResult(table.url, str(partition.key), False, False, None, hw, hw, count, 0,
+                            0, snap.compacted.rows if snap.compacted else 0, 0, 0, 0, 0, 0, 0,
+                            0, 0, 0, time.perf_counter() - start, message=str(reason))
 
 
 def _round(table: Table, partition: Partition, target_file_size: int,
@@ -268,13 +300,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                           bucket_count=bucket_count, rebase=rebase, groups=groups,
                           rebuild=rebuild)
     except NothingToDo as e:
-        snap = partition.snapshot()
-        hw = snap.high_watermark
-        count = snap.compacted.bucket_count if snap.compacted else table.bucket_count
-        return CompactionResult(table.url, str(partition.key), False, False, None, hw, hw,
-                                count, 0, 0, snap.compacted.rows if snap.compacted else 0, 0, 0,
-                                0, 0, 0, 0, 0, 0, 0, time.perf_counter() - start,
-                                message=str(e))
+        return _idle(table, partition, e, start)
     seconds["plan"], rss["plan"] = time.perf_counter() - t, peak_rss()
     del warm
     written: list[DataFile] = []

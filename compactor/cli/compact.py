@@ -30,12 +30,16 @@ def run_round(session: Session, table: Table, part: Partition, *, backend: str |
     """``compact_partition`` with live progress on stderr, on the running runtime or on one
     started (and stopped) for the round."""
     import runtime
-    from compactor.compaction import compact_partition
+    from compactor.compaction import compact_partition, nothing_to_do
     from compactor.pipeline.tasks import PRELOAD
     from runtime.api import ENV_BACKEND
 
     with RoundProgress(session.err) as progress, ExitStack() as stack:
         if not runtime.is_initialized():
+            idle = nothing_to_do(table, part, options.get("bucket_count"),
+                                 options.get("rebase", False))
+            if idle is not None:  # said before a runtime starts (Ray's takes seconds)
+                return idle
             name = backend or os.environ.get(ENV_BACKEND) or "local"
             progress.begin("runtime", f"starting the {name} runtime")
             stack.enter_context(runtime.init(backend, address=address, preload=PRELOAD))

@@ -179,9 +179,12 @@ def _all_footer_stats(table: Table, items: list[tuple[DataFile, int, DeltaKind, 
     return [found[j] for j in range(len(items))]
 
 
-def plan_round(table: Table, partition: Partition, *, target_file_size: int,
-               bucket_count: int | None, rebase: bool, groups: int,
-               rebuild: bool = False) -> RoundPlan:
+def round_work(table: Table, partition: Partition, bucket_count: int | None, rebase: bool,
+               rebuild: bool = False) -> tuple[Snapshot, int, bool]:
+    """What a round of ``partition`` would do, from its snapshot alone (no footers, no
+    runtime): the snapshot, the bucket count, and whether it rewrites the compacted state.
+    Raises ``NothingToDo`` (no pending delta, no rewrite asked for or needed), or
+    ``InvalidTableSpec`` (a bucket count change without ``rebase``)."""
     snapshot = partition.snapshot()
     compacted = snapshot.compacted
     check_bucket_count(table, partition, bucket_count)
@@ -194,12 +197,19 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         )
     count = bucket_count if bucket_count is not None else \
         (compacted.bucket_count if compacted else table.bucket_count)
-    unusable = rebuild  # (the index was found unusable: the round runs again without it)
     rebuild = compacted is not None and (rebase or rebuild
                                          or index_store.paths_of(compacted) is None)
     if not snapshot.deltas and not rebuild:
         raise NothingToDo(f"partition {partition.key} of {table.url} has no pending deltas")
+    return snapshot, count, rebuild
 
+
+def plan_round(table: Table, partition: Partition, *, target_file_size: int,
+               bucket_count: int | None, rebase: bool, groups: int,
+               rebuild: bool = False) -> RoundPlan:
+    unusable = rebuild  # (the index was found unusable: the round runs again without it)
+    snapshot, count, rebuild = round_work(table, partition, bucket_count, rebase, rebuild)
+    compacted = snapshot.compacted
     key_cols = [*table.primary_key]
     if table.ordering_column:
         key_cols.append(table.ordering_column)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pyarrow as pa
@@ -102,6 +103,14 @@ def test_workflow_create_append_compact_show_history_verify_read(tmp_path: Path)
 
     nothing = compactor("compact", table, "-p", DAY, "--json")
     assert nothing.code == 0 and nothing.json()["committed"] is False
+    # said before any runtime starts: a Ray cluster that is not there is never asked
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    nowhere = compactor("compact", table, "-p", DAY, "--backend", "ray", "--address",
+                        f"ray://127.0.0.1:{closed}")
+    assert nowhere.code == 0 and "nothing to do" in nowhere.out, nowhere
+    assert "runtime" not in nowhere.err, nowhere
 
     listing = compactor("show", table)  # a partitioned table without -p: one line per partition
     assert listing.code == 0 and DAY in listing.out

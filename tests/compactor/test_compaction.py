@@ -181,6 +181,22 @@ def test_nothing_to_do_commits_nothing(rt, tmp_path):
     assert s.part.version() == version
 
 
+def test_nothing_to_do_is_said_before_a_runtime_starts(tmp_path):
+    """Without a runtime running, a round with nothing to do starts none: here a Ray cluster
+    that is not there is never asked (joining it would fail)."""
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn")
+    s.upsert(_rows(np.random.default_rng(0), 10, 10, 0, "x"))
+    with runtime.init("local", num_cpus=1):
+        s.compact_and_check()
+    assert not runtime.is_initialized()
+    result = compact_partition(s.table, s.part, backend="ray", address="ray://127.0.0.1:9")
+    assert not result.committed and "no pending deltas" in result.message
+    assert not runtime.is_initialized()
+    with pytest.raises(InvalidTableSpec, match="rebase"):  # still checked first
+        compact_partition(s.table, s.part, backend="ray", address="ray://127.0.0.1:9",
+                          bucket_count=9)
+
+
 def test_a_source_file_beyond_32_bit_row_numbers_is_refused_before_any_work(
         rt, tmp_path, monkeypatch):
     from compactor.pipeline import locators
