@@ -5,7 +5,9 @@ the table's columns, about ``READ_BATCH_BYTES`` at a time. Each source is read o
 and its surviving rows go to their buckets' writers; bucket b's rows of the group are written
 in (source ordinal, row) order, a new file every ``rows_per_file`` rows: exactly the places the
 dedupe actors' ``finalize`` points the next index at. Columns a file lacks (added to the table
-later) are filled with nulls; every batch is cast to the table schema. Small sources (at most
+later) are filled with nulls; every batch is cast to the table schema, but for text a source
+stores with a dictionary, which stays dictionary indices up to the writer (``dictionary_reads``)
+and is read back in the table's type. Small sources (at most
 ``READ_AHEAD_BYTES``) are read whole, several ahead of the one being decoded.
 """
 
