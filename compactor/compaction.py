@@ -227,7 +227,8 @@ def compact_partition(
     """Fold every delta above the partition's high watermark into its compacted state.
 
     Runs on the current runtime, or starts one (``backend``/``address``, default local) for the
-    round. ``compression``: the Parquet codec of the files written (zstd, lz4, snappy, gzip,
+    round; with nothing to do (no pending delta, no rebase), it returns before starting one.
+    ``compression``: the Parquet codec of the files written (zstd, lz4, snappy, gzip,
     brotli or none). Raises the ``CompactorError`` of bad input (nothing committed),
     ``CommitConflict`` if another round committed first.
     """
@@ -277,7 +278,7 @@ def nothing_to_do(table: Table, partition: Partition, bucket_count: int | None =
 
 def _idle(table: Table, partition: Partition, reason: NothingToDo, start: float
           ) -> CompactionResult:
-    snap = partition.snapshot()
+    snap = reason.snapshot
     hw = snap.high_watermark
     count = snap.compacted.bucket_count if snap.compacted else table.bucket_count
     return CompactionResult(table.url, str(partition.key), False, False, None, hw, hw, count, 0,

@@ -179,9 +179,10 @@ def compact(session: Session, url: str, partition: dict[str, str] | None, backen
     table = session.open_table(url)
     part = session.partition(table, partition, existing=True)
     if dry_run:
-        from compactor.pipeline.plan import NothingToDo, plan_round
+        from compactor.pipeline.plan import NothingToDo, plan_round, round_work
 
         try:
+            round_work(table, part, buckets, rebase)  # before a cluster is joined for its size
             plan = plan_round(table, part, target_file_size=target_file_size,
                               bucket_count=buckets, rebase=rebase,
                               groups=_groups(backend, address))

@@ -145,14 +145,16 @@ class MaterializeOutput:
     peak_rss: int = 0  # of the process that ran it (set by the task wrapper)
 
 
-def conform(batch: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
-    """``batch`` with exactly the table's columns, in order and type (new columns null); a
-    text column read as a dictionary array stays one, of the table's type's values."""
+def conform(batch: pa.Table, schema: pa.Schema, source: str,
+            keep_dictionary: bool = False) -> pa.Table:
+    """``batch`` with exactly the table's columns, in order and type (new columns null);
+    ``keep_dictionary``: a column read as a dictionary array of the table's type's values
+    stays one (materialize's writers take them)."""
     columns = []
     for f in schema:
         if f.name in batch.column_names:
             col = batch.column(f.name)
-            if col.type != f.type and not (pa.types.is_dictionary(col.type)
+            if col.type != f.type and not (keep_dictionary and pa.types.is_dictionary(col.type)
                                            and col.type.value_type == f.type):
                 try:
                     col = col.cast(f.type)
@@ -220,7 +222,8 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
                 in_memory=opened is not None):
             # in the table's types first: a file's type may have no gather of its own
             # (string_view, binary_view)
-            data = conform(pa.Table.from_batches([batch]), schema, file.url)
+            data = conform(pa.Table.from_batches([batch]), schema, file.url,
+                           keep_dictionary=True)
             end = at + data.num_rows
             out = {}
             for key, r in local.items():
@@ -261,6 +264,10 @@ def arrow_schema(schema: pa.Schema) -> bytes:
     return base64.b64encode(schema.serialize().to_pybytes())
 
 
+def _as(values: pa.Array, t: pa.DataType) -> pa.Array:
+    return values if values.type == t else values.cast(t)
+
+
 def _dense_head(tables: list[pa.Table], schema: pa.Schema, rows: int) -> pa.Table:
     """The first ``rows`` rows of ``tables`` (conformed batches), in the table's types."""
     head, n = [], 0
@@ -268,7 +275,7 @@ def _dense_head(tables: list[pa.Table], schema: pa.Schema, rows: int) -> pa.Tabl
         if n >= rows:
             break
         t = t.slice(0, rows - n)
-        head.append(pa.Table.from_arrays([c if c.type == f.type else c.cast(f.type) for c, f in
+        head.append(pa.Table.from_arrays([_as(c, f.type) for c, f in
                                           zip(t.columns, schema, strict=True)], schema=schema))
         n += t.num_rows
     return pa.concat_tables(head)
@@ -286,21 +293,21 @@ def _combine(tables: list[pa.Table], schema: pa.Schema, dictionary: set[str]) ->
                       else c.dictionary_encode() for c in chunks]
             columns.append(_used_values(pa.chunked_array(chunks, f.type).unify_dictionaries()))
         else:
-            columns.append(pa.chunked_array([c if c.type == f.type else c.cast(f.type)
-                                             for c in chunks], f.type))
+            columns.append(pa.chunked_array([_as(c, f.type) for c in chunks], f.type))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-# a shared dictionary of more values than this keeps only those its rows use: the writer
-# stores the dictionary whole, and a source's (or several sources') can hold many values the
-# rows written never use
-DICTIONARY_TRIM_VALUES = 256
+# a shared dictionary of more bytes than this keeps only the values its rows use (a pass over
+# the indices: 1.4 ms a row group of four-valued text, so not where the whole is this small)
+DICTIONARY_TRIM_BYTES = 16 << 10
 
 
 def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """``column`` (chunks sharing one dictionary) with only the dictionary values its rows
-    use, once that dictionary holds more than ``DICTIONARY_TRIM_VALUES``."""
-    if not column.num_chunks or len(column.chunk(0).dictionary) <= DICTIONARY_TRIM_VALUES:
+    use, once the dictionary holds more than ``DICTIONARY_TRIM_BYTES``: the writer stores it
+    whole, and the sources' can hold many values (or a few large ones) the rows written never
+    use."""
+    if not column.num_chunks or column.chunk(0).dictionary.nbytes <= DICTIONARY_TRIM_BYTES:
         return column
     dictionary = column.chunk(0).dictionary
     used = np.zeros(len(dictionary), dtype=bool)

@@ -129,7 +129,11 @@ def check_bucket_count(table: Table, partition: Partition, bucket_count: int | N
 
 
 class NothingToDo(Exception):
-    """No delta above the high watermark and no rebase asked for."""
+    """No delta above the high watermark and no rebase asked for (as of ``snapshot``)."""
+
+    def __init__(self, message: str, snapshot: Snapshot) -> None:
+        super().__init__(message)
+        self.snapshot = snapshot
 
 
 def _footer_stats(table: Table, file: DataFile, columns: list[str]) -> tuple[list[int], int, int]:
@@ -200,7 +204,8 @@ def round_work(table: Table, partition: Partition, bucket_count: int | None, reb
     rebuild = compacted is not None and (rebase or rebuild
                                          or index_store.paths_of(compacted) is None)
     if not snapshot.deltas and not rebuild:
-        raise NothingToDo(f"partition {partition.key} of {table.url} has no pending deltas")
+        raise NothingToDo(f"partition {partition.key} of {table.url} has no pending deltas",
+                          snapshot)
     return snapshot, count, rebuild
 
 

@@ -111,6 +111,9 @@ def test_workflow_create_append_compact_show_history_verify_read(tmp_path: Path)
                         f"ray://127.0.0.1:{closed}")
     assert nowhere.code == 0 and "nothing to do" in nowhere.out, nowhere
     assert "runtime" not in nowhere.err, nowhere
+    dry = compactor("compact", table, "-p", DAY, "--dry-run", "--backend", "ray", "--address",
+                    f"ray://127.0.0.1:{closed}")  # (a plan would ask the cluster its size)
+    assert dry.code == 0 and "nothing to do" in dry.out, dry
 
     listing = compactor("show", table)  # a partitioned table without -p: one line per partition
     assert listing.code == 0 and DAY in listing.out
