@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from compactor.errors import CorruptFile, MissingColumn, NullKey, NullValue, UnknownOp
-from compactor.manifest import CdcOps, DeltaKind
+from compactor.manifest import CdcOps, DeltaKind, OpValue
 
 
 @dataclass(frozen=True)
@@ -99,24 +99,21 @@ class DeltaSpec:
     def _check_ops(self, column: pa.ChunkedArray, source: str, offset: int) -> pa.ChunkedArray:
         """Raise on an op that is neither an upsert nor a delete; else the mask of upserts."""
         assert self.cdc is not None
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
         allowed = [*self.cdc.upsert, *self.cdc.delete]
         try:
-            value_set = pa.array(allowed, type=column.type)
+            upsert, delete = op_masks(column, self.cdc)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             raise UnknownOp(
                 f"{source}: op column {self.cdc.column!r} has type {column.type}, which cannot "
                 f"hold the configured op values {allowed}"
             ) from None
-        known = pc.fill_null(pc.is_in(column, value_set=value_set), False)
-        row = _first(pc.invert(known))
+        row = _first(pc.invert(pc.or_(upsert, delete)))
         if row is not None:
             raise UnknownOp(
                 f"{source}: op column {self.cdc.column!r} holds {column[row].as_py()!r} at row "
                 f"{offset + row}; expected one of {allowed}"
             )
-        return pc.is_in(column, value_set=pa.array(list(self.cdc.upsert), type=column.type))
+        return upsert
 
     def check_parquet(self, parquet: pq.ParquetFile, source: str) -> None:
         """:meth:`check_rows` for a Parquet file, reading as little of it as it can."""
@@ -136,6 +133,19 @@ class DeltaSpec:
                     raise CorruptFile(f"{source}: row group {g} is unreadable ({e})") from None
                 self._check(data, keys, not_null, source, offset)
             offset += group.num_rows
+
+
+def op_masks(column: pa.ChunkedArray | pa.Array, cdc: CdcOps
+             ) -> tuple[pa.ChunkedArray | pa.Array, pa.ChunkedArray | pa.Array]:
+    """Which rows of CDC op ``column`` are upserts, and which deletes (a null or unknown op is
+    neither; a dictionary-encoded column counts by its values). Raises ``ArrowInvalid`` or
+    ``ArrowTypeError`` where the column's type cannot hold the configured op values."""
+    if pa.types.is_dictionary(column.type):  # (pandas categoricals; files written from them)
+        column = column.cast(column.type.value_type)
+    def among(ops: tuple[OpValue, ...]) -> pa.ChunkedArray | pa.Array:
+        return pc.fill_null(pc.is_in(column, value_set=pa.array(list(ops), column.type)), False)
+
+    return among(cdc.upsert), among(cdc.delete)
 
 
 def _first(mask: pa.ChunkedArray | pa.Array) -> int | None:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from compactor import files
+from compactor.delta import op_masks
 from compactor.errors import NullKey, SchemaMismatch, UnknownOp
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
@@ -112,10 +113,7 @@ def _ops(data: pa.Table, item: HashInput) -> np.ndarray:
         return np.full(n, OP_DELETE, dtype=np.int8)
     assert item.cdc is not None
     column = data.column(item.cdc.column)
-    if pa.types.is_dictionary(column.type):  # (pandas categoricals; files written from them)
-        column = column.cast(column.type.value_type)
-    is_upsert = pc.is_in(column, value_set=pa.array(list(item.cdc.upsert), column.type))
-    is_delete = pc.is_in(column, value_set=pa.array(list(item.cdc.delete), column.type))
+    is_upsert, is_delete = op_masks(column, item.cdc)
     unknown = pc.invert(pc.or_(is_upsert, is_delete))
     if pc.any(unknown).as_py():
         row = pc.index(unknown, True).as_py()

@@ -147,6 +147,17 @@ def test_dictionary_columns_are_text_with_few_distinct_values() -> None:
     assert materialize.dictionary_columns(varied_then_same) == []
 
 
+def _one_file(storage: Storage, sources: list[materialize.SourceRows], schema: pa.Schema,
+              codec: str, rows_per_file: int = 1_000_000) -> str:
+    """Materialize ``sources`` (their bucket 0 rows) into one file: its path in ``storage``."""
+    out = materialize.materialize_group(storage, PartitionKey(), 0, sources, schema,
+                                        rows_per_file=rows_per_file, codec=codec)
+    [written] = out.written[0]
+    path = storage.strip(written.url)
+    assert path is not None
+    return path
+
+
 def test_written_files_have_dictionaries_only_where_chosen(tmp_path) -> None:
     """A materialize task encodes its low-cardinality text columns with dictionaries (and
     only those), and the rows it writes are exactly the rows asked for."""
@@ -161,13 +172,8 @@ def test_written_files_have_dictionaries_only_where_chosen(tmp_path) -> None:
     file, parquet = files.describe(storage, f"file://{tmp_path}/src.parquet")
     parquet.close()
     wanted = np.sort(rng.choice(rows, rows // 2, replace=False))
-    out = materialize.materialize_group(
-        storage, PartitionKey(), 0,
-        [materialize.SourceRows(0, file, {0: RowSet.of(wanted)})], source.schema,
-        rows_per_file=rows, codec="snappy")
-    [written] = out.written[0]
-    path = storage.strip(written.url)
-    assert path is not None
+    path = _one_file(storage, [materialize.SourceRows(0, file, {0: RowSet.of(wanted)})],
+                     source.schema, "snappy", rows_per_file=rows)
     meta = pq.ParquetFile(storage.fs.open(path, "rb")).metadata
     has_dictionary = {meta.row_group(0).column(i).path_in_schema:
                       meta.row_group(0).column(i).has_dictionary_page
@@ -214,16 +220,12 @@ def test_small_sources_are_read_ahead_whole_and_written_in_order(tmp_path,
         return opened(storage, file, whole_file, read_dictionary)
 
     monkeypatch.setattr(files, "open_verified", spy)
-    out = materialize.materialize_group(storage, PartitionKey(), 0, sources,
-                                        wanted[0].schema, rows_per_file=100_000, codec="zstd")
+    path = _one_file(storage, sources, wanted[0].schema, "zstd", rows_per_file=100_000)
     small = [s.file.size <= limit for s in sources]
     assert 0 < sum(small) < len(sources)
     # (whole, by the main thread) of each source: small ones whole by a read-ahead thread
     assert [reads[s.file.url] for s in sources] == [(True, False) if x else (False, True)
                                                     for x in small]
-    [written] = out.written[0]
-    path = storage.strip(written.url)
-    assert path is not None
     assert pq.read_table(storage.fs.open(path, "rb")).equals(pa.concat_tables(wanted))
 
 
@@ -271,11 +273,7 @@ def test_each_file_chooses_its_dictionaries_from_its_first_row_group(tmp_path) -
         parquet.close()
         sources.append(materialize.SourceRows(k, file, {0: RowSet.of(np.arange(rows))}))
         tables.append(table)
-    out = materialize.materialize_group(storage, PartitionKey(), 0, sources, tables[0].schema,
-                                        rows_per_file=1_000_000, codec="snappy")
-    [written] = out.written[0]
-    path = storage.strip(written.url)
-    assert path is not None
+    path = _one_file(storage, sources, tables[0].schema, "snappy")
     meta = pq.ParquetFile(storage.fs.open(path, "rb")).metadata
     assert meta.row_group(0).column(1).has_dictionary_page
     assert pq.read_table(storage.fs.open(path, "rb")).equals(pa.concat_tables(tables))
@@ -333,11 +331,7 @@ def test_dictionary_text_is_read_and_written_as_dictionaries_and_read_back_as_th
             [False, dictionary, False, dictionary, False]
         sources.append(materialize.SourceRows(k, file, {0: RowSet.of(rows)}))
         expected.append(table.take(pa.array(rows)))
-    out = materialize.materialize_group(storage, PartitionKey(), 0, sources, schema,
-                                        rows_per_file=1_000_000, codec="snappy")
-    [written] = out.written[0]
-    path = storage.strip(written.url)
-    assert path is not None
+    path = _one_file(storage, sources, schema, "snappy")
     parquet = pq.ParquetFile(storage.fs.open(path, "rb"))
     reference = tmp_path / "reference.parquet"
     pq.write_table(schema.empty_table(), reference)
@@ -382,11 +376,7 @@ def test_a_file_keeps_only_the_dictionary_values_its_rows_use(
         kept = np.r_[np.arange(0, rows - rare, 10), np.arange(rows - rare, rows - rare + 2)]
         sources.append(materialize.SourceRows(k, file, {0: RowSet.of(kept)}))
         expected.append(table.take(pa.array(kept)))
-    out = materialize.materialize_group(storage, PartitionKey(), 0, sources, schema,
-                                        rows_per_file=1_000_000, codec="none")
-    [written] = out.written[0]
-    path = storage.strip(written.url)
-    assert path is not None
+    path = _one_file(storage, sources, schema, "none")
     parquet = pq.ParquetFile(storage.fs.open(path, "rb"))
     assert pq.read_table(storage.fs.open(path, "rb")).equals(pa.concat_tables(expected))
     column = parquet.metadata.row_group(0).column(1)
