@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -50,15 +51,27 @@ def _aws_sandbox() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def s3_server(_aws_sandbox: None) -> Iterator[str]:
     """Endpoint URL of an S3 API server on 127.0.0.1 (moto, over real HTTP)."""
+    from moto.s3.responses import S3Response
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    # moto checks a PutObject's If-None-Match and then stores the object, two steps that
+    # requests in its server's threads can interleave: under load two racing commits both
+    # got number 23. S3 decides a conditional write atomically; so does this server, one
+    # PutObject at a time.
+    put_object, one_at_a_time = S3Response.put_object, threading.Lock()
+
+    def atomic_put_object(self: S3Response) -> object:
+        with one_at_a_time:
+            return put_object(self)
+
     try:
         with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(S3Response, "put_object", atomic_put_object)
+            server.start()
+            host, port = server.get_host_and_port()
+            endpoint = f"http://{host}:{port}"
             mp.setenv("AWS_ENDPOINT_URL", endpoint)
             yield endpoint
     finally:
