@@ -14,6 +14,7 @@ The table model (this package's storage half)::
 from compactor.errors import (
     ChangedFile,
     CommitConflict,
+    CommitUnknown,
     CompactorError,
     CorruptFile,
     EmptyDelta,
@@ -44,6 +45,7 @@ __all__ = [
     "CdcOps",
     "ChangedFile",
     "CommitConflict",
+    "CommitUnknown",
     "CompactedState",
     "CompactorError",
     "CorruptFile",

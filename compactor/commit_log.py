@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from compactor.errors import CommitConflict, CorruptFile, UnknownPartition
+from compactor.errors import CommitConflict, CommitUnknown, CorruptFile, UnknownPartition
 from compactor.fs import Storage
 from compactor.layout import PartitionKey, checkpoint_dir, log_file, numbered_file, parse_number
 from compactor.snapshot import Snapshot, advance, empty
@@ -159,6 +159,9 @@ class CommitLog:
                 number += len(winners)
                 time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                 continue
+            except Exception as e:
+                if not self._landed(number, commit_id, e):
+                    raise
             break
         else:
             raise CommitConflict(
@@ -168,6 +171,21 @@ class CommitLog:
         if number % self.checkpoint_interval == 0:
             self._checkpoint(number)
         return number
+
+    def _landed(self, number: int, commit_id: str, error: Exception) -> bool:
+        """Whether commit ``number`` of ``commit_id`` is in the log although writing it failed
+        with ``error`` (its answer was lost: the request landed); raises :class:`CommitUnknown`
+        if the log cannot be read to tell. (Read back once: a request still in flight after
+        the client gave up on it could land later; S3 reads are consistent after a write.)"""
+        try:
+            found = self.read_from(number, number)
+        except Exception as e:
+            raise CommitUnknown(
+                f"{self._where(number)}: writing it failed ({type(error).__name__}: {error}) "
+                f"and reading it back failed too ({type(e).__name__}: {e}): whether it was "
+                "committed is unknown"
+            ) from error
+        return bool(found) and found[0].get("commit_id") == commit_id
 
     def _checkpoint(self, number: int) -> None:
         rel = numbered_file(checkpoint_dir(self.partition), number)

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 import runtime
-from compactor.errors import InvalidTableSpec, TooManyFiles
+from compactor.errors import CommitUnknown, InvalidTableSpec, TooManyFiles
 from compactor.faults import maybe_fail
 from compactor.manifest import DataFile
 from compactor.partition import Partition
@@ -385,7 +385,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
             properties={index_store.PROPERTY: json.dumps(index_paths)},
             metrics={k: float(v) for k, v in result_fields.items()},
         )
-    except BaseException:
+    except BaseException as e:
         for ref in finalize_refs:  # index files of a round that will not commit
             try:
                 new_index_paths += runtime.get(ref, timeout=60)[1]
@@ -393,7 +393,8 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                 pass
         for a in actors:
             a.abort.remote()
-        _cleanup(table, written, new_index_paths)
+        if not isinstance(e, CommitUnknown):  # (a commit that may have landed names them)
+            _cleanup(table, written, new_index_paths)
         raise
     # committed: from here on nothing may clean the round's files up (a progress callback that
     # raises only stops the caller; the actors, not told, reload the index next round)

@@ -38,6 +38,12 @@ class CommitConflict(CompactorError):
     """Another writer committed first in a way this commit cannot be rebased over."""
 
 
+class CommitUnknown(CommitConflict):
+    """A commit's write failed and the log could not be read back to tell whether it landed:
+    nothing of the round may be removed (a landed commit names its files); running the round
+    again plans from the log as it is."""
+
+
 class SchemaMismatch(CompactorError, ValueError):
     """Data does not fit the table schema (incompatible type, missing required column, ...)."""
 

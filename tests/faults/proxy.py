@@ -30,6 +30,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
@@ -121,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         proxy = self.server.proxy
         body = self._body()
-        fault = proxy._draw(self.command)
+        fault = proxy._draw(self.command, self.path)
         if fault == "reset" or proxy.is_down:
             self.close_connection = True
             _reset(self.connection)
@@ -190,6 +191,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._budget: int | None = None  # requests to let through before going down
+        # a test's own choice of fault for a request (method, path), before any random one
+        self.script: Callable[[str, str], str | None] | None = None
         self.is_down = False
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -207,9 +210,13 @@ class FaultProxy:
         self.down()
 
     # -- fault decisions (under the lock: handler threads share the generator) -----------------
-    def _draw(self, method: str) -> str | None:
+    def _draw(self, method: str, path: str = "") -> str | None:
         with self._lock:
             self.counts["requests"] += 1
+            scripted = self.script(method, path) if self.script is not None else None
+            if scripted is not None:
+                self.counts[scripted] += 1
+                return scripted
             if self._budget is not None:
                 if self._budget == 0:
                     self._budget = None

@@ -81,6 +81,41 @@ def test_lost_answers_to_conditional_creates_are_not_lost_commits(rt, s3_server,
         assert proxy.injected["lost_reply"] >= 5
 
 
+def test_a_commit_that_landed_though_its_answers_were_lost_is_committed_not_cleaned_up(
+        rt, s3_server, s3_bucket, fault_seed, figures, monkeypatch):
+    """The round's commit reaches the server but its answer is lost, and every retry of it
+    fails: the round reads the log back, finds its commit, and reports it. (It deleted the
+    files the commit names, and every later read and round of the partition failed.)"""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    with FaultProxy(s3_server, seed=fault_seed) as proxy:
+        rng = random.Random(fault_seed)
+        stream = Stream.new(f"s3://{s3_bucket}/t", figures, buckets=2,
+                            storage_options={"endpoint_url": proxy.url})
+        stream.random_deltas(rng, 2, 1_000, 2_000)
+        assert compact_partition(stream.table, stream.part, target_file_size=20_000).committed
+        stream.random_deltas(rng, 2, 1_000, 2_000)
+        commits: list[str] = []
+
+        def lose_the_commit(method: str, path: str) -> str | None:
+            if method != "PUT" or "/_log/" not in path:
+                return None
+            commits.append(path)
+            return "lost_reply" if len(commits) == 1 else "reset"
+
+        def at_commit(step: str, done: int, *_: int) -> None:
+            if step == "commit" and done == 0:
+                proxy.script = lose_the_commit
+
+        result = compact_partition(stream.table, stream.part, target_file_size=20_000,
+                                   progress=at_commit)
+        proxy.script = None
+        assert len(commits) >= 2 and result.committed  # (the first landed; the rest failed)
+        assert [e["kind"] for e in stream.part.log.read_from(1)].count("compaction") == 2
+        stream.check()
+        assert compact_partition(stream.table, stream.part).committed is False
+    figures.trials["S3 commit answer lost, retries failed"] += 1
+
+
 # (not "dedupe": warm dedupe actors make no request, so the server would go in materialize)
 @pytest.mark.parametrize("step", ["hash_bucket", "materialize", "commit"])
 def test_server_gone_mid_round_publishes_nothing_and_a_rerun_converges(
