@@ -446,4 +446,5 @@ def _figures(plan: RoundPlan, merged: list[GroupResult], outputs: list[Materiali
         "files_referenced": len(referenced),
         "bytes_referenced": sum(f.size for f in referenced),
         "buckets_touched": len({b for o in outputs for b in o.written}),
+        "rows_copied": sum(o.rows_copied for o in outputs),
     }

@@ -23,6 +23,7 @@ def read_partition(table: Table, partition: Partition | Mapping[str, Any] | None
     if not isinstance(partition, Partition):
         partition = table.partition(partition)
     snap = partition.snapshot(version)
+    table.metadata_at(snap.schema_version)  # (a handle older than the snapshot's columns)
     schema = table.schema
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in columns])

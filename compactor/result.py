@@ -18,6 +18,8 @@ class CompactionResult:
     rebase counts both as an incremental round of the same deltas would: the compacted rows it
     re-hashes are the keys that were there, not incoming rows).
     ``bytes_read`` counts whole input files (deltas once per step that reads them).
+    ``rows_copied``: rows written in row groups copied from a rewritten file as bytes (every
+    row of the group survived), not decoded and encoded again.
     """
 
     table: str
@@ -44,6 +46,7 @@ class CompactionResult:
     step_seconds: dict[str, float] = field(default_factory=dict)
     step_peak_rss: dict[str, int] = field(default_factory=dict)
     message: str = ""
+    rows_copied: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

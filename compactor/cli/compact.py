@@ -62,7 +62,9 @@ def render_result(result: CompactionResult, out: Console) -> None:
         ("rows", f"{r.rows_in:,} in -> {r.rows_out:,} out"),
         ("deletes applied", f"{r.deletes_applied:,}"),
         ("versions dropped", f"{r.duplicates_dropped:,} (superseded by newer rows)"),
-        ("files written", f"{r.files_written:,} ({format_size(r.bytes_written)})"),
+        ("files written", f"{r.files_written:,} ({format_size(r.bytes_written)}"
+                          + (f"; {r.rows_copied:,} rows in row groups copied as they were)"
+                             if r.rows_copied else ")")),
         ("files referenced", f"{r.files_referenced:,} in place, not rewritten "
                              f"({format_size(r.bytes_referenced)})"),
         ("files read", f"{r.files_read:,} ({format_size(r.bytes_read)})"),

@@ -8,12 +8,13 @@ dedupe actors' ``finalize`` points the next index at. Columns a file lacks (adde
 later) are filled with nulls; every batch is cast to the table schema, but for text a source
 stores with a dictionary, which stays dictionary indices up to the writer (``dictionary_reads``)
 and is read back in the table's type. Small sources (at most
-``READ_AHEAD_BYTES``) are read whole, several ahead of the one being decoded.
+``READ_AHEAD_BYTES``) are read whole, several ahead of the one being decoded. A row group all of
+whose rows one bucket keeps, stored as the table's files are (a compacted file rewritten for
+rows it lost in other row groups), is copied as its bytes (``parquet_splice``), not decoded.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from compactor import files, layout
+from compactor import files, layout, parquet_splice
 from compactor.errors import CorruptFile, SchemaMismatch
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
@@ -33,6 +34,7 @@ from compactor.manifest import DataFile
 from compactor.pipeline.dedupe import BucketPlan
 from compactor.pipeline.plan import RoundPlan
 from compactor.pipeline.row_sets import RowSet
+from compactor.thrift_compact import Struct
 
 # Compacted files have dictionary pages only for text columns with few distinct values
 # (``dictionary_columns``): with row groups of ROW_GROUP_ROWS, building (and for high-cardinality
@@ -76,13 +78,11 @@ def _dictionary_text(t: pa.DataType) -> bool:
 # million rows read: decoding 41 -> 13 ms, gathering 17 -> 4 ms, writing 35 -> 17 ms.
 DICTIONARY_READ_BYTES = 2
 DICTIONARY_READ_GROUPS = 8  # row groups looked at to decide
-# a file written from dictionary arrays states the table's own types for readers (below)
-_PASSTHROUGH = hasattr(pq.ParquetWriter, "add_key_value_metadata")
 
 
 def dictionary_reads(schema: pa.Schema) -> Callable[[pq.FileMetaData], list[str]]:
     """Given a source's footer, the text columns of ``schema`` to read as dictionary arrays."""
-    text = [f.name for f in schema if _dictionary_text(f.type)] if _PASSTHROUGH else []
+    text = [f.name for f in schema if _dictionary_text(f.type)]
 
     def pick(meta: pq.FileMetaData) -> list[str]:
         if not text or not meta.num_row_groups:
@@ -133,6 +133,7 @@ class SourceRows:
     ordinal: int
     file: DataFile
     rows: dict[int, RowSet]  # bucket -> rows
+    op_column: str | None = None  # a CDC source's: never read as data
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class MaterializeOutput:
     files_read: int
     bytes_read: int
     rows_written: int
+    rows_copied: int = 0  # of rows_written: in row groups copied as bytes
     peak_rss: int = 0  # of the process that ran it (set by the task wrapper)
 
 
@@ -187,16 +189,20 @@ def batch_rows(rows: int, decoded_bytes: int) -> int:
 
 
 def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
-               schema: pa.Schema, opened: pq.ParquetFile | None = None
+               schema: pa.Schema, opened: pq.ParquetFile | None = None,
+               in_memory: bool | None = None, skip: str | None = None
                ) -> Iterator[dict[int, pa.Table]]:
     """Rows ``rows[key]`` (sorted) of ``file`` for each key, reading the file once and only the
     row groups that hold wanted rows, about ``READ_BATCH_BYTES`` at a time:
     yields, per batch, each key's rows in it (in order; a key without rows there is absent),
     gathered straight from the decoded batch. Memory stays bounded whatever the file's size
     (by a batch, and a row group's compressed column chunks while its rows are read).
-    ``opened``: the file, already verified and opened (read ahead)."""
+    ``opened``: the file, already verified and opened (the caller closes it); ``in_memory``:
+    it was read whole (by default: if it was opened); ``skip``: a column of the file not read
+    (a CDC source's op column: null if the table has a column of that name)."""
     parquet = opened or files.open_verified(storage, file, read_dictionary=dictionary_reads(
         schema))
+    in_memory = opened is not None if in_memory is None else in_memory
     try:
         meta = parquet.metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
@@ -208,7 +214,7 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
             g[np.flatnonzero(np.diff(g, prepend=-1))] for g in group_of.values()]))
         if not len(groups):
             return
-        names = [n for n in schema.names if n in parquet.schema_arrow.names]
+        names = [n for n in schema.names if n in parquet.schema_arrow.names and n != skip]
         # each key's rows in the coordinates of the groups read, one after another
         unread = np.ones(len(sizes), dtype=bool)
         unread[groups] = False
@@ -219,7 +225,7 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
         at = 0
         for batch in _named_errors(file, parquet.iter_batches(
                 batch_size=step, row_groups=groups.tolist(), columns=names),
-                in_memory=opened is not None):
+                in_memory=in_memory):
             # in the table's types first: a file's type may have no gather of its own
             # (string_view, binary_view)
             data = conform(pa.Table.from_batches([batch]), schema, file.url,
@@ -236,7 +242,8 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
             del data, batch
             yield out
     finally:
-        parquet.close()
+        if opened is None:
+            parquet.close()
 
 
 def _named_errors(file: DataFile, batches: Iterator[pa.RecordBatch], in_memory: bool = False
@@ -254,14 +261,6 @@ def _named_errors(file: DataFile, batches: Iterator[pa.RecordBatch], in_memory: 
             raise CorruptFile(f"file {file.url} is not valid Parquet ({e})") from None
         e.add_note(f"reading {file.url}")
         raise
-
-
-ARROW_SCHEMA = b"ARROW:schema"
-
-
-def arrow_schema(schema: pa.Schema) -> bytes:
-    """The ``ARROW:schema`` value pyarrow stores in a Parquet file written with ``schema``."""
-    return base64.b64encode(schema.serialize().to_pybytes())
 
 
 def _as(values: pa.Array, t: pa.DataType) -> pa.Array:
@@ -323,25 +322,34 @@ def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 class _BucketWriter:
     """Writes one bucket's rows, a new file every ``rows_per_file`` rows; each file's
-    dictionary columns are chosen from its first row group's rows."""
+    dictionary columns are chosen from its first row group's rows. Row groups come encoded
+    from rows (``add``) or as a source's bytes (``copy``); ``template``: the footer of the
+    table's files (``parquet_splice``)."""
 
     def __init__(self, storage: Storage, partition: PartitionKey, bucket: int,
-                 schema: pa.Schema, rows_per_file: int, codec: str) -> None:
+                 schema: pa.Schema, rows_per_file: int, codec: str,
+                 template: parquet_splice.Template) -> None:
         self.storage, self.partition, self.bucket = storage, partition, bucket
         self.schema, self.rows_per_file, self.codec = schema, rows_per_file, codec
+        self.template = template
         self.files: list[DataFile] = []
         self._buffer: list[pa.Table] = []
         self._buffered = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._file_schema = schema  # the writer's: text columns with a dictionary as such
+        self._file: parquet_splice.Assembler | None = None
+        self._chosen: list[str] | None = None  # the current file's dictionary columns
+        self._file_schema = schema  # the encoder's: text columns with a dictionary as such
         self._passthrough: set[str] = set()
         self._out: Any = None
         self._rel = ""
         self._in_file = 0
 
+    def room(self) -> int:
+        """Rows the current file can still take."""
+        return self.rows_per_file - self._in_file - self._buffered
+
     def add(self, data: pa.Table) -> None:
         while data.num_rows:
-            room = self.rows_per_file - self._in_file - self._buffered
+            room = self.room()
             take = data.slice(0, room)
             data = data.slice(room)
             self._buffer.append(take)
@@ -352,37 +360,52 @@ class _BucketWriter:
             if self._in_file == self.rows_per_file:
                 self._close()
 
+    def copy(self, data: bytes, group: Struct, start: int) -> None:
+        """Append a source's row group ``group`` as its bytes ``data`` (which began at byte
+        ``start`` of the source); it must fit (``room``)."""
+        rows = parquet_splice.group_rows(group)
+        assert 0 < rows <= self.room()
+        self._flush()
+        self._open().add(data, group, start)
+        self._in_file += rows
+        if self._in_file == self.rows_per_file:
+            self._close()
+
+    def _open(self) -> parquet_splice.Assembler:
+        if self._file is None:
+            self._rel = layout.new_compacted_file(self.partition, self.bucket)
+            self._out = self.storage.open_output(self._rel)
+            self._file = parquet_splice.Assembler(self._out, self.template)
+        return self._file
+
     def _flush(self) -> None:
         if not self._buffered:
             return
-        if self._writer is None:
-            chosen = dictionary_columns(_dense_head(self._buffer, self.schema, DICTIONARY_SAMPLE))
+        if self._chosen is None:
+            self._chosen = dictionary_columns(
+                _dense_head(self._buffer, self.schema, DICTIONARY_SAMPLE))
             # text columns with a dictionary are written from dictionary arrays
-            self._passthrough = {f.name for f in self.schema if f.name in chosen
-                                 and _dictionary_text(f.type)} if _PASSTHROUGH else set()
+            self._passthrough = {f.name for f in self.schema if f.name in self._chosen
+                                 and _dictionary_text(f.type)}
             self._file_schema = pa.schema(
                 [f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in self._passthrough
                  else f for f in self.schema], metadata=self.schema.metadata)
-            self._rel = layout.new_compacted_file(self.partition, self.bucket)
-            self._out = self.storage.open_output(self._rel)
-            self._writer = pq.ParquetWriter(self._out, self._file_schema, **write_options(
-                self.codec, chosen))
         data = _combine(self._buffer, self._file_schema, self._passthrough)
-        self._writer.write_table(data, row_group_size=ROW_GROUP_ROWS)
+        self._open().add_file(parquet_splice.encode(
+            data, write_options(self.codec, self._chosen), ROW_GROUP_ROWS))
         self._in_file += self._buffered
         self._buffer, self._buffered = [], 0
 
     def _close(self) -> None:
         self._flush()
-        if self._writer is None:
+        if self._file is None:
             return
-        if self._passthrough:  # readers get the table's types back, not dictionaries
-            self._writer.add_key_value_metadata({ARROW_SCHEMA: arrow_schema(self.schema)})
-        self._writer.close()
+        # the footer states the table's types (readers get text, not dictionaries)
+        self._file.close()
         self._out.close()
         self.files.append(files.written(self.storage, self.storage.path(self._rel),
                                         self._in_file))
-        self._writer, self._out, self._in_file = None, None, 0
+        self._file, self._out, self._in_file, self._chosen = None, None, 0, None
 
     def finish(self) -> tuple[DataFile, ...]:
         self._close()
@@ -438,26 +461,113 @@ def read_ahead_memory(sources: list[SourceRows]) -> int:
     return sum(small[:READ_AHEAD_FILES]) if len(small) > 1 else 0
 
 
+@dataclass(frozen=True)
+class _Copy:
+    """A row group of a source that one bucket keeps whole, stored as the table's files are:
+    copied as its bytes ``[start, end)``."""
+
+    bucket: int
+    group: Struct
+    start: int
+    end: int
+
+
+def _copies(storage: Storage, file: DataFile, meta: pq.FileMetaData,
+            wanted: dict[int, np.ndarray], template: parquet_splice.Template
+            ) -> dict[int, _Copy]:
+    """The row groups of ``file`` (footer ``meta``) to copy as bytes, by index: each one all of
+    whose rows one bucket keeps, if the file stores its row groups as the table's files do
+    (``template``)."""
+    sizes = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)],
+                     dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    whole: dict[int, int] = {}
+    for b, r in wanted.items():
+        kept = np.diff(np.searchsorted(r, starts))
+        whole.update((int(g), b) for g in np.flatnonzero((kept == sizes) & (sizes > 0)))
+    if not whole:  # (a delta's row groups hold rows of every bucket: nothing to read)
+        return {}
+    path = files.resolve(storage, file.url)
+    try:
+        footer = parquet_splice.footer_of(
+            lambda s, e: storage.fs.cat_file(path, start=s, end=e), file.size)
+    except parquet_splice.NotParquet:
+        return {}
+    groups = parquet_splice.row_groups(footer)
+    if not template.same_layout(footer) or \
+            [parquet_splice.group_rows(g) for g in groups] != sizes.tolist():
+        return {}
+    out = {}
+    for g, b in sorted(whole.items()):
+        where = parquet_splice.span(groups[g])
+        if where is not None and template.takes(groups[g]):
+            out[g] = _Copy(b, groups[g], *where)
+    return out
+
+
+def _runs(meta: pq.FileMetaData, copies: dict[int, _Copy]
+          ) -> Iterator[tuple[int, int, _Copy | None]]:
+    """The file's rows in order, as ``(first, end, copy)``: a row group to copy, or the rows
+    between two (``copy`` None) to decode."""
+    at = first = 0
+    for g in range(meta.num_row_groups):
+        rows = meta.row_group(g).num_rows
+        if g in copies:
+            if at > first:
+                yield first, at, None
+            yield at, at + rows, copies[g]
+            first = at + rows
+        at += rows
+    if at > first:
+        yield first, at, None
+
+
 def materialize_group(storage: Storage, partition: PartitionKey, group: int,
                       sources: list[SourceRows], schema: pa.Schema, rows_per_file: int,
                       codec: str = DEFAULT_CODEC) -> MaterializeOutput:
-    """Read each source once and write every bucket's surviving rows of them, in order."""
+    """Read each source once and write every bucket's surviving rows of them, in order: row
+    groups a bucket keeps whole and that are stored as its files are copied as bytes, the
+    other rows decoded and encoded."""
     maybe_fail("materialize")
+    template = parquet_splice.Template(schema, write_options(codec))
     writers: dict[int, _BucketWriter] = {}
-    bytes_read = rows = 0
+
+    def writer(bucket: int) -> _BucketWriter:
+        if bucket not in writers:
+            writers[bucket] = _BucketWriter(storage, partition, bucket, schema, rows_per_file,
+                                            codec, template)
+        return writers[bucket]
+
+    bytes_read = rows = copied = 0
     with _ReadAhead(storage, sources, schema) as ahead:
         for i, source in enumerate(sources):
             wanted = {b: r.array() for b, r in source.rows.items()}
-            for parts in read_split(storage, source.file, wanted, schema, ahead.take(i)):
-                for bucket in sorted(parts):
-                    if bucket not in writers:
-                        writers[bucket] = _BucketWriter(storage, partition, bucket, schema,
-                                                        rows_per_file, codec)
-                    writers[bucket].add(parts.pop(bucket))
+            opened = ahead.take(i)
+            in_memory = opened is not None
+            parquet = opened or files.open_verified(storage, source.file,
+                                                    read_dictionary=ahead.dictionary)
+            try:
+                copies = {} if source.op_column is not None else _copies(
+                    storage, source.file, parquet.metadata, wanted, template)
+                for first, end, copy in _runs(parquet.metadata, copies):
+                    if copy is not None and writer(copy.bucket).room() >= end - first:
+                        data = storage.fs.cat_file(files.resolve(storage, source.file.url),
+                                                   start=copy.start, end=copy.end)
+                        writer(copy.bucket).copy(data, copy.group, copy.start)
+                        copied += end - first
+                        continue
+                    part = {b: r[np.searchsorted(r, first):np.searchsorted(r, end)]
+                            for b, r in wanted.items()} if copies else wanted
+                    for parts in read_split(storage, source.file, part, schema, parquet,
+                                            in_memory, source.op_column):
+                        for bucket in sorted(parts):
+                            writer(bucket).add(parts.pop(bucket))
+            finally:
+                parquet.close()
             bytes_read += source.file.size
             rows += sum(len(r) for r in source.rows.values())
     written = {b: w.finish() for b, w in sorted(writers.items())}
-    return MaterializeOutput(group, written, len(sources), bytes_read, rows)
+    return MaterializeOutput(group, written, len(sources), bytes_read, rows, copied)
 
 
 MIN_GROUP_BYTES = 64 << 20  # decoded bytes a materialize task reads at least...
@@ -496,7 +606,7 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
                         or (spills and current_bytes >= budget / 2)):
             groups.append(current)
             current, current_bytes, in_task = [], 0.0, {}
-        current.append(SourceRows(o, plan.sources[o], by_ordinal[o]))
+        current.append(SourceRows(o, plan.sources[o], by_ordinal[o], plan.op_columns.get(o)))
         current_bytes += sizes[o]
         for b, n in adds.items():
             in_task[b] = in_task.get(b, 0) + n

@@ -13,7 +13,7 @@ tens of tasks, not thousands. Of many small files only a sample of footers is re
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
@@ -106,6 +106,9 @@ class RoundPlan:
     # than failing the round
     tombstones: tuple[tuple[tuple[str, ...], int], ...] = ()
     tombstones_tolerant: bool = False
+    # the op column of each CDC source (by ordinal): not data, even where a later delta added
+    # a table column of that name
+    op_columns: dict[int, str] = field(default_factory=dict)
 
     @property
     def rows_in(self) -> int:
@@ -190,6 +193,9 @@ def round_work(table: Table, partition: Partition, bucket_count: int | None, reb
     Raises ``NothingToDo`` (no pending delta, no rewrite asked for or needed), or
     ``InvalidTableSpec`` (a bucket count change without ``rebase``)."""
     snapshot = partition.snapshot()
+    # a handle opened before another writer added a column: its schema must cover the
+    # snapshot's files (the round writes the table's columns, and records that it did)
+    table.metadata_at(snapshot.schema_version)
     compacted = snapshot.compacted
     check_bucket_count(table, partition, bucket_count)
     if compacted is not None and bucket_count is not None \
@@ -228,6 +234,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
 
     tasks: list[HashTask] = []
     sources: dict[int, DataFile] = {}
+    op_columns: dict[int, str] = {}
     total_rows = total_bytes = decoded = 0
     for j, ((file, position, kind, cdc), (rg_rows, key_bytes, all_bytes)) in enumerate(
             zip(items, stats, strict=True)):
@@ -238,6 +245,8 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
                 f"source file may hold at most {locators.MAX_FILE_ROWS} (rows are located by "
                 "32-bit numbers): split it into smaller files; nothing was compacted")
         sources[ordinal] = file
+        if cdc is not None:
+            op_columns[ordinal] = cdc.column
         total_rows += file.rows
         total_bytes += file.size
         decoded += all_bytes
@@ -286,4 +295,5 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         row_bytes=decoded / max(sum(f.rows for f, *_ in items), 1),
         dedupe_memory=max(MIN_TASK_MEMORY, int(3 * keys * RECORD_BYTES / groups)),
         order_type=order_type, tombstones=carried, tombstones_tolerant=unusable,
+        op_columns=op_columns,
     )

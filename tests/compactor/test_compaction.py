@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runtime
-from compactor import CdcOps, DeltaKind, create_table
+from compactor import CdcOps, DeltaKind, create_table, open_table
 from compactor.compaction import compact_partition
 from compactor.errors import FileTooLarge, InvalidTableSpec, TooManyFiles
 from compactor.merge import index_schema
@@ -130,6 +130,53 @@ def test_cdc_composite_string_keys_and_added_columns(rt, tmp_path):
         {"tenant": "ab", "name": "c", "n": 6, "note": None},
         {"tenant": "z", "name": "z", "n": 7, "note": "z"},
     ]
+
+
+@pytest.mark.parametrize("added", [pa.array(["x", "y"]), pa.array([7, 8], pa.int64())])
+def test_a_column_named_as_a_pending_cdc_deltas_op_column_is_null_in_its_rows(
+        rt, tmp_path, added: pa.Array) -> None:
+    """A later delta adds a table column named as an uncompacted CDC delta's op column: the
+    CDC rows' op values are not that column's data (they were read as such, and with another
+    type every round of the partition failed)."""
+    schema = pa.schema([("id", pa.int64()), ("v", pa.string())])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=["id"], bucket_count=1)
+    part = table.partition()
+    part.append(pa.table({"id": [1, 2, 9], "v": ["a", "b", "gone"], "op": ["I", "U", "D"]}),
+                kind=DeltaKind.CDC, cdc=CdcOps("op"))
+    part.append(pa.table({"id": [3, 4], "v": ["c", "d"], "op": added}))
+    for more in ([], [5]):  # and the round after it
+        if more:
+            part.append(pa.table({"id": more, "v": ["e"], "op": added[:1]}))
+        result = compact_partition(table, part)
+        assert result.committed
+        got = read_partition(table, part).sort_by("id")
+        assert got.schema.field("op").type == added.type
+        assert got.to_pylist() == [
+            {"id": 1, "v": "a", "op": None}, {"id": 2, "v": "b", "op": None},
+            {"id": 3, "v": "c", "op": added[0].as_py()},
+            {"id": 4, "v": "d", "op": added[1].as_py()},
+        ] + [{"id": 5, "v": "e", "op": added[0].as_py()} for _ in more]
+
+
+def test_a_handle_opened_before_a_column_was_added_keeps_the_columns_data(rt, tmp_path):
+    """A table handle (a scheduler's, a CLI's) opened before another writer added a column:
+    its round wrote the column as nulls and recorded the newer schema (the values were gone
+    from the current state), and its reads left the column out."""
+    schema = pa.schema([("id", pa.int64()), ("v", pa.string())])
+    url = f"file://{tmp_path}/t"
+    create_table(url, schema, primary_key=["id"], bucket_count=2).partition().append(
+        pa.table({"id": [1, 2, 3], "v": ["a", "b", "c"]}, schema=schema))
+    stale, reader = open_table(url), open_table(url)
+    open_table(url).partition().append(pa.table({"id": [2, 4], "v": ["B", "D"],
+                                                 "w": pa.array([20, 40], pa.int64())}))
+    assert "w" not in stale.schema.names
+    assert compact_partition(stale, stale.partition()).committed
+    want = [{"id": 1, "v": "a", "w": None}, {"id": 2, "v": "B", "w": 20},
+            {"id": 3, "v": "c", "w": None}, {"id": 4, "v": "D", "w": 40}]
+    fresh = open_table(url)
+    assert read_partition(fresh, fresh.partition()).sort_by("id").to_pylist() == want
+    assert "w" not in reader.schema.names
+    assert read_partition(reader, reader.partition()).sort_by("id").to_pylist() == want
 
 
 def test_view_and_dictionary_encoded_inputs_compact_like_plain_ones(rt, tmp_path):

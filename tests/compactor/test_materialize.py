@@ -94,7 +94,8 @@ def test_tasks_end_where_a_bucket_would_spill_into_another_file() -> None:
     from compactor.pipeline.row_sets import RowSet
 
     sources = {o: SimpleNamespace(rows=1_200, size=1) for o in range(12)}
-    plan = SimpleNamespace(sources=sources, row_bytes=(32 << 20) / 1_200, rows_per_file=1_000)
+    plan = SimpleNamespace(sources=sources, row_bytes=(32 << 20) / 1_200, rows_per_file=1_000,
+                           op_columns={})
     plans = {b: BucketPlan(b, 0, (), tuple((o, RowSet.of(np.arange(b, 1_200, 2)))
                                            for o in range(12))) for b in (0, 1)}
     groups = materialize.group_sources(plan, plans, cpus=1)  # type: ignore[arg-type]
@@ -295,8 +296,6 @@ def test_a_row_set_of_a_mask_holds_its_true_rows(mask: np.ndarray) -> None:
     assert len(got) == int(mask.sum())
 
 
-@pytest.mark.skipif(not materialize._PASSTHROUGH, reason="pyarrow without "
-                    "ParquetWriter.add_key_value_metadata: text is decoded, as before")
 def test_dictionary_text_is_read_and_written_as_dictionaries_and_read_back_as_the_tables(
         tmp_path) -> None:
     """Low-cardinality text stored with dictionary pages is read as dictionary arrays and
@@ -352,8 +351,6 @@ def test_dictionary_text_is_read_and_written_as_dictionaries_and_read_back_as_th
         assert (statistics.min, statistics.max) == (values["min"], values["max"])
 
 
-@pytest.mark.skipif(not materialize._PASSTHROUGH, reason="pyarrow without "
-                    "ParquetWriter.add_key_value_metadata: text is decoded, as before")
 @pytest.mark.parametrize("sources_, rows, rare, width", [(3, 300_000, 3000, 150),
                                                         (1, 800_000, 250, 4000)])
 def test_a_file_keeps_only_the_dictionary_values_its_rows_use(

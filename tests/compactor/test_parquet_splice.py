@@ -1,0 +1,230 @@
+"""Row groups moved between Parquet files as bytes: the footer codec, the assembled files (read
+back by pyarrow and by DuckDB, an independent reader), and materialize copying the row groups
+a rewritten file keeps whole."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from compactor import files, parquet_splice
+from compactor import thrift_compact as tc
+from compactor.fs import Storage
+from compactor.layout import PartitionKey
+from compactor.pipeline import materialize
+from compactor.pipeline.row_sets import RowSet
+
+
+def _footer_bytes(data: bytes) -> bytes:
+    length = struct.unpack("<I", data[-8:-4])[0]
+    return data[-8 - length:-8]
+
+
+@pytest.mark.parametrize("value, encoded", [
+    # the compact protocol's examples: field 1 i32 1; field 2 (delta 2) true; a binary; a
+    # field 20 (long form: type, zigzag id); i64 -1 (zigzag 1); a list of 3 i32; a double
+    (tc.Struct([[1, tc.I32, 1]]), b"\x15\x02\x00"),
+    (tc.Struct([[2, tc.TRUE, True], [3, tc.TRUE, False]]), b"\x21\x12\x00"),
+    (tc.Struct([[1, tc.BINARY, b"ab"]]), b"\x18\x02ab\x00"),
+    (tc.Struct([[20, tc.I64, -1]]), b"\x06\x28\x01\x00"),
+    (tc.Struct([[1, tc.LIST, tc.Sequence(tc.I32, [1, -2, 300])]]),
+     b"\x19\x35\x02\x03\xd8\x04\x00"),
+    (tc.Struct([[1, tc.DOUBLE, 1.5]]), b"\x17" + struct.pack("<d", 1.5) + b"\x00"),
+])
+def test_the_codec_writes_the_compact_protocol(value: tc.Struct, encoded: bytes) -> None:
+    assert tc.dumps(value) == encoded
+    assert tc.loads(encoded) == value
+
+
+def test_the_codec_round_trips_every_kind_of_value() -> None:
+    inner = tc.Struct([[3, tc.BYTE, -5], [4, tc.I16, -300], [40, tc.STRUCT, tc.Struct()]])
+    value = tc.Struct([
+        [1, tc.I64, -(2**63)], [2, tc.I64, 2**63 - 1], [5, tc.STRUCT, inner],
+        [6, tc.LIST, tc.Sequence(tc.BINARY, [bytes([i]) * i for i in range(20)])],
+        [7, tc.SET, tc.Sequence(tc.TRUE, [1, 2, 1])],
+        [8, tc.MAP, tc.Mapping(tc.BINARY, tc.I32, [(b"k", 1), (b"\xff", -1)])],
+        [9, tc.MAP, tc.Mapping(0, 0, [])], [30000, tc.TRUE, True],
+    ])
+    assert tc.loads(tc.dumps(value)) == value
+    with pytest.raises(tc.ThriftError):
+        tc.loads(tc.dumps(value)[:-1])
+    with pytest.raises(tc.ThriftError):
+        tc.loads(tc.dumps(value) + b"\x00")
+
+
+def _wide_table(rows: int, seed: int) -> pa.Table:
+    """Many columns (more than 15: long list headers and field deltas), nested and
+    dictionary-worthy ones, negative numbers, nulls."""
+    rng = np.random.default_rng(seed)
+    columns = {f"c{i}": rng.integers(-(2**40), 2**40, rows) for i in range(14)}
+    columns.update({
+        "id": np.arange(rows, dtype=np.int64) + seed * rows,
+        "s": pa.array([["x", "yy", None, "zzz"][i] for i in rng.integers(0, 4, rows)]),
+        "f": rng.normal(size=rows), "when": pa.array(rng.integers(0, 2**40, rows),
+                                                   pa.timestamp("us", "UTC")),
+        "l": pa.array([[int(i), None] for i in rng.integers(0, 9, rows)]),
+        "st": pa.array([{"a": int(i), "b": str(i)} for i in rng.integers(0, 5, rows)]),
+    })
+    return pa.table(columns).replace_schema_metadata({"owner": "tests"})
+
+
+def test_pyarrows_footers_read_back_to_the_same_bytes(tmp_path: Path) -> None:
+    table = _wide_table(5000, 1)
+    for i, options in enumerate([{}, {"compression": "zstd", "use_dictionary": ["s"]},
+                                 {"write_statistics": False, "row_group_size": 700}]):
+        pq.write_table(table, tmp_path / f"{i}.parquet", **options)  # type: ignore[arg-type]
+        footer = _footer_bytes((tmp_path / f"{i}.parquet").read_bytes())
+        assert tc.dumps(tc.loads(footer)) == footer
+
+
+def test_an_assembled_file_reads_back_as_its_row_groups_in_order(tmp_path: Path) -> None:
+    """Row groups of two files and an encoded table, in one file: pyarrow and DuckDB read the
+    rows in order, with the table's schema and metadata and each row group's statistics."""
+    options = materialize.write_options("snappy", ["s"])
+    template = parquet_splice.Template(_wide_table(1, 0).schema, options)
+    parts, sources = [], []
+    for seed in (1, 2):
+        table = _wide_table(3000, seed)
+        pq.write_table(table, tmp_path / f"src{seed}.parquet", row_group_size=1000, **options)
+        data = (tmp_path / f"src{seed}.parquet").read_bytes()
+        footer = parquet_splice.footer_of(lambda s, e, d=data: d[s:e], len(data))
+        assert template.same_layout(footer)
+        sources.append((data, parquet_splice.row_groups(footer)))
+        parts.append(table)
+    encoded = _wide_table(1500, 3)
+    out = tmp_path / "out.parquet"
+    with open(out, "wb") as f:
+        assembler = parquet_splice.Assembler(f, template)
+        # groups 2 and 0 of the first file, the encoded rows, group 1 of the second
+        expected = []
+        for (data, groups), g in [(sources[0], 2), (sources[0], 0)]:
+            assert template.takes(groups[g])
+            start, end = parquet_splice.span(groups[g])  # type: ignore[misc]
+            assembler.add(data[start:end], groups[g], start)
+            expected.append(parts[0].slice(g * 1000, 1000))
+        assembler.add_file(parquet_splice.encode(encoded, options, 1000))
+        expected.append(encoded)
+        data, groups = sources[1]
+        start, end = parquet_splice.span(groups[1])  # type: ignore[misc]
+        assembler.add(data[start:end], groups[1], start)
+        expected.append(parts[1].slice(1000, 1000))
+        assembler.close()
+    want = pa.concat_tables(expected)
+    back = pq.read_table(out)
+    assert back.equals(want) and back.schema.metadata == want.schema.metadata
+    meta = pq.read_metadata(out)
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == \
+        [1000, 1000, 1000, 500, 1000]
+    reference = tmp_path / "reference.parquet"
+    pq.write_table(want.schema.empty_table(), reference, **options)
+    assert meta.metadata == pq.read_metadata(reference).metadata  # (ARROW:schema and owner)
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(want.schema.get_field_index("id")).statistics
+        ids = pq.ParquetFile(out).read_row_group(i, columns=["id"]).column("id")
+        assert (stats.min, stats.max) == (ids[0].as_py(), ids[-1].as_py())
+    # an independent reader: every row and column (nested too) as pyarrow reads them
+    got = duckdb.sql(f"SELECT * FROM read_parquet('{out}')").arrow()
+    got = got.read_all() if hasattr(got, "read_all") else got
+    assert got.num_rows == want.num_rows
+    for name in ("id", "c0", "s", "f", "when", "l", "st"):
+        assert got.column(name).to_pylist() == want.column(name).to_pylist(), name
+
+
+def test_only_row_groups_stored_as_the_tables_files_are_taken(tmp_path: Path) -> None:
+    """Another Parquet schema (a column not nullable, or of another type), another codec, a
+    page index or a bloom filter: the row group is decoded instead."""
+    schema = pa.schema([("id", pa.int64()), ("v", pa.string())])
+    template = parquet_splice.Template(schema, materialize.write_options("zstd"))
+
+    def footer(table: pa.Table, **options: object) -> tc.Struct:
+        path = tmp_path / "f.parquet"
+        pq.write_table(table, path, **options)  # type: ignore[arg-type]
+        data = path.read_bytes()
+        return parquet_splice.footer_of(lambda s, e: data[s:e], len(data))
+
+    rows = pa.table({"id": [1, 2], "v": ["a", "b"]}, schema=schema)
+    same = footer(rows, compression="zstd")
+    assert template.same_layout(same) and template.takes(parquet_splice.row_groups(same)[0])
+    assert not template.takes(parquet_splice.row_groups(footer(rows, compression="snappy"))[0])
+    for other in (pa.schema([pa.field("id", pa.int64(), nullable=False), ("v", pa.string())]),
+                  pa.schema([("id", pa.int32()), ("v", pa.string())]),
+                  pa.schema([("v", pa.string()), ("id", pa.int64())])):
+        assert not template.same_layout(footer(rows.cast(other) if other.names == schema.names
+                                               else rows.select(["v", "id"]),
+                                               compression="zstd"))
+    indexed = footer(rows, compression="zstd", write_page_index=True)
+    assert parquet_splice.span(parquet_splice.row_groups(indexed)[0]) is None
+    with pytest.raises(parquet_splice.NotParquet):
+        parquet_splice.footer_of(lambda s, e: b"PAR1" + b"\x00" * 20, 24)
+
+
+SCHEMA = pa.schema([("id", pa.int64()), ("v", pa.string())])
+
+
+def _compacted(tmp_path: Path, rows: int, codec: str) -> tuple[Storage, files.DataFile]:
+    """A file as materialize writes them: row groups of ROW_GROUP_ROWS."""
+    storage = Storage(f"file://{tmp_path}")
+    table = pa.table({"id": np.arange(rows, dtype=np.int64),
+                      "v": pa.array([f"v{i % 97}" for i in range(rows)])}, schema=SCHEMA)
+    pq.write_table(table, tmp_path / "c.parquet", row_group_size=materialize.ROW_GROUP_ROWS,
+                   **materialize.write_options(codec))
+    file, parquet = files.describe(storage, f"file://{tmp_path}/c.parquet")
+    parquet.close()
+    return storage, file
+
+
+@pytest.mark.parametrize("codec, rows_per_file, copied", [
+    ("zstd", 1_000_000, 2),  # both whole row groups
+    ("snappy", 1_000_000, 0),  # written with zstd: decoded
+    # the second whole group does not fit in the first file's room: decoded
+    ("zstd", materialize.ROW_GROUP_ROWS + 1000, 1),
+])
+def test_materialize_copies_the_row_groups_a_bucket_keeps_whole(
+        tmp_path: Path, codec: str, rows_per_file: int, copied: int) -> None:
+    g = materialize.ROW_GROUP_ROWS
+    storage, file = _compacted(tmp_path, 3 * g + 500, "zstd")
+    # the first two row groups whole, every other row of the third, the last group's rows
+    # but its first
+    keep = np.r_[np.arange(2 * g), np.arange(2 * g, 3 * g, 2),
+                 np.arange(3 * g + 1, 3 * g + 500)]
+    out = materialize.materialize_group(
+        storage, PartitionKey(), 0, [materialize.SourceRows(7, file, {3: RowSet.of(keep)})],
+        SCHEMA, rows_per_file=rows_per_file, codec=codec)
+    assert out.rows_written == len(keep) and out.rows_copied == copied * g
+    written = out.written[3]
+    full, rest = divmod(len(keep), rows_per_file)
+    assert [f.rows for f in written] == [rows_per_file] * full + [rest] * (rest > 0)
+    paths = [storage.strip(f.url) for f in written]
+    back = pa.concat_tables([pq.read_table(storage.fs.open(p, "rb")) for p in paths])
+    assert back.schema == SCHEMA
+    assert back.column("id").to_numpy().tolist() == keep.tolist()
+    assert back.column("v").to_pylist() == [f"v{i % 97}" for i in keep]
+    got = duckdb.sql("SELECT count(*), sum(id), count(DISTINCT v) FROM read_parquet("
+                     f"{[str(p) for p in paths]})").fetchall()
+    assert got == [(len(keep), int(keep.sum()), 97)]
+
+
+def test_a_cdc_source_is_never_copied(tmp_path: Path) -> None:
+    """A CDC source's op column may share a name with a table column: its row groups are
+    decoded without it, even where they are stored as the table's files are."""
+    g = materialize.ROW_GROUP_ROWS
+    schema = pa.schema([("id", pa.int64()), ("op", pa.string())])
+    storage = Storage(f"file://{tmp_path}")
+    pq.write_table(pa.table({"id": np.arange(g, dtype=np.int64), "op": ["I"] * g},
+                            schema=schema), tmp_path / "cdc.parquet", row_group_size=g,
+                   **materialize.write_options("zstd"))
+    file, parquet = files.describe(storage, f"file://{tmp_path}/cdc.parquet")
+    parquet.close()
+    out = materialize.materialize_group(
+        storage, PartitionKey(), 0,
+        [materialize.SourceRows(1, file, {0: RowSet.of(np.arange(g))}, op_column="op")],
+        schema, rows_per_file=10 * g, codec="zstd")
+    assert out.rows_copied == 0
+    back = pq.read_table(storage.fs.open(storage.strip(out.written[0][0].url), "rb"))
+    assert back.column("op").null_count == g
