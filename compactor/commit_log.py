@@ -149,8 +149,8 @@ class CommitLog:
             rel = log_file(self.partition, number)
             try:
                 self.storage.create(rel, _dumps(entry))
-            except FileExistsError:
-                winners = self.read_from(number)
+            except FileExistsError as e:
+                winners = self._read_back(number, None, e)
                 if winners and winners[0].get("commit_id") == commit_id:
                     break  # our own earlier (retried) request created it
                 for offset, other in enumerate(winners):
@@ -159,8 +159,11 @@ class CommitLog:
                 number += len(winners)
                 time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                 continue
+            except PermissionError:
+                raise  # refused: nothing was written
             except Exception as e:
-                if not self._landed(number, commit_id, e):
+                found = self._read_back(number, number, e)
+                if not (found and found[0].get("commit_id") == commit_id):
                     raise
             break
         else:
@@ -172,20 +175,20 @@ class CommitLog:
             self._checkpoint(number)
         return number
 
-    def _landed(self, number: int, commit_id: str, error: Exception) -> bool:
-        """Whether commit ``number`` of ``commit_id`` is in the log although writing it failed
-        with ``error`` (its answer was lost: the request landed); raises :class:`CommitUnknown`
-        if the log cannot be read to tell. (Read back once: a request still in flight after
-        the client gave up on it could land later; S3 reads are consistent after a write.)"""
+    def _read_back(self, number: int, stop: int | None, error: Exception) -> list[Entry]:
+        """The log from commit ``number`` (to ``stop``) after writing commit ``number`` failed
+        with ``error`` (it exists already, or its answer was lost: the request may have landed,
+        an earlier attempt of it too); :class:`CommitUnknown` if it cannot be read to tell.
+        (Read back once: a request still in flight after the client gave up on it could land
+        later; S3 reads are consistent after a write.)"""
         try:
-            found = self.read_from(number, number)
+            return self.read_from(number, stop)
         except Exception as e:
             raise CommitUnknown(
                 f"{self._where(number)}: writing it failed ({type(error).__name__}: {error}) "
                 f"and reading it back failed too ({type(e).__name__}: {e}): whether it was "
                 "committed is unknown"
             ) from error
-        return bool(found) and found[0].get("commit_id") == commit_id
 
     def _checkpoint(self, number: int) -> None:
         rel = numbered_file(checkpoint_dir(self.partition), number)

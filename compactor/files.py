@@ -9,6 +9,7 @@ committed is reported by name instead of being read as if it were the same data.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +50,36 @@ def _info(storage: Storage, path: str) -> dict[str, Any]:
     return info
 
 
+@dataclass
+class Opened:
+    """A Parquet file opened for reading, and the bytes it is read from (all of it in memory,
+    or the file object: the same version of the file either way)."""
+
+    parquet: pq.ParquetFile
+    source: Any  # pa.BufferReader (read whole) or a file object
+    url: str
+    whole: bool
+
+    def read_range(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the file (when the Parquet reader is not reading it)."""
+        try:
+            self.source.seek(start)
+            data = self.source.read(end - start)
+        except FileNotFoundError:
+            raise MissingFile(f"file {self.url} does not exist") from None
+        except OSError as e:
+            e.add_note(f"reading {self.url}")
+            raise
+        if len(data) != end - start:
+            raise CorruptFile(f"file {self.url} ends before byte {end}")
+        return data.to_pybytes() if isinstance(data, pa.Buffer) else bytes(data)
+
+    def close(self) -> None:
+        self.parquet.close()
+        if not self.whole:
+            self.source.close()
+
+
 def open_parquet(storage: Storage, path: str, whole: bool = False,
                  read_dictionary: Callable[[pq.FileMetaData], list[str]] | None = None
                  ) -> pq.ParquetFile:
@@ -56,6 +87,11 @@ def open_parquet(storage: Storage, path: str, whole: bool = False,
     memory first, in one request); :class:`CorruptFile` if it is not Parquet. An I/O error
     while reading a whole file keeps its type (a job may retry it), with a note naming it.
     ``read_dictionary``: given the footer, the columns to read as dictionary arrays."""
+    return _open(storage, path, whole, read_dictionary).parquet
+
+
+def _open(storage: Storage, path: str, whole: bool,
+          read_dictionary: Callable[[pq.FileMetaData], list[str]] | None) -> Opened:
     source: Any
     if whole:
         try:
@@ -70,10 +106,9 @@ def open_parquet(storage: Storage, path: str, whole: bool = False,
             source = storage.fs.open(path, "rb")
         parquet = pq.ParquetFile(source)
         names = read_dictionary(parquet.metadata) if read_dictionary is not None else None
-        if not names:
-            return parquet
-        # the same source and its footer as read, dictionary columns decoded as such
-        return pq.ParquetFile(source, metadata=parquet.metadata, read_dictionary=names)
+        if names:  # the same source and its footer as read, dictionary columns decoded as such
+            parquet = pq.ParquetFile(source, metadata=parquet.metadata, read_dictionary=names)
+        return Opened(parquet, source, storage.url_of(path), whole)
     except FileNotFoundError:
         raise MissingFile(f"file {storage.url_of(path)} does not exist") from None
     except (pa.ArrowException, OSError, ValueError) as e:
@@ -112,5 +147,12 @@ def open_verified(storage: Storage, file: DataFile, whole: bool = False,
                   ) -> pq.ParquetFile:
     """Verify ``file`` is unchanged, then open it as Parquet (footer only; ``whole``: all of
     it read into memory; ``read_dictionary``: as ``open_parquet``'s)."""
+    return open_source(storage, file, whole, read_dictionary).parquet
+
+
+def open_source(storage: Storage, file: DataFile, whole: bool = False,
+                read_dictionary: Callable[[pq.FileMetaData], list[str]] | None = None
+                ) -> Opened:
+    """``open_verified``, keeping what the file is read from (to copy bytes of it)."""
     verify(storage, file)
-    return open_parquet(storage, resolve(storage, file.url), whole, read_dictionary)
+    return _open(storage, resolve(storage, file.url), whole, read_dictionary)

@@ -132,6 +132,19 @@ class Template:
         self.schema = self.footer.get(FMD_SCHEMA)
         [empty] = row_groups(self.footer)  # (a table of no rows is one empty row group)
         self.codecs = [c.get(CC_META).get(CM_CODEC) for c in _chunks(empty)]
+        # the same as pyarrow reads them: a first test that needs no footer parsed here
+        meta = pq.read_metadata(pa.BufferReader(data))
+        self.parquet_schema = meta.schema
+        self.codec_names = [meta.row_group(0).column(i).compression
+                            for i in range(meta.num_columns)]
+
+    def may_take(self, meta: pq.FileMetaData, group: int) -> bool:
+        """Whether row group ``group`` of the file with footer ``meta`` (as pyarrow read it)
+        may be stored as this template's are: the same Parquet schema and codecs (``same_layout``
+        and ``takes`` decide, on the footer's bytes)."""
+        chunks = meta.row_group(group)
+        return meta.schema.equals(self.parquet_schema) and [
+            chunks.column(i).compression for i in range(chunks.num_columns)] == self.codec_names
 
     def same_layout(self, footer: Struct) -> bool:
         """Whether row groups of the file with this ``footer`` are stored as this template's

@@ -428,10 +428,10 @@ class _ReadAhead:
         self.small = [s.file.size <= READ_AHEAD_BYTES for s in sources]
         count = sum(self.small)
         self.pool = ThreadPoolExecutor(min(READ_AHEAD_FILES, count)) if count > 1 else None
-        self.pending: dict[int, Future[pq.ParquetFile]] = {}
+        self.pending: dict[int, Future[files.Opened]] = {}
         self.next = 0
 
-    def take(self, i: int) -> pq.ParquetFile | None:
+    def take(self, i: int) -> files.Opened | None:
         """Source ``i`` opened (None: not read ahead; the caller opens it), after asking for
         the next ones."""
         if self.pool is None:
@@ -440,7 +440,7 @@ class _ReadAhead:
         while self.next < len(self.sources) and len(self.pending) < READ_AHEAD_FILES:
             if self.small[self.next]:
                 self.pending[self.next] = self.pool.submit(
-                    files.open_verified, self.storage, self.sources[self.next].file, True,
+                    files.open_source, self.storage, self.sources[self.next].file, True,
                     self.dictionary)
             self.next += 1
         ahead = self.pending.pop(i, None)
@@ -472,25 +472,25 @@ class _Copy:
     end: int
 
 
-def _copies(storage: Storage, file: DataFile, meta: pq.FileMetaData,
-            wanted: dict[int, np.ndarray], template: parquet_splice.Template
-            ) -> dict[int, _Copy]:
-    """The row groups of ``file`` (footer ``meta``) to copy as bytes, by index: each one all of
-    whose rows one bucket keeps, if the file stores its row groups as the table's files do
+def _copies(opened: files.Opened, size: int, wanted: dict[int, np.ndarray],
+            template: parquet_splice.Template) -> dict[int, _Copy]:
+    """The row groups of the ``opened`` file (of ``size`` bytes) to copy as bytes, by index:
+    each one all of whose
+    rows one bucket keeps, if the file stores its row groups as the table's files do
     (``template``)."""
+    meta = opened.parquet.metadata
     sizes = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)],
                      dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     whole: dict[int, int] = {}
     for b, r in wanted.items():
         kept = np.diff(np.searchsorted(r, starts))
-        whole.update((int(g), b) for g in np.flatnonzero((kept == sizes) & (sizes > 0)))
-    if not whole:  # (a delta's row groups hold rows of every bucket: nothing to read)
+        whole.update((int(g), b) for g in np.flatnonzero((kept == sizes) & (sizes > 0))
+                     if template.may_take(meta, int(g)))
+    if not whole:  # (a delta's row groups hold rows of every bucket: nothing more to read)
         return {}
-    path = files.resolve(storage, file.url)
     try:
-        footer = parquet_splice.footer_of(
-            lambda s, e: storage.fs.cat_file(path, start=s, end=e), file.size)
+        footer = parquet_splice.footer_of(opened.read_range, size)
     except parquet_splice.NotParquet:
         return {}
     groups = parquet_splice.row_groups(footer)
@@ -542,28 +542,27 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
     with _ReadAhead(storage, sources, schema) as ahead:
         for i, source in enumerate(sources):
             wanted = {b: r.array() for b, r in source.rows.items()}
-            opened = ahead.take(i)
-            in_memory = opened is not None
-            parquet = opened or files.open_verified(storage, source.file,
-                                                    read_dictionary=ahead.dictionary)
+            opened = ahead.take(i) or files.open_source(storage, source.file,
+                                                         read_dictionary=ahead.dictionary)
+            parquet = opened.parquet
             try:
                 copies = {} if source.op_column is not None else _copies(
-                    storage, source.file, parquet.metadata, wanted, template)
+                    opened, source.file.size, wanted, template)
                 for first, end, copy in _runs(parquet.metadata, copies):
                     if copy is not None and writer(copy.bucket).room() >= end - first:
-                        data = storage.fs.cat_file(files.resolve(storage, source.file.url),
-                                                   start=copy.start, end=copy.end)
-                        writer(copy.bucket).copy(data, copy.group, copy.start)
+                        # (from the version of the file verified and read)
+                        writer(copy.bucket).copy(opened.read_range(copy.start, copy.end),
+                                                 copy.group, copy.start)
                         copied += end - first
                         continue
                     part = {b: r[np.searchsorted(r, first):np.searchsorted(r, end)]
                             for b, r in wanted.items()} if copies else wanted
                     for parts in read_split(storage, source.file, part, schema, parquet,
-                                            in_memory, source.op_column):
+                                            opened.whole, source.op_column):
                         for bucket in sorted(parts):
                             writer(bucket).add(parts.pop(bucket))
             finally:
-                parquet.close()
+                opened.close()
             bytes_read += source.file.size
             rows += sum(len(r) for r in source.rows.values())
     written = {b: w.finish() for b, w in sorted(writers.items())}

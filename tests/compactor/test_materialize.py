@@ -212,7 +212,7 @@ def test_small_sources_are_read_ahead_whole_and_written_in_order(tmp_path,
     limit = sizes[0] + (sizes[-1] - sizes[0]) // 2  # between the small and the larger files
     monkeypatch.setattr(materialize, "READ_AHEAD_BYTES", limit)
     reads = {}
-    opened = files.open_verified
+    opened = files.open_source
 
     def spy(storage: Storage, file, whole_file: bool = False,  # type: ignore[no-untyped-def]
             read_dictionary=None):
@@ -220,7 +220,7 @@ def test_small_sources_are_read_ahead_whole_and_written_in_order(tmp_path,
         reads[file.url] = (whole_file, threading.current_thread() is threading.main_thread())
         return opened(storage, file, whole_file, read_dictionary)
 
-    monkeypatch.setattr(files, "open_verified", spy)
+    monkeypatch.setattr(files, "open_source", spy)
     path = _one_file(storage, sources, wanted[0].schema, "zstd", rows_per_file=100_000)
     small = [s.file.size <= limit for s in sources]
     assert 0 < sum(small) < len(sources)

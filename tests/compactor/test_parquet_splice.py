@@ -228,3 +228,50 @@ def test_a_cdc_source_is_never_copied(tmp_path: Path) -> None:
     assert out.rows_copied == 0
     back = pq.read_table(storage.fs.open(storage.strip(out.written[0][0].url), "rb"))
     assert back.column("op").null_count == g
+
+
+def test_a_copy_is_of_the_version_of_the_source_that_was_verified(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """The source is replaced after it was opened (verified): the row groups copied are the
+    opened version's bytes, as the decoded rows are (they were fetched again by name)."""
+    g = materialize.ROW_GROUP_ROWS
+    storage, file = _compacted(tmp_path, 2 * g, "zstd")
+    real = materialize._copies
+
+    def replaced_after_open(opened, *args):  # type: ignore[no-untyped-def]
+        newer = pa.table({"id": np.arange(2 * g, dtype=np.int64) + 10**9,
+                          "v": ["new"] * (2 * g)}, schema=SCHEMA)
+        pq.write_table(newer, tmp_path / "newer.parquet", row_group_size=g,
+                       **materialize.write_options("zstd"))
+        (tmp_path / "newer.parquet").replace(tmp_path / "c.parquet")
+        return real(opened, *args)
+
+    monkeypatch.setattr(materialize, "_copies", replaced_after_open)
+    keep = np.arange(g, 2 * g)
+    out = materialize.materialize_group(
+        storage, PartitionKey(), 0, [materialize.SourceRows(1, file, {0: RowSet.of(keep)})],
+        SCHEMA, rows_per_file=10 * g, codec="zstd")
+    assert out.rows_copied == g
+    back = pq.read_table(storage.fs.open(storage.strip(out.written[0][0].url), "rb"))
+    assert back.column("id").to_numpy().tolist() == keep.tolist()
+
+
+def test_a_source_that_cannot_be_copied_has_no_footer_parsed(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Row groups kept whole but stored with another codec: decided from pyarrow's reading of
+    the footer (parsing a footer of many row groups in Python took longer than the rows)."""
+    g = materialize.ROW_GROUP_ROWS
+    storage, file = _compacted(tmp_path, 2 * g, "snappy")
+
+    real = parquet_splice.footer_of
+
+    def not_the_sources(read, size: int):  # type: ignore[no-untyped-def]
+        assert size != file.size, "the source's footer was parsed"
+        return real(read, size)  # (the template's)
+
+    monkeypatch.setattr(parquet_splice, "footer_of", not_the_sources)
+    out = materialize.materialize_group(
+        storage, PartitionKey(), 0,
+        [materialize.SourceRows(1, file, {0: RowSet.of(np.arange(2 * g))})],
+        SCHEMA, rows_per_file=10 * g, codec="zstd")
+    assert out.rows_copied == 0 and out.rows_written == 2 * g

@@ -291,3 +291,27 @@ def _check_model(root: str, ops: list[tuple[str, float]], interval: int) -> None
         assert (snap.high_watermark, [d.position for d in snap.deltas]) == (mark, positions)
     assert reader.log.checkpoints() == [n for n in range(1, part.version() + 1)
                                         if n % interval == 0]
+
+
+def test_a_refused_commit_is_a_permission_error_not_an_unknown_outcome(tmp_path, monkeypatch):
+    """A write refused (credentials) stored nothing: it is not read back, and not reported as
+    a commit of unknown outcome (a conflict, retried by jobs, its files left behind) when the
+    read-back would fail as well."""
+    part = new_table(f"file://{tmp_path}/t").partition()
+    storage = part.table.storage
+    read_many, creates = storage.read_many, []
+
+    def refused(*args: object, **kwargs: object) -> None:
+        creates.append(args)
+        raise PermissionError("Access Denied")
+
+    def unreadable_once_refused(*args: object, **kwargs: object) -> object:
+        if creates:
+            raise PermissionError("Access Denied (reading)")
+        return read_many(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "create", refused)
+    monkeypatch.setattr(storage, "read_many", unreadable_once_refused)
+    with pytest.raises(PermissionError, match=r"Access Denied$"):
+        part.append(_rows([1]))
+    assert len(creates) == 1

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 import runtime
-from compactor import create_table, open_table
+from compactor import CommitUnknown, create_table, open_table
 from compactor.compaction import compact_partition
 from compactor.gc import collect_garbage
 from compactor.reader import read_partition
@@ -114,6 +114,43 @@ def test_a_commit_that_landed_though_its_answers_were_lost_is_committed_not_clea
         stream.check()
         assert compact_partition(stream.table, stream.part).committed is False
     figures.trials["S3 commit answer lost, retries failed"] += 1
+
+
+def test_a_commit_that_cannot_be_read_back_is_unknown_and_keeps_its_files(
+        rt, s3_server, s3_bucket, fault_seed, figures, monkeypatch):
+    """The commit lands but its answer is lost; its retry finds it there (412), and reading
+    the log back fails: the round cannot tell whether it committed. It says so
+    (``CommitUnknown``) and deletes nothing: the commit had landed, and names its files."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    with FaultProxy(s3_server, seed=fault_seed) as proxy:
+        rng = random.Random(fault_seed)
+        stream = Stream.new(f"s3://{s3_bucket}/t", figures, buckets=2,
+                            storage_options={"endpoint_url": proxy.url})
+        stream.random_deltas(rng, 2, 1_000, 2_000)
+        assert compact_partition(stream.table, stream.part, target_file_size=20_000).committed
+        stream.random_deltas(rng, 2, 1_000, 2_000)
+        puts: list[str] = []
+
+        def lose_the_answer_then_the_log(method: str, path: str) -> str | None:
+            if "/_log/" not in path:
+                return None
+            if method == "PUT":
+                puts.append(path)
+                return "lost_reply" if len(puts) == 1 else None
+            return "reset" if puts else None
+
+        def at_commit(step: str, done: int, *_: int) -> None:
+            if step == "commit" and done == 0:
+                proxy.script = lose_the_answer_then_the_log
+
+        with pytest.raises(CommitUnknown, match="whether it was committed is unknown"):
+            compact_partition(stream.table, stream.part, target_file_size=20_000,
+                              progress=at_commit)
+        proxy.script = None
+        assert len(puts) == 2  # (the retry found it there)
+        assert [e["kind"] for e in stream.part.log.read_from(1)].count("compaction") == 2
+        stream.check()  # the files of the commit that landed are all there
+    figures.trials["S3 commit unknown"] += 1
 
 
 # (not "dedupe": warm dedupe actors make no request, so the server would go in materialize)
