@@ -5,6 +5,7 @@ Shared by the CLI's option types and the job configs, so both accept exactly the
 
 from __future__ import annotations
 
+import math
 import re
 
 SIZE_UNITS = {
@@ -42,13 +43,20 @@ def format_size(size: float) -> str:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``90`` (seconds), ``90s``, ``15m``, ``1h30m``, ``2d``."""
+    """Seconds in ``text``: ``90`` (seconds), ``90s``, ``15m``, ``1h30m``, ``2d``.
+
+    ``nan`` and ``inf`` (which ``float`` accepts) are refused: no timer, lease or deadline can
+    use them, and they would only fail later, far from the text that said so.
+    """
     text = text.replace(" ", "")
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    if not text or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{text!r} is not a duration; write seconds or e.g. 90s, 15m, 1h30m, 2d")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+        parts = _DURATION.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"{text!r} is not a duration; write seconds or e.g. 90s, 15m, "
+                             "1h30m, 2d") from None
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{text!r} is not a duration: it must be a finite number of seconds")
+    return seconds

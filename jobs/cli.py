@@ -4,7 +4,8 @@ The click group ``jobs``, for the ``compactor`` command line to register (import
 lazily); ``python -m jobs`` runs the group on its own. Each command takes ``--json``, ``--debug``
 and ``--endpoint-url`` like every other command; ``--endpoint-url`` is the S3 endpoint of jobs
 whose ``storage_options`` name none.
-Exit codes: 0 ok, 1 a failure (a config error, a failed round, an unreadable table), 2 usage.
+Exit codes: 0 ok, 1 a failure (a config error, a round that failed, timed out or was abandoned,
+an unreadable table), 2 usage; ``once`` stopped by a signal: 128 + its number (130 for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -30,17 +31,19 @@ from jobs.config import (
     DEFAULT_HISTORY,
     ENV_HISTORY,
     Config,
+    ConfigError,
     Job,
     Triggers,
     default_history,
     load_config,
 )
-from jobs.history import FAILED, TIMED_OUT, History, Run
+from jobs.history import NOOP, SUCCEEDED, History, Run
 
 if TYPE_CHECKING:
     from jobs.scheduler import Scheduler
 
 log = logging.getLogger("jobs")
+DONE = (SUCCEEDED, NOOP)  # outcomes of a round that left nothing undone
 
 
 @click.group("jobs", context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,8 +132,9 @@ def _logging(json_lines: bool = False) -> Iterator[None]:
 
 
 @contextmanager
-def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """Call ``on_signal(count)`` on SIGTERM and SIGINT (main thread only; else do nothing)."""
+def _signals(on_signal: Callable[[int, int], None]) -> Iterator[None]:
+    """Call ``on_signal(signum, count)`` on SIGTERM and SIGINT (``count``: how many so far;
+    main thread only, else do nothing)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -139,7 +143,7 @@ def _signals(on_signal: Callable[[int], None]) -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         nonlocal count
         count += 1
-        on_signal(count)
+        on_signal(signum, count)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -155,6 +159,18 @@ def _scheduler(config: Config) -> Scheduler:
     return Scheduler(config)
 
 
+def _serve_metrics(scheduler: Scheduler, cfg: Config) -> str:
+    """Start the metrics endpoint; its URL. A host that does not resolve or a port that is
+    taken is the config's mistake: say so at its line rather than with a bare socket error."""
+    assert cfg.metrics is not None
+    address, port = cfg.metrics
+    try:
+        return scheduler.metrics.serve(address, port)
+    except OSError as e:  # socket.gaierror for a name that does not resolve
+        raise ConfigError(f"{cfg.metrics_where}: cannot serve metrics at {address!r} port "
+                          f"{port}: {e.strerror or e}") from None
+
+
 @command("run", group=jobs)
 @click.argument("config", type=click.Path(dir_okay=False))
 def run(session: Session, config: str) -> None:
@@ -168,15 +184,14 @@ def run(session: Session, config: str) -> None:
     with _logging(session.json):
         scheduler = _scheduler(cfg)
 
-        def on_signal(count: int) -> None:
+        def on_signal(signum: int, count: int) -> None:
             stop.set()
             scheduler.request_stop(abandon=count > 1)
 
         with _signals(on_signal):
             try:
                 if cfg.metrics is not None:
-                    url = scheduler.metrics.serve(*cfg.metrics)
-                    log.info("metrics at %s", url)
+                    log.info("metrics at %s", _serve_metrics(scheduler, cfg))
                 log.info("scheduler %s: %d job(s), tick %gs, history %s", scheduler.owner,
                          len(cfg.jobs), cfg.tick, cfg.history)
                 scheduler.run(stop)
@@ -193,23 +208,36 @@ def once(session: Session, config: str) -> None:
     """Evaluate every trigger once, run the rounds that are due, wait for them, exit."""
     session.where = f"config {config}"
     cfg = _config(session, config)
+    signals: list[int] = []
+
+    def on_signal(signum: int, count: int) -> None:
+        signals.append(signum)
+        scheduler.request_stop(abandon=count > 1)
+
     with _logging():
         scheduler = _scheduler(cfg)
-        with _signals(lambda count: scheduler.request_stop(abandon=count > 1)):
+        with _signals(on_signal):
             try:
                 scheduler.run_once()
             finally:
                 scheduler.shutdown()  # after a signal: rounds finish or are abandoned here
     runs = scheduler.finished
-    failed = [r for r in runs if r.outcome in (FAILED, TIMED_OUT)]
-    ok = not failed and not scheduler.errors
+    # anything but succeeded/noop (failed, timed out, abandoned...) left work undone
+    unfinished = [r for r in runs if r.outcome not in DONE]
+    ok = not unfinished and not scheduler.errors and not signals
     session.emit({"ok": ok, "runs": [r.to_dict() for r in runs], "errors": scheduler.errors},
                  lambda out: _render_runs(runs, out, empty="nothing was due"))
+    if unfinished or scheduler.errors:
+        first = scheduler.errors[0] if scheduler.errors else f"{unfinished[0].job} partition " \
+            f"{unfinished[0].partition}: {unfinished[0].outcome}: {unfinished[0].error}"
+        click.echo(f"error: {len(unfinished)} round(s) failed, {len(scheduler.errors)} "
+                   f"evaluation error(s); first: {first}", err=True)
+    if signals:  # as a shell reports a process the signal ended: 130 for Ctrl-C
+        click.echo(f"interrupted by {signal.Signals(signals[0]).name}: no round was started "
+                   "after it, and a running one that outlived the grace period was abandoned "
+                   "before its commit", err=True)
+        sys.exit(128 + signals[0])
     if not ok:
-        first = scheduler.errors[0] if scheduler.errors else f"{failed[0].job} partition " \
-            f"{failed[0].partition}: {failed[0].error}"
-        click.echo(f"error: {len(failed)} round(s) failed, {len(scheduler.errors)} evaluation "
-                   f"error(s); first: {first}", err=True)
         sys.exit(EXIT_FAILURE)
 
 

@@ -35,19 +35,22 @@ Loaded with a safe YAML loader; every error names the file, line and field
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import os
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import fsspec
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from compactor.compaction import DEFAULT_TARGET_FILE_SIZE
 from compactor.layout import PartitionKey
 from compactor.pipeline.materialize import CODECS, DEFAULT_CODEC
 from jobs.yamlfields import ConfigError, Fields, load
+from runtime.api import ADDRESS_BACKENDS, ENV_ADDRESS, ENV_BACKEND
 
 __all__ = ["Config", "ConfigError", "Job", "Partitions", "Retries", "Triggers", "load_config",
            "parse_config"]
@@ -55,6 +58,8 @@ __all__ = ["Config", "ConfigError", "Job", "Partitions", "Retries", "Triggers", 
 BACKENDS = ("local", "ray")
 # memory:// is left out: the runtime's worker processes cannot see the scheduler's memory
 TABLE_PROTOCOLS = (None, "file", "local", "s3", "s3a")
+# what compactor.layout.PartitionValue allows (datetime is a date)
+PARTITION_VALUE_TYPES = (str, int, date)
 DEFAULT_HISTORY = "~/.local/state/compactor/jobs.sqlite"
 ENV_HISTORY = "COMPACTOR_JOBS_HISTORY"
 
@@ -120,9 +125,15 @@ class Job:
 
     @property
     def runtime_key(self) -> tuple[str, str | None]:
-        """The runtime this job's rounds run on (jobs with equal keys share one)."""
-        backend = self.backend or os.environ.get("COMPACTOR_BACKEND") or "local"
-        return backend, self.address or os.environ.get("COMPACTOR_ADDRESS") or None
+        """The runtime this job's rounds run on (jobs with equal keys share one).
+
+        ``$COMPACTOR_ADDRESS`` is Ray's: a job on the local backend ignores it (its own
+        ``address`` is refused by ``runtime.init``, naming the backend).
+        """
+        backend = self.backend or os.environ.get(ENV_BACKEND) or "local"
+        if backend not in ADDRESS_BACKENDS:
+            return backend, self.address
+        return backend, self.address or os.environ.get(ENV_ADDRESS) or None
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,7 @@ class Config:
     lease_ttl: float = 60.0
     shutdown_grace: float = 30.0
     source: str = "<config>"
+    metrics_where: str = "<config>: metrics"  # FILE:LINE: metrics, for errors found serving it
 
 
 def default_history() -> str:
@@ -178,7 +190,8 @@ def parse_config(text: str, source: str = "<config>", *, base_dir: Path | None =
             raise top.child(path, line, value).error(
                 "name", f"job name {job.name!r} is used twice (first at line {first[job.name]})")
         first[job.name] = line
-    return Config(tuple(jobs), history, _metrics(top), source=source, **settings)
+    return Config(tuple(jobs), history, _metrics(top), source=source,
+                  metrics_where=top.where("metrics"), **settings)
 
 
 def _metrics(top: Fields) -> tuple[str, int] | None:
@@ -189,12 +202,12 @@ def _metrics(top: Fields) -> tuple[str, int] | None:
         address, port = "127.0.0.1", value
     elif isinstance(value, str) and value.rpartition(":")[2].isdigit():
         host, _, number = value.rpartition(":")
-        address, port = host or "127.0.0.1", int(number)
+        address, port = _metrics_host(top, "metrics", host), int(number)
     elif isinstance(value, dict):
         metrics = top.mapping("metrics")
         assert metrics is not None
         metrics.check_keys(["address", "port"])
-        address = metrics.text("address", "127.0.0.1")
+        address = _metrics_host(metrics, "address", metrics.text("address", "127.0.0.1"))
         port = metrics.integer("port", 9464)
     else:
         raise top.error("metrics", f"expected PORT, ADDRESS:PORT or {{address, port}}, "
@@ -202,6 +215,25 @@ def _metrics(top: Fields) -> tuple[str, int] | None:
     if not 0 <= port <= 65535:
         raise top.error("metrics", f"port {port} is not between 0 and 65535")
     return address, port
+
+
+def _metrics_host(f: Fields, key: str, host: str) -> str:
+    """The host to bind, as the socket calls take it: an IPv6 address is written in brackets
+    before a port (``[::1]:9464``) but bound without them. Whether a host name resolves is
+    only known where the scheduler runs: ``jobs run`` reports that (see ``metrics_where``)."""
+    if not host:
+        return "127.0.0.1"
+    bracketed = host.startswith("[") and host.endswith("]")
+    bare = host[1:-1] if bracketed else host
+    if bracketed or ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise f.error(key, f"{host!r} is not an IPv6 address") from None
+        if not bracketed and key == "metrics":
+            raise f.error(key, f"write the IPv6 address in brackets before the port, e.g. "
+                               f"[{bare}]:9464")
+    return bare
 
 
 def _job(f: Fields) -> Job:
@@ -256,13 +288,38 @@ def _partitions(f: Fields) -> Partitions:
 
 def _partition_values(f: Fields, path: str, line: int, item: Any) -> dict[str, Any]:
     if isinstance(item, dict):
-        return dict(item)
+        return _partition_mapping(f.child(path, line, item))
     if isinstance(item, str):
         pairs = [p.partition("=") for p in item.split(",")]
         if all(eq and k.strip() for k, eq, _ in pairs):
             return {k.strip(): v.strip() for k, _, v in pairs}
     raise ConfigError(f"{f.source}:{line}: {path}: {item!r} is not a partition; write "
                       "'day=2024-05-01,region=eu' or {day: 2024-05-01, region: eu}")
+
+
+def _partition_mapping(p: Fields) -> dict[str, Any]:
+    """``{day: 2024-05-01, region: eu}`` with each value checked here, at its line: YAML also
+    reads null, floats, lists and mappings, which no partition has (see ``PartitionValue``), and
+    the table would only refuse them at run time, naming neither the file nor the line."""
+    values: dict[str, Any] = {}
+    for key, value in p.data.items():
+        if not isinstance(key, str) or not key.strip():
+            raise p.error(str(key), f"{key!r} is not a partition column name (expected text)")
+        if not isinstance(value, PARTITION_VALUE_TYPES):
+            raise p.error(key, f"{_describe(value)} is not a partition value; write text, a "
+                               "whole number, true/false or a date")
+        values[key] = value
+    return values
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return f"a mapping {dict(value)!r}"
+    if isinstance(value, list):
+        return f"a list {list(value)!r}"
+    return f"{type(value).__name__} {value!r}"
 
 
 def _triggers(f: Fields) -> Triggers:
@@ -272,16 +329,17 @@ def _triggers(f: Fields) -> Triggers:
                       "missing required field 'triggers' (cron and/or pending_deltas, "
                       "pending_bytes, oldest_delta_age)")
     t.check_keys(["cron", "timezone", "pending_deltas", "pending_bytes", "oldest_delta_age"])
-    cron = t.text("cron")
-    if cron is not None and not croniter.is_valid(cron):
-        raise t.error("cron", f"{cron!r} is not a valid cron expression (five fields: minute "
-                              "hour day-of-month month day-of-week, e.g. '*/15 * * * *')")
     timezone = t.text("timezone", "UTC")
     try:
-        ZoneInfo(timezone)
+        zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise t.error("timezone", f"unknown time zone {timezone!r} (e.g. UTC, "
                                   "Europe/Berlin)") from None
+    cron = t.text("cron")
+    if cron is not None:
+        problem = _cron_problem(cron, zone)
+        if problem is not None:
+            raise t.error("cron", problem)
     triggers = Triggers(cron, timezone, t.integer("pending_deltas", minimum=1),
                         t.size("pending_bytes"), t.duration("oldest_delta_age"))
     if (cron, triggers.pending_deltas, triggers.pending_bytes,
@@ -289,6 +347,33 @@ def _triggers(f: Fields) -> Triggers:
         raise t.error(None, "needs at least one trigger: cron, pending_deltas, pending_bytes "
                             "or oldest_delta_age")
     return triggers
+
+
+CRON_FIELDS = ("five fields: minute hour day-of-month month day-of-week, e.g. '*/15 * * * *', "
+               "or @hourly, @daily, @weekly, @monthly, @yearly")
+
+
+def _cron_problem(cron: str, zone: ZoneInfo) -> str | None:
+    """What is wrong with ``cron``, or ``None``.
+
+    croniter also takes six or seven fields (seconds, year) and would read such an expression
+    differently from what the docs promise, so only five are allowed. A well-formed expression
+    may still name no date at all (``0 0 30 2 *``): croniter fails on that only when asked for
+    the next fire, at run time, so the next fire is computed here.
+    """
+    fields = len(cron.split())
+    if fields in (6, 7):
+        return f"{cron!r} has {fields} fields, but seconds and year fields are not " \
+               f"supported; write {CRON_FIELDS}"
+    shortcut = fields == 1 and cron.startswith("@")  # @hourly, @daily, ... (five fields)
+    if (fields != 5 and not shortcut) or not croniter.is_valid(cron):
+        return f"{cron!r} is not a valid cron expression ({CRON_FIELDS})"
+    try:
+        croniter(cron, datetime.now(zone)).get_next(float)
+    except CroniterBadDateError:
+        return f"{cron!r} never fires: no date matches its day-of-month and month " \
+               "(e.g. 30 February or 31 April)"
+    return None
 
 
 def _retries(f: Fields) -> Retries:

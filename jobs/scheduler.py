@@ -44,7 +44,7 @@ from compactor.partition import Partition
 from compactor.pipeline.tasks import PRELOAD
 from compactor.table import Table, open_table
 from jobs.config import Config, Job
-from jobs.history import ABANDONED, FAILED, INTERRUPTED, History, Run
+from jobs.history import ABANDONED, FAILED, INTERRUPTED, TIMED_OUT, History, Run
 from jobs.leases import Leases
 from jobs.metrics import Metrics
 from jobs.rounds import Compact, RoundControl, one_line, run_round
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 ABANDON_WAIT = 10.0  # after abandoning, how long rounds get to reach a step boundary
 SHUTDOWN_WAIT = 5.0  # after shutting the runtime down under them, how long before giving up
+# how a round's end is logged: a round that did its work is news, one that did not is trouble
+LOG_LEVELS = {FAILED: logging.ERROR, TIMED_OUT: logging.ERROR, ABANDONED: logging.WARNING,
+              INTERRUPTED: logging.WARNING}
 
 
 class SystemClock:
@@ -118,8 +121,8 @@ class Scheduler:
         self._stopping = threading.Event()
         self._runtime = _Runtime()
         self._keeper: threading.Thread | None = None
-        # (job, partition) -> (the partition's version, when) of a round that failed: it is
-        # not due again until the partition changes or retries.max_backoff has passed
+        # (job, partition) -> (the partition's version, when) of a round that failed or timed
+        # out: it is not due again until the partition changes or retries.max_backoff has passed
         self._failed: dict[tuple[str, str], tuple[int, float]] = {}
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -212,10 +215,12 @@ class Scheduler:
         leases = Leases(c.table.storage, self.owner, self.config.lease_ttl, self.clock)
         lease = leases.acquire(c.partition.key)
         if lease is None:
+            # The cron mark stays where it is: the fire is still due (coalesced with any later
+            # one) and runs once the lease is free, e.g. when a crashed scheduler's lease has
+            # expired, not only at the next fire. If the holder's round folds everything in,
+            # the check under the lease then finds nothing to do and moves the mark.
             log.info("job %s partition %s: due, but another scheduler holds its lease",
                      c.job.name, c.label)
-            if c.fired is not None:
-                self.history.set_cron_mark(c.job.name, c.label, self.clock.now())
             return
         try:
             fresh = self._check(c.job, c.table, c.partition, c.fired)  # under the lease now
@@ -250,7 +255,7 @@ class Scheduler:
             except Exception:  # (the round reports it; the next check sees a change)
                 version = -1
             done = run_round(c.job, c.table, c.partition, control, run, self.clock, self.compact)
-            if done.outcome == FAILED:
+            if done.outcome in (FAILED, TIMED_OUT):  # would fail the same way at every tick
                 self._failed[(c.job.name, c.label)] = (version, self.clock.now())
             else:
                 self._failed.pop((c.job.name, c.label), None)
@@ -267,14 +272,16 @@ class Scheduler:
                 self.history.finish(done)
             finally:
                 self.metrics.observe_run(done)
+                # logged before the round counts as done: `jobs once` may return (and stop
+                # logging) as soon as it does
+                log.log(LOG_LEVELS.get(done.outcome, logging.INFO),
+                        "job %s partition %s: %s after %.1fs%s", c.job.name, c.label,
+                        done.outcome, done.duration or 0.0, f": {done.error}" if done.error else "")
                 with self._changed:
                     self._active.pop((c.job.name, c.label), None)
                     self.finished.append(done)
                     self._count_leases(c.job.name)
                     self._changed.notify_all()
-                log.log(logging.ERROR if done.outcome == FAILED else logging.INFO,
-                        "job %s partition %s: %s after %.1fs%s", c.job.name, c.label,
-                        done.outcome, done.duration or 0.0, f": {done.error}" if done.error else "")
 
     def _count_leases(self, job: str) -> None:
         self.metrics.leases.labels(job).set(sum(1 for j, _ in self._active if j == job))

@@ -3,13 +3,16 @@
 PyYAML's safe loader builds plain dicts and lists and forgets where each value came from. The
 loader here is :class:`yaml.SafeLoader` (no arbitrary objects, as ``yaml.safe_load``) whose
 mappings and sequences also remember the line of each key and item, and which refuses a key given
-twice (plain ``safe_load`` silently keeps the last). :class:`Fields` then reads one mapping:
-typed getters, defaults, and unknown keys rejected with the list of valid ones. Every problem is
-a :class:`ConfigError` reading ``FILE:LINE: PATH.FIELD: what is wrong``.
+twice (plain ``safe_load`` silently keeps the last); a key brought in by a merge key
+(``<<: *base``) may be given once more, which overrides it, as YAML merge keys mean.
+:class:`Fields` then reads one mapping: typed getters, defaults, and unknown keys rejected with
+the list of valid ones. Every problem is a :class:`ConfigError` reading
+``FILE:LINE: PATH.FIELD: what is wrong``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -20,6 +23,10 @@ from compactor.errors import CompactorError
 from compactor.units import parse_size
 
 T = TypeVar("T")
+
+# Far beyond any sensible tick, TTL or timeout, and well within what timers accept (Python's
+# threading.TIMEOUT_MAX is about 292 years): a longer wait fails with OverflowError at run time.
+MAX_DURATION = 100 * 365 * 86400.0
 
 
 class ConfigError(CompactorError, ValueError):
@@ -40,15 +47,28 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    # flatten_mapping replaces the merge keys (``<<: *base``) by the pairs they bring in, put
+    # before the mapping's own pairs; so the pairs after the first ``merged`` ones are the
+    # explicit keys. A merged key may be overridden (the YAML merge rule: the explicit key
+    # wins, as the later pair does below); only an explicit key given twice is an error.
+    explicit = sum(1 for key_node, _ in node.value if key_node.tag != MERGE_TAG)
     loader.flatten_mapping(node)
+    merged = len(node.value) - explicit
     out = _Map()
     out.line, out.lines = node.start_mark.line + 1, {}
-    for key_node, value_node in node.value:
+    given: set[Any] = set()
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
-        if key in out:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+        if index >= merged:
+            if key in given:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping",
+                    key_node.start_mark)
+            given.add(key)
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = key_node.start_mark.line + 1
     return out
@@ -91,9 +111,19 @@ def _kind(value: Any) -> str:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds in ``value``: a number (seconds) or text such as ``90s``, ``15m``, ``1h30m``."""
+    """Seconds in ``value``: a number (seconds) or text such as ``90s``, ``15m``, ``1h30m``.
+
+    YAML's ``.nan`` and ``.inf`` are floats, so they are refused here as well as in text.
+    """
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int with hundreds of digits
+            seconds = math.inf
+        if not math.isfinite(seconds):
+            raise ValueError(f"{value!r} is not a duration: it must be a finite number of "
+                             "seconds")
+        return seconds
     return units.parse_duration(str(value))
 
 
@@ -105,10 +135,14 @@ class Fields:
         self.line = data.line
 
     def error(self, key: str | None, message: str, line: int | None = None) -> ConfigError:
+        return ConfigError(f"{self.where(key, line)}: {message}")
+
+    def where(self, key: str | None, line: int | None = None) -> str:
+        """``FILE:LINE: PATH.KEY``: where ``key`` (``None``: this mapping) is written."""
         if line is None:
             line = self.data.lines.get(key, self.line) if key is not None else self.line
         name = ".".join(p for p in (self.path, key) if p)
-        return ConfigError(f"{self.source}:{line}: {name or 'config'}: {message}")
+        return f"{self.source}:{line}: {name or 'config'}"
 
     def check_keys(self, valid: Iterable[str]) -> None:
         valid = list(valid)
@@ -171,6 +205,9 @@ class Fields:
             seconds = parse_duration(v)
             if seconds < 0 or (positive and seconds == 0):
                 raise ValueError(f"{v!r} must be {'positive' if positive else 'zero or more'}")
+            if seconds > MAX_DURATION:
+                raise ValueError(f"{v!r} is longer than {MAX_DURATION / (365 * 86400):.0f} "
+                                 "years")
             return seconds
 
         return self._typed(key, default, False, convert, "a duration such as 15m")

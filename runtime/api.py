@@ -27,6 +27,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
 
 ENV_BACKEND = "COMPACTOR_BACKEND"
 ENV_ADDRESS = "COMPACTOR_ADDRESS"
+ADDRESS_BACKENDS = ("ray",)  # the backends that join a cluster at an address (ENV_ADDRESS's)
 
 _lock = threading.Lock()
 _backend: Backend | None = None
@@ -46,6 +47,17 @@ def _load_backend_class(name: str) -> type[Backend]:
         ) from e
     cls: type[Backend] = getattr(module, attr)
     return cls
+
+
+def backend_address(name: str, address: str | None) -> str | None:
+    """The address backend ``name`` is started with: ``address``, else ``$COMPACTOR_ADDRESS``
+    for a backend that joins a cluster; ``ValueError`` for an address the backend cannot use."""
+    if name not in ADDRESS_BACKENDS:
+        if address is not None:
+            raise ValueError(f"the {name} runtime backend takes no address (got {address!r}); "
+                             f"an address is for the {' or '.join(ADDRESS_BACKENDS)} backend")
+        return None
+    return address if address is not None else os.environ.get(ENV_ADDRESS) or None
 
 
 class RuntimeContext:
@@ -80,7 +92,9 @@ def init(
     ``$COMPACTOR_BACKEND`` decides, else ``"local"``.
     num_cpus / memory: the budget tasks and actors are scheduled in (default: this machine's).
     address: for Ray, ``None`` (start a local instance), ``"auto"`` or ``"ray://host:port"``;
-    ``$COMPACTOR_ADDRESS`` when None.
+    ``$COMPACTOR_ADDRESS`` when None. Only Ray takes one: ``$COMPACTOR_ADDRESS`` is ignored by
+    the other backends (it may be set for a cluster while one program runs locally), and an
+    address passed to them is a ``ValueError``.
     preload: modules the program's tasks and actors import. The local backend forks its
     workers from one process that imported them once (``runtime.local.zygote``), so a worker or
     actor started mid-job is ready in milliseconds, not after its own imports; Ray starts its
@@ -88,9 +102,8 @@ def init(
     """
     global _backend
     name = (backend or os.environ.get(ENV_BACKEND) or "local").lower()
-    if address is None:
-        address = os.environ.get(ENV_ADDRESS) or None
     cls = _load_backend_class(name)
+    address = backend_address(name, address)
     with _lock:
         if _backend is not None:
             raise RuntimeError(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import textwrap
+import urllib.request
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -88,9 +91,21 @@ def test_durations(value: object, seconds: float) -> None:
     assert parse_duration(value) == seconds
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 10**400, "nan",
+                                   "inf", "-Infinity", "1" + "0" * 400],
+                         ids=["nan", "inf", "-inf", "10**400", "'nan'", "'inf'", "'-Infinity'",
+                              "'1e400'"])
+def test_a_duration_is_a_finite_number_of_seconds(value: object) -> None:
+    with pytest.raises(ValueError, match="must be a finite number of seconds"):
+        parse_duration(value)
+
+
 @pytest.mark.parametrize("metrics, expected", [
     ("9464", ("127.0.0.1", 9464)), ("0.0.0.0:9000", ("0.0.0.0", 9000)),
     ("{address: 127.0.0.1, port: 0}", ("127.0.0.1", 0)),
+    # an IPv6 address is written in brackets before its port, and bound without them
+    ('"[::1]:9464"', ("::1", 9464)), ('"[::]:0"', ("::", 0)),
+    ('{address: "[::1]", port: 0}', ("::1", 0)), ('{address: "::1", port: 0}', ("::1", 0)),
 ])
 def test_metrics_forms(metrics: str, expected: tuple[str, int]) -> None:
     config = parse_config(f"metrics: {metrics}\n"
@@ -158,6 +173,56 @@ BAD = [
      "jobs.yaml:1: scheduler.concurrency: 0 is less than 1"),
     ("metrics: {port: 99999}\n" + JOB + "    triggers: {pending_deltas: 1}\n",
      "jobs.yaml:1: metrics: port 99999 is not between 0 and 65535"),
+    # a well-formed cron expression that names no date would fail at every evaluation
+    (JOB + '    triggers:\n      cron: "0 0 30 2 *"\n',
+     "jobs.yaml:5: jobs[0].triggers.cron: '0 0 30 2 *' never fires: no date matches"),
+    (JOB + '    triggers:\n      cron: "0 0 31 4 *"\n',
+     "jobs.yaml:5: jobs[0].triggers.cron: '0 0 31 4 *' never fires"),
+    # croniter reads a sixth field as seconds, a seventh as the year: not what the docs say
+    (JOB + '    triggers:\n      cron: "0 0 * * * 0"\n',
+     "jobs.yaml:5: jobs[0].triggers.cron: '0 0 * * * 0' has 6 fields, but seconds and year "
+     "fields are not supported; write five fields"),
+    (JOB + '    triggers:\n      cron: "0 0 1 1 * 0 2030"\n',
+     "jobs.yaml:5: jobs[0].triggers.cron: '0 0 1 1 * 0 2030' has 7 fields"),
+    (JOB + '    triggers:\n      cron: "@often"\n',
+     "jobs.yaml:5: jobs[0].triggers.cron: '@often' is not a valid cron expression (five "
+     "fields"),
+    # nan and infinity: a dead lease keeper, leases that never exclude, OverflowError
+    ("scheduler: {lease_ttl: .nan}\n" + JOB + "    triggers: {pending_deltas: 1}\n",
+     "jobs.yaml:1: scheduler.lease_ttl: nan is not a duration: it must be a finite number of "
+     "seconds"),
+    ("scheduler: {tick: .inf}\n" + JOB + "    triggers: {pending_deltas: 1}\n",
+     "jobs.yaml:1: scheduler.tick: inf is not a duration: it must be a finite number"),
+    ("scheduler: {tick: 1e300}\n" + JOB + "    triggers: {pending_deltas: 1}\n",
+     "jobs.yaml:1: scheduler.tick: '1e300' is longer than 100 years"),
+    (JOB + "    triggers:\n      oldest_delta_age: nan\n",
+     "jobs.yaml:5: jobs[0].triggers.oldest_delta_age: 'nan' is not a duration: it must be a "
+     "finite number of seconds"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    timeout: infinity\n",
+     "jobs.yaml:5: jobs[0].timeout: 'infinity' is not a duration"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    retries: {backoff: .inf}\n",
+     "jobs.yaml:5: jobs[0].retries.backoff: inf is not a duration"),
+    # partition values no partition can have
+    (JOB + "    triggers: {pending_deltas: 1}\n    partitions:\n      - {day: null}\n",
+     "jobs.yaml:6: jobs[0].partitions[0].day: null is not a partition value"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    partitions:\n      - day=1\n"
+           "      - region: eu\n        day: [1, 2]\n",
+     "jobs.yaml:8: jobs[0].partitions[1].day: a list [1, 2] is not a partition value"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    partitions: [{day: 1.5}]\n",
+     "jobs.yaml:5: jobs[0].partitions[0].day: float 1.5 is not a partition value"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    partitions: [{day: {a: b}}]\n",
+     "jobs.yaml:5: jobs[0].partitions[0].day: a mapping {'a': 'b'} is not a partition value"),
+    (JOB + "    triggers: {pending_deltas: 1}\n    partitions: [{7: a}]\n",
+     "jobs.yaml:5: jobs[0].partitions[0].7: 7 is not a partition column name"),
+    # a merged key may be overridden once; an explicit key given twice is still a mistake
+    ("base: &b {name: a}\njobs:\n  - <<: *b\n    name: x\n    name: y\n",
+     "jobs.yaml:5:5: not valid YAML: key 'name' appears twice"),
+    # an IPv6 address with a port needs its brackets ('::1:9464' is an address of its own)
+    ('metrics: "::1:9464"\n' + JOB + "    triggers: {pending_deltas: 1}\n",
+     "jobs.yaml:1: metrics: write the IPv6 address in brackets before the port, e.g. "
+     "[::1]:9464"),
+    ('metrics: "[localhost]:9464"\n' + JOB + "    triggers: {pending_deltas: 1}\n",
+     "jobs.yaml:1: metrics: '[localhost]' is not an IPv6 address"),
 ]
 
 
@@ -225,3 +290,81 @@ def test_endpoint_url_applies_to_s3_jobs_without_one(tmp_path: Path) -> None:
                                  ""))
     orders, _ = _config(Session(endpoint_url="http://127.0.0.1:1"), str(path)).jobs
     assert orders.storage_options == {"endpoint_url": "http://127.0.0.1:1"}
+
+
+def test_a_merge_key_brings_fields_in_and_explicit_keys_override_them() -> None:
+    """Standard YAML merge keys, as ``yaml.safe_load`` reads them."""
+    text = textwrap.dedent("""\
+        jobs:
+          - &base
+            name: a
+            table: /t1
+            triggers: {pending_deltas: 1}
+            retries: {max: 5}
+          - <<: *base
+            name: b
+            table: /t2
+            bogus: 1
+        """)
+    with pytest.raises(ConfigError, match=r"^jobs.yaml:10: jobs\[1\].bogus: unknown field"):
+        parse_config(text, "jobs.yaml")  # an override keeps its own line
+    a, b = parse_config(text.replace("    bogus: 1\n", ""), "jobs.yaml").jobs
+    assert (a.name, a.table, b.name, b.table) == ("a", "/t1", "b", "/t2")
+    assert b.retries.max == 5 and b.triggers == a.triggers
+
+
+def test_partition_values_of_every_kind_a_partition_can_have() -> None:
+    text = JOB + ("    triggers: {pending_deltas: 1}\n    partitions:\n"
+                  "      - {day: 2024-05-01, n: 7, flag: true, at: 2024-05-01T10:00:00, "
+                  "region: eu}\n")
+    (job,) = parse_config(text, "jobs.yaml").jobs
+    assert job.partitions.values == ({"day": date(2024, 5, 1), "n": 7, "flag": True,
+                                      "at": datetime(2024, 5, 1, 10), "region": "eu"},)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_metrics_serve_on_a_bracketed_ipv6_address() -> None:
+    from jobs.metrics import Metrics
+
+    config = parse_config('metrics: "[::1]:0"\n' + JOB + "    triggers: {pending_deltas: 1}\n")
+    assert config.metrics is not None
+    metrics = Metrics()
+    try:
+        url = metrics.serve(*config.metrics)
+        assert url.startswith("http://[::1]:") and url.endswith("/metrics")
+        assert b"compactor_jobs" in urllib.request.urlopen(url, timeout=10).read()
+    finally:
+        metrics.close()
+
+
+def test_jobs_run_names_the_config_line_when_the_metrics_address_cannot_be_served(
+        tmp_path: Path) -> None:
+    """A port that is taken (as a host that does not resolve): the config's mistake, at its
+    line, not a bare socket error."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "jobs.yaml"
+        path.write_text(f"history: {tmp_path}/h.sqlite\nmetrics: 127.0.0.1:{port}\n"
+                        + JOB + "    triggers: {pending_deltas: 1}\n")
+        result = CliRunner().invoke(jobs, ["run", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"error: {path}:2: metrics: cannot serve metrics at '127.0.0.1' port {port}: " \
+           in result.stderr
+
+
+@pytest.mark.parametrize("cron", ["@hourly", "@daily", "@weekly", "@monthly", "@yearly"])
+def test_croniters_shortcuts_are_five_field_expressions(cron: str) -> None:
+    text = f"jobs:\n  - name: a\n    table: /t\n    triggers: {{cron: '{cron}'}}\n"
+    [job] = parse_config(text, "jobs.yaml").jobs
+    assert job.triggers.cron == cron

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import runtime
 from compactor.faults import ENV as FAULT_ENV
 from compactor.reader import read_partition
 from jobs.history import ABANDONED, INTERRUPTED, RUNNING, SUCCEEDED, History
@@ -118,3 +119,45 @@ def test_jobs_run_stops_on_a_signal_in_bounded_time(tmp_path: Path, sig: int, gr
     assert Leases(table.storage, "observer", 6, ManualClock(time.time())).holder(part.key) is None
     last = err.splitlines()[-1]
     assert (json.loads(last)["message"] if json_logs else last).endswith("stopped")
+
+
+def test_once_interrupted_by_ctrl_c_exits_130(tmp_path: Path) -> None:
+    """As ``compactor compact`` does: a Ctrl-C'd run is not a success, even though every
+    round it started has an outcome (here abandoned before its commit)."""
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    part = table.partition({"day": DAYS[0]})
+    path = write_config(table.url, tmp_path, scheduler="lease_ttl: 6s, shutdown_grace: 0s")
+    marker = tmp_path / "sleeping"
+    process = start_jobs("once", path, "--json", env={FAULT_ENV: f"hash_bucket:sleep-3:{marker}"})
+    try:
+        wait_for(marker.exists, 60, "the round to reach hash_bucket")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    report = json.loads(out)
+    assert not report["ok"] and [r["outcome"] for r in report["runs"]] == [ABANDONED]
+    assert "interrupted by SIGINT" in err.splitlines()[-1]
+    assert compactions(part) == 0
+
+
+def test_a_local_job_ignores_a_ray_address_in_the_environment(tmp_path: Path) -> None:
+    """``COMPACTOR_ADDRESS`` names a Ray cluster: a job on the local backend runs locally."""
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    path = write_config(table.url, tmp_path, job="backend: local")
+    done = jobs_cli("once", path, "--json", env={"COMPACTOR_ADDRESS": "auto"})
+    assert done.code == 0, done
+    assert [r["outcome"] for r in json.loads(done.out)["runs"]] == [SUCCEEDED]
+    validated = jobs_cli("validate", path, "--json", env={"COMPACTOR_ADDRESS": "auto"})
+    (job,) = json.loads(validated.out)["jobs"]
+    assert (job["backend"], job["address"]) == ("local", None)
+
+
+def test_an_address_for_the_local_backend_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"^the local runtime backend takes no address \(got "
+                                         r"'auto'\); an address is for the ray backend$"):
+        runtime.init("local", address="auto")
+    assert not runtime.is_initialized()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from compactor.reader import read_partition
 from jobs.cli import jobs
 from jobs.history import ABANDONED, NOOP, SUCCEEDED, TIMED_OUT, History
 from jobs.leases import Leases
+from jobs.rounds import Abandoned
 from jobs.scheduler import Scheduler
 from tests.jobs.conftest import (
     ManualClock,
@@ -321,3 +323,78 @@ def test_jobs_on_another_backend_wait_for_the_runtime_to_be_free(
     state["up"] = True  # started by the embedding program: used as it is, never shut down
     assert jobs.scheduler._Runtime().ready(("ray", None), busy=False)
     assert len(calls) == 4
+
+
+def test_once_exits_1_when_a_round_was_abandoned(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An abandoned round (its lease lost, the grace period over) committed nothing: the run
+    did not do its work, so ``once`` must not report success."""
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+
+    def lease_lost(table: Table, partition: Partition, **kwargs: Any) -> Any:
+        raise Abandoned(ABANDONED, "the lease of partition day=2024-05-01 ran out before the "
+                                   "commit")
+
+    monkeypatch.setattr("jobs.cli._scheduler", lambda cfg: Scheduler(cfg, compact=lease_lost))
+    result = CliRunner().invoke(jobs, ["once", str(write_config(table.url, tmp_path)), "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert not report["ok"] and [r["outcome"] for r in report["runs"]] == [ABANDONED]
+    assert "error: 1 round(s) failed, 0 evaluation error(s); first: daily partition " \
+           "day=2024-05-01: abandoned: the lease of partition" in result.stderr
+
+
+def test_a_timed_out_round_is_not_rerun_at_every_tick(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Like a failed round: due again once the partition changes or max_backoff has passed."""
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    part = table.partition({"day": DAYS[0]})
+    clock = ManualClock(time.time())
+
+    def slow(table: Table, partition: Partition, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # past the timeout: the round's next check stops it
+        return compact_partition(table, partition, **kwargs)
+
+    cfg = config(table.url, tmp_path, job="timeout: 0.1s")  # retries.max_backoff: 0.1s
+    scheduler = Scheduler(cfg, clock=clock, compact=slow)
+    try:
+        with caplog.at_level(logging.INFO, logger="jobs"):
+            assert [r.outcome for r in scheduler.run_once()] == [TIMED_OUT]
+        (record,) = [r for r in caplog.records if "timed_out after" in r.getMessage()]
+        assert record.levelno == logging.ERROR
+        assert scheduler.run_once() == []  # the next tick: not again as it is
+        assert scheduler.run_once() == []
+        clock.advance(0.2)  # max_backoff has passed
+        assert [r.outcome for r in scheduler.run_once()] == [TIMED_OUT]
+        assert scheduler.run_once() == []
+        part.append(rows(range(5), "new", 1000))  # the partition changed
+        assert [r.outcome for r in scheduler.run_once()] == [TIMED_OUT]
+    finally:
+        scheduler.shutdown()
+    assert compactions(part) == 0
+
+
+def test_a_cron_fire_that_meets_a_crashed_schedulers_lease_runs_once_it_expires(
+        tmp_path: Path) -> None:
+    """The fire is not used up by a lease it could not take: it stays due (coalesced) and
+    runs when the lease expires, not an hour later at the next fire."""
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    part = table.partition({"day": DAYS[0]})
+    hour = 3600.0
+    clock = ManualClock((time.time() // hour + 1) * hour + 600)  # 10 past an hour, ahead
+    cfg = config(table.url, tmp_path, triggers='{cron: "0 * * * *"}', scheduler="lease_ttl: 90s")
+    scheduler = Scheduler(cfg, clock=clock)
+    try:
+        assert scheduler.run_once() == []  # first seen: the schedule starts now
+        clock.advance(49 * 60 + 30)  # HH:59:30: another scheduler takes the lease, then dies
+        assert Leases(table.storage, "elsewhere:1:dead", 90, clock).acquire(part.key)
+        clock.advance(35)  # HH+1:00:05: the cron fired, the dead lease holds until 01:00
+        assert scheduler.run_once() == []
+        clock.advance(60)  # HH+1:01:05: the lease has expired
+        assert [r.outcome for r in scheduler.run_once()] == [SUCCEEDED]
+        part.append(rows(range(5), "new", 1000))
+        clock.advance(60)
+        assert scheduler.run_once() == []  # that fire is used up now: the next is at HH+2:00
+    finally:
+        scheduler.shutdown()
+    assert compactions(part) == 1
