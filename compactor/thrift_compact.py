@@ -34,14 +34,6 @@ class Struct:
     def has(self, fid: int) -> bool:
         return any(f[0] == fid for f in self.fields)
 
-    def set(self, fid: int, value: Any) -> None:
-        """Replace field ``fid``'s value (it must be there)."""
-        for f in self.fields:
-            if f[0] == fid:
-                f[2] = value
-                return
-        raise KeyError(fid)
-
 
 @dataclass
 class Sequence:

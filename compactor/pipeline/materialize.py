@@ -475,9 +475,8 @@ class _Copy:
 def _copies(opened: files.Opened, size: int, wanted: dict[int, np.ndarray],
             template: parquet_splice.Template) -> dict[int, _Copy]:
     """The row groups of the ``opened`` file (of ``size`` bytes) to copy as bytes, by index:
-    each one all of whose
-    rows one bucket keeps, if the file stores its row groups as the table's files do
-    (``template``)."""
+    each one all of whose rows one bucket keeps, if the file stores its row groups as the
+    table's files do (``template``)."""
     meta = opened.parquet.metadata
     sizes = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)],
                      dtype=np.int64)
