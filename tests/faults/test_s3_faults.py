@@ -81,6 +81,18 @@ def test_lost_answers_to_conditional_creates_are_not_lost_commits(rt, s3_server,
         assert proxy.injected["lost_reply"] >= 5
 
 
+def _compacted_with_pending_deltas(proxy: FaultProxy, bucket: str, seed: int,
+                                   figures: Figures) -> Stream:
+    """A table on S3 through ``proxy``, compacted once, with two deltas pending."""
+    rng = random.Random(seed)
+    stream = Stream.new(f"s3://{bucket}/t", figures, buckets=2,
+                        storage_options={"endpoint_url": proxy.url})
+    stream.random_deltas(rng, 2, 1_000, 2_000)
+    assert compact_partition(stream.table, stream.part, target_file_size=20_000).committed
+    stream.random_deltas(rng, 2, 1_000, 2_000)
+    return stream
+
+
 def test_a_commit_that_landed_though_its_answers_were_lost_is_committed_not_cleaned_up(
         rt, s3_server, s3_bucket, fault_seed, figures, monkeypatch):
     """The round's commit reaches the server but its answer is lost, and every retry of it
@@ -88,12 +100,7 @@ def test_a_commit_that_landed_though_its_answers_were_lost_is_committed_not_clea
     files the commit names, and every later read and round of the partition failed.)"""
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     with FaultProxy(s3_server, seed=fault_seed) as proxy:
-        rng = random.Random(fault_seed)
-        stream = Stream.new(f"s3://{s3_bucket}/t", figures, buckets=2,
-                            storage_options={"endpoint_url": proxy.url})
-        stream.random_deltas(rng, 2, 1_000, 2_000)
-        assert compact_partition(stream.table, stream.part, target_file_size=20_000).committed
-        stream.random_deltas(rng, 2, 1_000, 2_000)
+        stream = _compacted_with_pending_deltas(proxy, s3_bucket, fault_seed, figures)
         commits: list[str] = []
 
         def lose_the_commit(method: str, path: str) -> str | None:
@@ -123,12 +130,7 @@ def test_a_commit_that_cannot_be_read_back_is_unknown_and_keeps_its_files(
     (``CommitUnknown``) and deletes nothing: the commit had landed, and names its files."""
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     with FaultProxy(s3_server, seed=fault_seed) as proxy:
-        rng = random.Random(fault_seed)
-        stream = Stream.new(f"s3://{s3_bucket}/t", figures, buckets=2,
-                            storage_options={"endpoint_url": proxy.url})
-        stream.random_deltas(rng, 2, 1_000, 2_000)
-        assert compact_partition(stream.table, stream.part, target_file_size=20_000).committed
-        stream.random_deltas(rng, 2, 1_000, 2_000)
+        stream = _compacted_with_pending_deltas(proxy, s3_bucket, fault_seed, figures)
         puts: list[str] = []
 
         def lose_the_answer_then_the_log(method: str, path: str) -> str | None:
