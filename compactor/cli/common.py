@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import click
 import fsspec
@@ -82,6 +83,11 @@ class Session:
                 f"pass --partition {','.join(f'{c}=...' for c in table.partition_by)}"
             )
         part = table.partition(values)
+        if existing and values and part.version() == 0:
+            # partitions are printed escaped (region=eu%20west): that form names them too
+            plain = {unquote(k): unquote(v) for k, v in values.items()}
+            if plain != dict(values) and table.partition(plain).version() > 0:
+                part = table.partition(plain)
         self.where = f"partition {part.key} of table {table.url}"
         if existing and part.version() == 0:
             raise UnknownPartition(f"partition {part.key} of {table.url} has no commits: "

@@ -94,6 +94,11 @@ def test_failures_exit_1_with_one_line_naming_the_thing_at_fault(table_url: str,
         assert never.code == 1 and never.err.count("\n") == 1, never
         assert "partition day=2" in never.err and "has no commits" in never.err, never
         assert "the table's partitions: day=1" in never.err, never
+    # a partition as the CLI prints it (escaped) names it too
+    odd = ["-p", "day=eu west/1%"]
+    assert compactor("append", table_url, *odd, "--kind", "upsert", good).code == 0
+    shown = compactor("history", table_url, "-p", "day=eu%20west%2F1%25")
+    assert shown.code == 0 and "day=eu%20west%2F1%25" in shown.out, shown
     exists = compactor("table", "create", table_url, "-k", "id", "--schema", SCHEMA)
     assert exists.code == 1 and "already exists" in exists.err
 
