@@ -147,7 +147,8 @@ def open_verified(storage: Storage, file: DataFile, whole: bool = False,
                   ) -> pq.ParquetFile:
     """Verify ``file`` is unchanged, then open it as Parquet (footer only; ``whole``: all of
     it read into memory; ``read_dictionary``: as ``open_parquet``'s)."""
-    return open_source(storage, file, whole, read_dictionary).parquet
+    verify(storage, file)
+    return open_parquet(storage, resolve(storage, file.url), whole, read_dictionary)
 
 
 def open_source(storage: Storage, file: DataFile, whole: bool = False,
