@@ -5,13 +5,12 @@ compact protocol), the footer's length and ``PAR1``. Nothing inside a column chu
 place in the file; only the footer does (each chunk's page offsets). So a row group is moved
 from one file to another by copying its bytes and shifting those offsets.
 
-Materialize writes every compacted file this way (:class:`Assembler`): it encodes rows with
-pyarrow into a small in-memory file and moves that file's row groups into the output, and a
-row group of a source that loses no row and is stored exactly as the output would store it (the
-same Parquet schema and codec: a compacted file of the table, typically) is copied as bytes,
-never decoded or encoded. The output's footer is the one pyarrow writes for the table's schema
-with the same options (:class:`Template`: its key-value metadata, ``created_by``, column
-orders), with the row groups put in.
+Materialize writes every compacted file through :class:`SplicedWriter`: pyarrow encodes rows
+straight into the output, and a row group of a source that loses no row and is stored exactly
+as the output would store it (the same Parquet schema and codec: a compacted file of the table,
+typically) is copied in between as bytes, never decoded or encoded. A file with copies gets the
+footer pyarrow writes for the table's schema with the same options (:class:`Template`: its
+key-value metadata, ``created_by``, column orders), with every row group put in.
 
 Not copied: row groups with page indexes, bloom filters, encrypted or external column chunks,
 or chunks that do not lie one after another (:func:`span`); their rows are decoded as any
@@ -32,6 +31,7 @@ from compactor.thrift_compact import STRUCT, Sequence, Struct, ThriftError, dump
 MAGIC = b"PAR1"
 # parquet.thrift field ids
 FMD_SCHEMA, FMD_NUM_ROWS, FMD_ROW_GROUPS, FMD_ENCRYPTION = 2, 3, 4, 8
+ARROW_SCHEMA = b"ARROW:schema"
 RG_COLUMNS, RG_NUM_ROWS, RG_FILE_OFFSET, RG_ORDINAL = 1, 3, 5, 7
 CC_FILE_PATH, CC_FILE_OFFSET, CC_META = 1, 2, 3
 CC_OFFSET_INDEX, CC_COLUMN_INDEX, CC_CRYPTO, CC_ENCRYPTED = 4, 6, 8, 9
@@ -134,6 +134,8 @@ class Template:
         self.codecs = [c.get(CC_META).get(CM_CODEC) for c in _chunks(empty)]
         # the same as pyarrow reads them: a first test that needs no footer parsed here
         meta = pq.read_metadata(pa.BufferReader(data))
+        self.metadata: dict[bytes, bytes] = dict(meta.metadata or {})
+        self.arrow_schema = schema
         self.parquet_schema = meta.schema
         self.codec_names = [meta.row_group(0).column(i).compression
                             for i in range(meta.num_columns)]
@@ -158,52 +160,121 @@ class Template:
             c.get(CC_META).get(CM_CODEC) for c in _chunks(group)] == self.codecs
 
 
-class Assembler:
-    """Writes one Parquet file to ``out`` from row groups given as bytes."""
+# pyarrow 17 and later can change a writer's key-value metadata before it closes
+_SET_METADATA = hasattr(pq.ParquetWriter, "add_key_value_metadata")
+
+
+class _Sink:
+    """What a pyarrow ``ParquetWriter`` writes to: ``out``, with row groups of other files
+    inserted between the writer's (``insert``), and the writer's footer held back once
+    ``footer`` is set. Positions the writer sees (``tell``) count only its own bytes."""
+
+    closed = False
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.out.write(MAGIC)  # (the writer's own is dropped: a file may begin with a copy)
+        self.position = 0  # bytes the writer wrote, its magic included
+        self.inserted: list[tuple[int, int]] = []  # (writer position, bytes inserted there)
+        self.footer: bytearray | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self.footer is not None:
+            self.footer += view
+        else:
+            skip = max(0, min(len(view), len(MAGIC) - self.position))
+            if bytes(view[:skip]) != MAGIC[self.position:self.position + skip]:
+                raise NotParquet("the Parquet writer did not begin with its magic")
+            self.out.write(view[skip:])
+        self.position += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass  # (``out`` is the caller's to close)
+
+    def insert(self, data: bytes) -> int:
+        """Write ``data`` (between two of the writer's row groups); where it begins in
+        ``out``."""
+        at = max(self.position, len(MAGIC))
+        where = at + sum(n for _, n in self.inserted)
+        self.out.write(data)
+        self.inserted.append((at, len(data)))
+        return where
+
+    def moved(self, start: int, end: int) -> int:
+        """How far the writer's bytes ``[start, end)`` moved in ``out``: the bytes inserted
+        before them (none may be inserted inside)."""
+        if any(start < p < end for p, _ in self.inserted):
+            raise NotParquet("a row group was copied into the middle of an encoded one")
+        return sum(n for p, n in self.inserted if p <= start)
+
+
+class SplicedWriter:
+    """One Parquet file written to ``out``: rows encoded by a pyarrow ``ParquetWriter`` as
+    they come (``write``), row groups of other files copied in between as bytes (``copy``).
+
+    Where nothing was copied the file is the writer's, footer and all (its stored Arrow schema
+    set to the table's where the writer's differs: ``add_key_value_metadata``). Otherwise the
+    writer's footer is held back, its row groups' offsets moved past the copies, and the file
+    gets the template's footer (key-value metadata, column orders) with every row group in
+    file order."""
 
     def __init__(self, out: IO[bytes], template: Template) -> None:
         self.out, self.template = out, template
-        self.out.write(MAGIC)
-        self.at = len(MAGIC)
-        self.groups: list[Struct] = []
-        self.rows = 0
+        self.sink = _Sink(out)
+        self.writer: pq.ParquetWriter | None = None
+        self.copied: list[tuple[int, Struct]] = []  # (offset in the file, row group)
 
-    def add(self, data: bytes | memoryview, group: Struct, start: int) -> None:
+    def write(self, table: pa.Table, options: dict[str, Any], row_group_rows: int) -> None:
+        """Encode ``table`` (its schema: the file's first ``write``'s) as row groups."""
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.sink, table.schema, **options)
+        self.writer.write_table(table, row_group_size=row_group_rows)
+
+    def copy(self, data: bytes, group: Struct, start: int) -> None:
         """Append the row group ``group`` whose chunks are ``data``, which began at byte
         ``start`` of its file."""
-        self.out.write(data)
-        self.groups.append(_shifted(group, self.at - start, len(self.groups)))
-        self.at += len(data)
-        self.rows += group_rows(group)
-
-    def add_file(self, data: pa.Buffer) -> None:
-        """Append every row group of the Parquet file ``data`` (in memory)."""
-        view = memoryview(data).cast("B")  # (pyarrow's is of signed bytes)
-        footer = footer_of(lambda s, e: view[s:e], len(view))
-        if footer.get(FMD_SCHEMA) != self.template.schema:
-            raise NotParquet("an encoded file's Parquet schema is not the table's")
-        for group in row_groups(footer):
-            where = span(group)
-            if where is None:  # (the writer's options: no page index, no bloom filter)
-                raise NotParquet("an encoded row group that cannot be moved")
-            self.add(view[where[0]:where[1]], group, where[0])
+        at = self.sink.insert(data)
+        self.copied.append((at, _shifted(group, at - start, 0)))
 
     def close(self) -> None:
+        """Write the footer. ``out`` stays open."""
+        stored = self.template.metadata.get(ARROW_SCHEMA)
+        if self.writer is not None and not self.copied and (
+                _SET_METADATA or self.writer.schema.equals(self.template.arrow_schema)):
+            if stored is not None and not self.writer.schema.equals(self.template.arrow_schema):
+                self.writer.add_key_value_metadata({ARROW_SCHEMA: stored})
+            self.writer.close()
+            return
+        groups = list(self.copied)
+        if self.writer is not None:
+            self.sink.footer = bytearray()
+            self.writer.close()
+            tail = bytes(self.sink.footer)
+            length = struct.unpack("<I", tail[-8:-4])[0]
+            footer = loads(tail[-8 - length:-8])
+            if footer.get(FMD_SCHEMA) != self.template.schema:
+                raise NotParquet("the writer's Parquet schema is not the table's")
+            for group in row_groups(footer):
+                where = span(group)
+                if where is None:  # (the writer's options: no page index, no bloom filter)
+                    raise NotParquet("an encoded row group that cannot be moved")
+                by = self.sink.moved(*where)
+                groups.append((where[0] + by, _shifted(group, by, 0)))
+        groups.sort(key=lambda g: g[0])
         fields = []
         for f, t, v in self.template.footer.fields:
             if f == FMD_NUM_ROWS:
-                v = self.rows
+                v = sum(group_rows(g) for _, g in groups)
             elif f == FMD_ROW_GROUPS:
-                v = Sequence(STRUCT, self.groups)
+                v = Sequence(STRUCT, [_shifted(g, 0, i) for i, (_, g) in enumerate(groups)])
             fields.append([f, t, v])
-        footer = dumps(Struct(fields))
-        self.out.write(footer + struct.pack("<I", len(footer)) + MAGIC)
-
-
-def encode(table: pa.Table, options: dict[str, Any], row_group_rows: int) -> pa.Buffer:
-    """``table`` as an in-memory Parquet file written with ``options``."""
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, table.schema, **options) as writer:
-        writer.write_table(table, row_group_size=row_group_rows)
-    return sink.getvalue()
-
+        data = dumps(Struct(fields))
+        self.out.write(data + struct.pack("<I", len(data)) + MAGIC)

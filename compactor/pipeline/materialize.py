@@ -335,7 +335,7 @@ class _BucketWriter:
         self.files: list[DataFile] = []
         self._buffer: list[pa.Table] = []
         self._buffered = 0
-        self._file: parquet_splice.Assembler | None = None
+        self._file: parquet_splice.SplicedWriter | None = None
         self._chosen: list[str] | None = None  # the current file's dictionary columns
         self._file_schema = schema  # the encoder's: text columns with a dictionary as such
         self._passthrough: set[str] = set()
@@ -366,16 +366,16 @@ class _BucketWriter:
         rows = parquet_splice.group_rows(group)
         assert 0 < rows <= self.room()
         self._flush()
-        self._open().add(data, group, start)
+        self._open().copy(data, group, start)
         self._in_file += rows
         if self._in_file == self.rows_per_file:
             self._close()
 
-    def _open(self) -> parquet_splice.Assembler:
+    def _open(self) -> parquet_splice.SplicedWriter:
         if self._file is None:
             self._rel = layout.new_compacted_file(self.partition, self.bucket)
             self._out = self.storage.open_output(self._rel)
-            self._file = parquet_splice.Assembler(self._out, self.template)
+            self._file = parquet_splice.SplicedWriter(self._out, self.template)
         return self._file
 
     def _flush(self) -> None:
@@ -391,8 +391,7 @@ class _BucketWriter:
                 [f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in self._passthrough
                  else f for f in self.schema], metadata=self.schema.metadata)
         data = _combine(self._buffer, self._file_schema, self._passthrough)
-        self._open().add_file(parquet_splice.encode(
-            data, write_options(self.codec, self._chosen), ROW_GROUP_ROWS))
+        self._open().write(data, write_options(self.codec, self._chosen), ROW_GROUP_ROWS)
         self._in_file += self._buffered
         self._buffer, self._buffered = [], 0
 

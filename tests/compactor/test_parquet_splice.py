@@ -84,7 +84,7 @@ def test_pyarrows_footers_read_back_to_the_same_bytes(tmp_path: Path) -> None:
 
 
 def test_an_assembled_file_reads_back_as_its_row_groups_in_order(tmp_path: Path) -> None:
-    """Row groups of two files and an encoded table, in one file: pyarrow and DuckDB read the
+    """Row groups of two files and encoded rows, in one file: pyarrow and DuckDB read the
     rows in order, with the table's schema and metadata and each row group's statistics."""
     options = materialize.write_options("snappy", ["s"])
     template = parquet_splice.Template(_wide_table(1, 0).schema, options)
@@ -100,27 +100,34 @@ def test_an_assembled_file_reads_back_as_its_row_groups_in_order(tmp_path: Path)
     encoded = _wide_table(1500, 3)
     out = tmp_path / "out.parquet"
     with open(out, "wb") as f:
-        assembler = parquet_splice.Assembler(f, template)
-        # groups 2 and 0 of the first file, the encoded rows, group 1 of the second
+        spliced = parquet_splice.SplicedWriter(f, template)
         expected = []
-        for (data, groups), g in [(sources[0], 2), (sources[0], 0)]:
+
+        def copy(source: int, g: int) -> None:
+            data, groups = sources[source]
             assert template.takes(groups[g])
             start, end = parquet_splice.span(groups[g])  # type: ignore[misc]
-            assembler.add(data[start:end], groups[g], start)
-            expected.append(parts[0].slice(g * 1000, 1000))
-        assembler.add_file(parquet_splice.encode(encoded, options, 1000))
+            spliced.copy(data[start:end], groups[g], start)
+            expected.append(parts[source].slice(g * 1000, 1000))
+
+        # copies first (before the writer's own magic), encoded rows between copies, a copy
+        # last: groups 2 and 0 of the first file, 1500 rows, group 1 of the second, 1500 rows,
+        # group 0 of the second
+        copy(0, 2)
+        copy(0, 0)
+        spliced.write(encoded, options, 1000)
         expected.append(encoded)
-        data, groups = sources[1]
-        start, end = parquet_splice.span(groups[1])  # type: ignore[misc]
-        assembler.add(data[start:end], groups[1], start)
-        expected.append(parts[1].slice(1000, 1000))
-        assembler.close()
+        copy(1, 1)
+        spliced.write(encoded, options, 1000)
+        expected.append(encoded)
+        copy(1, 0)
+        spliced.close()
     want = pa.concat_tables(expected)
     back = pq.read_table(out)
     assert back.equals(want) and back.schema.metadata == want.schema.metadata
     meta = pq.read_metadata(out)
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == \
-        [1000, 1000, 1000, 500, 1000]
+        [1000, 1000, 1000, 500, 1000, 1000, 500, 1000]
     reference = tmp_path / "reference.parquet"
     pq.write_table(want.schema.empty_table(), reference, **options)
     assert meta.metadata == pq.read_metadata(reference).metadata  # (ARROW:schema and owner)
