@@ -60,7 +60,9 @@ def write_options(codec: str, dictionary: list[str] | None = None) -> dict[str, 
     dictionary pages for the columns ``dictionary`` (none by default)."""
     if codec not in CODECS:
         raise ValueError(f"compression {codec!r} is not one of {', '.join(CODECS)}")
-    options: dict[str, Any] = {"compression": codec, "use_dictionary": dictionary or False}
+    # (no page index: a row group with one cannot be moved between files, parquet_splice)
+    options: dict[str, Any] = {"compression": codec, "use_dictionary": dictionary or False,
+                               "write_page_index": False}
     if codec == "zstd":
         options["compression_level"] = 1
     return options
