@@ -225,20 +225,28 @@ def once(session: Session, config: str) -> None:
     # anything but succeeded/noop (failed, timed out, abandoned...) left work undone
     unfinished = [r for r in runs if r.outcome not in DONE]
     ok = not unfinished and not scheduler.errors and not signals
-    session.emit({"ok": ok, "runs": [r.to_dict() for r in runs], "errors": scheduler.errors},
-                 lambda out: _render_runs(runs, out, empty="nothing was due"))
+    problems = []
     if unfinished or scheduler.errors:
         first = scheduler.errors[0] if scheduler.errors else f"{unfinished[0].job} partition " \
             f"{unfinished[0].partition}: {unfinished[0].outcome}: {unfinished[0].error}"
-        click.echo(f"error: {len(unfinished)} round(s) failed, {len(scheduler.errors)} "
-                   f"evaluation error(s); first: {first}", err=True)
+        problems.append(f"{len(unfinished)} round(s) failed, {len(scheduler.errors)} "
+                        f"evaluation error(s); first: {first}")
     if signals:  # as a shell reports a process the signal ended: 130 for Ctrl-C
-        click.echo(f"interrupted by {signal.Signals(signals[0]).name}: no round was started "
-                   "after it, and a running one that outlived the grace period was abandoned "
-                   "before its commit", err=True)
-        sys.exit(128 + signals[0])
-    if not ok:
-        sys.exit(EXIT_FAILURE)
+        problems.append(f"interrupted by {signal.Signals(signals[0]).name}: no round was "
+                        "started after it, and a running one that outlived the grace period "
+                        "was abandoned before its commit")
+    code = 128 + signals[0] if signals else 0 if ok else EXIT_FAILURE
+    report: dict[str, object] = {"ok": ok, "runs": [r.to_dict() for r in runs],
+                                 "errors": scheduler.errors}
+    if not ok:  # (every command's --json failure document has these)
+        report.update(error="; ".join(problems), exit_code=code,
+                      error_type="Interrupted" if signals else "RoundsFailed")
+    session.emit(report, lambda out: _render_runs(runs, out, empty="nothing was due"))
+    for problem in problems:
+        click.echo(f"{'error: ' if not problem.startswith('interrupted') else ''}{problem}",
+                   err=True)
+    if code:
+        sys.exit(code)
 
 
 @command("status", group=jobs)

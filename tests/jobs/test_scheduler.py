@@ -283,6 +283,9 @@ def test_once_reports_a_table_it_cannot_read(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert not report["ok"] and report["runs"] == [] and report["errors"] == [
         f"job daily: no table at file://{tmp_path}/nothing-here (no _table/metadata/ metadata)"]
+    # what every command's --json failure document has
+    assert (report["exit_code"], report["error_type"]) == (1, "RoundsFailed")
+    assert report["error"].startswith("0 round(s) failed, 1 evaluation error(s); first: job")
     assert "error: 0 round(s) failed, 1 evaluation error(s); first: job daily: no table at " \
         in result.stderr
 
