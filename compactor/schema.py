@@ -4,7 +4,8 @@ The rule: a file may add columns (they join the table schema as
 nullable, older rows read them as null); a column it shares with the table must have the same
 logical type. ``string``/``large_string``/``string_view`` are one logical type, as are the binary
 flavours, and a dictionary-encoded column has its value type (Parquet writers differ in these
-only in encoding). Anything else, ``int32`` vs ``int64`` included, is a type change and refused
+only in encoding). A column of Arrow type ``null`` (all null, no type given) fits any column
+and adds none. Anything else, ``int32`` vs ``int64`` included, is a type change and refused
 with the column, the old and the new type named.
 """
 
@@ -93,6 +94,10 @@ def evolve(table: pa.Schema, incoming: pa.Schema, *, source: str) -> pa.Schema:
     """
     added: list[pa.Field] = []
     for field in incoming:
+        if pa.types.is_null(field.type):
+            # every value null and no type said (pandas, JSON): fits any column of the table,
+            # and a column the table lacks waits for a file that says its type
+            continue
         if field.name in table.names:
             old = table.field(field.name).type
             if not same_logical_type(old, field.type):

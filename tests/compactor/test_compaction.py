@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import runtime
 from compactor import CdcOps, DeltaKind, create_table, open_table
 from compactor.compaction import compact_partition
-from compactor.errors import FileTooLarge, InvalidTableSpec, TooManyFiles
+from compactor.errors import FileTooLarge, InvalidTableSpec, NullValue, TooManyFiles
 from compactor.merge import index_schema
 from compactor.pipeline import index_store
 from compactor.reader import read_partition
@@ -622,3 +622,28 @@ def test_files_are_written_with_the_codec_asked_for(rt, tmp_path):
             compact_partition(s.table, s.part, bucket_count=count)
         assert str(bad_count.value).startswith(f"partition {s.part.key} of {s.table.url}: ")
     assert s.part.version() == version + 1  # the append only: nothing compacted
+
+
+def test_a_column_of_arrow_type_null_fits_any_column_and_adds_none(rt, tmp_path):
+    """All-null columns without a type (pandas, JSON): as values of an existing column (the
+    ordering column too), and as a column the table lacks, which a later typed file adds. The
+    table's type of such a column had become ``null``, and every typed value was refused."""
+    schema = pa.schema([("id", pa.int64()), ("v", pa.string()), ("lsn", pa.int64())])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=["id"],
+                         ordering_column="lsn", bucket_count=2)
+    part = table.partition()
+    part.append(pa.table({"id": [1, 2], "v": ["a", "b"], "lsn": [1, 1]}, schema=schema))
+    part.append(pa.table({"id": [2, 3], "v": pa.nulls(2), "lsn": [2, 2], "note": pa.nulls(2)}))
+    assert table.refresh().schema == schema
+    assert compact_partition(table, part).committed
+    part.append(pa.table({"id": [4], "v": ["d"], "lsn": pa.nulls(1), "note": ["n"]}))
+    assert table.refresh().schema == schema.append(pa.field("note", pa.string()))
+    assert compact_partition(table, part).committed
+    assert read_partition(table, part).sort_by("id").to_pylist() == [
+        {"id": 1, "v": "a", "lsn": 1, "note": None}, {"id": 2, "v": None, "lsn": 2, "note": None},
+        {"id": 3, "v": None, "lsn": 2, "note": None}, {"id": 4, "v": "d", "lsn": None,
+                                                        "note": "n"}]
+    strict = create_table(f"file://{tmp_path}/s", pa.schema(
+        [("id", pa.int64()), pa.field("v", pa.string(), nullable=False)]), primary_key=["id"])
+    with pytest.raises(NullValue, match="'v'"):
+        strict.partition().append(pa.table({"id": [1], "v": pa.nulls(1)}))
