@@ -205,7 +205,11 @@ def run(session: Session, config: str) -> None:
 @command("once", group=jobs)
 @click.argument("config", type=click.Path(dir_okay=False))
 def once(session: Session, config: str) -> None:
-    """Evaluate every trigger once, run the rounds that are due, wait for them, exit."""
+    """Evaluate every trigger once, run the rounds that are due, wait for them, exit.
+
+    Exit codes: 0 every round succeeded (or had nothing to do), 1 a round failed, timed out
+    or was abandoned, or a trigger could not be evaluated, 128 + the signal's number after
+    SIGINT (130) or SIGTERM (143)."""
     session.where = f"config {config}"
     cfg = _config(session, config)
     signals: list[int] = []

@@ -49,7 +49,8 @@ Typical use:
 \b
 Every command takes --json (machine-readable output on stdout) and --debug (tracebacks).
 Exit codes: 0 ok, 1 failure, 2 usage error, 3 commit conflict (another writer won; nothing
-was committed).
+was committed; or, CommitUnknown, the commit's answer was lost and the log could not be read
+back: run it again), 130 interrupted.
 """
 
 

@@ -402,7 +402,12 @@ class _BucketWriter:
         if self._file is None:
             return
         # the footer states the table's types (readers get text, not dictionaries)
-        self._file.close()
+        try:
+            self._file.close()
+        except parquet_splice.NotParquet as e:  # (a defect of ours: say which file)
+            raise parquet_splice.NotParquet(
+                f"writing {self.storage.url_of(self.storage.path(self._rel))}: {e}; nothing "
+                "was committed") from None
         self._out.close()
         self.files.append(files.written(self.storage, self.storage.path(self._rel),
                                         self._in_file))
