@@ -20,7 +20,7 @@ from compactor.delta import op_masks
 from compactor.errors import NullKey, SchemaMismatch, UnknownOp
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
-from compactor.hashing import NullKeyError, bucket_of, key_digest
+from compactor.hashing import NullKeyError, bucket_start, key_digest
 from compactor.manifest import CdcOps, DataFile, DeltaKind
 from compactor.merge import OP_DELETE, OP_UPSERT, one_array, record_schema, sort_by_key
 
@@ -100,9 +100,14 @@ class GroupRecords:
         return pa.table(columns).select(record_schema(order).names)
 
 
-def group_of_buckets(buckets: np.ndarray, bucket_count: int, groups: int) -> np.ndarray:
-    """Contiguous bucket ranges per group: group g holds buckets [g*B/G, (g+1)*B/G)."""
-    return (buckets.astype(np.int64) * groups // bucket_count).astype(np.int32)
+def group_bounds(hi: np.ndarray, bucket_count: int, groups: int) -> np.ndarray:
+    """Where each group's records start in digests ``hi`` sorted ascending, and their count:
+    ``groups + 1`` offsets. Group g holds buckets [g*B/G, (g+1)*B/G), a range of ``hi``: a
+    binary search per group, not a pass."""
+    # group g's first bucket is the least b with b * groups // bucket_count >= g
+    starts = np.array([bucket_start(-(-g * bucket_count // groups), bucket_count)
+                       for g in range(1, groups)], dtype=np.uint64)
+    return np.concatenate([[0], np.searchsorted(hi, starts), [len(hi)]]).astype(np.int64)
 
 
 def _ops(data: pa.Table, item: HashInput) -> np.ndarray:
@@ -159,7 +164,7 @@ def hash_file(
         raise NullKey(f"{item.file.url}: row {item.first_row + e.row}: null in primary-key column "
                       f"{e.column!r}") from None
     n = data.num_rows
-    cols: dict[str, pa.Array | np.ndarray] = {"hi": hi, "lo": lo}
+    order = None
     if ordering_column is not None:
         order = one_array(data.column(ordering_column))
         if order_type is not None and order.type != order_type:
@@ -170,20 +175,28 @@ def hash_file(
                     f"{item.file.url}: ordering column {ordering_column!r} has type "
                     f"{order.type}, the table's is {order_type}: {e}"
                 ) from None
-        cols["order"] = order
-    cols["row"] = np.arange(item.first_row, item.first_row + n, dtype=np.int32)
-    cols["op"] = _ops(data, item)
+    ops = _ops(data, item)
     schema = record_schema(order_type if ordering_column else None)
-    records = pa.table(cols, schema=pa.schema([f for f in schema
-                                               if f.name not in ("pos", "file")]))
+    schema = pa.schema([f for f in schema if f.name not in ("pos", "file")])
     # sorted by key, which sorts by bucket and group too (they are ranges of hi): each actor
-    # gets sorted runs, which it merges much faster than it sorts (merge.sort_by_key)
+    # gets sorted runs, which it merges much faster than it sorts (merge.sort_by_key). Each
+    # group's records are gathered on their own (a slice of a whole file's arrays would carry
+    # the whole buffers into the object store); ``hi``, sorted first to find the groups, is
+    # sliced (a view of a numpy array ships only itself)
     by_key, _ = sort_by_key(hi, lo)
-    group = group_of_buckets(bucket_of(hi[by_key], bucket_count), bucket_count, groups)
-    bounds = np.searchsorted(group, np.arange(groups + 1))
+    hi = hi[by_key]
+    bounds = group_bounds(hi, bucket_count, groups)
     out = {}
     for g in range(groups):
-        lo_i, hi_i = bounds[g], bounds[g + 1]
-        if hi_i > lo_i:
-            out[g] = records.take(pa.array(by_key[lo_i:hi_i]))
+        if bounds[g + 1] == bounds[g]:
+            continue
+        rows = by_key[bounds[g]:bounds[g + 1]]
+        cols: dict[str, pa.Array | np.ndarray] = {"hi": hi[bounds[g]:bounds[g + 1]],
+                                                  "lo": lo[rows]}
+        if order is not None:
+            cols["order"] = order.take(pa.array(rows))
+        cols["row"] = (rows + item.first_row).astype(np.int32)
+        # (a file's ops are all one but a CDC file's)
+        cols["op"] = ops[rows] if item.kind is DeltaKind.CDC else ops[:len(rows)]
+        out[g] = pa.table(cols, schema=schema)
     return HashOutput(out, n, item.file.size, item.position, item.ordinal)

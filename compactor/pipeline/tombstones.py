@@ -18,10 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from compactor.fs import Storage
-from compactor.hashing import bucket_of
 from compactor.merge import OP_DELETE, index_schema, record_schema
 from compactor.pipeline import index_store
-from compactor.pipeline.hash_bucket import HashOutput, group_of_buckets
+from compactor.pipeline.hash_bucket import HashOutput, group_bounds
 
 
 def carried_tombstones(storage: Storage, chain: list[str], order_type: pa.DataType,
@@ -48,8 +47,7 @@ def carried_tombstones(storage: Storage, chain: list[str], order_type: pa.DataTy
         "op": pa.array(np.full(n, OP_DELETE, dtype=np.int8)),
     }, schema=pa.schema([f for f in schema if f.name not in ("pos", "file")]))
     # sorted by key (an index is), so by bucket and group too: a slice per group
-    group = group_of_buckets(bucket_of(hi, bucket_count), bucket_count, groups)
-    bounds = np.searchsorted(group, np.arange(groups + 1))
+    bounds = group_bounds(hi, bucket_count, groups)
     out = {g: records.slice(bounds[g], bounds[g + 1] - bounds[g]) for g in range(groups)
            if bounds[g + 1] > bounds[g]}
     return HashOutput(out, n, 0, position, ordinal)

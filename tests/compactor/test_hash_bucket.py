@@ -1,0 +1,77 @@
+"""The hash-bucket step's records: which group each key goes to, and what each record holds."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from compactor import files
+from compactor.fs import Storage
+from compactor.hashing import bucket_of, bucket_start, key_digest
+from compactor.manifest import CdcOps, DeltaKind
+from compactor.merge import OP_DELETE, OP_UPSERT
+from compactor.pipeline.hash_bucket import HashInput, group_bounds, hash_file
+
+
+def _group(hi: np.ndarray, bucket_count: int, groups: int) -> np.ndarray:
+    """The group of each digest, as the plan assigns buckets to actors (b * G // B)."""
+    return bucket_of(hi, bucket_count).astype(np.int64) * groups // bucket_count
+
+
+@pytest.mark.parametrize("bucket_count,groups", [(1, 1), (2, 2), (7, 3), (7, 7), (300, 16),
+                                                 (2**31 - 1, 5), (64, 1)])
+def test_group_bounds_cut_sorted_digests_where_the_groups_change(bucket_count, groups) -> None:
+    rng = np.random.default_rng(bucket_count * 31 + groups)
+    # random digests, and the digests on either side of every bucket start of a small table
+    edges = [bucket_start(b, bucket_count) for b in range(1, min(bucket_count, 400))]
+    hi = np.sort(np.concatenate([
+        rng.integers(0, 2**64, 20_000, dtype=np.uint64, endpoint=False),
+        np.array(edges + [e - 1 for e in edges] + [0, 2**64 - 1], dtype=np.uint64)]))
+    bounds = group_bounds(hi, bucket_count, groups)
+    expected = np.searchsorted(_group(hi, bucket_count, groups), np.arange(groups + 1))
+    assert bounds.tolist() == expected.tolist()
+
+
+def test_each_group_gets_exactly_its_keys_records_sorted_and_compact(tmp_path) -> None:
+    """A CDC file with repeated keys, cut into 3 groups of 7 buckets: each group's records are
+    its keys' rows (digest, ordering value, row, op as in the file), sorted by digest; each
+    group's records, pickled, carry only their own rows' bytes."""
+    rng = np.random.default_rng(5)
+    n = 30_000
+    ids = rng.integers(0, 5_000, n)
+    source = pa.table({"id": ids, "lsn": rng.permutation(n).astype(np.int64),
+                       "Op": pa.array(rng.choice(["I", "U", "D"], n)), "v": np.arange(n)})
+    path = tmp_path / "delta.parquet"
+    pq.write_table(source, path, row_group_size=7_000)
+    storage = Storage(f"file://{tmp_path}")
+    file, _ = files.describe(storage, f"file://{path}")
+    item = HashInput(file, 4, 9, DeltaKind.CDC, CdcOps("Op"))
+    out = hash_file(storage, item, ("id",), "lsn", pa.int64(), 7, 3)
+
+    hi, lo = key_digest(source.select(["id"]), ("id",))
+    group = _group(hi, 7, 3)
+    op = np.where(source.column("Op").to_numpy(zero_copy_only=False) == "D", OP_DELETE,
+                  OP_UPSERT)
+    sizes = {}
+    for g in range(3):
+        records = out.records[g]
+        rows = records.column("row").to_numpy()
+        assert sorted(rows.tolist()) == np.flatnonzero(group == g).tolist()
+        assert records.column("hi").to_numpy().tolist() == hi[rows].tolist()
+        assert records.column("lo").to_numpy().tolist() == lo[rows].tolist()
+        assert records.column("order").to_pylist() == source.column("lsn").to_numpy()[
+            rows].tolist()
+        assert records.column("op").to_numpy().tolist() == op[rows].tolist()
+        key = list(zip(records.column("hi").to_pylist(), records.column("lo").to_pylist(),
+                       strict=True))
+        assert key == sorted(key)
+        buffers: list[pickle.PickleBuffer] = []
+        pickle.dumps(records, protocol=5, buffer_callback=buffers.append)
+        sizes[g] = sum(b.raw().nbytes for b in buffers)
+        # 8 + 8 + 8 + 4 + 1 bytes a record (and a little padding), not the whole file's
+        assert sizes[g] <= 29 * records.num_rows + 1024, (g, sizes[g], records.num_rows)
+    assert out.rows == n and (out.position, out.ordinal) == (9, 4)
