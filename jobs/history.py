@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from compactor.errors import CompactorError
+
 RUNNING, SUCCEEDED, NOOP = "running", "succeeded", "noop"
 FAILED, TIMED_OUT, ABANDONED, INTERRUPTED = "failed", "timed_out", "abandoned", "interrupted"
 OUTCOMES = (RUNNING, SUCCEEDED, NOOP, FAILED, TIMED_OUT, ABANDONED, INTERRUPTED)
@@ -71,16 +73,29 @@ class Run:
 _COLUMNS = [f.name for f in fields(Run) if f.name != "id"]
 
 
+class HistoryUnavailable(CompactorError, OSError):
+    """The run history's database cannot be opened or created where the config puts it."""
+
+
 class History:
     """The run history at ``path`` (created with its parent directories if missing)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            if path != ":memory:":
+                if os.path.isdir(path):
+                    raise HistoryUnavailable(f"run history {path}: is a directory; name a "
+                                             "file (created if missing)")
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30, check_same_thread=False,
+                                       isolation_level=None)  # autocommit: one statement each
+        except (OSError, sqlite3.Error) as e:
+            if isinstance(e, HistoryUnavailable):
+                raise
+            raise HistoryUnavailable(f"run history {path}: cannot open or create it: "
+                                     f"{e}") from None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False,
-                                   isolation_level=None)  # autocommit: one statement each
         # Schedulers starting together open the new file together. Switching it to WAL takes
         # an exclusive lock, and SQLite may answer "database is locked" at once (without its
         # busy wait) to whoever meets that switch: retry for as long as the busy timeout.
@@ -91,10 +106,14 @@ class History:
                     self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.executescript(_SCHEMA)
                 break
-            except sqlite3.OperationalError as e:
-                if not ("locked" in str(e) or "busy" in str(e)) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+            except sqlite3.Error as e:
+                if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy"
+                                                                in str(e)) \
+                        and time.monotonic() <= deadline:
+                    time.sleep(0.05)
+                    continue
+                self._db.close()
+                raise HistoryUnavailable(f"run history {path}: {e}") from None
 
     def close(self) -> None:
         with self._lock:

@@ -124,6 +124,7 @@ class Scheduler:
         # (job, partition) -> (the partition's version, when) of a round that failed or timed
         # out: it is not due again until the partition changes or retries.max_backoff has passed
         self._failed: dict[tuple[str, str], tuple[int, float]] = {}
+        self._absent: set[tuple[str, str]] = set()  # listed partitions found missing, warned
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self) -> list[Candidate]:
@@ -168,6 +169,12 @@ class Scheduler:
             pending, version = Pending.of(snapshot), snapshot.version
         except UnknownPartition:
             pending = Pending()
+            if job.partitions.values is not None and \
+                    (job.name, str(part.key)) not in self._absent:
+                self._absent.add((job.name, str(part.key)))  # (said once; it may come later)
+                log.warning("job %s partition %s: the table %s has no such partition (yet); "
+                            "it is due once deltas are registered to it", job.name, part.key,
+                            job.table)
         now = self.clock.now()
         self.metrics.observe_pending(job.name, str(part.key), pending, now)
         failed = self._failed.get((job.name, str(part.key)))

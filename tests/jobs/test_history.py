@@ -8,10 +8,11 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from jobs.cli import jobs
-from jobs.history import FAILED, RUNNING, SUCCEEDED, History, Run
+from jobs.history import FAILED, RUNNING, SUCCEEDED, History, HistoryUnavailable, Run
 
 
 def a_run(job: str = "orders", partition: str = "day=2024-05-01", started: float = 100.0
@@ -116,3 +117,23 @@ def test_schedulers_opening_a_new_history_together_all_get_it(tmp_path: Path) ->
         assert [p.exitcode for p in processes] == [0] * 8
         with History(path) as history:
             assert len(history.recent(limit=None)) == 24
+
+
+def test_a_history_that_cannot_be_opened_is_named_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "a-directory").mkdir()
+    (tmp_path / "text.sqlite").write_text("these are not the runs you are looking for\n" * 20)
+    (tmp_path / "file").write_text("")
+    cases = {"a-directory": "is a directory; name a file",
+             "text.sqlite": "file is not a database",
+             "file/under-a-file.sqlite": "cannot open or create it"}
+    for name, reason in cases.items():
+        path = tmp_path / name
+        with pytest.raises(HistoryUnavailable) as e:
+            History(str(path))
+        assert str(e.value).startswith(f"run history {path}: ") and reason in str(e.value)
+        # the command line says so in one line (no traceback), exit status 1
+        config = tmp_path / "jobs.yaml"
+        config.write_text(f"history: {path}\njobs:\n  - name: daily\n"
+                          f"    table: file://{tmp_path}/t\n    triggers: {{pending_deltas: 1}}\n")
+        result = CliRunner().invoke(jobs, ["once", str(config)])
+        assert result.exit_code == 1 and result.stderr.strip() == f"error: {e.value}"

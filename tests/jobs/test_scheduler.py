@@ -401,3 +401,21 @@ def test_a_cron_fire_that_meets_a_crashed_schedulers_lease_runs_once_it_expires(
     finally:
         scheduler.shutdown()
     assert compactions(part) == 1
+
+
+def test_a_listed_partition_the_table_lacks_is_said_once_and_runs_once_it_comes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    cfg = config(table.url, tmp_path, job='partitions: ["day=2024-05-01", "day=2024-07-01"]')
+    scheduler = Scheduler(cfg)
+    with caplog.at_level(logging.WARNING, logger="jobs.scheduler"):
+        assert [r.partition for r in scheduler.run_once()] == ["day=2024-05-01"]
+        assert scheduler.run_once() == []
+    missing = [r.getMessage() for r in caplog.records if "no such partition" in r.getMessage()]
+    assert missing == [f"job daily partition day=2024-07-01: the table {table.url} has no such "
+                       "partition (yet); it is due once deltas are registered to it"]
+    assert scheduler.errors == []
+    table.partition({"day": "2024-07-01"}).append(rows(range(3), "late"))
+    assert [(r.partition, r.outcome) for r in scheduler.run_once()] == \
+        [("day=2024-07-01", SUCCEEDED)]
+    scheduler.shutdown()
