@@ -75,3 +75,31 @@ def test_each_group_gets_exactly_its_keys_records_sorted_and_compact(tmp_path) -
         # 8 + 8 + 8 + 4 + 1 bytes a record (and a little padding), not the whole file's
         assert sizes[g] <= 29 * records.num_rows + 1024, (g, sizes[g], records.num_rows)
     assert out.rows == n and (out.position, out.ordinal) == (9, 4)
+
+
+@pytest.mark.parametrize("kind", ["quicksort", "stable"])
+@pytest.mark.parametrize("runs", [False, True])
+def test_sort_by_key_orders_by_both_words_whatever_the_sort(monkeypatch, kind, runs) -> None:
+    """The permutation sorts by (hi, lo) and marks where each key starts, on either sort
+    (``runs``: sorted runs, as a dedupe actor gets; which sort is picked depends on the CPU),
+    including digests whose top bits tie (the row numbers packed under them)."""
+    from compactor import merge
+
+    monkeypatch.setattr(merge, "_RUNS_SORT", kind)
+    rng = np.random.default_rng(11)
+    n = 40_000
+    hi = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    hi[: n // 4] = hi[n // 4: n // 2] & ~np.uint64(0xFFFF)  # many top-bit ties
+    hi[n // 2: n // 2 + 500] = hi[:500]  # some equal hi words
+    lo = rng.integers(0, 8, n, dtype=np.uint64)  # equal keys, and equal hi with other lo
+    if runs:
+        cuts = np.sort(rng.choice(np.arange(1, n), 29, replace=False))
+        parts = [np.lexsort((lo[a:b], hi[a:b])) + a for a, b in
+                 zip([0, *cuts], [*cuts, n], strict=True)]
+        order = np.concatenate(parts)
+        hi, lo = hi[order], lo[order]
+    perm, first = merge.sort_by_key(hi, lo, runs=runs)
+    assert sorted(perm.tolist()) == list(range(n))
+    keys = list(zip(hi[perm].tolist(), lo[perm].tolist(), strict=True))
+    assert keys == sorted(keys)
+    assert first.tolist() == [i == 0 or keys[i] != keys[i - 1] for i in range(n)]
