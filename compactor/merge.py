@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -81,17 +81,18 @@ def _vectorized_quicksort() -> bool:
     takes 5-9 ms and a timsort 19-27 ms; with AVX2 only they are about equal (15-18 ms); with
     neither the timsort, which merges the runs in a few sequential passes, is 1.4x faster.
     """
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:  # numpy 1.x
+    import importlib
+
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # 2.x, 1.x
         try:
-            from numpy.core._multiarray_umath import __cpu_features__ as features
+            return bool(getattr(importlib.import_module(module), "__cpu_features__", {})
+                        .get("AVX512_SKX"))
         except ImportError:
-            return False
-    return bool(features.get("AVX512_SKX"))
+            continue
+    return False
 
 
-_RUNS_SORT = "quicksort" if _vectorized_quicksort() else "stable"
+_RUNS_SORT: Literal["quicksort", "stable"] = "quicksort" if _vectorized_quicksort() else "stable"
 
 
 class MergeInputError(ValueError):
