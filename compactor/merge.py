@@ -285,9 +285,9 @@ def _group_argmax(starts: np.ndarray, sizes: np.ndarray, keys: list[np.ndarray])
     for key in keys:
         group_max = np.maximum.reduceat(np.where(best, key, _lowest(key)), starts)
         best &= key == np.repeat(group_max, sizes)
-    if best.sum() != len(starts):
-        raise MergeInputError("records repeat a (file, row) locator within one key")
-    return best
+        if np.count_nonzero(best) == len(starts):  # one left in every group: the later keys
+            return best                            # decide nothing
+    raise MergeInputError("records repeat a (file, row) locator within one key")
 
 
 def _greater(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
