@@ -26,7 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from compactor.errors import CorruptFile, MissingColumn, NullKey, NullValue, UnknownOp
+from compactor.errors import (
+    CorruptFile,
+    MissingColumn,
+    NullKey,
+    NullValue,
+    SchemaMismatch,
+    UnknownOp,
+)
 from compactor.manifest import CdcOps, DeltaKind, OpValue
 
 
@@ -44,7 +51,10 @@ class DeltaSpec:
         if (self.kind is DeltaKind.CDC) != (self.cdc is not None):
             raise ValueError("a CDC delta needs CdcOps, and only a CDC delta takes them")
         if self.cdc is not None and self.cdc.column in self.table_schema.names:
-            raise ValueError(f"CDC op column {self.cdc.column!r} is a table column")
+            raise SchemaMismatch(
+                f"CDC op column {self.cdc.column!r} is also a column of the table: its op values "
+                "would be read as that column's data; name the op column differently in the "
+                "delta's files")
 
     @property
     def _ordering(self) -> tuple[str, ...]:

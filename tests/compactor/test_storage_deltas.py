@@ -116,6 +116,16 @@ def test_cdc_delta_with_configured_integer_ops(table_root: str) -> None:
     assert open_table(part.table.url).partition().snapshot().deltas[0].cdc == ops == delta.cdc
 
 
+def test_a_cdc_op_column_named_as_a_table_column_is_refused_as_a_schema_mismatch(
+        table_root: str) -> None:
+    part = new_table(table_root).partition()
+    data = pa.table({"v": ["I", "D"], "id": [1, 2]})
+    with pytest.raises(SchemaMismatch, match="CDC op column 'v' is also a column of the table: "
+                                             "its op values would be read as that column's"):
+        part.append(data, kind=DeltaKind.CDC, cdc=CdcOps("v"))
+    assert open_table(part.table.url).partitions() == []  # nothing committed
+
+
 def test_cdc_ops_must_be_unambiguous() -> None:
     with pytest.raises(ValueError, match="mean both upsert and delete"):
         CdcOps("Op", upsert=("I", "D"), delete=("D",))
