@@ -292,7 +292,8 @@ def _combine(tables: list[pa.Table], schema: pa.Schema, dictionary: set[str]) ->
         if f.name in dictionary:
             chunks = [c if c.type == f.type else c.cast(f.type) if pa.types.is_dictionary(c.type)
                       else c.dictionary_encode() for c in chunks]
-            columns.append(_used_values(pa.chunked_array(chunks, f.type).unify_dictionaries()))
+            columns.append(_exact_statistics(_used_values(
+                pa.chunked_array(chunks, f.type).unify_dictionaries())))
         else:
             columns.append(pa.chunked_array([_as(c, f.type) for c in chunks], f.type))
     return pa.Table.from_arrays(columns, schema=schema)
@@ -319,6 +320,24 @@ def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
     renumbered = pa.array(np.cumsum(used, dtype=np.int32) - 1)
     kept = dictionary.filter(pa.array(used))
     return pa.chunked_array([pa.DictionaryArray.from_arrays(renumbered.take(c.indices), kept)
+                             for c in column.chunks], column.type)
+
+
+def _exact_statistics(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``column`` (chunks sharing one dictionary) as the Parquet writer states its min and max
+    right: with one more dictionary value, a copy of the first, where it has nulls.
+
+    pyarrow's writer (up to 26 at least) takes a batch's statistics from the whole dictionary
+    when the batch's distinct indices number as many as the dictionary's values, and it counts
+    null as one of them: a batch with nulls using all values but one stated that one as its min
+    or max (exact, though no row held it). With the copy appended, the count matches only when
+    the batch uses every value, and then the whole dictionary's min and max are the batch's.
+    """
+    if not column.num_chunks or not column.null_count or not len(column.chunk(0).dictionary):
+        return column
+    dictionary = column.chunk(0).dictionary
+    dictionary = pa.concat_arrays([dictionary, dictionary.slice(0, 1)])
+    return pa.chunked_array([pa.DictionaryArray.from_arrays(c.indices, dictionary)
                              for c in column.chunks], column.type)
 
 

@@ -384,3 +384,32 @@ def test_a_file_keeps_only_the_dictionary_values_its_rows_use(
     # the values used ("common" and two rare ones a source), plus an index per row
     used = 1 + 2 * sources_
     assert column.total_uncompressed_size < used * (width + 20) + parquet.metadata.num_rows
+
+
+def test_text_read_as_a_dictionary_with_nulls_gets_the_min_and_max_of_its_rows(tmp_path) -> None:
+    """The rows asked for hold every dictionary value but one, and nulls: the file's statistics
+    are the rows' bounds (pyarrow's writer stated the unused value, exact, as the minimum)."""
+    schema = pa.schema([("id", pa.int64()), ("s", pa.string())])
+    storage = Storage(f"file://{tmp_path}")
+    n = 20_000
+    text = [("a", "b", "c", "d", None)[i % 5] for i in range(n)]
+    table = pa.table({"id": np.arange(n, dtype=np.int64), "s": text}, schema=schema)
+    pq.write_table(table, tmp_path / "src.parquet", row_group_size=5_000)
+    file, parquet = files.describe(storage, f"file://{tmp_path}/src.parquet")
+    assert materialize.dictionary_reads(schema)(parquet.metadata) == ["s"]
+    parquet.close()
+    kept = np.flatnonzero(np.arange(n) % 5 != 0)  # every row but those of "a"
+    path = _one_file(storage, [materialize.SourceRows(0, file, {0: RowSet.of(kept)})], schema,
+                     "snappy")
+    back = pq.read_table(storage.fs.open(path, "rb"))
+    assert back.equals(table.take(pa.array(kept)))
+    meta = pq.read_metadata(storage.fs.open(path, "rb"))
+    at = 0
+    for g in range(meta.num_row_groups):
+        statistics = meta.row_group(g).column(1).statistics
+        rows = back.column("s").slice(at, meta.row_group(g).num_rows)
+        at += meta.row_group(g).num_rows
+        assert statistics.has_min_max and statistics.null_count == rows.null_count
+        bounds = pc.min_max(rows).as_py()
+        assert (statistics.min, statistics.max) == (bounds["min"], bounds["max"]) == ("b", "d")
+    assert back.column("s").to_pylist() == [text[i] for i in kept]
