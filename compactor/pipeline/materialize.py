@@ -47,6 +47,11 @@ from compactor.thrift_compact import Struct
 CODECS = ("zstd", "lz4", "snappy", "gzip", "brotli", "none")
 DEFAULT_CODEC = "zstd"
 ROW_GROUP_ROWS = 128 * 1024
+# A source row group kept whole is copied as bytes only from this many rows: smaller ones are
+# decoded and written with their neighbours, so a file's row groups do not grow in number
+# round after round (a copy is written as it is: a round's few new rows after a copied group,
+# or a source's tiny row groups, would stay row groups of their own for good).
+MIN_COPY_ROWS = ROW_GROUP_ROWS // 2
 
 
 # a text column is dictionary-encoded where a sample of DICTIONARY_SAMPLE rows holds at most
@@ -509,7 +514,8 @@ def _copies(opened: files.Opened, size: int, wanted: dict[int, np.ndarray],
     whole: dict[int, int] = {}
     for b, r in wanted.items():
         kept = np.diff(np.searchsorted(r, starts))
-        whole.update((int(g), b) for g in np.flatnonzero((kept == sizes) & (sizes > 0))
+        whole.update((int(g), b) for g in np.flatnonzero((kept == sizes)
+                                                         & (sizes >= max(1, MIN_COPY_ROWS)))
                      if template.may_take(meta, int(g)))
     if not whole:  # (a delta's row groups hold rows of every bucket: nothing more to read)
         return {}

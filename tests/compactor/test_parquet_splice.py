@@ -217,6 +217,35 @@ def test_materialize_copies_the_row_groups_a_bucket_keeps_whole(
     assert got == [(len(keep), int(keep.sum()), 97)]
 
 
+def test_small_row_groups_kept_whole_are_written_with_their_neighbours(tmp_path: Path) -> None:
+    """Row groups under MIN_COPY_ROWS are decoded, not copied: a file's small row groups (a
+    round's few new rows, a source written in tiny groups) merge instead of adding up round
+    after round."""
+    g, small = materialize.ROW_GROUP_ROWS, materialize.MIN_COPY_ROWS
+    sizes = [g, 1000, 1, 999, small, 1000, small - 1]
+    storage = Storage(f"file://{tmp_path}")
+    ids = np.arange(sum(sizes), dtype=np.int64)
+    table = pa.table({"id": ids, "v": [f"v{i % 97}" for i in ids]}, schema=SCHEMA)
+    with pq.ParquetWriter(tmp_path / "s.parquet", SCHEMA,
+                          **materialize.write_options("zstd")) as writer:
+        at = 0
+        for n in sizes:
+            writer.write_table(table.slice(at, n), row_group_size=n)
+            at += n
+    file, parquet = files.describe(storage, f"file://{tmp_path}/s.parquet")
+    assert [parquet.metadata.row_group(i).num_rows for i in range(len(sizes))] == sizes
+    parquet.close()
+    out = materialize.materialize_group(
+        storage, PartitionKey(), 0, [materialize.SourceRows(1, file, {0: RowSet.of(ids)})],
+        SCHEMA, rows_per_file=10 * g, codec="zstd")
+    assert out.rows_copied == g + small
+    path = storage.strip(out.written[0][0].url)
+    meta = pq.read_metadata(storage.fs.open(path, "rb"))
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == \
+        [g, 2000, small, 1000 + small - 1]
+    assert pq.read_table(storage.fs.open(path, "rb")).equals(table)
+
+
 def test_a_cdc_source_is_never_copied(tmp_path: Path) -> None:
     """A CDC source's op column may share a name with a table column: its row groups are
     decoded without it, even where they are stored as the table's files are."""
