@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
+from compactor.errors import CompactorError
+
 if TYPE_CHECKING:
     from compactor import DataFile, Delta, Table
 
@@ -69,6 +71,36 @@ class Comparison:
         return {**asdict(self), "ok": self.ok}
 
 
+class NotVerifiable(CompactorError, ValueError):
+    """The table has a column whose values DuckDB (verify's engine) cannot hold exactly."""
+
+
+def _duckdb_type(t: pa.DataType, column: str) -> pa.DataType:
+    """``t`` as DuckDB takes Arrow data: the same values in a type it has (it takes neither
+    256-bit decimals nor half floats), or NotVerifiable."""
+    if pa.types.is_decimal256(t):
+        if t.precision > 38:
+            raise NotVerifiable(f"column {column!r} has type {t}: verify recomputes the state "
+                                "with DuckDB, whose decimals hold at most 38 digits")
+        return pa.decimal128(t.precision, t.scale)
+    if pa.types.is_float16(t):
+        return pa.float32()
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        value = t.value_field.with_type(_duckdb_type(t.value_type, column))
+        return pa.list_(value) if pa.types.is_list(t) else pa.large_list(value) \
+            if pa.types.is_large_list(t) else pa.list_(value, t.list_size)
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(_duckdb_type(t.key_type, column)),
+                       t.item_field.with_type(_duckdb_type(t.item_type, column)))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_duckdb_type(f.type, column)) for f in t])
+    return t
+
+
+def _for_duckdb(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(_duckdb_type(f.type, f.name)) for f in schema])
+
+
 class ExpectedState:
     """The expected state of one partition of ``table``, in an in-memory DuckDB database."""
 
@@ -78,7 +110,7 @@ class ExpectedState:
         self._local = table.storage.protocol in ("file", "local")
         if not self._local:
             self.con.register_filesystem(table.storage.fs)
-        self.con.register("__table_schema", table.schema.empty_table())
+        self.con.register("__table_schema", _for_duckdb(table.schema).empty_table())
         self.types = {row[0]: row[1]
                       for row in self._run("DESCRIBE __table_schema")}
         self.key = list(table.primary_key)
@@ -163,7 +195,7 @@ class ExpectedState:
 
     def compare(self, actual: pa.Table, limit: int = 20) -> Comparison:
         """Compare table ``expected`` (see :meth:`load`) with ``actual``, the compacted rows."""
-        self.con.register("__actual_arrow", actual)
+        self.con.register("__actual_arrow", actual.cast(_for_duckdb(actual.schema)))
         casts = ", ".join(self._cast(c, c in actual.column_names) for c in self.columns)
         self._run(f"CREATE OR REPLACE TEMP TABLE actual AS SELECT {casts} "
                          "FROM __actual_arrow")

@@ -186,6 +186,51 @@ def test_verify_catches_corrupted_compacted_files(table_url: str, tmp_path: Path
     assert str(second) in report.json()["error"] and "changed" in report.json()["error"]
 
 
+def test_verify_takes_types_duckdb_holds_otherwise_and_names_those_it_cannot(
+        tmp_path: Path) -> None:
+    """256-bit decimals of up to 38 digits (nested too) and half floats are checked as DuckDB's
+    decimals and floats, a corrupted one is found; wider decimals are refused, named."""
+    from decimal import Decimal
+
+    import numpy as np
+
+    from compactor import create_table
+
+    schema = pa.schema([("id", pa.int64()), ("lsn", pa.int64()), ("d", pa.decimal256(20, 2)),
+                        ("h", pa.float16()), ("ds", pa.list_(pa.decimal256(10, 1)))])
+    url = f"file://{tmp_path}/t"
+    part = create_table(url, schema, primary_key=("id",), ordering_column="lsn",
+                        bucket_count=1).partition()
+    rows = pa.table({"id": [1, 2, 3], "lsn": [1, 2, 3],
+                     "d": [Decimal("123456789012345678.50"), None, Decimal("-1.25")],
+                     "h": pa.array(np.array([1.5, np.nan, -0.25], np.float16)),
+                     "ds": [[Decimal("1.5")], None, [Decimal("-9.9"), None]]}, schema=schema)
+    part.append(rows)
+    assert compactor("compact", url).code == 0
+    report = compactor("verify", url, "--json")
+    assert report.code == 0 and report.json()["ok"], report
+    [path] = [Path(f["url"].removeprefix("file://")) for b in compactor(
+        "show", url, "--files", "--json").json()["partitions"][0]["compacted"]["buckets"]
+        for f in b["file_list"]]
+    stored = pq.read_table(path)
+    changed = stored.set_column(2, "d", pa.array(
+        [Decimal("123456789012345678.51"), None, Decimal("-1.25")], pa.decimal256(20, 2)))
+    replace_keeping_fingerprint(path, changed)
+    report = compactor("verify", url, "--json")
+    assert report.code == 1 and [(d["kind"], d["columns"]) for d in
+                                 report.json()["differences"]] == [("changed", ["d"])]
+
+    wide = f"file://{tmp_path}/wide"
+    create_table(wide, pa.schema([("id", pa.int64()), ("w", pa.decimal256(50, 2))]),
+                 primary_key=("id",)).partition().append(
+        pa.table({"id": [1], "w": pa.array([Decimal("1.00")], pa.decimal256(50, 2))}))
+    assert compactor("compact", wide).code == 0
+    refused = compactor("verify", wide)
+    assert refused.code == 1 and refused.err.strip() == (
+        "error: column 'w' has type decimal256(50, 2): verify recomputes the state with DuckDB, "
+        "whose decimals hold at most 38 digits")
+
+
 def test_racing_rounds_one_commits_the_other_exits_3(table_url: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     compactor("table", "create", table_url, "-k", "id", "--order-by", "lsn", "--buckets", "2",
