@@ -8,6 +8,7 @@ committed is reported by name instead of being read as if it were the same data.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +49,33 @@ def _info(storage: Storage, path: str) -> dict[str, Any]:
     if info.get("type") == "directory":
         raise MissingFile(f"file {storage.url_of(path)} is a directory, not a file")
     return info
+
+
+def arrow_schema(parquet: pq.ParquetFile) -> pa.Schema:
+    """The Arrow schema of a Parquet file's data, as it was written.
+
+    Parquet has no timestamps in seconds: a writer stores them in milliseconds, and pyarrow
+    reads them back so. Where the file's stored Arrow schema (``ARROW:schema``, pyarrow's)
+    says a column was written from seconds, it is given as seconds again: its values are whole
+    seconds, and a table column of seconds takes it.
+    """
+    schema = parquet.schema_arrow
+    stored = (parquet.metadata.metadata or {}).get(b"ARROW:schema")
+    if stored is None or not any(pa.types.is_timestamp(t) and t.unit == "ms"
+                                 for t in schema.types):
+        return schema
+    try:
+        written = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(stored)))
+    except (ValueError, pa.ArrowInvalid):
+        return schema  # (not pyarrow's, or damaged: the file's own types stand)
+    fields = []
+    for f in schema:
+        was = written.field(f.name).type if f.name in written.names and \
+            written.get_field_index(f.name) >= 0 else None
+        seconds = was is not None and pa.types.is_timestamp(was) and was.unit == "s"
+        fields.append(f.with_type(pa.timestamp("s", f.type.tz)) if seconds and
+                      pa.types.is_timestamp(f.type) and f.type.unit == "ms" else f)
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 @dataclass

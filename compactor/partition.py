@@ -141,7 +141,7 @@ class Partition:
             described, parquet = files.describe(self.table.storage, url)
             source = f"file {described.url}"
             with closing(parquet):
-                incoming = spec.table_columns(parquet.schema_arrow, source)
+                incoming = spec.table_columns(files.arrow_schema(parquet), source)
                 spec.check_parquet(parquet, source)
             return described, incoming, source
 

@@ -4,9 +4,10 @@ The rule: a file may add columns (they join the table schema as
 nullable, older rows read them as null); a column it shares with the table must have the same
 logical type. ``string``/``large_string``/``string_view`` are one logical type, as are the binary
 flavours, and a dictionary-encoded column has its value type (Parquet writers differ in these
-only in encoding). A column of Arrow type ``null`` (all null, no type given) fits any column
-and adds none. Anything else, ``int32`` vs ``int64`` included, is a type change and refused
-with the column, the old and the new type named.
+only in encoding; a file pyarrow wrote from timestamps in seconds, which Parquet stores in
+milliseconds, has seconds: ``files.arrow_schema``). A column of Arrow type ``null`` (all
+null, no type given) fits any column and adds none. Anything else, ``int32`` vs ``int64``
+included, is a type change and refused with the column, the old and the new type named.
 """
 
 from __future__ import annotations

@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 import runtime
 from compactor import CdcOps, DeltaKind, create_table, open_table
 from compactor.compaction import compact_partition
-from compactor.errors import FileTooLarge, InvalidTableSpec, NullValue, TooManyFiles
+from compactor.errors import (
+    FileTooLarge,
+    InvalidTableSpec,
+    NullValue,
+    SchemaMismatch,
+    TooManyFiles,
+)
 from compactor.merge import index_schema
 from compactor.pipeline import index_store
 from compactor.reader import read_partition
@@ -201,6 +207,37 @@ def test_view_and_dictionary_encoded_inputs_compact_like_plain_ones(rt, tmp_path
         s.deltas.append(("cdc", plain))  # (the oracle reads plain types)
         s.compact_and_check(target_file_size=4_000)
     assert read_partition(s.table, s.part).schema.field("v").type == pa.string()
+
+
+def test_files_pyarrow_wrote_from_timestamps_in_seconds_join_a_table_of_seconds(rt, tmp_path):
+    """Parquet stores timestamps in seconds as milliseconds (pyarrow reads them back so): a
+    file whose stored Arrow schema says seconds is registered into a table of seconds, and
+    keys and ordering values from it meet those appended as Arrow; a file without that record
+    (DuckDB's, or pyarrow's without the schema) is refused, named."""
+    seconds, utc = pa.timestamp("s"), pa.timestamp("s", "UTC")
+    schema = pa.schema([("id", seconds), ("v", pa.string()), ("lsn", utc)])
+    s = Scenario(f"file://{tmp_path}/t", schema, ["id"], "lsn", buckets=2)
+    rng = np.random.default_rng(4)
+    for r in range(3):
+        n = 400
+        data = pa.table({"id": pa.array(rng.integers(0, 300, n) * 86_400, seconds),
+                         "v": [f"v{r}-{i}" for i in range(n)],
+                         "lsn": pa.array(rng.permutation(n) + r * n, utc)}, schema=schema)
+        path = tmp_path / f"written-{r}.parquet"
+        pq.write_table(data, path)
+        assert pq.read_schema(path).field("id").type == pa.timestamp("ms")
+        if r == 1:
+            s.upsert(data)  # (as Arrow: stored as compactor writes it)
+        else:
+            s.part.register([f"file://{path}"])
+            s.deltas.append(("upsert", data))
+        s.compact_and_check()
+    assert read_partition(s.table, s.part).schema == schema
+    bare = tmp_path / "bare.parquet"
+    pq.write_table(data, bare, store_schema=False)
+    with pytest.raises(SchemaMismatch, match=r"column 'id' changes type from timestamp\[s\] "
+                                             r"\(table\) to timestamp\[ms\]"):
+        s.part.register([f"file://{bare}"])
 
 
 def test_incremental_round_rewrites_only_touched_files(rt, tmp_path):
