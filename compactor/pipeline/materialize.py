@@ -47,11 +47,15 @@ from compactor.thrift_compact import Struct
 CODECS = ("zstd", "lz4", "snappy", "gzip", "brotli", "none")
 DEFAULT_CODEC = "zstd"
 ROW_GROUP_ROWS = 128 * 1024
-# A source row group kept whole is copied as bytes only from this many rows: smaller ones are
-# decoded and written with their neighbours, so a file's row groups do not grow in number
-# round after round (a copy is written as it is: a round's few new rows after a copied group,
-# or a source's tiny row groups, would stay row groups of their own for good).
-MIN_COPY_ROWS = ROW_GROUP_ROWS // 2
+# A source row group kept whole is copied as bytes only from half the rows of the row groups
+# the writer makes (ROW_GROUP_ROWS, or a file's rows where fewer): smaller ones are decoded and
+# written with their neighbours, so a file's row groups do not grow in number round after
+# round (a copy is written as it is: a round's few new rows after a copied group, or a
+# source's tiny row groups, would stay row groups of their own for good).
+
+
+def min_copy_rows(rows_per_file: int) -> int:
+    return max(1, min(ROW_GROUP_ROWS, rows_per_file) // 2)
 
 
 # a text column is dictionary-encoded where a sample of DICTIONARY_SAMPLE rows holds at most
@@ -290,15 +294,14 @@ def _dense_head(tables: list[pa.Table], schema: pa.Schema, rows: int) -> pa.Tabl
 def _combine(tables: list[pa.Table], schema: pa.Schema, dictionary: set[str]) -> pa.Table:
     """``tables`` (conformed batches) as one table of ``schema``: the columns ``dictionary``
     as dictionary arrays sharing one dictionary (so the writer takes their indices as they
-    are), the others in the table's types."""
+    are; ``_used_values`` trims it per row group), the others in the table's types."""
     columns = []
     for i, f in enumerate(schema):
         chunks = [c for t in tables for c in t.column(i).chunks]
         if f.name in dictionary:
             chunks = [c if c.type == f.type else c.cast(f.type) if pa.types.is_dictionary(c.type)
                       else c.dictionary_encode() for c in chunks]
-            columns.append(_exact_statistics(_used_values(
-                pa.chunked_array(chunks, f.type).unify_dictionaries())))
+            columns.append(pa.chunked_array(chunks, f.type).unify_dictionaries())
         else:
             columns.append(pa.chunked_array([_as(c, f.type) for c in chunks], f.type))
     return pa.Table.from_arrays(columns, schema=schema)
@@ -310,11 +313,19 @@ DICTIONARY_TRIM_BYTES = 16 << 10
 
 
 def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """``column`` (chunks sharing one dictionary) with only the dictionary values its rows
-    use, once the dictionary holds more than ``DICTIONARY_TRIM_BYTES``: the writer stores it
-    whole, and the sources' can hold many values (or a few large ones) the rows written never
-    use."""
-    if not column.num_chunks or column.chunk(0).dictionary.nbytes <= DICTIONARY_TRIM_BYTES:
+    """``column`` (chunks sharing one dictionary: a row group's) with only the dictionary
+    values its rows use, once the dictionary holds more than ``DICTIONARY_TRIM_BYTES`` (the
+    writer stores it whole, and the sources' can hold many values, or a few large ones, the
+    rows written never use), or where the column has nulls.
+
+    pyarrow's writer (26 at least) states a batch's min and max from the whole dictionary when
+    the batch's distinct indices are as many as the dictionary's values, counting null as one:
+    a batch with nulls and all values but one gave the row group that value as its (exact) min
+    or max, where no row held it. With only values the row group's rows hold, any value it
+    states is one of them.
+    """
+    if not column.num_chunks or (column.chunk(0).dictionary.nbytes <= DICTIONARY_TRIM_BYTES
+                                 and not column.null_count):
         return column
     dictionary = column.chunk(0).dictionary
     used = np.zeros(len(dictionary), dtype=bool)
@@ -325,24 +336,6 @@ def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
     renumbered = pa.array(np.cumsum(used, dtype=np.int32) - 1)
     kept = dictionary.filter(pa.array(used))
     return pa.chunked_array([pa.DictionaryArray.from_arrays(renumbered.take(c.indices), kept)
-                             for c in column.chunks], column.type)
-
-
-def _exact_statistics(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """``column`` (chunks sharing one dictionary) as the Parquet writer states its min and max
-    right: with one more dictionary value, a copy of the first, where it has nulls.
-
-    pyarrow's writer (up to 26 at least) takes a batch's statistics from the whole dictionary
-    when the batch's distinct indices number as many as the dictionary's values, and it counts
-    null as one of them: a batch with nulls using all values but one stated that one as its min
-    or max (exact, though no row held it). With the copy appended, the count matches only when
-    the batch uses every value, and then the whole dictionary's min and max are the batch's.
-    """
-    if not column.num_chunks or not column.null_count or not len(column.chunk(0).dictionary):
-        return column
-    dictionary = column.chunk(0).dictionary
-    dictionary = pa.concat_arrays([dictionary, dictionary.slice(0, 1)])
-    return pa.chunked_array([pa.DictionaryArray.from_arrays(c.indices, dictionary)
                              for c in column.chunks], column.type)
 
 
@@ -380,11 +373,10 @@ class _BucketWriter:
             data = data.slice(room)
             self._buffer.append(take)
             self._buffered += take.num_rows
-            if self._buffered >= ROW_GROUP_ROWS or \
-                    self._in_file + self._buffered == self.rows_per_file:
-                self._flush()
-            if self._in_file == self.rows_per_file:
+            if self._in_file + self._buffered == self.rows_per_file:
                 self._close()
+            elif self._buffered >= ROW_GROUP_ROWS:
+                self._flush(whole_groups=True)
 
     def copy(self, data: bytes, group: Struct, start: int) -> None:
         """Append a source's row group ``group`` as its bytes ``data`` (which began at byte
@@ -404,7 +396,9 @@ class _BucketWriter:
             self._file = parquet_splice.SplicedWriter(self._out, self.template)
         return self._file
 
-    def _flush(self) -> None:
+    def _flush(self, whole_groups: bool = False) -> None:
+        """Write the rows buffered as row groups of ROW_GROUP_ROWS (``whole_groups``: keep
+        the rows of a last, smaller one buffered for more to join them)."""
         if not self._buffered:
             return
         if self._chosen is None:
@@ -417,9 +411,22 @@ class _BucketWriter:
                 [f.with_type(pa.dictionary(pa.int32(), f.type)) if f.name in self._passthrough
                  else f for f in self.schema], metadata=self.schema.metadata)
         data = _combine(self._buffer, self._file_schema, self._passthrough)
-        self._open().write(data, write_options(self.codec, self._chosen), ROW_GROUP_ROWS)
-        self._in_file += self._buffered
-        self._buffer, self._buffered = [], 0
+        end = data.num_rows - data.num_rows % ROW_GROUP_ROWS if whole_groups else data.num_rows
+        for at in range(0, end, ROW_GROUP_ROWS):  # a row group at a time
+            group = data.slice(at, min(ROW_GROUP_ROWS, end - at))
+            for name in self._passthrough:
+                i = group.schema.get_field_index(name)
+                group = group.set_column(i, group.field(i), _used_values(group.column(i)))
+            self._open().write(group, write_options(self.codec, self._chosen), ROW_GROUP_ROWS)
+        self._in_file += end
+        # the rows left, as slices of the batches they came in (not of ``data``: its rows
+        # written need not stay in memory)
+        rest, skip = [], end
+        for t in self._buffer:
+            if skip < t.num_rows:
+                rest.append(t.slice(skip))
+            skip = max(0, skip - t.num_rows)
+        self._buffer, self._buffered = rest, self._buffered - end
 
     def _close(self) -> None:
         self._flush()
@@ -503,10 +510,10 @@ class _Copy:
 
 
 def _copies(opened: files.Opened, size: int, wanted: dict[int, np.ndarray],
-            template: parquet_splice.Template) -> dict[int, _Copy]:
+            template: parquet_splice.Template, least: int) -> dict[int, _Copy]:
     """The row groups of the ``opened`` file (of ``size`` bytes) to copy as bytes, by index:
-    each one all of whose rows one bucket keeps, if the file stores its row groups as the
-    table's files do (``template``)."""
+    each one of at least ``least`` rows all of which one bucket keeps, if the file stores its
+    row groups as the table's files do (``template``)."""
     meta = opened.parquet.metadata
     sizes = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)],
                      dtype=np.int64)
@@ -515,7 +522,7 @@ def _copies(opened: files.Opened, size: int, wanted: dict[int, np.ndarray],
     for b, r in wanted.items():
         kept = np.diff(np.searchsorted(r, starts))
         whole.update((int(g), b) for g in np.flatnonzero((kept == sizes)
-                                                         & (sizes >= max(1, MIN_COPY_ROWS)))
+                                                         & (sizes >= least))
                      if template.may_take(meta, int(g)))
     if not whole:  # (a delta's row groups hold rows of every bucket: nothing more to read)
         return {}
@@ -577,7 +584,7 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
             parquet = opened.parquet
             try:
                 copies = {} if source.op_column is not None else _copies(
-                    opened, source.file.size, wanted, template)
+                    opened, source.file.size, wanted, template, min_copy_rows(rows_per_file))
                 for first, end, copy in _runs(parquet.metadata, copies):
                     if copy is not None and writer(copy.bucket).room() >= end - first:
                         # (from the version of the file verified and read)

@@ -387,29 +387,60 @@ def test_a_file_keeps_only_the_dictionary_values_its_rows_use(
 
 
 def test_text_read_as_a_dictionary_with_nulls_gets_the_min_and_max_of_its_rows(tmp_path) -> None:
-    """The rows asked for hold every dictionary value but one, and nulls: the file's statistics
-    are the rows' bounds (pyarrow's writer stated the unused value, exact, as the minimum)."""
+    """The rows of a row group hold every dictionary value but one, and nulls: its statistics
+    are its rows' bounds (pyarrow's writer stated the unused value, exact, as the minimum), and
+    the column is still written as dictionary indices."""
     schema = pa.schema([("id", pa.int64()), ("s", pa.string())])
     storage = Storage(f"file://{tmp_path}")
-    n = 20_000
-    text = [("a", "b", "c", "d", None)[i % 5] for i in range(n)]
+    g = materialize.ROW_GROUP_ROWS
+    n = 2 * g + 5_000
+    # "a" only past the first row group written, and never in the rows of the last source row
+    # group kept
+    text = [("b", "c", "d", None)[i % 4] if i < g else ("a", "b", "c", "d", None)[i % 5]
+            for i in range(n)]
     table = pa.table({"id": np.arange(n, dtype=np.int64), "s": text}, schema=schema)
-    pq.write_table(table, tmp_path / "src.parquet", row_group_size=5_000)
+    pq.write_table(table, tmp_path / "src.parquet", row_group_size=50_000)
     file, parquet = files.describe(storage, f"file://{tmp_path}/src.parquet")
     assert materialize.dictionary_reads(schema)(parquet.metadata) == ["s"]
     parquet.close()
-    kept = np.flatnonzero(np.arange(n) % 5 != 0)  # every row but those of "a"
+    kept = np.flatnonzero((np.arange(n) < 2 * g) | (np.arange(n) % 5 != 0))
     path = _one_file(storage, [materialize.SourceRows(0, file, {0: RowSet.of(kept)})], schema,
                      "snappy")
     back = pq.read_table(storage.fs.open(path, "rb"))
     assert back.equals(table.take(pa.array(kept)))
     meta = pq.read_metadata(storage.fs.open(path, "rb"))
-    at = 0
-    for g in range(meta.num_row_groups):
-        statistics = meta.row_group(g).column(1).statistics
-        rows = back.column("s").slice(at, meta.row_group(g).num_rows)
-        at += meta.row_group(g).num_rows
+    at, bounds = 0, []
+    for i in range(meta.num_row_groups):
+        column = meta.row_group(i).column(1)
+        assert "RLE_DICTIONARY" in column.encodings
+        rows = back.column("s").slice(at, meta.row_group(i).num_rows)
+        at += meta.row_group(i).num_rows
+        statistics = column.statistics
         assert statistics.has_min_max and statistics.null_count == rows.null_count
-        bounds = pc.min_max(rows).as_py()
-        assert (statistics.min, statistics.max) == (bounds["min"], bounds["max"]) == ("b", "d")
-    assert back.column("s").to_pylist() == [text[i] for i in kept]
+        expected = pc.min_max(rows).as_py()
+        assert (statistics.min, statistics.max) == (expected["min"], expected["max"])
+        bounds.append((statistics.min, statistics.max))
+    assert bounds[0] == ("b", "d") and ("a", "d") in bounds[1:]
+
+
+def test_row_groups_hold_the_writers_rows_whatever_batches_the_rows_come_in(tmp_path) -> None:
+    """Rows come in batches of their sources' sizes; the file's row groups are of
+    ROW_GROUP_ROWS rows but its last (a flush of 1.3 groups wrote a group and a third)."""
+    schema = pa.schema([("id", pa.int64()), ("s", pa.string())])
+    storage = Storage(f"file://{tmp_path}")
+    sources, tables = [], []
+    for k, n in enumerate([100_000, 70_000, 90_001]):
+        table = pa.table({"id": np.arange(n, dtype=np.int64) + 10**6 * k,
+                          "s": [("x", "y", None)[i % 3] for i in range(n)]}, schema=schema)
+        pq.write_table(table, tmp_path / f"s{k}.parquet", row_group_size=30_000)
+        file, parquet = files.describe(storage, f"file://{tmp_path}/s{k}.parquet")
+        parquet.close()
+        rows = np.arange(1, n)  # (not whole: nothing is copied)
+        sources.append(materialize.SourceRows(k, file, {0: RowSet.of(rows)}))
+        tables.append(table.slice(1))
+    path = _one_file(storage, sources, schema, "snappy")
+    meta = pq.read_metadata(storage.fs.open(path, "rb"))
+    g, total = materialize.ROW_GROUP_ROWS, 260_001 - 3
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == \
+        [g] * (total // g) + [total % g]
+    assert pq.read_table(storage.fs.open(path, "rb")).equals(pa.concat_tables(tables))

@@ -218,10 +218,11 @@ def test_materialize_copies_the_row_groups_a_bucket_keeps_whole(
 
 
 def test_small_row_groups_kept_whole_are_written_with_their_neighbours(tmp_path: Path) -> None:
-    """Row groups under MIN_COPY_ROWS are decoded, not copied: a file's small row groups (a
+    """Row groups under half the writer's are decoded, not copied: a file's small row groups (a
     round's few new rows, a source written in tiny groups) merge instead of adding up round
     after round."""
-    g, small = materialize.ROW_GROUP_ROWS, materialize.MIN_COPY_ROWS
+    g = materialize.ROW_GROUP_ROWS
+    small = materialize.min_copy_rows(10 * g)
     sizes = [g, 1000, 1, 999, small, 1000, small - 1]
     storage = Storage(f"file://{tmp_path}")
     ids = np.arange(sum(sizes), dtype=np.int64)
@@ -244,6 +245,27 @@ def test_small_row_groups_kept_whole_are_written_with_their_neighbours(tmp_path:
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == \
         [g, 2000, small, 1000 + small - 1]
     assert pq.read_table(storage.fs.open(path, "rb")).equals(table)
+
+
+def test_files_of_few_rows_copy_their_row_groups_too(tmp_path: Path) -> None:
+    """Where a file holds fewer rows than the writer's row groups (wide rows, a small target
+    size), its row groups are that small, and are copied all the same."""
+    per_file = 3_000
+    storage = Storage(f"file://{tmp_path}")
+    ids = np.arange(3 * per_file, dtype=np.int64)
+    table = pa.table({"id": ids, "v": [f"v{i % 97}" for i in ids]}, schema=SCHEMA)
+    pq.write_table(table, tmp_path / "s.parquet", row_group_size=per_file,
+                   **materialize.write_options("zstd"))
+    file, parquet = files.describe(storage, f"file://{tmp_path}/s.parquet")
+    parquet.close()
+    keep = ids[:-1]  # the last row lost: the first two row groups are kept whole
+    out = materialize.materialize_group(
+        storage, PartitionKey(), 0, [materialize.SourceRows(1, file, {0: RowSet.of(keep)})],
+        SCHEMA, rows_per_file=per_file, codec="zstd")
+    assert out.rows_copied == 2 * per_file
+    back = pa.concat_tables([pq.read_table(storage.fs.open(storage.strip(f.url), "rb"))
+                             for f in out.written[0]])
+    assert back.equals(table.slice(0, len(keep)))
 
 
 def test_a_cdc_source_is_never_copied(tmp_path: Path) -> None:
