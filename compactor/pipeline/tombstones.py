@@ -46,8 +46,9 @@ def carried_tombstones(storage: Storage, chain: list[str], order_type: pa.DataTy
         "row": pa.array(np.zeros(n, dtype=np.int32)),
         "op": pa.array(np.full(n, OP_DELETE, dtype=np.int8)),
     }, schema=pa.schema([f for f in schema if f.name not in ("pos", "file")]))
-    # sorted by key (an index is), so by bucket and group too: a slice per group
+    # sorted by key (an index is), so by bucket and group too: a range of rows per group,
+    # gathered on its own (a slice would carry the whole buffers into the object store)
     bounds = group_bounds(hi, bucket_count, groups)
-    out = {g: records.slice(bounds[g], bounds[g + 1] - bounds[g]) for g in range(groups)
-           if bounds[g + 1] > bounds[g]}
+    out = {g: records.take(pa.array(np.arange(bounds[g], bounds[g + 1])))
+           for g in range(groups) if bounds[g + 1] > bounds[g]}
     return HashOutput(out, n, 0, position, ordinal)

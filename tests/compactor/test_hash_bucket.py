@@ -103,3 +103,36 @@ def test_sort_by_key_orders_by_both_words_whatever_the_sort(monkeypatch, kind, r
     keys = list(zip(hi[perm].tolist(), lo[perm].tolist(), strict=True))
     assert keys == sorted(keys)
     assert first.tolist() == [i == 0 or keys[i] != keys[i - 1] for i in range(n)]
+
+
+def test_a_rebases_carried_tombstones_go_to_their_groups_each_in_its_own_buffers(
+        tmp_path) -> None:
+    """The deletes an index remembers, as delete records per group of the new bucket count:
+    each group's are its keys (sorted), and carry only their own bytes into the object store."""
+    from compactor.merge import index_schema
+    from compactor.pipeline import index_store
+    from compactor.pipeline.tombstones import carried_tombstones
+
+    rng = np.random.default_rng(8)
+    n = 20_000
+    hi = np.sort(rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False))
+    index = pa.table({"hi": hi, "lo": rng.integers(0, 2**64, n, dtype=np.uint64),
+                      "file": pa.array(np.full(n, -1, np.int32)),
+                      "row": pa.array(np.full(n, -1, np.int32)),
+                      "op": pa.array(np.where(np.arange(n) % 3 == 0, OP_DELETE, OP_UPSERT)
+                                     .astype(np.int8)),
+                      "order": pa.array(np.arange(n, dtype=np.int64))},
+                     schema=index_schema(pa.int64()))
+    storage = Storage(f"file://{tmp_path}")
+    index_store.write(storage, "base.arrow", index)
+    out = carried_tombstones(storage, ["base.arrow"], pa.int64(), 7, 3, 5, 99, False)
+    dead = np.flatnonzero(np.arange(n) % 3 == 0)
+    group = _group(hi[dead], 7, 3)
+    for g in range(3):
+        records = out.records[g]
+        assert records.column("hi").to_numpy().tolist() == hi[dead[group == g]].tolist()
+        assert records.column("order").to_pylist() == dead[group == g].tolist()
+        assert set(records.column("op").to_pylist()) == {OP_DELETE}
+        buffers: list[pickle.PickleBuffer] = []
+        pickle.dumps(records, protocol=5, buffer_callback=buffers.append)
+        assert sum(b.raw().nbytes for b in buffers) <= 29 * records.num_rows + 1024
