@@ -5,7 +5,8 @@ nullable, older rows read them as null); a column it shares with the table must 
 logical type. ``string``/``large_string``/``string_view`` are one logical type, as are the binary
 flavours, and a dictionary-encoded column has its value type (Parquet writers differ in these
 only in encoding; a file pyarrow wrote from timestamps in seconds, which Parquet stores in
-milliseconds, has seconds: ``files.arrow_schema``). A column of Arrow type ``null`` (all
+milliseconds, has seconds: ``files.arrow_schema``; seconds fit a table column of
+milliseconds). A column of Arrow type ``null`` (all
 null, no type given) fits any column and adds none. Anything else, ``int32`` vs ``int64``
 included, is a type change and refused with the column, the old and the new type named.
 """
@@ -84,7 +85,13 @@ def _logical(t: pa.DataType) -> pa.DataType:
 
 
 def same_logical_type(a: pa.DataType, b: pa.DataType) -> bool:
-    return bool(_logical(a) == _logical(b))
+    """Whether a file's (or appended data's) column of type ``b`` holds values of a table
+    column of type ``a``."""
+    a, b = _logical(a), _logical(b)
+    if pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and (a.unit, b.unit) == ("ms", "s") \
+            and a.tz == b.tz:
+        return True  # (whole seconds are whole milliseconds: Parquet stores them so)
+    return bool(a == b)
 
 
 def evolve(table: pa.Schema, incoming: pa.Schema, *, source: str) -> pa.Schema:

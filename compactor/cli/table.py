@@ -48,12 +48,13 @@ def render_table_info(info: dict[str, Any], out: Console) -> None:
 def _schema_from(session: Session, url: str, drop: tuple[str, ...]) -> pa.Schema:
     import pyarrow.parquet as pq
 
+    from compactor import files
     from compactor.errors import CorruptFile, MissingFile
 
     fs, path = session.filesystem(url)
     try:
-        with fs.open(path, "rb") as f:
-            schema = pq.read_schema(f)
+        with fs.open(path, "rb") as f, pq.ParquetFile(f) as parquet:
+            schema = files.arrow_schema(parquet)  # (as registering the file reads it)
     except FileNotFoundError:
         raise MissingFile(f"schema file {url} does not exist") from None
     except (pa.ArrowException, ValueError) as e:

@@ -221,14 +221,39 @@ def test_verify_takes_types_duckdb_holds_otherwise_and_names_those_it_cannot(
                                  report.json()["differences"]] == [("changed", ["d"])]
 
     wide = f"file://{tmp_path}/wide"
-    create_table(wide, pa.schema([("id", pa.int64()), ("w", pa.decimal256(50, 2))]),
+    create_table(wide, pa.schema([("id", pa.int64()), ("w", pa.list_(pa.decimal256(50, 2)))]),
                  primary_key=("id",)).partition().append(
-        pa.table({"id": [1], "w": pa.array([Decimal("1.00")], pa.decimal256(50, 2))}))
+        pa.table({"id": [1], "w": pa.array([[Decimal("1.00")]], pa.list_(pa.decimal256(50, 2)))}))
     assert compactor("compact", wide).code == 0
     refused = compactor("verify", wide)
     assert refused.code == 1 and refused.err.strip() == (
-        "error: column 'w' has type decimal256(50, 2): verify recomputes the state with DuckDB, "
-        "whose decimals hold at most 38 digits")
+        "error: column 'w' has type list<item: decimal256(50, 2)>: verify recomputes the state "
+        "with DuckDB, which has no type for decimal256(50, 2) (its decimals hold at most 38 "
+        "digits)")
+
+
+def test_a_table_created_from_a_file_of_timestamps_in_seconds_has_seconds(tmp_path: Path) -> None:
+    """pyarrow stores seconds as milliseconds (and reads them back so); ``--schema-from`` gives
+    the table the file's seconds, as registering reads the file."""
+    import datetime
+
+    seconds = pa.schema([("id", pa.int64()), ("at", pa.timestamp("s", "UTC"))])
+    path = tmp_path / "export.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "at": pa.array(
+        [datetime.datetime(2024, 5, 1, tzinfo=datetime.UTC)] * 2,
+        pa.timestamp("s", "UTC"))}, schema=seconds), path)
+    url = f"file://{tmp_path}/t"
+    created = compactor("table", "create", url, "-k", "id", "--schema-from", path, "--json")
+    assert created.code == 0, created
+    assert compactor("append", url, "--kind", "upsert", path).code == 0
+    assert compactor("compact", url).code == 0
+    from compactor import open_table
+    from compactor.reader import read_partition
+
+    table = open_table(url)
+    assert table.schema.field("at").type == pa.timestamp("s", "UTC")
+    assert read_partition(table, table.partition()).sort_by("id").equals(pq.read_table(path)
+                                                                         .cast(seconds))
 
 
 def test_racing_rounds_one_commits_the_other_exits_3(table_url: str, tmp_path: Path,

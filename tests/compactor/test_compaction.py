@@ -233,6 +233,17 @@ def test_files_pyarrow_wrote_from_timestamps_in_seconds_join_a_table_of_seconds(
             s.deltas.append(("upsert", data))
         s.compact_and_check()
     assert read_partition(s.table, s.part).schema == schema
+    # a table of milliseconds (as pq.read_schema gives such a file's) takes the file too
+    ms = pa.schema([("id", pa.timestamp("ms")), ("v", pa.string()),
+                    ("lsn", pa.timestamp("ms", "UTC"))])
+    other = create_table(f"file://{tmp_path}/ms", ms, primary_key=["id"],
+                         ordering_column="lsn").partition()
+    other.register([f"file://{tmp_path}/written-0.parquet"])
+    compact_partition(other.table, other)
+    assert read_partition(other.table, other).sort_by("id").equals(
+        pa.table(expected_state([("upsert", pq.read_table(tmp_path / "written-0.parquet"))],
+                                primary_key=["id"], order_by="lsn").sort_by("id"))
+        .cast(ms))
     bare = tmp_path / "bare.parquet"
     pq.write_table(data, bare, store_schema=False)
     with pytest.raises(SchemaMismatch, match=r"column 'id' changes type from timestamp\[s\] "
