@@ -402,8 +402,15 @@ class _BucketWriter:
         if not self._buffered:
             return
         if self._chosen is None:
-            self._chosen = dictionary_columns(
-                _dense_head(self._buffer, self.schema, DICTIONARY_SAMPLE))
+            head = _dense_head(self._buffer, self.schema, DICTIONARY_SAMPLE)
+            self._chosen = dictionary_columns(head)
+            if head.num_rows < DICTIONARY_SAMPLE:
+                # a first row group too small to judge by (a few rows before a copied row
+                # group, or a small file): a text column its sources store as few-valued
+                # dictionaries (read as such: ``dictionary_reads``) gets one too
+                self._chosen += sorted({f.name for t in self._buffer for f in t.schema
+                                        if pa.types.is_dictionary(f.type)
+                                        and f.name not in self._chosen})
             # text columns with a dictionary are written from dictionary arrays
             self._passthrough = {f.name for f in self.schema if f.name in self._chosen
                                  and _dictionary_text(f.type)}

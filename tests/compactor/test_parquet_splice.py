@@ -268,6 +268,36 @@ def test_files_of_few_rows_copy_their_row_groups_too(tmp_path: Path) -> None:
     assert back.equals(table.slice(0, len(keep)))
 
 
+def test_a_file_begun_by_a_few_rows_before_a_copy_keeps_its_dictionaries(tmp_path: Path) -> None:
+    """The first row group is 5 rows (then a copied one): too few to judge the text column
+    by, so its sources' few-valued dictionaries decide, and the row groups encoded after the
+    copy are dictionary-encoded (they were plain for the rest of the file)."""
+    g = materialize.ROW_GROUP_ROWS
+    storage = Storage(f"file://{tmp_path}")
+
+    def source(name: str, first: int, rows: int, **options: object) -> files.DataFile:
+        ids = np.arange(first, first + rows, dtype=np.int64)
+        pq.write_table(pa.table({"id": ids, "v": [f"v{i % 97}" for i in ids]}, schema=SCHEMA),
+                       tmp_path / name, row_group_size=g, **options)  # type: ignore[arg-type]
+        file, parquet = files.describe(storage, f"file://{tmp_path}/{name}")
+        parquet.close()
+        return file
+
+    few = source("few.parquet", 0, g)  # (pyarrow's defaults: dictionary pages)
+    whole = source("whole.parquet", g, g, **materialize.write_options("zstd"))
+    rest = source("rest.parquet", 2 * g, g)
+    out = materialize.materialize_group(storage, PartitionKey(), 0, [
+        materialize.SourceRows(0, few, {0: RowSet.of(np.arange(g - 5, g))}),
+        materialize.SourceRows(1, whole, {0: RowSet.of(np.arange(g))}),
+        materialize.SourceRows(2, rest, {0: RowSet.of(np.arange(g - 1))})],
+        SCHEMA, rows_per_file=10 * g, codec="zstd")
+    assert out.rows_copied == g
+    meta = pq.read_metadata(storage.fs.open(storage.strip(out.written[0][0].url), "rb"))
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [5, g, g - 1]
+    for i in (0, 2):
+        assert "RLE_DICTIONARY" in meta.row_group(i).column(1).encodings
+
+
 def test_a_cdc_source_is_never_copied(tmp_path: Path) -> None:
     """A CDC source's op column may share a name with a table column: its row groups are
     decoded without it, even where they are stored as the table's files are."""
