@@ -516,11 +516,20 @@ class _Copy:
     end: int
 
 
+def _with_statistics(meta: pq.FileMetaData, group: int) -> bool:
+    """Whether every column chunk of row group ``group`` has statistics, as the writer's have
+    (a source written without them is decoded and written anew, so compacted files have them
+    for readers to skip row groups by)."""
+    chunks = meta.row_group(group)
+    return all(chunks.column(i).is_stats_set for i in range(chunks.num_columns))
+
+
 def _copies(opened: files.Opened, size: int, wanted: dict[int, np.ndarray],
             template: parquet_splice.Template, least: int) -> dict[int, _Copy]:
     """The row groups of the ``opened`` file (of ``size`` bytes) to copy as bytes, by index:
-    each one of at least ``least`` rows all of which one bucket keeps, if the file stores its
-    row groups as the table's files do (``template``)."""
+    each one of at least ``least`` rows and at most ROW_GROUP_ROWS (the writer's size), with
+    statistics, all of whose rows one bucket keeps, if the file stores its row groups as the
+    table's files do (``template``)."""
     meta = opened.parquet.metadata
     sizes = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)],
                      dtype=np.int64)
@@ -528,9 +537,9 @@ def _copies(opened: files.Opened, size: int, wanted: dict[int, np.ndarray],
     whole: dict[int, int] = {}
     for b, r in wanted.items():
         kept = np.diff(np.searchsorted(r, starts))
-        whole.update((int(g), b) for g in np.flatnonzero((kept == sizes)
-                                                         & (sizes >= least))
-                     if template.may_take(meta, int(g)))
+        whole.update((int(g), b) for g in np.flatnonzero((kept == sizes) & (sizes >= least)
+                                                         & (sizes <= ROW_GROUP_ROWS))
+                     if template.may_take(meta, int(g)) and _with_statistics(meta, int(g)))
     if not whole:  # (a delta's row groups hold rows of every bucket: nothing more to read)
         return {}
     try:

@@ -298,6 +298,33 @@ def test_a_file_begun_by_a_few_rows_before_a_copy_keeps_its_dictionaries(tmp_pat
         assert "RLE_DICTIONARY" in meta.row_group(i).column(1).encodings
 
 
+@pytest.mark.parametrize("rows, options", [
+    (materialize.ROW_GROUP_ROWS + 1, {}),  # larger than the writer's row groups
+    (materialize.ROW_GROUP_ROWS, {"write_statistics": False}),  # no statistics
+])
+def test_row_groups_the_writer_would_not_make_are_written_anew(tmp_path: Path, rows: int,
+                                                               options: dict) -> None:
+    """A source stored as the table's files but for its row groups' size or statistics: kept
+    whole, its row groups are decoded and written as the writer's (with statistics, of at most
+    ROW_GROUP_ROWS rows), not copied."""
+    storage = Storage(f"file://{tmp_path}")
+    ids = np.arange(rows, dtype=np.int64)
+    table = pa.table({"id": ids, "v": [f"v{i % 97}" for i in ids]}, schema=SCHEMA)
+    pq.write_table(table, tmp_path / "s.parquet", row_group_size=rows,
+                   **{**materialize.write_options("zstd"), **options})
+    file, parquet = files.describe(storage, f"file://{tmp_path}/s.parquet")
+    parquet.close()
+    out = materialize.materialize_group(
+        storage, PartitionKey(), 0, [materialize.SourceRows(1, file, {0: RowSet.of(ids)})],
+        SCHEMA, rows_per_file=10 * rows, codec="zstd")
+    assert out.rows_copied == 0
+    path = storage.strip(out.written[0][0].url)
+    meta = pq.read_metadata(storage.fs.open(path, "rb"))
+    assert all(meta.row_group(i).num_rows <= materialize.ROW_GROUP_ROWS and
+               meta.row_group(i).column(0).is_stats_set for i in range(meta.num_row_groups))
+    assert pq.read_table(storage.fs.open(path, "rb")).equals(table)
+
+
 def test_a_cdc_source_is_never_copied(tmp_path: Path) -> None:
     """A CDC source's op column may share a name with a table column: its row groups are
     decoded without it, even where they are stored as the table's files are."""
