@@ -6,9 +6,9 @@ logical type. ``string``/``large_string``/``string_view`` are one logical type, 
 flavours, and a dictionary-encoded column has its value type (Parquet writers differ in these
 only in encoding; a file pyarrow wrote from timestamps in seconds, which Parquet stores in
 milliseconds, has seconds: ``files.arrow_schema``; seconds fit a table column of
-milliseconds). A column of Arrow type ``null`` (all
-null, no type given) fits any column and adds none. Anything else, ``int32`` vs ``int64``
-included, is a type change and refused with the column, the old and the new type named.
+milliseconds). A column of Arrow type ``null`` (all null, no type given) fits any column and
+adds none. Anything else, ``int32`` vs ``int64`` included, is a type change and refused with
+the column, the old and the new type named.
 """
 
 from __future__ import annotations

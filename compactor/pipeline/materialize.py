@@ -47,14 +47,14 @@ from compactor.thrift_compact import Struct
 CODECS = ("zstd", "lz4", "snappy", "gzip", "brotli", "none")
 DEFAULT_CODEC = "zstd"
 ROW_GROUP_ROWS = 128 * 1024
-# A source row group kept whole is copied as bytes only from half the rows of the row groups
-# the writer makes (ROW_GROUP_ROWS, or a file's rows where fewer): smaller ones are decoded and
-# written with their neighbours, so a file's row groups do not grow in number round after
-# round (a copy is written as it is: a round's few new rows after a copied group, or a
-# source's tiny row groups, would stay row groups of their own for good).
 
 
 def min_copy_rows(rows_per_file: int) -> int:
+    """The fewest rows of a source row group copied as bytes: half the writer's row groups
+    (ROW_GROUP_ROWS, or a file's rows where fewer). Smaller ones are decoded and written with
+    their neighbours, so a file's row groups do not grow in number round after round (a copy
+    is written as it is: a round's few new rows after a copied group, or a source's tiny row
+    groups, would stay row groups of their own for good)."""
     return max(1, min(ROW_GROUP_ROWS, rows_per_file) // 2)
 
 
