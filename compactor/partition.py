@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from compactor import files, layout
 from compactor.commit_log import CommitLog, Entry
 from compactor.delta import DeltaSpec
-from compactor.errors import CommitConflict, EmptyDelta, UnknownPartition
+from compactor.errors import CommitConflict, EmptyDelta, SchemaMismatch, UnknownPartition
 from compactor.layout import PartitionKey
 from compactor.manifest import CdcOps, CompactedState, DataFile, Delta, DeltaKind
 from compactor.snapshot import Snapshot, compaction_entry, delta_entry, is_compaction
@@ -91,7 +91,12 @@ class Partition:
         if kind is DeltaKind.CDC and cdc is None:
             cdc = CdcOps()
         meta = self.table.metadata
-        return DeltaSpec(DeltaKind(kind), meta.schema, meta.primary_key, meta.ordering_column, cdc)
+        try:
+            return DeltaSpec(DeltaKind(kind), meta.schema, meta.primary_key,
+                             meta.ordering_column, cdc)
+        except SchemaMismatch as e:
+            raise SchemaMismatch(f"partition {self.key} of {self.table.url}: {e}; nothing was "
+                                 "committed") from None
 
     def append(
         self,

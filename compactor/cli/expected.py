@@ -104,28 +104,28 @@ def _duckdb_type(t: pa.DataType) -> pa.DataType:
     return t
 
 
-def _for_duckdb(schema: pa.Schema) -> pa.Schema:
+def _for_duckdb(schema: pa.Schema, where: str) -> pa.Schema:
     """``schema`` in types DuckDB holds the same values in, or NotVerifiable naming the
-    column."""
+    column (of ``where``, the table)."""
     fields = []
     for f in schema:
         try:
             fields.append(f.with_type(_duckdb_type(f.type)))
         except _Unheld as e:
             raise NotVerifiable(
-                f"column {f.name!r} has type {f.type}: verify recomputes the state with DuckDB, "
-                f"which has no type for {e.args[0]} (its decimals hold at most 38 digits)"
-            ) from None
+                f"{where}: column {f.name!r} has type {f.type}: verify recomputes the state "
+                f"with DuckDB, which has no type for {e.args[0]} (its decimals hold at most 38 "
+                "digits)") from None
     return pa.schema(fields)
 
 
-def _cast_for_duckdb(table: pa.Table) -> pa.Table:
-    schema = _for_duckdb(table.schema)
+def _cast_for_duckdb(table: pa.Table, where: str) -> pa.Table:
+    schema = _for_duckdb(table.schema, where)
     try:
         return table.cast(schema)
     except pa.ArrowNotImplementedError as e:  # (half floats cast from Arrow 16 on)
-        raise NotVerifiable(f"verify cannot give DuckDB the compacted rows as {schema}: {e}"
-                            ) from None
+        raise NotVerifiable(f"{where}: verify cannot give DuckDB the compacted rows as "
+                            f"{schema}: {e}") from None
 
 
 class ExpectedState:
@@ -137,7 +137,8 @@ class ExpectedState:
         self._local = table.storage.protocol in ("file", "local")
         if not self._local:
             self.con.register_filesystem(table.storage.fs)
-        self.con.register("__table_schema", _for_duckdb(table.schema).empty_table())
+        self.con.register("__table_schema",
+                          _for_duckdb(table.schema, f"table {table.url}").empty_table())
         self.types = {row[0]: row[1]
                       for row in self._run("DESCRIBE __table_schema")}
         self.key = list(table.primary_key)
@@ -222,7 +223,7 @@ class ExpectedState:
 
     def compare(self, actual: pa.Table, limit: int = 20) -> Comparison:
         """Compare table ``expected`` (see :meth:`load`) with ``actual``, the compacted rows."""
-        self.con.register("__actual_arrow", _cast_for_duckdb(actual))
+        self.con.register("__actual_arrow", _cast_for_duckdb(actual, f"table {self.table.url}"))
         casts = ", ".join(self._cast(c, c in actual.column_names) for c in self.columns)
         self._run(f"CREATE OR REPLACE TEMP TABLE actual AS SELECT {casts} "
                          "FROM __actual_arrow")

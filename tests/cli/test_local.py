@@ -227,7 +227,8 @@ def test_verify_takes_types_duckdb_holds_otherwise_and_names_those_it_cannot(
     assert compactor("compact", wide).code == 0
     refused = compactor("verify", wide)
     assert refused.code == 1 and refused.err.strip() == (
-        "error: column 'w' has type list<item: decimal256(50, 2)>: verify recomputes the state "
+        f"error: table {wide}: column 'w' has type list<item: decimal256(50, 2)>: verify "
+        "recomputes the state "
         "with DuckDB, which has no type for decimal256(50, 2) (its decimals hold at most 38 "
         "digits)")
 
