@@ -68,14 +68,14 @@ def arrow_schema(parquet: pq.ParquetFile) -> pa.Schema:
         written = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(stored)))
     except (ValueError, pa.ArrowInvalid):
         return schema  # (not pyarrow's, or damaged: the file's own types stand)
-    fields = []
-    for f in schema:
-        was = written.field(f.name).type if f.name in written.names and \
-            written.get_field_index(f.name) >= 0 else None
-        seconds = was is not None and pa.types.is_timestamp(was) and was.unit == "s"
-        fields.append(f.with_type(pa.timestamp("s", f.type.tz)) if seconds and
-                      pa.types.is_timestamp(f.type) and f.type.unit == "ms" else f)
-    return pa.schema(fields, metadata=schema.metadata)
+    def seconds(name: str) -> bool:
+        i = written.get_field_index(name)  # (-1: absent, or named twice)
+        return i >= 0 and pa.types.is_timestamp(written.field(i).type) and \
+            written.field(i).type.unit == "s"
+
+    return pa.schema([f.with_type(pa.timestamp("s", f.type.tz))
+                      if pa.types.is_timestamp(f.type) and f.type.unit == "ms" and seconds(f.name)
+                      else f for f in schema], metadata=schema.metadata)
 
 
 @dataclass

@@ -82,17 +82,15 @@ class History:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        if path != ":memory:" and os.path.isdir(path):
+            raise HistoryUnavailable(f"run history {path}: is a directory; name a file "
+                                     "(created if missing)")
         try:
             if path != ":memory:":
-                if os.path.isdir(path):
-                    raise HistoryUnavailable(f"run history {path}: is a directory; name a "
-                                             "file (created if missing)")
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._db = sqlite3.connect(path, timeout=30, check_same_thread=False,
                                        isolation_level=None)  # autocommit: one statement each
         except (OSError, sqlite3.Error) as e:
-            if isinstance(e, HistoryUnavailable):
-                raise
             raise HistoryUnavailable(f"run history {path}: cannot open or create it: "
                                      f"{e}") from None
         self._lock = threading.Lock()
