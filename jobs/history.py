@@ -6,7 +6,7 @@ while a scheduler writes). Besides the runs it keeps each partition's cron mark 
 ``jobs.triggers``), so a restarted scheduler neither repeats nor forgets a schedule.
 
 A round whose scheduler died stays ``running`` until a scheduler on the same host sees the
-process is gone and marks it ``interrupted``.
+process is gone (as it starts, and at every tick) and marks it ``interrupted``.
 """
 
 from __future__ import annotations

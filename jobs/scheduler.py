@@ -335,8 +335,9 @@ class Scheduler:
 
     def run(self, stop: threading.Event) -> None:
         """Tick until ``stop`` is set, then stop (see :meth:`shutdown`)."""
-        self._interrupt_stale()
         while not stop.is_set():
+            # every tick: a scheduler sharing the history may have died since the last one
+            self._interrupt_stale()
             with self._changed:  # a long-running scheduler keeps only the last tick's records
                 self.errors.clear()
                 self.finished.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +22,16 @@ from compactor.compaction import compact_partition
 from compactor.pipeline.tasks import PRELOAD
 from compactor.reader import read_partition
 from jobs.cli import jobs
-from jobs.history import ABANDONED, NOOP, SUCCEEDED, TIMED_OUT, History
+from jobs.history import (
+    ABANDONED,
+    INTERRUPTED,
+    NOOP,
+    RUNNING,
+    SUCCEEDED,
+    TIMED_OUT,
+    History,
+    Run,
+)
 from jobs.leases import Leases
 from jobs.rounds import Abandoned
 from jobs.scheduler import Scheduler
@@ -419,3 +429,40 @@ def test_a_listed_partition_the_table_lacks_is_said_once_and_runs_once_it_comes(
     assert [(r.partition, r.outcome) for r in scheduler.run_once()] == \
         [("day=2024-07-01", SUCCEEDED)]
     scheduler.shutdown()
+
+
+def test_a_running_scheduler_marks_the_round_of_a_scheduler_that_died_since_interrupted(
+        tmp_path: Path) -> None:
+    """Not only at its start: a long-running scheduler sharing the history finds, at a tick,
+    the rows of a scheduler on its host whose process has gone since."""
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+    scheduler = Scheduler(config(table.url, tmp_path))
+    stop = threading.Event()
+    thread, _ = in_thread(lambda: scheduler.run(stop))
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        with History(str(tmp_path / "history.sqlite")) as history:
+            time.sleep(0.5)  # (the scheduler is past its start)
+            rows = {pid: history.start(Run("other", table.url, "day=x", "manual",
+                                           f"{socket.gethostname()}:{pid}:abcd", time.time()))
+                    for pid in (dead.pid, alive.pid)}
+
+            def run_of(pid: int) -> Run:
+                return next(r for r in history.recent() if r.id == rows[pid].id)
+
+            deadline = time.monotonic() + 30
+            while run_of(dead.pid).outcome == RUNNING:
+                assert time.monotonic() < deadline, "the dead scheduler's row stayed running"
+                time.sleep(0.1)
+            gone = run_of(dead.pid)
+            assert gone.outcome == INTERRUPTED and gone.finished_at is not None
+            assert f"{dead.pid}" in gone.error and "stopped before the round finished" in gone.error
+            assert run_of(alive.pid).outcome == RUNNING  # its process lives
+        alive.kill()
+        alive.wait()
+    finally:
+        stop.set()
+        thread.join(30)
+        scheduler.shutdown()
