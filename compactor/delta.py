@@ -68,7 +68,11 @@ class DeltaSpec:
         return tuple(dict.fromkeys((*self.primary_key, *self._ordering, *not_null, *op)))
 
     def table_columns(self, schema: pa.Schema, source: str) -> pa.Schema:
-        """Check ``schema`` has the required columns; return the part that is table data."""
+        """Check ``schema`` has the required columns, each name once; return the part that is
+        table data."""
+        repeated = sorted({n for n in schema.names if schema.names.count(n) > 1})
+        if repeated:
+            raise SchemaMismatch(f"{source}: column(s) {repeated} appear more than once")
         for name in self.required():
             if name not in schema.names:
                 raise MissingColumn(f"{source}: missing column {name!r} ({self.kind} delta)")
@@ -128,7 +132,10 @@ class DeltaSpec:
     def check_parquet(self, parquet: pq.ParquetFile, source: str) -> None:
         """:meth:`check_rows` for a Parquet file, reading as little of it as it can."""
         meta = parquet.metadata
-        index = {meta.schema.column(j).path: j for j in range(meta.num_columns)}
+        # top-level columns' leaves only: a column named "a.b" and field b of a struct a have
+        # one path, "a.b", but only the first's leaf is named so
+        leaves = (meta.schema.column(j) for j in range(meta.num_columns))
+        index = {c.path: j for j, c in enumerate(leaves) if c.name == c.path}
         offset = 0
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)

@@ -23,6 +23,7 @@ from compactor.delta import DeltaSpec
 from compactor.errors import CommitConflict, EmptyDelta, SchemaMismatch, UnknownPartition
 from compactor.layout import PartitionKey
 from compactor.manifest import CdcOps, CompactedState, DataFile, Delta, DeltaKind
+from compactor.schema import evolve
 from compactor.snapshot import Snapshot, compaction_entry, delta_entry, is_compaction
 
 if TYPE_CHECKING:
@@ -118,11 +119,14 @@ class Partition:
         spec.check_rows(data, source)
         if data.num_rows == 0:
             raise EmptyDelta(f"{source}: no rows")
-        schema_version = self.table.evolve_schema([(incoming, source)])
+        # the schema is checked before the file is written, and changed only once it is (a
+        # write that fails leaves the table as it was, and a file gc removes)
+        evolve(self.table.metadata.schema, incoming, source=source)
         rel = layout.new_data_file(self.key)
         with self.table.storage.open_output(rel) as out:
             pq.write_table(data, out)
         written = files.written(self.table.storage, self.table.storage.path(rel), data.num_rows)
+        schema_version = self.table.evolve_schema([(incoming, source)])
         return self._commit_delta(spec, (written,), schema_version)
 
     def register(

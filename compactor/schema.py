@@ -7,8 +7,15 @@ flavours, and a dictionary-encoded column has its value type (Parquet writers di
 only in encoding; a file pyarrow wrote from timestamps in seconds, which Parquet stores in
 milliseconds, has seconds: ``files.arrow_schema``; seconds fit a table column of
 milliseconds). A column of Arrow type ``null`` (all null, no type given) fits any column and
-adds none. Anything else, ``int32`` vs ``int64`` included, is a type change and refused with
-the column, the old and the new type named.
+adds none; a table column of type ``null`` (a table created from such a file) takes the type of
+the first file that gives one. Anything else, ``int32`` vs ``int64`` included, is a type change
+and refused with the column, the old and the new type named.
+
+The table stores a column's plain type (``stored_type``): dictionary-encoded columns their value
+type, view types their plain ones (``string_view`` as ``string``, ``list_view`` as ``list``),
+also inside nested types; that is what Parquet holds and what a round writes. A type Parquet
+cannot hold (intervals of months, days and nanoseconds, unions, run-end encoded arrays) is
+refused before anything is committed.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import base64
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from compactor.errors import CorruptFile, InvalidTableSpec, SchemaMismatch
 
@@ -75,11 +83,10 @@ def check_table_columns(
 
 
 def _logical(t: pa.DataType) -> pa.DataType:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+    t = stored_type(t)
+    if pa.types.is_large_string(t):
         return pa.string()
-    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+    if pa.types.is_large_binary(t):
         return pa.binary()
     return t
 
@@ -94,25 +101,88 @@ def same_logical_type(a: pa.DataType, b: pa.DataType) -> bool:
     return bool(a == b)
 
 
+def _is(name: str, t: pa.DataType) -> bool:
+    return bool(getattr(pa.types, name, lambda _: False)(t))  # (types newer pyarrow has)
+
+
+def stored_type(t: pa.DataType) -> pa.DataType:
+    """The type a table stores a column of type ``t`` as: without dictionary encoding or view
+    layouts, at any depth (the same values)."""
+    if pa.types.is_dictionary(t):
+        return stored_type(t.value_type)
+    if pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_binary_view(t):
+        return pa.binary()
+    if _is("is_list_view", t) or pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(stored_type(t.value_type)))
+    if _is("is_large_list_view", t) or pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(stored_type(t.value_type)))
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(t.value_field.with_type(stored_type(t.value_type)), t.list_size)
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(stored_type(t.key_type)),
+                       t.item_field.with_type(stored_type(t.item_type)), t.keys_sorted)
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(stored_type(f.type)) for f in t])
+    return t
+
+
+def stored_field(field: pa.Field, source: str, error: type[Exception] = SchemaMismatch
+                 ) -> pa.Field:
+    """``field`` with its stored type; ``error`` naming ``source`` and the column where
+    Parquet cannot hold it."""
+    stored = field.with_type(stored_type(field.type))
+    try:
+        pq.write_table(pa.schema([stored]).empty_table(), pa.BufferOutputStream())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        raise error(f"{source}: column {field.name!r} has type {field.type}, which Parquet "
+                    "files cannot hold; nothing was committed") from None
+    return stored
+
+
+def plain_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every column's stored type (``stored_type``), unchecked."""
+    fields = [f.with_type(stored_type(f.type)) for f in schema]
+    if all(f.equals(g) for f, g in zip(fields, schema, strict=True)):
+        return schema
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def stored_schema(schema: pa.Schema, source: str, error: type[Exception] = SchemaMismatch
+                  ) -> pa.Schema:
+    """``schema`` with every column's stored type, checked as ``stored_field`` does."""
+    for f in schema:
+        stored_field(f, source, error)
+    return plain_schema(schema)
+
+
 def evolve(table: pa.Schema, incoming: pa.Schema, *, source: str) -> pa.Schema:
-    """``table`` extended by the columns ``incoming`` adds (as nullable).
+    """``table`` extended by the columns ``incoming`` adds (as nullable), with their stored
+    types; a column of type ``null`` in ``table`` takes ``incoming``'s type of it.
 
     Raises :class:`SchemaMismatch` naming ``source``, the column and both types if a shared
-    column changed type. (Which columns a file must have depends on the delta kind.)
+    column changed type or Parquet cannot hold a new one. (Which columns a file must have
+    depends on the delta kind.)
     """
     added: list[pa.Field] = []
+    typed: dict[str, pa.Field] = {}
     for field in incoming:
         if pa.types.is_null(field.type):
             # every value null and no type said (pandas, JSON): fits any column of the table,
             # and a column the table lacks waits for a file that says its type
             continue
         if field.name in table.names:
-            old = table.field(field.name).type
-            if not same_logical_type(old, field.type):
+            old = table.field(field.name)
+            if pa.types.is_null(old.type):  # (all null so far: this file says its type)
+                typed[field.name] = stored_field(old.with_type(field.type), source)
+            elif not same_logical_type(old.type, field.type):
                 raise SchemaMismatch(
-                    f"{source}: column {field.name!r} changes type from {old} (table) "
+                    f"{source}: column {field.name!r} changes type from {old.type} (table) "
                     f"to {field.type}"
                 )
         else:
-            added.append(pa.field(field.name, field.type, nullable=True))
-    return pa.schema([*table, *added], metadata=table.metadata) if added else table
+            added.append(stored_field(pa.field(field.name, field.type, nullable=True), source))
+    if not added and not typed:
+        return table
+    return pa.schema([*(typed.get(f.name, f) for f in table), *added], metadata=table.metadata)

@@ -36,7 +36,14 @@ from compactor.layout import (
 )
 from compactor.manifest import DataFile
 from compactor.partition import Partition
-from compactor.schema import check_table_columns, evolve, schema_from_text, schema_to_text
+from compactor.schema import (
+    check_table_columns,
+    evolve,
+    plain_schema,
+    schema_from_text,
+    schema_to_text,
+    stored_schema,
+)
 
 FORMAT = 1
 DEFAULT_BUCKET_COUNT = 16
@@ -75,7 +82,9 @@ class TableMetadata:
             if d.get("format") != FORMAT:
                 raise ValueError(f"unsupported format {d.get('format')!r}")
             return cls(
-                int(d["version"]), str(d["table_id"]), schema_from_text(d["schema"], source=source),
+                # (plain types: a table created before they were stored so is read as such)
+                int(d["version"]), str(d["table_id"]),
+                plain_schema(schema_from_text(d["schema"], source=source)),
                 tuple(d["primary_key"]), d["ordering_column"], tuple(d["partition_by"]),
                 int(d["bucket_count"]), str(d["hash_algorithm"]), int(d["checkpoint_interval"]),
                 float(d["created_at"]),
@@ -102,6 +111,8 @@ def create_table(
     columns of ``schema``.
     """
     key = tuple(primary_key)
+    check_table_columns(schema, key, ordering_column)  # (first: it names repeated columns)
+    schema = stored_schema(schema, f"table {url}", InvalidTableSpec)
     check_table_columns(schema, key, ordering_column)
     parts = tuple(partition_by)
     if len(set(parts)) != len(parts) or any(not p for p in parts):

@@ -1,0 +1,137 @@
+"""Column types a table stores: plain types for dictionary and view columns, none Parquet
+cannot hold, a null-typed column that takes the first type a file gives; and input the
+schema rule must refuse before anything is committed (repeated column names)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import runtime
+from compactor import create_table
+from compactor.compaction import compact_partition
+from compactor.errors import InvalidTableSpec, NullKey, SchemaMismatch
+from compactor.reader import read_partition
+from compactor.table import Table
+
+
+@pytest.fixture(scope="module")
+def rt() -> Iterator[None]:
+    with runtime.init("local", num_cpus=2):
+        yield
+
+
+def _state(table: Table) -> list[dict[str, Any]]:
+    part = table.partition()
+    return sorted(read_partition(table, part).to_pylist(), key=lambda r: r["k"])
+
+
+def _compact(table: Table) -> None:
+    # small files: a later round rewrites (reads, takes rows of, writes) compacted files
+    assert compact_partition(table, table.partition(), target_file_size=1).committed
+
+
+def test_dictionary_and_view_columns_are_stored_as_their_plain_types(rt, tmp_path) -> None:
+    schema = pa.schema([
+        ("k", pa.string_view()), ("lsn", pa.int64()), ("b", pa.binary_view()),
+        ("cat", pa.dictionary(pa.int8(), pa.string())),
+        ("grade", pa.dictionary(pa.int32(), pa.int64())),
+        ("tags", pa.list_(pa.field("item", pa.dictionary(pa.int8(), pa.string())))),
+    ])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=["k"],
+                         ordering_column="lsn", bucket_count=2)
+    assert table.schema == pa.schema([
+        ("k", pa.string()), ("lsn", pa.int64()), ("b", pa.binary()), ("cat", pa.string()),
+        ("grade", pa.int64()), ("tags", pa.list_(pa.string()))])
+    expected: dict[str, dict[str, Any]] = {}
+
+    def append(keys: list[str], lsn: int, data_schema: pa.Schema) -> None:
+        rows = [{"k": k, "lsn": lsn, "b": k.encode() * 2, "cat": f"c{(lsn + i) % 200}",
+                 "grade": (lsn + i) % 7, "tags": [k, "t"]} for i, k in enumerate(keys)]
+        table.partition().append(pa.Table.from_pylist(rows, schema=data_schema))
+        expected.update({r["k"]: r for r in rows})
+
+    append([f"k{i}" for i in range(40)], 1, schema)
+    _compact(table)
+    # the same columns plain, then 200 categories (more than an int8 dictionary holds)
+    append([f"k{i}" for i in range(0, 40, 3)], 2, table.schema)
+    append([f"k{i}" for i in range(30, 250)], 3, table.schema)
+    _compact(table)
+    append([f"k{i}" for i in range(5, 9)], 4, schema)
+    _compact(table)
+    assert read_partition(table, table.partition()).schema == table.schema
+    assert _state(table) == sorted(expected.values(), key=lambda r: r["k"])
+
+
+@pytest.mark.parametrize("column", [
+    pa.array([pa.MonthDayNano([1, 2, 3])], pa.month_day_nano_interval()),
+    pa.UnionArray.from_sparse(pa.array([0], pa.int8()), [pa.array([1])]),
+    pa.RunEndEncodedArray.from_arrays([1], ["x"]),
+], ids=["interval", "union", "run-end"])
+def test_a_column_parquet_cannot_hold_is_refused_and_changes_nothing(rt, tmp_path, column
+                                                                     ) -> None:
+    table = create_table(f"file://{tmp_path}/t", pa.schema([("k", pa.int64())]),
+                         primary_key=["k"])
+    part = table.partition()
+    part.append(pa.table({"k": [1]}))
+    with pytest.raises(SchemaMismatch, match=r"column 'x' has type .*which Parquet files "
+                                             r"cannot hold; nothing was committed"):
+        part.append(pa.table({"k": [2], "x": column}))
+    assert table.refresh().schema == pa.schema([("k", pa.int64())])
+    assert len(part.snapshot().deltas) == 1
+    _compact(table)  # rounds still run
+    assert _state(table) == [{"k": 1}]
+    with pytest.raises(InvalidTableSpec, match="column 'x' has type"):
+        create_table(f"file://{tmp_path}/u", pa.schema([("k", pa.int64()), ("x", column.type)]),
+                     primary_key=["k"])
+
+
+def test_a_null_typed_table_column_takes_the_first_type_a_file_gives(rt, tmp_path) -> None:
+    # as --schema-from makes it of an export whose column happened to be all null
+    schema = pa.schema([("k", pa.int64()), ("note", pa.null()), ("lsn", pa.int64())])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=["k"],
+                         ordering_column="lsn", bucket_count=2)
+    part = table.partition()
+    part.append(pa.table({"k": [1, 2, 3], "note": pa.nulls(3), "lsn": [1, 1, 1]}))
+    _compact(table)  # compacted files with the column as Parquet's null type
+    part.append(pa.table({"k": [2, 4], "note": ["two", "four"], "lsn": [2, 2]}))
+    assert table.refresh().schema.field("note").type == pa.string()
+    _compact(table)
+    assert [r["note"] for r in _state(table)] == [None, "two", None, "four"]
+    with pytest.raises(SchemaMismatch, match="column 'note' changes type from string"):
+        part.append(pa.table({"k": [5], "note": [5], "lsn": [3]}))
+
+
+def test_repeated_column_names_are_refused_before_anything_is_committed(rt, tmp_path) -> None:
+    table = create_table(f"file://{tmp_path}/t", pa.schema([("k", pa.int64()),
+                                                            ("lsn", pa.int64())]),
+                         primary_key=["k"], ordering_column="lsn")
+    part = table.partition()
+    for name in ("k", "lsn", "v"):
+        names = ["k", "lsn", "v", name]
+        data = pa.Table.from_arrays([pa.array([1]), pa.array([1]), pa.array([1]),
+                                     pa.array([2])], names=names)
+        with pytest.raises(SchemaMismatch, match=rf"column\(s\) \['{name}'\] appear more than "
+                                                 "once"):
+            part.append(data)
+        path = tmp_path / f"dup-{name}.parquet"
+        pq.write_table(data, path)
+        with pytest.raises(SchemaMismatch, match=rf"file .*dup-{name}.parquet: column\(s\) "):
+            part.register([f"file://{path}"])
+    assert part.version() == 0
+
+
+def test_a_null_key_is_found_beside_a_struct_field_of_the_same_path(tmp_path) -> None:
+    """Column "a.b" and field b of struct a share the Parquet path a.b: the null check must
+    look at the column's own statistics, not the struct field's."""
+    table = create_table(f"file://{tmp_path}/t", pa.schema([("a.b", pa.int64())]),
+                         primary_key=["a.b"])
+    data = pa.table({"a.b": pa.array([1, None]), "a": pa.array([{"b": 1}, {"b": 2}])})
+    path = tmp_path / "f.parquet"
+    pq.write_table(data, path)
+    with pytest.raises(NullKey, match="null in key column 'a.b' at row 1"):
+        table.partition().register([f"file://{path}"])
