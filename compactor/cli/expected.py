@@ -10,13 +10,16 @@ merge contract of DESIGN.md in SQL::
     the key.
 
 Columns a file lacks are null; every column is cast to the table's type. The result is then
-compared with the compacted state, row by row, by key.
+compared with the compacted state, row by row, by key. Inside DuckDB the table's columns go by
+their positions (``c0``, ``c1``, ...; a file's by ``#n``): DuckDB's names ignore case, and a
+table may have columns ``v`` and ``V``, or named as this module's own (``__ord``, ...).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +91,8 @@ def _duckdb_type(t: pa.DataType) -> pa.DataType:
         return pa.decimal128(t.precision, t.scale)
     if pa.types.is_float16(t):
         return pa.float32()
+    if pa.types.is_duration(t):  # (Parquet stores durations as plain integers, which DuckDB
+        return pa.int64()        # reads as such: their counts of the unit)
     list_view = getattr(pa.types, "is_list_view", lambda _: False)(t)  # (pyarrow 16 on)
     if list_view or getattr(pa.types, "is_large_list_view", lambda _: False)(t):
         value = t.value_field.with_type(_duckdb_type(t.value_type))  # (as lists: same values)
@@ -123,9 +128,14 @@ def _cast_for_duckdb(table: pa.Table, where: str) -> pa.Table:
     schema = _for_duckdb(table.schema, where)
     try:
         return table.cast(schema)
-    except pa.ArrowNotImplementedError as e:  # (half floats cast from Arrow 16 on)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as e:  # (half floats from Arrow 16)
         raise NotVerifiable(f"{where}: verify cannot give DuckDB the compacted rows as "
                             f"{schema}: {e}") from None
+
+
+def _positional(table: pa.Table) -> pa.Table:
+    """``table`` with its columns named ``c0``, ``c1``, ... (DuckDB's names ignore case)."""
+    return table.rename_columns([f"c{i}" for i in range(table.num_columns)])
 
 
 class ExpectedState:
@@ -137,12 +147,14 @@ class ExpectedState:
         self._local = table.storage.protocol in ("file", "local")
         if not self._local:
             self.con.register_filesystem(table.storage.fs)
-        self.con.register("__table_schema",
-                          _for_duckdb(table.schema, f"table {table.url}").empty_table())
-        self.types = {row[0]: row[1]
-                      for row in self._run("DESCRIBE __table_schema")}
-        self.key = list(table.primary_key)
         self.columns = list(table.schema.names)
+        self.alias = {c: f"c{i}" for i, c in enumerate(self.columns)}
+        self.con.register("__table_schema", _positional(
+            _for_duckdb(table.schema, f"table {table.url}").empty_table()))
+        self.types = dict(zip(self.columns, (row[1] for row in
+                                             self._run("DESCRIBE __table_schema")), strict=True))
+        self.key = list(table.primary_key)
+        self._names: dict[str, list[str]] = {}  # each delta file's columns, in order
 
     def _location(self, file: DataFile) -> str:
         if self._local:
@@ -151,21 +163,30 @@ class ExpectedState:
             return path
         return file.url
 
-    def _cast(self, column: str, present: bool) -> str:
-        value = _name(column) if present else "NULL"
-        return f"CAST({value} AS {self.types[column]}) AS {_name(column)}"
+    def _cast(self, column: str, value: str | None) -> str:
+        """Table column ``column`` from ``value`` (SQL; None: null) as its alias."""
+        return f"CAST({value or 'NULL'} AS {self.types[column]}) AS {self.alias[column]}"
+
+    def _file_columns(self, file: DataFile) -> None:
+        """Check ``file`` is unchanged since it was committed, and note its columns."""
+        with closing(self.table.open_file(file)) as parquet:
+            self._names[file.url] = parquet.schema_arrow.names
+        if "file_row_number" in self._names[file.url]:
+            raise NotVerifiable(
+                f"file {file.url} has a column named 'file_row_number', the name DuckDB gives "
+                "the row numbers verify orders a file's rows by")
 
     def _select(self, delta: Delta, ordinal: int, file: DataFile) -> str:
         from compactor import DeltaKind
 
         source = f"read_parquet({_literal(self._location(file))}, file_row_number = true)"
-        present = {row[0] for row in
-                   self._run(f"DESCRIBE SELECT * FROM {source}")}
+        # the file's columns by position (#1 is its first)
+        at = {name: f"#{i + 1}" for i, name in enumerate(self._names[file.url])}
         if delta.kind is DeltaKind.DELETE:
-            present &= {*self.key, self.table.ordering_column}
-        values = [self._cast(c, c in present) for c in self.columns]
+            at = {c: v for c, v in at.items() if c in {*self.key, self.table.ordering_column}}
+        values = [self._cast(c, at.get(c)) for c in self.columns]
         order = self.table.ordering_column
-        values.append(f"CAST({_name(order)} AS {self.types[order]}) AS __ord" if order
+        values.append(f"CAST({at[order]} AS {self.types[order]}) AS __ord" if order
                       else "0 AS __ord")
         if delta.kind is DeltaKind.UPSERT:
             deleted = "FALSE"
@@ -173,7 +194,7 @@ class ExpectedState:
             deleted = "TRUE"
         else:
             assert delta.cdc is not None
-            op = _name(delta.cdc.column)
+            op = at[delta.cdc.column]
             upsert = ", ".join(map(_literal, delta.cdc.upsert))
             delete = ", ".join(map(_literal, delta.cdc.delete))
             unknown = _literal(f"file {file.url}: unknown op in column {delta.cdc.column}")
@@ -188,8 +209,8 @@ class ExpectedState:
         returns its row count. Each file is first checked unchanged since it was committed."""
         items = [(d, i, f) for d in deltas for i, f in enumerate(d.files)]
         with ThreadPoolExecutor(_VERIFY_THREADS) as pool:
-            list(pool.map(self.table.verify_file, (f for _, _, f in items)))
-        empty = ", ".join(self._cast(c, False) for c in self.columns)
+            list(pool.map(self._file_columns, (f for _, _, f in items)))
+        empty = ", ".join(self._cast(c, None) for c in self.columns)
         self._run(f"CREATE TEMP TABLE __rows AS SELECT {empty}, 0 AS __ord, "
                          "0::BIGINT AS __pos, 0 AS __file, 0::BIGINT AS __row, FALSE AS __del "
                          "LIMIT 0")
@@ -199,8 +220,8 @@ class ExpectedState:
         for start in range(0, len(items), _FILES_PER_STATEMENT):
             selects = [self._select(*item) for item in items[start:start + _FILES_PER_STATEMENT]]
             self._run("INSERT INTO __rows " + " UNION ALL ".join(selects))
-        keys = ", ".join(map(_name, self.key))
-        columns = ", ".join(map(_name, self.columns))
+        keys = ", ".join(self.alias[k] for k in self.key)
+        columns = ", ".join(self.alias[c] for c in self.columns)
         self._run(
             f"CREATE TEMP TABLE expected AS SELECT {columns} FROM ("
             f"  SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY __ord DESC NULLS LAST,"
@@ -211,35 +232,48 @@ class ExpectedState:
 
     def _run(self, sql: str) -> list[tuple[Any, ...]]:
         # DuckDB wants each result fetched to the end before the connection does other work
-        return self.con.execute(sql).fetchall()
+        try:
+            return self.con.execute(sql).fetchall()
+        except duckdb.InvalidInputException as e:  # (text that is not UTF-8, which Arrow and
+            raise NotVerifiable(                   # Parquet writers let through)
+                f"table {self.table.url}: DuckDB, verify's engine, cannot read the data: "
+                f"{str(e).splitlines()[0]}") from None
 
     def _count(self, relation: str) -> int:
         return int(self._run(f"SELECT count(*) FROM {relation}")[0][0])
 
     def _rows(self, query: str, limit: int) -> list[dict[str, Any]]:
+        """Rows of ``query`` by its column names (the aliases, ``e.c0``, ...)."""
         cursor = self.con.execute(f"{query} LIMIT {limit}")
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def compare(self, actual: pa.Table, limit: int = 20) -> Comparison:
         """Compare table ``expected`` (see :meth:`load`) with ``actual``, the compacted rows."""
-        self.con.register("__actual_arrow", _cast_for_duckdb(actual, f"table {self.table.url}"))
-        casts = ", ".join(self._cast(c, c in actual.column_names) for c in self.columns)
+        given = _cast_for_duckdb(actual, f"table {self.table.url}")
+        self.con.register("__actual_arrow", _positional(given))
+        at = {c: f"#{i + 1}" for i, c in enumerate(actual.column_names)}
+        casts = ", ".join(self._cast(c, at.get(c)) for c in self.columns)
         self._run(f"CREATE OR REPLACE TEMP TABLE actual AS SELECT {casts} "
                          "FROM __actual_arrow")
-        keys = ", ".join(map(_name, self.key))
+        keys = ", ".join(self.alias[k] for k in self.key)
         others = [c for c in self.columns if c not in self.key]
 
         def key_of(row: dict[str, Any]) -> dict[str, Any]:
-            return {k: row[k] for k in self.key}
+            return {k: row[self.alias[k]] for k in self.key}
 
-        duplicates = f"SELECT {keys}, count(*) AS copies FROM actual GROUP BY {keys} " \
+        def named(row: dict[str, Any], prefix: str = "", columns: Sequence[str] = self.columns
+                  ) -> dict[str, Any]:
+            return {c: row[prefix + self.alias[c]] for c in columns}
+
+        duplicates = f"SELECT {keys}, count(*) AS __copies FROM actual GROUP BY {keys} " \
                      "HAVING count(*) > 1"
         missing = f"SELECT * FROM expected ANTI JOIN actual USING ({keys})"
         unexpected = f"SELECT * FROM actual ANTI JOIN expected USING ({keys})"
-        differs = [f"e.{_name(c)} IS DISTINCT FROM a.{_name(c)}" for c in others]
-        picks = [f"e.{_name(c)} AS {_name('e.' + c)}, a.{_name(c)} AS {_name('a.' + c)}, "
-                 f"({d}) AS {_name('d.' + c)}" for c, d in zip(others, differs, strict=True)]
+        differs = [f"e.{self.alias[c]} IS DISTINCT FROM a.{self.alias[c]}" for c in others]
+        picks = [f"e.{a} AS {_name('e.' + a)}, a.{a} AS {_name('a.' + a)}, ({d}) AS "
+                 f"{_name('d.' + a)}" for a, d in zip((self.alias[c] for c in others), differs,
+                                                      strict=True)]
         changed = (f"SELECT {', '.join([keys, *picks])} FROM expected e JOIN actual a "
                    f"USING ({keys}) WHERE {' OR '.join(differs)}" if others
                    else f"SELECT {keys} FROM expected LIMIT 0")
@@ -247,16 +281,16 @@ class ExpectedState:
         found: list[Difference] = []
         for row in self._rows(duplicates, limit):
             found.append(Difference("duplicate", key_of(row),
-                                    actual={"copies": row["copies"]}))
+                                    actual={"copies": row["__copies"]}))
         for row in self._rows(missing, limit):
-            found.append(Difference("missing", key_of(row), expected=row))
+            found.append(Difference("missing", key_of(row), expected=named(row)))
         for row in self._rows(unexpected, limit):
-            found.append(Difference("unexpected", key_of(row), actual=row))
+            found.append(Difference("unexpected", key_of(row), actual=named(row)))
         for row in self._rows(changed, limit):
-            columns = tuple(c for c in others if row[f"d.{c}"])
+            columns = tuple(c for c in others if row[f"d.{self.alias[c]}"])
             found.append(Difference("changed", key_of(row), columns,
-                                    expected={c: row[f"e.{c}"] for c in columns},
-                                    actual={c: row[f"a.{c}"] for c in columns}))
+                                    expected=named(row, "e.", columns),
+                                    actual=named(row, "a.", columns)))
         return Comparison(
             expected_rows=self._count("expected"), actual_rows=self._count("actual"),
             missing=self._count(f"({missing})"), unexpected=self._count(f"({unexpected})"),

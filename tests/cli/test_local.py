@@ -233,6 +233,59 @@ def test_verify_takes_types_duckdb_holds_otherwise_and_names_those_it_cannot(
         "digits)")
 
 
+def test_verify_tells_columns_apart_by_case_and_from_its_own_and_names_what_duckdb_cannot_read(
+        tmp_path: Path) -> None:
+    """Inside DuckDB, whose names ignore case, columns go by position: a table with columns
+    V and v, a key k beside a column K, and columns named as verify's own (__ord, __rank,
+    __copies) is checked exactly, durations as their counts, and a changed value is reported
+    under its column's own name. A file DuckDB cannot read (text that is not UTF-8, a column it
+    would name as its row numbers) is an error that says so."""
+    import datetime
+
+    from compactor import create_table
+
+    schema = pa.schema([("k", pa.int64()), ("K", pa.int64()), ("V", pa.string()),
+                        ("v", pa.int64()), ("__ord", pa.string()), ("__rank", pa.int64()),
+                        ("__copies", pa.int64()), ("lsn", pa.int64()),
+                        ("took", pa.duration("ms"))])
+    url = f"file://{tmp_path}/t"
+    part = create_table(url, schema, primary_key=("k",), ordering_column="lsn",
+                        bucket_count=1).partition()
+    rows = [{"k": i, "K": -i, "V": f"s{i}", "v": 10 * i, "__ord": "x", "__rank": i % 2,
+             "__copies": 7, "lsn": i, "took": datetime.timedelta(milliseconds=i)}
+            for i in range(1, 6)]
+    part.append(pa.Table.from_pylist(rows, schema=schema))
+    part.append(pa.Table.from_pylist([{**rows[1], "v": 99, "V": "new", "lsn": 9}], schema=schema))
+    assert compactor("compact", url).code == 0
+    report = compactor("verify", url, "--json")
+    assert report.code == 0 and report.json()["ok"], report
+    [path] = [Path(f["url"].removeprefix("file://")) for b in compactor(
+        "show", url, "--files", "--json").json()["partitions"][0]["compacted"]["buckets"]
+        for f in b["file_list"]]
+    stored = pq.read_table(path)
+    at = stored.column("k").to_pylist().index(3)
+    values = stored.column("v").to_pylist()
+    values[at] = -1
+    replace_keeping_fingerprint(path, stored.set_column(3, "v", pa.array(values, pa.int64())))
+    report = compactor("verify", url, "--json")
+    assert report.code == 1, report
+    assert [(d["kind"], d["key"], d["columns"], d["expected"], d["actual"])
+            for d in report.json()["differences"]] == [
+        ("changed", {"k": 3}, ["v"], {"v": 30}, {"v": -1})]
+
+    for name, data, error in [
+        ("rownumber", pa.table({"k": [1], "file_row_number": [5]}),
+         "has a column named 'file_row_number', the name DuckDB gives the row numbers"),
+        ("latin1", pa.table({"k": [1, 2], "s": pa.array([b"ok", b"caf\xe9"]).view(pa.string())}),
+         "DuckDB, verify's engine, cannot read the data: Invalid Input Error"),
+    ]:
+        other = f"file://{tmp_path}/{name}"
+        create_table(other, data.schema, primary_key=("k",)).partition().append(data)
+        assert compactor("compact", other).code == 0
+        refused = compactor("verify", other)
+        assert refused.code == 1 and error in refused.err, refused
+
+
 def test_a_table_created_from_a_file_of_timestamps_in_seconds_has_seconds(tmp_path: Path) -> None:
     """pyarrow stores seconds as milliseconds (and reads them back so); ``--schema-from`` gives
     the table the file's seconds, as registering reads the file."""
