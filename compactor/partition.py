@@ -124,7 +124,7 @@ class Partition:
         evolve(self.table.metadata.schema, incoming, source=source)
         rel = layout.new_data_file(self.key)
         with self.table.storage.open_output(rel) as out:
-            pq.write_table(data, out)
+            pq.write_table(_writable(data), out)
         written = files.written(self.table.storage, self.table.storage.path(rel), data.num_rows)
         schema_version = self.table.evolve_schema([(incoming, source)])
         return self._commit_delta(spec, (written,), schema_version)
@@ -224,3 +224,14 @@ class Partition:
         number = self.log.commit(make, base=base.version, rebase=rebase)
         self._known_head = max(self._known_head, number)
         return made[number]
+
+
+def _writable(data: pa.Table) -> pa.Table:
+    """``data`` as Parquet can be written from: a dictionary column with a null among its
+    values (pyarrow cannot write one) decoded (the table stores the value type anyway)."""
+    for i, field in enumerate(data.schema):
+        if pa.types.is_dictionary(field.type) and any(
+                chunk.dictionary.null_count for chunk in data.column(i).chunks):
+            data = data.set_column(i, field.with_type(field.type.value_type),
+                                   data.column(i).cast(field.type.value_type))
+    return data

@@ -111,7 +111,8 @@ def create_table(
     columns of ``schema``.
     """
     key = tuple(primary_key)
-    check_table_columns(schema, key, ordering_column)  # (first: it names repeated columns)
+    if len(set(schema.names)) != len(schema.names):
+        raise InvalidTableSpec(f"schema repeats a column name: {schema.names}")
     schema = stored_schema(schema, f"table {url}", InvalidTableSpec)
     check_table_columns(schema, key, ordering_column)
     parts = tuple(partition_by)

@@ -135,3 +135,18 @@ def test_a_null_key_is_found_beside_a_struct_field_of_the_same_path(tmp_path) ->
     pq.write_table(data, path)
     with pytest.raises(NullKey, match="null in key column 'a.b' at row 1"):
         table.partition().register([f"file://{path}"])
+
+
+def test_a_categorical_key_and_a_dictionary_holding_null_are_taken_as_their_values(
+        rt, tmp_path) -> None:
+    """A schema from a file with a categorical key gives a table keyed by the text; a column
+    whose dictionary holds a null (pyarrow cannot write one) is appended as its values."""
+    table = create_table(f"file://{tmp_path}/t", pa.schema([
+        ("k", pa.dictionary(pa.int8(), pa.string())), ("v", pa.int64())]), primary_key=["k"])
+    assert table.schema == pa.schema([("k", pa.string()), ("v", pa.int64())])
+    with_null = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int8()),
+                                               pa.array(["a", None]))
+    table.partition().append(pa.table({"k": ["x", "y", "z"], "v": [1, 2, 3], "c": with_null}))
+    assert table.refresh().schema.field("c").type == pa.string()
+    _compact(table)
+    assert [(r["k"], r["c"]) for r in _state(table)] == [("x", "a"), ("y", None), ("z", "a")]
