@@ -378,7 +378,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         progress("commit", 0, 1, 0, 0)
         maybe_fail("commit")
         buckets, index_paths, referenced = _layout(plan, plans, outputs, index_paths_new)
-        result_fields = _figures(plan, merged, outputs, referenced)
+        result_fields = _figures(plan, merged, outputs, referenced, buckets)
         state = partition.commit_compaction(
             plan.snapshot, high_watermark=plan.high_watermark, buckets=buckets,
             hash_algorithm=table.hash_algorithm,
@@ -431,8 +431,11 @@ def _layout(plan: RoundPlan, plans: dict[int, BucketPlan], outputs: list[Materia
 
 
 def _figures(plan: RoundPlan, merged: list[GroupResult], outputs: list[MaterializeOutput],
-             referenced: list[DataFile]) -> dict[str, int]:
+             referenced: list[DataFile], buckets: list[list[DataFile]]) -> dict[str, int]:
     written = [f for o in outputs for files in o.written.values() for f in files]
+    # buckets whose files changed: written to, or losing files (every row deleted)
+    old = plan.base.buckets if plan.base is not None and \
+        len(plan.base.buckets) == len(buckets) else [[] for _ in buckets]
     return {
         "rows_in": plan.rows_in,
         "rows_out": sum(g.keys for g in merged),
@@ -445,6 +448,6 @@ def _figures(plan: RoundPlan, merged: list[GroupResult], outputs: list[Materiali
         "bytes_written": sum(f.size for f in written),
         "files_referenced": len(referenced),
         "bytes_referenced": sum(f.size for f in referenced),
-        "buckets_touched": len({b for o in outputs for b in o.written}),
+        "buckets_touched": sum(list(was) != now for was, now in zip(old, buckets, strict=True)),
         "rows_copied": sum(o.rows_copied for o in outputs),
     }

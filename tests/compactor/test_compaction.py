@@ -695,3 +695,14 @@ def test_a_column_of_arrow_type_null_fits_any_column_and_adds_none(rt, tmp_path)
         [("id", pa.int64()), pa.field("v", pa.string(), nullable=False)]), primary_key=["id"])
     with pytest.raises(NullValue, match="'v'"):
         strict.partition().append(pa.table({"id": [1], "v": pa.nulls(1)}))
+
+
+def test_buckets_touched_counts_buckets_whose_files_changed(rt, tmp_path):
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn", buckets=4)
+    s.upsert(pa.table({"id": range(200), "v": ["a"] * 200, "lsn": [1] * 200}, schema=SCHEMA))
+    assert s.compact_and_check().buckets_touched == 4
+    s.upsert(pa.table({"id": [7], "v": ["b"], "lsn": [2]}, schema=SCHEMA))
+    assert s.compact_and_check().buckets_touched == 1
+    s.delete(pa.table({"id": range(200), "lsn": [3] * 200}))
+    result = s.compact_and_check()  # every file goes, none is written
+    assert (result.rows_out, result.files_written, result.buckets_touched) == (0, 0, 4)
