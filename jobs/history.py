@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS runs (
     bytes_read INTEGER, bytes_written INTEGER, error_type TEXT, error TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
+CREATE INDEX IF NOT EXISTS runs_running ON runs (outcome) WHERE outcome = 'running';
 CREATE TABLE IF NOT EXISTS cron_marks (
     job TEXT NOT NULL, partition TEXT NOT NULL, marked_at REAL NOT NULL,
     PRIMARY KEY (job, partition)
@@ -155,7 +156,8 @@ class History:
         return self._select("WHERE job = ?", (job,), limit)
 
     def running(self) -> list[Run]:
-        return self._select("WHERE outcome = ?", (RUNNING,))
+        """The rows still ``running`` (by a partial index: the scheduler asks every tick)."""
+        return self._select(f"WHERE outcome = '{RUNNING}'", ())
 
     def cron_mark(self, job: str, partition: str) -> float | None:
         row = self._execute("SELECT marked_at FROM cron_marks WHERE job = ? AND partition = ?",

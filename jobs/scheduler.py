@@ -113,7 +113,10 @@ class Scheduler:
         self.history = history or History(config.history)
         self.metrics = metrics or Metrics()
         self.compact = compact
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # host:pid:tag[:pid namespace] (schedulers of one host name may live in different PID
+        # namespaces, containers sharing the history: one's process ids mean nothing to another)
+        self.owner = ":".join([socket.gethostname(), str(os.getpid()), uuid.uuid4().hex[:8],
+                               *_pid_namespace()])
         self.errors: list[str] = []  # evaluation failures (tables or partitions unreadable)
         self.finished: list[Run] = []
         self._active: dict[tuple[str, str], RoundControl] = {}
@@ -388,12 +391,20 @@ class Scheduler:
 
     def _interrupt_stale(self) -> None:
         """Mark ``running`` rows of dead schedulers on this host as interrupted."""
-        host = socket.gethostname()
+        host, namespace = socket.gethostname(), _pid_namespace()
         for run in self.history.running():
-            owner_host, _, rest = run.scheduler.partition(":")
-            pid = rest.partition(":")[0]
-            if owner_host == host and pid.isdigit() and int(pid) != os.getpid() \
-                    and not psutil.pid_exists(int(pid)):
+            owner_host, pid, *rest = [*run.scheduler.split(":"), ""]
+            # (rows of schedulers before namespaces were recorded: taken as this namespace's)
+            if owner_host == host and rest[1:-1] in ([], namespace) and pid.isdigit() \
+                    and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
                 self.history.finish(replace(
                     run, outcome=INTERRUPTED, finished_at=self.clock.now(),
                     error=f"scheduler {run.scheduler} stopped before the round finished"))
+
+
+def _pid_namespace() -> list[str]:
+    """This process's PID namespace (``pidns4026531836``), where Linux tells it; else none."""
+    try:
+        return [f"pidns{os.stat('/proc/self/ns/pid').st_ino}"]
+    except OSError:
+        return []

@@ -434,35 +434,42 @@ def test_a_listed_partition_the_table_lacks_is_said_once_and_runs_once_it_comes(
 def test_a_running_scheduler_marks_the_round_of_a_scheduler_that_died_since_interrupted(
         tmp_path: Path) -> None:
     """Not only at its start: a long-running scheduler sharing the history finds, at a tick,
-    the rows of a scheduler on its host whose process has gone since."""
+    the rows of a scheduler on its host whose process has gone since; never those of a process
+    of another PID namespace (another container with the host's name)."""
     table = make_table(f"file://{tmp_path}/t", DAYS[:1])
     scheduler = Scheduler(config(table.url, tmp_path))
-    stop = threading.Event()
-    thread, _ = in_thread(lambda: scheduler.run(stop))
-    try:
-        dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead.wait()
-        alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        with History(str(tmp_path / "history.sqlite")) as history:
-            time.sleep(0.5)  # (the scheduler is past its start)
-            rows = {pid: history.start(Run("other", table.url, "day=x", "manual",
-                                           f"{socket.gethostname()}:{pid}:abcd", time.time()))
-                    for pid in (dead.pid, alive.pid)}
+    owner_host, _, _, *namespace = scheduler.owner.split(":")
+    assert owner_host == socket.gethostname() and namespace[0].startswith("pidns")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with History(str(tmp_path / "history.sqlite")) as history:
+        rows = {name: history.start(Run("other", table.url, "day=x", "manual", owner,
+                                        time.time()))
+                for name, owner in [
+                    ("alive", f"{owner_host}:{alive.pid}:abcd:{namespace[0]}"),
+                    ("elsewhere", f"{owner_host}:{gone.pid}:abcd:pidns1")]}
 
-            def run_of(pid: int) -> Run:
-                return next(r for r in history.recent() if r.id == rows[pid].id)
+        def run_of(name: str) -> Run:
+            return next(r for r in history.recent() if r.id == rows[name].id)
 
+        stop = threading.Event()
+        thread, _ = in_thread(lambda: scheduler.run(stop))
+        try:
+            time.sleep(1.0)  # some ticks: the scheduler's start is long past
+            assert run_of("alive").outcome == RUNNING
+            alive.kill()
+            alive.wait()
             deadline = time.monotonic() + 30
-            while run_of(dead.pid).outcome == RUNNING:
+            while run_of("alive").outcome == RUNNING:
                 assert time.monotonic() < deadline, "the dead scheduler's row stayed running"
                 time.sleep(0.1)
-            gone = run_of(dead.pid)
-            assert gone.outcome == INTERRUPTED and gone.finished_at is not None
-            assert f"{dead.pid}" in gone.error and "stopped before the round finished" in gone.error
-            assert run_of(alive.pid).outcome == RUNNING  # its process lives
-        alive.kill()
-        alive.wait()
-    finally:
-        stop.set()
-        thread.join(30)
-        scheduler.shutdown()
+            dead = run_of("alive")
+            assert dead.outcome == INTERRUPTED and dead.finished_at is not None
+            assert f":{alive.pid}:" in (dead.error or "")
+            assert "stopped before the round finished" in (dead.error or "")
+            assert run_of("elsewhere").outcome == RUNNING  # (its pid means nothing here)
+        finally:
+            stop.set()
+            thread.join(30)
+            scheduler.shutdown()
