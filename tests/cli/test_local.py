@@ -286,6 +286,22 @@ def test_verify_tells_columns_apart_by_case_and_from_its_own_and_names_what_duck
         assert refused.code == 1 and error in refused.err, refused
 
 
+def test_verify_reads_a_column_named_as_the_partition_from_the_file_not_the_path(
+        tmp_path: Path) -> None:
+    """Files live under partitions/region=eu/: DuckDB, left to guess, takes a column named
+    region from the path (hive partitioning) instead of the file."""
+    from compactor import create_table
+
+    url = f"file://{tmp_path}/t"
+    table = create_table(url, pa.schema([("k", pa.int64()), ("region", pa.string())]),
+                         primary_key=["k"], partition_by=["region"], bucket_count=1)
+    table.partition({"region": "eu"}).append(pa.table({"k": [1, 2],
+                                                       "region": ["EU-west", "EU-north"]}))
+    assert compactor("compact", url, "-p", "region=eu").code == 0
+    report = compactor("verify", url, "-p", "region=eu", "--json")
+    assert report.code == 0 and report.json()["ok"], report
+
+
 def test_a_table_created_from_a_file_of_timestamps_in_seconds_has_seconds(tmp_path: Path) -> None:
     """pyarrow stores seconds as milliseconds (and reads them back so); ``--schema-from`` gives
     the table the file's seconds, as registering reads the file."""
