@@ -302,6 +302,25 @@ def test_verify_reads_a_column_named_as_the_partition_from_the_file_not_the_path
     assert report.code == 0 and report.json()["ok"], report
 
 
+def test_verify_fails_a_partition_whose_cdc_file_now_holds_an_unknown_op(tmp_path: Path) -> None:
+    """A delta file changed under its fingerprint to hold an op no delta allows: the partition
+    fails verification (it is not a table verify cannot check)."""
+    from compactor import CdcOps, DeltaKind, create_table
+
+    url = f"file://{tmp_path}/t"
+    table = create_table(url, pa.schema([("k", pa.int64()), ("v", pa.int64())]),
+                         primary_key=["k"], bucket_count=1)
+    source = tmp_path / "cdc.parquet"
+    pq.write_table(pa.table({"k": [1, 2], "v": [1, 2], "Op": ["I", "I"]}), source)
+    table.partition().register([f"file://{source}"], kind=DeltaKind.CDC, cdc=CdcOps("Op"))
+    assert compactor("compact", url).code == 0
+    replace_keeping_fingerprint(source, pa.table({"k": [1, 2], "v": [1, 2], "Op": ["I", "X"]}))
+    report = compactor("verify", url, "--json")
+    assert report.code == 1, report
+    assert report.json()["error_type"] != "NotVerifiable", report
+    assert f"file file://{source}: unknown op in column Op" in report.json()["error"]
+
+
 def test_a_table_created_from_a_file_of_timestamps_in_seconds_has_seconds(tmp_path: Path) -> None:
     """pyarrow stores seconds as milliseconds (and reads them back so); ``--schema-from`` gives
     the table the file's seconds, as registering reads the file."""
