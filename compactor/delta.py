@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from compactor import files
 from compactor.errors import (
     CorruptFile,
     MissingColumn,
@@ -70,8 +71,9 @@ class DeltaSpec:
     def table_columns(self, schema: pa.Schema, source: str) -> pa.Schema:
         """Check ``schema`` has the required columns, each name once; return the part that is
         table data."""
-        repeated = sorted({n for n in schema.names if schema.names.count(n) > 1})
-        if repeated:
+        repeated = sorted({n for n in schema.names if schema.names.count(n) > 1
+                           and (self.kind is not DeltaKind.DELETE or n in self.required())})
+        if repeated:  # (a delete's other columns are ignored, repeated or not)
             raise SchemaMismatch(f"{source}: column(s) {repeated} appear more than once")
         for name in self.required():
             if name not in schema.names:
@@ -132,10 +134,7 @@ class DeltaSpec:
     def check_parquet(self, parquet: pq.ParquetFile, source: str) -> None:
         """:meth:`check_rows` for a Parquet file, reading as little of it as it can."""
         meta = parquet.metadata
-        # top-level columns' leaves only: a column named "a.b" and field b of a struct a have
-        # one path, "a.b", but only the first's leaf is named so
-        leaves = (meta.schema.column(j) for j in range(meta.num_columns))
-        index = {c.path: j for j, c in enumerate(leaves) if c.name == c.path}
+        index = files.top_level_leaves(meta)
         offset = 0
         for g in range(meta.num_row_groups):
             group = meta.row_group(g)

@@ -51,6 +51,14 @@ def _info(storage: Storage, path: str) -> dict[str, Any]:
     return info
 
 
+def top_level_leaves(meta: pq.FileMetaData) -> dict[str, int]:
+    """The leaf (column chunk) number of each top-level column that is one leaf. By leaf name,
+    not by path: a column named "a.b" and field b of a struct a share the path "a.b", but only
+    the first's leaf is named so."""
+    leaves = (meta.schema.column(j) for j in range(meta.num_columns))
+    return {c.path: j for j, c in enumerate(leaves) if c.name == c.path}
+
+
 def arrow_schema(parquet: pq.ParquetFile) -> pa.Schema:
     """The Arrow schema of a Parquet file's data, as it was written.
 

@@ -23,7 +23,7 @@ from compactor.delta import DeltaSpec
 from compactor.errors import CommitConflict, EmptyDelta, SchemaMismatch, UnknownPartition
 from compactor.layout import PartitionKey
 from compactor.manifest import CdcOps, CompactedState, DataFile, Delta, DeltaKind
-from compactor.schema import evolve
+from compactor.schema import evolve, plain_schema
 from compactor.snapshot import Snapshot, compaction_entry, delta_entry, is_compaction
 
 if TYPE_CHECKING:
@@ -116,6 +116,7 @@ class Partition:
         spec = self._spec(kind, cdc)
         source = f"appended data for partition {self.key} of {self.table.url}"
         incoming = spec.table_columns(data.schema, source)
+        data = _plain_data(data, source)
         spec.check_rows(data, source)
         if data.num_rows == 0:
             raise EmptyDelta(f"{source}: no rows")
@@ -124,7 +125,7 @@ class Partition:
         evolve(self.table.metadata.schema, incoming, source=source)
         rel = layout.new_data_file(self.key)
         with self.table.storage.open_output(rel) as out:
-            pq.write_table(_writable(data), out)
+            pq.write_table(data, out)
         written = files.written(self.table.storage, self.table.storage.path(rel), data.num_rows)
         schema_version = self.table.evolve_schema([(incoming, source)])
         return self._commit_delta(spec, (written,), schema_version)
@@ -226,12 +227,24 @@ class Partition:
         return made[number]
 
 
-def _writable(data: pa.Table) -> pa.Table:
-    """``data`` as Parquet can be written from: a dictionary column with a null among its
-    values (pyarrow cannot write one) decoded (the table stores the value type anyway)."""
-    for i, field in enumerate(data.schema):
-        if pa.types.is_dictionary(field.type) and any(
-                chunk.dictionary.null_count for chunk in data.column(i).chunks):
-            data = data.set_column(i, field.with_type(field.type.value_type),
-                                   data.column(i).cast(field.type.value_type))
-    return data
+
+def _plain_data(data: pa.Table, source: str) -> pa.Table:
+    """``data`` with every column in its stored type (``schema.plain_schema``): the types the
+    table holds, and that Parquet can write (pyarrow cannot write a dictionary with a null among
+    its values, nor every nested dictionary or view). :class:`SchemaMismatch` naming a column
+    that cannot be converted."""
+    target = plain_schema(data.schema)
+    if target is data.schema:
+        return data
+    columns = []
+    for column, field, want in zip(data.columns, data.schema, target, strict=True):
+        if pa.types.is_dictionary(field.type):  # (a take decodes any value type; cast not)
+            column = pa.chunked_array([c.dictionary.take(c.indices) for c in column.chunks],
+                                      field.type.value_type)
+        try:
+            columns.append(column if column.type.equals(want.type) else column.cast(want.type))
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise SchemaMismatch(f"{source}: column {field.name!r} of type {field.type} cannot "
+                                 f"be stored as {want.type} ({e}); nothing was committed"
+                                 ) from None
+    return pa.Table.from_arrays(columns, schema=target)

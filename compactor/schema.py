@@ -12,8 +12,8 @@ the first file that gives one. Anything else, ``int32`` vs ``int64`` included, i
 and refused with the column, the old and the new type named.
 
 The table stores a column's plain type (``stored_type``): dictionary-encoded columns their value
-type, view types their plain ones (``string_view`` as ``string``, ``list_view`` as ``list``),
-also inside nested types; that is what Parquet holds and what a round writes. A type Parquet
+type, ``string_view`` and ``binary_view`` their plain ones, also inside nested types (list
+views stay list views); that is what Parquet holds and what a round writes. A type Parquet
 cannot hold (intervals of months, days and nanoseconds, unions, run-end encoded arrays) is
 refused before anything is committed.
 """
@@ -101,10 +101,6 @@ def same_logical_type(a: pa.DataType, b: pa.DataType) -> bool:
     return bool(a == b)
 
 
-def _is(name: str, t: pa.DataType) -> bool:
-    return bool(getattr(pa.types, name, lambda _: False)(t))  # (types newer pyarrow has)
-
-
 def stored_type(t: pa.DataType) -> pa.DataType:
     """The type a table stores a column of type ``t`` as: without dictionary encoding or view
     layouts, at any depth (the same values)."""
@@ -114,9 +110,11 @@ def stored_type(t: pa.DataType) -> pa.DataType:
         return pa.string()
     if pa.types.is_binary_view(t):
         return pa.binary()
-    if _is("is_list_view", t) or pa.types.is_list(t):
+    # (list views stay: pyarrow 26 casts a list view to a list wrongly, [[1], [2]] to
+    # [[1], []], and reads and writes them as such)
+    if pa.types.is_list(t):
         return pa.list_(t.value_field.with_type(stored_type(t.value_type)))
-    if _is("is_large_list_view", t) or pa.types.is_large_list(t):
+    if pa.types.is_large_list(t):
         return pa.large_list(t.value_field.with_type(stored_type(t.value_type)))
     if pa.types.is_fixed_size_list(t):
         return pa.list_(t.value_field.with_type(stored_type(t.value_type)), t.list_size)

@@ -98,7 +98,7 @@ def dictionary_reads(schema: pa.Schema) -> Callable[[pq.FileMetaData], list[str]
     def pick(meta: pq.FileMetaData) -> list[str]:
         if not text or not meta.num_row_groups:
             return []
-        where = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+        where = files.top_level_leaves(meta)
         chosen = []
         for name in text:
             if name not in where:

@@ -144,17 +144,14 @@ def _footer_stats(table: Table, file: DataFile, columns: list[str]) -> tuple[lis
     parquet = files.open_verified(table.storage, file)
     try:
         meta = parquet.metadata
-        names = parquet.schema_arrow.names
-        wanted = {names.index(c) for c in columns if c in names}
+        leaves = files.top_level_leaves(meta)
+        wanted = [leaves[c] for c in columns if c in leaves]
         groups, key_bytes, all_bytes = [], 0, 0
         for g in range(meta.num_row_groups):
             rg = meta.row_group(g)
             groups.append(rg.num_rows)
             all_bytes += rg.total_byte_size
-            for c in range(rg.num_columns):
-                col = rg.column(c)
-                if col.path_in_schema.split(".")[0] in columns or c in wanted:
-                    key_bytes += col.total_uncompressed_size
+            key_bytes += sum(rg.column(c).total_uncompressed_size for c in wanted)
         return groups, key_bytes, all_bytes
     finally:
         parquet.close()

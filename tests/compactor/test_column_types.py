@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import runtime
-from compactor import create_table
+from compactor import DeltaKind, create_table
 from compactor.compaction import compact_partition
 from compactor.errors import InvalidTableSpec, NullKey, SchemaMismatch
 from compactor.reader import read_partition
@@ -150,3 +150,66 @@ def test_a_categorical_key_and_a_dictionary_holding_null_are_taken_as_their_valu
     assert table.refresh().schema.field("c").type == pa.string()
     _compact(table)
     assert [(r["k"], r["c"]) for r in _state(table)] == [("x", "a"), ("y", None), ("z", "a")]
+
+
+def test_list_views_stay_list_views_and_are_not_taken_for_lists(rt, tmp_path) -> None:
+    """pyarrow casts a list view to a list wrongly ([[1], [2]] to [[1], []]): a table keeps
+    list views as such, and list-view data for a list column is refused."""
+    view = pa.list_view(pa.int64())
+    table = create_table(f"file://{tmp_path}/t", pa.schema([("k", pa.int64()), ("l", view)]),
+                         primary_key=["k"])
+    assert table.schema.field("l").type == view
+    part = table.partition()
+    part.append(pa.table({"k": [1, 2, 3], "l": pa.array([[1], [2], [3, 4]], view)}))
+    _compact(table)
+    part.append(pa.table({"k": [2], "l": pa.array([[5, 6]], view)}))
+    _compact(table)
+    assert [r["l"] for r in _state(table)] == [[1], [5, 6], [3, 4]]
+    plain = create_table(f"file://{tmp_path}/u", pa.schema([("k", pa.int64()),
+                                                            ("l", pa.list_(pa.int64()))]),
+                         primary_key=["k"])
+    with pytest.raises(SchemaMismatch, match="column 'l' changes type"):
+        plain.partition().append(pa.table({"k": [1], "l": pa.array([[1]], view)}))
+
+
+def test_appended_nested_dictionaries_and_views_are_written_as_their_values(rt, tmp_path
+                                                                           ) -> None:
+    """Data pyarrow cannot write as it is (a view inside a struct, a dictionary with a null
+    among its values inside a list, a dictionary of lists) is written in the plain types the
+    table stores."""
+    n = 3000
+    table = create_table(f"file://{tmp_path}/t", pa.schema([("k", pa.int64())]),
+                         primary_key=["k"])
+    data = pa.table({
+        "k": range(n),
+        "s": pa.array([{"a": f"x{i}"} for i in range(n)], pa.struct([("a", pa.string_view())])),
+        "ld": pa.ListArray.from_arrays(pa.array(range(n + 1), pa.int32()),
+                                       pa.DictionaryArray.from_arrays(
+                                           pa.array([i % 2 for i in range(n)], pa.int8()),
+                                           pa.array(["a", None]))),
+        "dl": pa.DictionaryArray.from_arrays(pa.array([i % 2 for i in range(n)], pa.int32()),
+                                             pa.array([[1], [2, 3]], pa.list_(pa.int64()))),
+    })
+    table.partition().append(data)
+    assert table.refresh().schema == pa.schema([
+        ("k", pa.int64()), ("s", pa.struct([("a", pa.string())])), ("ld", pa.list_(pa.string())),
+        ("dl", pa.list_(pa.int64()))])
+    _compact(table)
+    got = _state(table)
+    assert len(got) == n and got[1] == {"k": 1, "s": {"a": "x1"}, "ld": [None], "dl": [2, 3]}
+
+
+def test_a_delete_may_repeat_a_column_it_ignores(rt, tmp_path) -> None:
+    table = create_table(f"file://{tmp_path}/t", pa.schema([("k", pa.int64()),
+                                                            ("v", pa.int64())]),
+                         primary_key=["k"])
+    part = table.partition()
+    part.append(pa.table({"k": [1, 2], "v": [1, 2]}))
+    before_image = pa.Table.from_arrays([pa.array([1]), pa.array([1]), pa.array([1])],
+                                        names=["k", "v", "v"])
+    part.append(before_image, kind=DeltaKind.DELETE)
+    with pytest.raises(SchemaMismatch, match=r"column\(s\) \['k'\] appear more than once"):
+        part.append(pa.Table.from_arrays([pa.array([2]), pa.array([2])], names=["k", "k"]),
+                    kind=DeltaKind.DELETE)
+    _compact(table)
+    assert _state(table) == [{"k": 2, "v": 2}]
