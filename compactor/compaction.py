@@ -256,10 +256,10 @@ def compact_partition(
         try:
             return _round(table, partition, target_file_size, bucket_count, rebase,
                           compression, progress or _quiet)
-        except index_store.IndexUnavailable:
+        except index_store.IndexUnavailable as e:
             # the persisted index is gone or unreadable: rebuild it from the compacted files
             return _round(table, partition, target_file_size, bucket_count, rebase,
-                          compression, progress or _quiet, rebuild=True)
+                          compression, progress or _quiet, rebuild=str(e))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -288,7 +288,9 @@ def _idle(table: Table, partition: Partition, reason: NothingToDo, start: float
 
 def _round(table: Table, partition: Partition, target_file_size: int,
            bucket_count: int | None, rebase: bool, compression: str, progress: Progress,
-           rebuild: bool = False) -> CompactionResult:
+           rebuild: str = "") -> CompactionResult:
+    """One round; ``rebuild``: why the index is rebuilt from the compacted files (none:
+    it is not)."""
     start = time.perf_counter()
     seconds: dict[str, float] = {}
     rss: dict[str, int] = {}
@@ -299,7 +301,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
     try:
         plan = plan_round(table, partition, target_file_size=target_file_size,
                           bucket_count=bucket_count, rebase=rebase, groups=groups,
-                          rebuild=rebuild)
+                          rebuild=bool(rebuild))
     except NothingToDo as e:
         return _idle(table, partition, e, start)
     seconds["plan"], rss["plan"] = time.perf_counter() - t, peak_rss()
@@ -324,6 +326,9 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                          [t.size for t in plan.tasks] + [0] * len(plan.tombstones))
         seconds["hash_bucket"] = time.perf_counter() - t
         rss["hash_bucket"] = max((h.peak_rss for batch in hashed for h in batch), default=0)
+        notes = [f"the index was rebuilt from the compacted files ({rebuild})"] if rebuild \
+            else []
+        notes += sorted({h.warning for batch in hashed for h in batch if h.warning})
 
         t = time.perf_counter()
         _fold(plan, actors, hash_refs, progress)
@@ -409,6 +414,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         plan.snapshot.high_watermark, plan.high_watermark, plan.bucket_count,
         len(plan.snapshot.deltas), **result_fields,  # type: ignore[arg-type]
         seconds=time.perf_counter() - start, step_seconds=seconds, step_peak_rss=rss,
+        message="; ".join(notes),
     )
 
 

@@ -139,6 +139,8 @@ def run_round(job: Job, table: Table, partition: Partition, control: RoundContro
                 assert control.stopped is not None
                 return _done(run, clock, attempt, control.stopped.outcome, control.stopped)
             continue
+        if result.committed and result.message:  # (e.g. the index was rebuilt, and why)
+            log.warning("job %s partition %s: %s", job.name, partition.key, result.message)
         return replace(run, outcome=SUCCEEDED if result.committed else NOOP,
                        finished_at=clock.now(), attempts=attempt, rows_in=result.rows_in,
                        rows_out=result.rows_out, bytes_read=result.bytes_read,

@@ -57,6 +57,8 @@ def render_result(result: CompactionResult, out: Console) -> None:
     out.print(styled("compacted", "green"), f"partition {r.partition} of {r.table}: commit "
               f"{r.position}, watermark {r.high_watermark_before} -> {r.high_watermark_after} "
               f"({deltas}{', full rewrite' if r.rebased else ''})")
+    if r.message:  # (e.g. the index was rebuilt from the compacted files, and why)
+        out.print(styled("note:", "yellow"), r.message)
     figures = RichTable(box=None, show_header=False, padding=(0, 2))
     for name, value in (
         ("rows", f"{r.rows_in:,} in -> {r.rows_out:,} out"),

@@ -54,6 +54,7 @@ class HashOutput:
     position: int
     ordinal: int
     peak_rss: int = 0  # of the process that ran it (set by the task wrapper)
+    warning: str = ""  # what the round's result should say (a tombstone task's lost deletes)
 
 
 class GroupRecords:

@@ -12,8 +12,6 @@ materialized).
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pyarrow as pa
 
@@ -28,16 +26,16 @@ def carried_tombstones(storage: Storage, chain: list[str], order_type: pa.DataTy
                        tolerant: bool) -> HashOutput:
     """The tombstones of the index ``chain`` as delete records per group of ``groups`` over
     ``bucket_count`` buckets. ``tolerant``: an index known to be unusable may not be readable
-    at all; its deletes are then lost with it (warned), not the round."""
+    at all; its deletes are then lost with it (the output's ``warning`` says so), not
+    the round."""
     try:
         dead = index_store.tombstones(storage, chain, index_schema(order_type))
     except index_store.IndexUnavailable as e:
         if not tolerant:
             raise
-        warnings.warn(f"the deletes remembered by the index being rebuilt are lost with it ({e}):"
-                      " a row older than such a delete that arrives later will not lose to it",
-                      RuntimeWarning, stacklevel=2)
-        return HashOutput({}, 0, 0, position, ordinal)
+        return HashOutput({}, 0, 0, position, ordinal, warning=(
+            f"the deletes remembered by the index being rebuilt are lost with it ({e}): a row "
+            "older than such a delete that arrives later will not lose to it"))
     n = dead.num_rows
     hi = dead.column("hi").to_numpy()
     schema = record_schema(order_type)

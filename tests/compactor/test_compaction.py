@@ -432,6 +432,12 @@ def test_lost_index_files_are_rebuilt_from_data(rt, tmp_path):
     runtime.init("local", num_cpus=2)
     result = s.compact_and_check()
     assert result.rebased  # rebuilt from the compacted files, not from a lost index
+    # and the result says so, naming a file it missed; its deletes are lost with it
+    assert result.message.startswith("the index was rebuilt from the compacted files (index "
+                                     f"file file://{tmp_path}/t/partitions/"), result.message
+    assert "No such file or directory" in result.message
+    assert "the deletes remembered by the index being rebuilt are lost with it" in \
+        result.message
 
 
 @pytest.mark.parametrize("damage", ["two keys at one row", "a key at a row beyond its file"])
