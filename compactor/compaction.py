@@ -412,7 +412,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
     return CompactionResult(
         table.url, str(partition.key), True, plan.rebuild, state.position,
         plan.snapshot.high_watermark, plan.high_watermark, plan.bucket_count,
-        len(plan.snapshot.deltas), **result_fields,  # type: ignore[arg-type]
+        len(plan.snapshot.deltas), **result_fields,
         seconds=time.perf_counter() - start, step_seconds=seconds, step_peak_rss=rss,
         message="; ".join(notes),
     )
