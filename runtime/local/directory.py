@@ -45,6 +45,7 @@ class ObjectDirectory:
         self.store = store
         self.entries: dict[str, Entry] = {}
         self.waiters: list[Waiter] = []
+        self.failures = 0  # objects failed so far (the scheduler looks for dependents then)
 
     def entry(self, oid: str) -> Entry:
         e = self.entries.get(oid)
@@ -99,6 +100,7 @@ class ObjectDirectory:
         if e is None:
             return
         e.state, e.error, e.producer = FAILED, error, None
+        self.failures += 1
         self.notify()
 
     def is_done(self, oid: str) -> bool:

@@ -89,6 +89,8 @@ class LocalBackend(Backend):
         self.changed = threading.Condition(self.lock)
         self.works: dict[str, Work] = {}
         self.queue: deque[Work] = deque()  # tasks not yet running
+        self._failures_seen = 0  # the directory's failures when the queue was last scanned
+        self._zero_cpu_queued = 0  # queued works asking for no CPU (they fit a full machine)
         self.idle: deque[WorkerProc] = deque()
         self.starting = 0
         self.start_failures = 0
@@ -202,7 +204,18 @@ class LocalBackend(Backend):
         self.dir.entry(oid).producer = work
         self.dir.pin(arg_ids)
         self.works[oid] = work
-        self.queue.append(work)
+        self._enqueue(work)
+
+    def _enqueue(self, work: Work, first: bool = False) -> None:
+        if first:
+            self.queue.appendleft(work)
+        else:
+            self.queue.append(work)
+        self._zero_cpu_queued += work.cpus <= 1e-9
+
+    def _unqueue(self, work: Work) -> None:
+        self.queue.remove(work)
+        self._zero_cpu_queued -= work.cpus <= 1e-9
 
     def deps_state(self, work: Work) -> tuple[str, tuple | None]:
         """("ready"|"waiting"|"failed", the failed dependency's outcome)."""
@@ -238,12 +251,25 @@ class LocalBackend(Backend):
         # needs a new process (else every queued task counts, and a burst of tasks starts more
         # workers than can ever run at once)
         waiting_cpus, waiting_memory = 0.0, 0
+        blocked = sum(1 for w in self.workers.values() if w.blocked)
+        cap = max(4, 2 * math.ceil(self.total["CPU"])) + blocked
+        task_workers = sum(1 for w in self.workers.values() if w.actor is None)
+        # Once no worker is idle and no more would be started, the rest of the queue can wait
+        # for the next change: a scan of all of it at every submit and every finished task made
+        # a burst of N tasks cost N**2 (8,000 tasks: 20 s). Only a failed object (a task whose
+        # input failed must fail too) asks for the whole queue.
+        whole = self.dir.failures != self._failures_seen
+        self._failures_seen = self.dir.failures
         for work in list(self.queue):
+            if not whole and not self.idle and (
+                    need - self.starting >= cap - task_workers
+                    or (self.available["CPU"] <= 1e-9 and not self._zero_cpu_queued)):
+                break
             state, failed = self.deps_state(work)
             if state == "waiting":
                 continue
             if state == "failed":
-                self.queue.remove(work)
+                self._unqueue(work)
                 self.finish(work, failed)
                 continue
             if not self.fits(work.cpus, work.memory):
@@ -254,11 +280,9 @@ class LocalBackend(Backend):
                     waiting_cpus += work.cpus
                     waiting_memory += work.memory
                 continue
-            self.queue.remove(work)
+            self._unqueue(work)
             self._dispatch(work, self.idle.popleft())
         self.actors.schedule()
-        blocked = sum(1 for w in self.workers.values() if w.blocked)
-        cap = max(4, 2 * math.ceil(self.total["CPU"])) + blocked
         task_workers = sum(1 for w in self.workers.values() if w.actor is None)
         for _ in range(min(need - self.starting, cap - task_workers)):
             self._spawn()
@@ -335,16 +359,20 @@ class LocalBackend(Backend):
         with self.lock:
             self._flush_refs()
             self._check_known(ids)
+            done = 0  # ids[:done] are done (they stay so): each wake-up looks on from there
             while True:
-                missing = [oid for oid in ids if not self.dir.is_done(oid)]
+                while done < len(ids) and self.dir.is_done(ids[done]):
+                    done += 1
+                missing = ids[done:done + 1]
                 if not missing:
                     break
                 if self.closed:
                     raise NotInitializedError("the runtime was shut down while waiting in get()")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    late = sum(not self.dir.is_done(oid) for oid in ids[done:])
                     raise GetTimeoutError(
-                        f"runtime.get() timed out after {timeout} s: {len(missing)} of "
+                        f"runtime.get() timed out after {timeout} s: {late} of "
                         f"{len(ids)} object(s) not ready (first: {missing[0]})"
                     )
                 self.changed.wait(remaining)
@@ -386,7 +414,7 @@ class LocalBackend(Backend):
             return
         work.cancelled = True
         if work in self.queue:
-            self.queue.remove(work)
+            self._unqueue(work)
             self.fail_object(oid, TaskCancelledError(f"task {work.name} was cancelled"))
             self.works.pop(oid, None)
             self.dir.unpin(work.arg_ids)
@@ -484,7 +512,7 @@ class LocalBackend(Backend):
                     TaskCancelledError(f"task {work.name} was cancelled"), "")))
             elif work.retries_left != 0:
                 work.retries_left -= 1
-                self.queue.appendleft(work)
+                self._enqueue(work, first=True)
             else:
                 err = WorkerCrashedError(
                     f"the worker process (pid {w.pid}) running task {work.name} died ({how}); "
@@ -498,7 +526,8 @@ class LocalBackend(Backend):
 
     def _fail_all_queued(self, exc: BaseException) -> None:
         while self.queue:
-            work = self.queue.popleft()
+            work = self.queue[0]
+            self._unqueue(work)
             self.finish(work, ("error", *values.encode_error(exc, "")))
         self.start_failures = 0
 

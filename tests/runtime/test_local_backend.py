@@ -263,3 +263,60 @@ def test_a_task_that_forks_gets_its_own_result_and_its_child_ends(child_does: st
         assert _wait_until(lambda: not any(
             psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
             for p in born - workers))
+
+
+@runtime.remote
+def _identity(i: int) -> int:
+    return i
+
+
+def test_a_burst_of_tasks_is_scheduled_in_work_linear_in_its_size(monkeypatch):
+    """The scheduler looked at every queued task at every submit and every finished task, and
+    ``get`` at every wanted object at every wake-up: 8,000 tasks took 20 s. Counted, not timed:
+    the queued tasks it looks at, per task, stay few as the burst grows."""
+    from runtime import api
+    from runtime.local.driver import LocalBackend
+
+    looked = [0]
+    deps_state = LocalBackend.deps_state
+
+    def counting(self, work):  # type: ignore[no-untyped-def]
+        looked[0] += 1
+        return deps_state(self, work)
+
+    monkeypatch.setattr(LocalBackend, "deps_state", counting)
+    with runtime.init("local", num_cpus=2):
+        assert isinstance(api._backend, LocalBackend)
+        runtime.get([_identity.remote(i) for i in range(20)])  # workers up
+        per_task = []
+        for n in (500, 4000):
+            looked[0] = 0
+            assert runtime.get([_identity.remote(i) for i in range(n)]) == list(range(n))
+            per_task.append(looked[0] / n)
+    assert per_task[1] < 20 and per_task[1] < 2 * per_task[0] + 5, per_task
+
+
+@runtime.remote(max_retries=0)
+def _fails() -> None:
+    raise ValueError("no")
+
+
+@runtime.remote
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_task_whose_input_failed_fails_at_once_however_deep_in_the_queue():
+    """The scheduler stops looking down the queue once nothing more can start; a failed
+    object still makes it look at all of it, for the tasks that take it as input."""
+    with runtime.init("local", num_cpus=2):
+        runtime.get([_identity.remote(i) for i in range(4)])  # workers up
+        failing = _fails.remote()
+        busy = [_sleep.remote(0.5) for _ in range(40)]  # 10 s of work ahead of the next one
+        dependent = _identity.remote(failing)
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="no"):
+            runtime.get(dependent)
+        assert time.monotonic() - start < 5  # (not after the 10 s of work queued before it)
+        assert not runtime.wait(busy, timeout=0)[0][-1:]  # (that work is still queued)
