@@ -43,6 +43,11 @@ _MEMORY = frozenset({"memory"})
 _S3_DEFAULTS: dict[str, Any] = {
     "use_listings_cache": False,  # other writers add commits; a cached listing would hide them
 }
+# s3fs's own retries wrap botocore's (below), which already retry timeouts, dropped connections,
+# 5xx answers and throttling: s3fs's 5 made 25 attempts of a request (125 of a read, whose
+# request and body s3fs wraps each); one more is left for what botocore does not retry (a body
+# cut off mid-read). (An attribute, not a constructor argument.)
+_S3FS_RETRIES = 2
 # Retries are bounded: botocore's "standard" mode retries throttling (503 SlowDown), 5xx answers,
 # timeouts and dropped connections with exponential backoff and full jitter (up to 1, 2, 4, 8 s),
 # so a request that keeps failing surfaces its error after about 8 s (at most 15 s) instead of
@@ -50,6 +55,13 @@ _S3_DEFAULTS: dict[str, Any] = {
 # attempts a request fails only if all 5 do: at a 5% fault rate, about once in 10^7 requests.
 # The AWS environment (AWS_RETRY_MODE, AWS_MAX_ATTEMPTS) or ``config_kwargs`` override this.
 _S3_MAX_ATTEMPTS = 5
+# An endpoint that takes connections but never answers (a frozen server, a half-open connection
+# through a proxy) waited botocore's 60 s per attempt, every attempt of every s3fs retry (9 to
+# 12 minutes, seen with a listener that never replies): a connection is given 5 s, and an
+# answer 15 s of silence (S3 streams a GET's bytes without pauses that long). Such a listing
+# now fails after 2 x 5 attempts, about 3 minutes with botocore's backoff; a read, which s3fs
+# wraps twice, after twice that.
+_S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 15}
 
 # S3 answers 409 ConditionalRequestConflict while another conditional write to the same key is
 # in flight; the outcome is then unknown, so the same PUT is retried until it gets 200 or 412.
@@ -66,7 +78,8 @@ class Storage:
         protocol = fsspec.core.split_protocol(url)[0] or "file"
         kwargs = dict(self._options)
         if protocol in _S3:
-            config = {"retries": _s3_retries(), **kwargs.pop("config_kwargs", {})}
+            config = {"retries": _s3_retries(), **_S3_TIMEOUTS,
+                      **kwargs.pop("config_kwargs", {})}
             kwargs = {**_S3_DEFAULTS, **kwargs, "config_kwargs": config}
         elif protocol in _LOCAL:
             kwargs.setdefault("auto_mkdir", True)
@@ -76,6 +89,8 @@ class Storage:
                 "could not be atomic; use file://, s3:// or memory://"
             )
         fs, root = fsspec.core.url_to_fs(url, **kwargs)
+        if protocol in _S3:
+            fs.retries = _S3FS_RETRIES
         self.fs: AbstractFileSystem = fs
         self._protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
         self.protocol: str = self._protocols[0]

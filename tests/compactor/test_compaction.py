@@ -480,11 +480,13 @@ def test_a_flipped_bit_in_an_index_file_is_found_and_the_index_rebuilt(rt, tmp_p
     index = index_store.read(s.table.storage, chain, index_schema(pa.int64()))
     k = 123
     value = index.column(column).to_numpy()[k]
-    raw = bytearray(open(path, "rb").read())
+    with open(path, "rb") as f:
+        raw = bytearray(f.read())
     at = raw.find(value.tobytes())
-    assert at > 0 and raw.find(value.tobytes(), at + 1) < 0 or column == "row"
+    assert at > 0 and (column == "row" or raw.find(value.tobytes(), at + 1) < 0)
     raw[at] ^= 1 << 3
-    open(path, "wb").write(bytes(raw))
+    with open(path, "wb") as f:
+        f.write(bytes(raw))
     runtime.shutdown()  # a new process: the actors reload the damaged index
     runtime.init("local", num_cpus=2)
     ids = pa.array(np.arange(500))

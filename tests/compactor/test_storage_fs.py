@@ -83,6 +83,34 @@ def test_s3_endpoint_from_options(s3_server: str, s3_bucket: str,
     assert storage.list("") == ["k.json"]
 
 
+def test_an_s3_endpoint_that_never_answers_is_an_error_not_a_hang(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listener that takes connections and never answers (a frozen server): each attempt
+    gives up after its read timeout (15 s; 1 s here), botocore tries AWS_MAX_ATTEMPTS times
+    (5; 2 here), and s3fs that series twice (a read: twice again), not five times: 8 attempts
+    of 1 s and backoff, not 50."""
+    import socket
+    import time
+
+    from compactor.fs import _S3_TIMEOUTS
+
+    assert _S3_TIMEOUTS == {"connect_timeout": 5, "read_timeout": 15}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        storage = Storage("s3://silent/t", {
+            "endpoint_url": f"http://127.0.0.1:{listener.getsockname()[1]}",
+            "config_kwargs": {"read_timeout": 1}})
+        assert storage.fs.retries == 2
+        start = time.monotonic()
+        with pytest.raises(Exception, match=r"(?i)timeout"):
+            storage.read("k.json")
+        assert 7.5 < time.monotonic() - start < 25
+
+
 def test_s3_server_enforces_if_none_match(s3_server: str, s3_bucket: str) -> None:
     """The guarantee commits stand on, checked on the wire without our code in between."""
     client = boto3.client("s3", endpoint_url=s3_server)
