@@ -59,8 +59,8 @@ _S3_MAX_ATTEMPTS = 5
 # through a proxy) waited botocore's 60 s per attempt, every attempt of every s3fs retry (9 to
 # 12 minutes, seen with a listener that never replies): a connection is given 5 s, and an
 # answer 15 s of silence (S3 streams a GET's bytes without pauses that long). Such a listing
-# now fails after 2 x 5 attempts, about 3 minutes with botocore's backoff; a read, which s3fs
-# wraps twice, after twice that.
+# now fails after 2 x 5 attempts, 217 s with botocore's backoff (measured); a read, which s3fs
+# wraps twice, after about twice that.
 _S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 15}
 
 # S3 answers 409 ConditionalRequestConflict while another conditional write to the same key is
