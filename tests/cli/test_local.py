@@ -186,6 +186,18 @@ def test_verify_catches_corrupted_compacted_files(table_url: str, tmp_path: Path
     assert str(second) in report.json()["error"] and "changed" in report.json()["error"]
 
 
+def _compacted_and_verified(url: str) -> tuple[Path, pa.Table]:
+    """Compact the one-bucket table at ``url``, check verify says OK; its compacted file (path
+    and rows)."""
+    assert compactor("compact", url).code == 0
+    report = compactor("verify", url, "--json")
+    assert report.code == 0 and report.json()["ok"], report
+    [path] = [Path(f["url"].removeprefix("file://")) for b in compactor(
+        "show", url, "--files", "--json").json()["partitions"][0]["compacted"]["buckets"]
+        for f in b["file_list"]]
+    return path, pq.read_table(path)
+
+
 def test_verify_takes_types_duckdb_holds_otherwise_and_names_those_it_cannot(
         tmp_path: Path) -> None:
     """256-bit decimals of up to 38 digits (nested too) and half floats are checked as DuckDB's
@@ -206,13 +218,7 @@ def test_verify_takes_types_duckdb_holds_otherwise_and_names_those_it_cannot(
                      "h": pa.array(np.array([1.5, np.nan, -0.25], np.float16)),
                      "ds": [[Decimal("1.5")], None, [Decimal("-9.9"), None]]}, schema=schema)
     part.append(rows)
-    assert compactor("compact", url).code == 0
-    report = compactor("verify", url, "--json")
-    assert report.code == 0 and report.json()["ok"], report
-    [path] = [Path(f["url"].removeprefix("file://")) for b in compactor(
-        "show", url, "--files", "--json").json()["partitions"][0]["compacted"]["buckets"]
-        for f in b["file_list"]]
-    stored = pq.read_table(path)
+    path, stored = _compacted_and_verified(url)
     changed = stored.set_column(2, "d", pa.array(
         [Decimal("123456789012345678.51"), None, Decimal("-1.25")], pa.decimal256(20, 2)))
     replace_keeping_fingerprint(path, changed)
@@ -256,13 +262,7 @@ def test_verify_tells_columns_apart_by_case_and_from_its_own_and_names_what_duck
             for i in range(1, 6)]
     part.append(pa.Table.from_pylist(rows, schema=schema))
     part.append(pa.Table.from_pylist([{**rows[1], "v": 99, "V": "new", "lsn": 9}], schema=schema))
-    assert compactor("compact", url).code == 0
-    report = compactor("verify", url, "--json")
-    assert report.code == 0 and report.json()["ok"], report
-    [path] = [Path(f["url"].removeprefix("file://")) for b in compactor(
-        "show", url, "--files", "--json").json()["partitions"][0]["compacted"]["buckets"]
-        for f in b["file_list"]]
-    stored = pq.read_table(path)
+    path, stored = _compacted_and_verified(url)
     at = stored.column("k").to_pylist().index(3)
     values = stored.column("v").to_pylist()
     values[at] = -1
