@@ -227,7 +227,6 @@ class Partition:
         return made[number]
 
 
-
 def _plain_data(data: pa.Table, source: str) -> pa.Table:
     """``data`` with every column in its stored type (``schema.plain_schema``): the types the
     table holds, and that Parquet can write (pyarrow cannot write a dictionary with a null among
