@@ -6,7 +6,10 @@ Readers map the file
 read-only and get zero-copy views. Freeing unlinks the file; mappings still open keep their pages
 until they are dropped, so a reader never sees memory vanish under it.
 
-The whole session lives in one directory, so cleanup after a crash is one ``rmtree``.
+The whole session lives in one directory, so cleanup after a crash is one ``rmtree``. Its name
+carries the driver's process id: a driver killed before its zygote took over the cleanup (which
+it does when the driver's connection closes) leaves a directory that the next store created on
+the machine removes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import os
 import shutil
 import tempfile
 from typing import Any
+
+import psutil
 
 from runtime.errors import ObjectLostError, ObjectStoreFullError
 from runtime.local import serialization
@@ -36,13 +41,27 @@ def session_dirs(parent: str | None = None) -> list[str]:
     return [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(PREFIX)]
 
 
+def reap_orphans(parent: str | None = None) -> list[str]:
+    """Remove the store directories whose driver process is gone; the ones removed. (A name
+    without a process id, of an earlier version, is left alone.)"""
+    reaped = []
+    for path in session_dirs(parent):
+        pid, dash, _ = os.path.basename(path)[len(PREFIX):].partition("-")
+        if dash and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            reaped.append(path)
+    return reaped
+
+
 class ObjectStore:
     def __init__(self, root: str) -> None:
         self.root = root
 
     @classmethod
     def create(cls, session_id: str, parent: str | None = None) -> ObjectStore:
-        root = os.path.join(parent or default_parent(), PREFIX + session_id)
+        parent = parent or default_parent()
+        reap_orphans(parent)
+        root = os.path.join(parent, f"{PREFIX}{os.getpid()}-{session_id}")
         os.makedirs(root, mode=0o700)
         return cls(root)
 

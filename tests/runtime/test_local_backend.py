@@ -320,3 +320,23 @@ def test_a_task_whose_input_failed_fails_at_once_however_deep_in_the_queue():
             runtime.get(dependent)
         assert time.monotonic() - start < 5  # (not after the 10 s of work queued before it)
         assert not runtime.wait(busy, timeout=0)[0][-1:]  # (that work is still queued)
+
+
+def test_a_store_left_by_a_killed_driver_is_removed_by_the_next_one(tmp_path):
+    """A driver killed before its zygote took over its cleanup leaves its store directory;
+    the next store made on the machine removes it (its name says whose it was), and leaves
+    those of live drivers, and names it cannot read, alone."""
+    from runtime.local.store import PREFIX, ObjectStore
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = tmp_path / f"{PREFIX}{gone.pid}-0123456789ab"
+    live = tmp_path / f"{PREFIX}{os.getpid()}-0123456789ab"
+    unknown = tmp_path / f"{PREFIX}0123456789ab"  # (an earlier version's name)
+    for d in (orphan, live, unknown):
+        d.mkdir()
+        (d / "object").write_bytes(b"x")
+    store = ObjectStore.create("fedcba987654", str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, unknown.name, f"{PREFIX}{os.getpid()}-fedcba987654"])
+    store.destroy()
