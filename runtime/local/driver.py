@@ -204,6 +204,10 @@ class LocalBackend(Backend):
         self.dir.entry(oid).producer = work
         self.dir.pin(arg_ids)
         self.works[oid] = work
+        state, failed = self.deps_state(work)
+        if state == "failed":  # an input failed already: so does it, now (the scheduler may
+            self.finish(work, failed)  # not look this far down the queue for a while)
+            return
         self._enqueue(work)
 
     def _enqueue(self, work: Work, first: bool = False) -> None:

@@ -297,7 +297,8 @@ def test_a_burst_of_tasks_is_scheduled_in_work_linear_in_its_size(monkeypatch):
 
 
 @runtime.remote(max_retries=0)
-def _fails() -> None:
+def _fails(after: float = 0.0) -> None:
+    time.sleep(after)
     raise ValueError("no")
 
 
@@ -307,19 +308,24 @@ def _sleep(seconds: float) -> float:
     return seconds
 
 
-def test_a_task_whose_input_failed_fails_at_once_however_deep_in_the_queue():
-    """The scheduler stops looking down the queue once nothing more can start; a failed
-    object still makes it look at all of it, for the tasks that take it as input."""
+@pytest.mark.parametrize("when", ["failed before", "fails while queued"])
+def test_a_task_whose_input_failed_fails_at_once_however_deep_in_the_queue(when: str):
+    """The scheduler stops looking down the queue once nothing more can start. A task whose
+    input has failed fails all the same: at once when submitted after the failure, and as
+    the input fails when it waits behind other work (a failure makes the scheduler look at
+    the whole queue)."""
     with runtime.init("local", num_cpus=2):
         runtime.get([_identity.remote(i) for i in range(4)])  # workers up
-        failing = _fails.remote()
+        failing = _fails.remote(0.0 if when == "failed before" else 0.5)
+        if when == "failed before":
+            assert runtime.wait([failing], timeout=30)[0] == [failing]
         busy = [_sleep.remote(0.5) for _ in range(40)]  # 10 s of work ahead of the next one
         dependent = _identity.remote(failing)
         start = time.monotonic()
         with pytest.raises(ValueError, match="no"):
             runtime.get(dependent)
         assert time.monotonic() - start < 5  # (not after the 10 s of work queued before it)
-        assert not runtime.wait(busy, timeout=0)[0][-1:]  # (that work is still queued)
+        assert runtime.wait(busy[-1:], timeout=0)[0] == []  # (that work is still queued)
 
 
 def test_a_store_left_by_a_killed_driver_is_removed_by_the_next_one(tmp_path):
