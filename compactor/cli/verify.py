@@ -89,8 +89,9 @@ def verify(session: Session, url: str, partition: dict[str, str] | None, limit: 
     keeps the newest row per key (ordering column, stream position, file order, row order),
     drops deletes, and compares the result with the compacted files row by row. Prints OK, or
     the differing keys and exits 1. A compacted or delta file that is missing or changed since
-    it was committed is a failure too. A table with a column DuckDB cannot hold exactly
-    (decimals of more than 38 digits) cannot be verified: an error, exit status 1.
+    it was committed is a failure too. What DuckDB cannot hold or read cannot be verified (an
+    error, exit status 1): decimals of more than 38 digits, text that is not UTF-8, a file
+    column named file_row_number.
 
     \b
     Example:
