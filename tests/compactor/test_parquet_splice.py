@@ -58,6 +58,14 @@ def test_the_codec_round_trips_every_kind_of_value() -> None:
         tc.loads(tc.dumps(value) + b"\x00")
 
 
+def test_damaged_footers_are_thrift_errors() -> None:
+    """Bytes a damaged footer may hold: nesting deeper than Python recurses, a varint that
+    never ends, a string longer than what is left, an unknown type."""
+    for data in (b"\x1c" * 100_000, b"\x15" + b"\xff" * 20, b"\x18\x10ab", b"\x1d\x00"):
+        with pytest.raises(tc.ThriftError):
+            tc.loads(data)
+
+
 def _wide_table(rows: int, seed: int) -> pa.Table:
     """Many columns (more than 15: long list headers and field deltas), nested and
     dictionary-worthy ones, negative numbers, nulls."""
