@@ -31,7 +31,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from compactor.errors import CommitConflict, CommitUnknown, CorruptFile, UnknownPartition
+from compactor.errors import (
+    CommitConflict,
+    CommitUnknown,
+    CorruptFile,
+    UnknownPartition,
+    mark_commit_unknown,
+)
 from compactor.fs import Storage
 from compactor.layout import PartitionKey, checkpoint_dir, log_file, numbered_file, parse_number
 from compactor.snapshot import Snapshot, advance, empty
@@ -144,6 +150,17 @@ class CommitLog:
         """
         commit_id = uuid.uuid4().hex
         number = base + 1
+        try:
+            return self._commit(make_entry, commit_id, number, rebase)
+        except BaseException as e:
+            if not isinstance(e, Exception):  # interrupted: the request may have landed
+                mark_commit_unknown(e, f"{self._where(number)} (or a later one, after lost "
+                                       "races) was being written when the process was "
+                                       "interrupted: whether it was committed is unknown")
+            raise
+
+    def _commit(self, make_entry: Callable[[int, str], dict[str, Any]], commit_id: str,
+                number: int, rebase: Callable[[int, Entry], None] | None) -> int:
         for attempt in range(_MAX_ATTEMPTS):
             entry = make_entry(number, commit_id)
             rel = log_file(self.partition, number)

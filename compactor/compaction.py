@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 import runtime
-from compactor.errors import CommitUnknown, InvalidTableSpec, TooManyFiles
+from compactor.errors import CommitUnknown, InvalidTableSpec, TooManyFiles, commit_unknown
 from compactor.faults import maybe_fail
 from compactor.manifest import DataFile
 from compactor.partition import Partition
@@ -409,7 +409,8 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                 pass
         for a in actors:
             a.abort.remote()
-        if not isinstance(e, CommitUnknown):  # (a commit that may have landed names them)
+        # (a commit that may have landed names them: an interrupt while it was written too)
+        if not isinstance(e, CommitUnknown) and commit_unknown(e) is None:
             _cleanup(table, written, new_index_paths)
         raise
     # committed: from here on nothing may clean the round's files up (a progress callback that

@@ -44,6 +44,21 @@ class CommitUnknown(CommitConflict):
     again plans from the log as it is."""
 
 
+# the attribute an interrupt (KeyboardInterrupt, SystemExit: not an Exception, so it stays
+# what it is) carries when it came while a commit was being written: why its outcome is unknown
+_COMMIT_UNKNOWN = "compactor_commit_unknown"
+
+
+def mark_commit_unknown(e: BaseException, why: str) -> None:
+    """Say on ``e`` that it interrupted a commit whose outcome is unknown (``why``)."""
+    setattr(e, _COMMIT_UNKNOWN, why)
+
+
+def commit_unknown(e: BaseException | None) -> str | None:
+    """Why the commit ``e`` interrupted may have landed (None: ``e`` did not interrupt one)."""
+    return getattr(e, _COMMIT_UNKNOWN, None) if e is not None else None
+
+
 class SchemaMismatch(CompactorError, ValueError):
     """Data does not fit the table schema (incompatible type, missing required column, ...)."""
 

@@ -24,6 +24,7 @@ from compactor.cli.read import read
 from compactor.cli.show import history, show
 from compactor.cli.table import table_group
 from compactor.cli.verify import verify
+from compactor.errors import commit_unknown
 
 __all__ = ["cli", "main"]
 
@@ -91,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except click.exceptions.Abort as e:
         if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C: the shells' 128 + SIGINT
-            click.echo("interrupted: nothing was committed by a round that had not finished",
+            why = commit_unknown(e.__context__)
+            click.echo(f"interrupted while committing: {why}; `compactor history` shows "
+                       "whether it was (the files it names were kept either way)" if why else
+                       "interrupted: nothing was committed by a round that had not finished",
                        err=True)
             return EXIT_INTERRUPTED
         click.echo("Aborted!", err=True)

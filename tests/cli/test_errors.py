@@ -134,3 +134,30 @@ def test_a_failure_shows_the_notes_that_say_which_file() -> None:
     assert err.getvalue().strip() == (
         "error: ConnectionResetError: [Errno 104] Connection reset by peer "
         "(reading s3://lake/orders/part-7.parquet)")
+
+
+def test_ctrl_c_while_the_commit_is_written_says_it_may_have_landed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from compactor.cli import main
+    from compactor.fs import Storage
+
+    url = str(tmp_path / "t")
+    assert compactor("table", "create", url, "-k", "id", "--order-by", "lsn",
+                     "--schema", SCHEMA).code == 0
+    assert compactor("append", url, "--kind", "upsert", write_parquet(
+        tmp_path / "a.parquet", upserts([1, 2, 3], "a", 0))).code == 0
+    create = Storage.create
+
+    def landed_then_interrupted(self: Storage, rel: str, data: bytes) -> None:
+        create(self, rel, data)
+        if "/_log/" in rel and b'"compaction"' in data:
+            raise KeyboardInterrupt  # Ctrl-C before the answer came
+
+    monkeypatch.setattr(Storage, "create", landed_then_interrupted)
+    assert main(["compact", url]) == 130
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("interrupted while committing: commit 2 of partition"), err
+    assert "whether it was committed is unknown" in err and "compactor history" in err
+    monkeypatch.undo()
+    assert compactor("verify", url).code == 0  # it landed, and its files are there

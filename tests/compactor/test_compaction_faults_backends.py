@@ -11,7 +11,10 @@ import pytest
 
 import runtime
 from compactor.compaction import compact_partition
+from compactor.errors import commit_unknown
 from compactor.faults import ENV, InjectedFault
+from compactor.fs import Storage
+from compactor.layout import LOG_DIR
 from compactor.reader import read_partition
 from tests.compactor.test_compaction import SCHEMA, Scenario, _rows
 
@@ -70,6 +73,36 @@ def test_failed_commit_publishes_nothing_and_a_rerun_converges(faulty, tmp_path)
         assert s.part.version() == version
         assert read_partition(s.table, s.part).equals(before)
         s.compact_and_check()
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_an_interrupt_while_the_commit_is_written_keeps_the_files_it_names(
+        tmp_path, monkeypatch, request, where):
+    """Ctrl-C after the commit's request landed but before its answer did (a helper saw it on
+    S3 behind a slow proxy): the round must not remove its files, which the commit names."""
+    url = f"file://{tmp_path}/t" if where == "file" else \
+        f"s3://{request.getfixturevalue('s3_bucket')}/t"
+    s = Scenario(url, SCHEMA, ["id"], "lsn")
+    with runtime.init("local", num_cpus=2):
+        _two_rounds(s)
+        version = s.part.version()
+        create = Storage.create
+
+        def landed_then_interrupted(self: Storage, rel: str, data: bytes) -> None:
+            create(self, rel, data)
+            if rel.split("/")[-2:-1] == [LOG_DIR] and b'"compaction"' in data:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(Storage, "create", landed_then_interrupted)
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            compact_partition(s.table, s.part)
+        monkeypatch.undo()
+        assert "whether it was committed is unknown" in (commit_unknown(interrupted.value) or "")
+        assert s.part.version() == version + 1  # it landed, and every file it names is there
+        s.check()
+        state = s.part.snapshot().compacted
+        assert state is not None and all(s.table.storage.fs.exists(
+            s.table.storage.strip(f.url)) for f in state.files)
 
 
 @pytest.fixture
