@@ -42,12 +42,15 @@ expire from the log first, which no command does.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from compactor.commit_log import CommitLog
@@ -147,8 +150,28 @@ def _partition_dirs(table: Table, rel_paths: list[str]) -> dict[str, list[str]]:
     return grouped
 
 
-def _referenced(table: Table, pdir: str) -> set[str]:
-    """Filesystem paths every commit of the partition in ``pdir`` references."""
+def _identity(storage: Storage) -> Callable[[str], str]:
+    """What tells two paths of ``storage`` apart as files: on a local filesystem the path with
+    its directory's symlinks resolved (writers reached the table by other paths: a symlink, or
+    a relative path from inside one, which the process's working directory resolves; their
+    commits name its files by those), elsewhere the normalized path."""
+    if storage.protocol not in ("file", "local"):
+        return posixpath.normpath
+
+    @lru_cache(maxsize=4096)
+    def directory(path: str) -> str:  # (a table's files share a few dozen directories)
+        return os.path.realpath(path)
+
+    def identity(path: str) -> str:
+        head, name = posixpath.split(posixpath.normpath(path))
+        return posixpath.join(directory(head), name)
+
+    return identity
+
+
+def _referenced(table: Table, pdir: str, identity: Callable[[str], str]) -> set[str]:
+    """The files (``identity`` of their paths) every commit of the partition in ``pdir``
+    references."""
     storage = table.storage
     key = PartitionKey.from_dir(pdir)
     log = CommitLog(storage, key, table.metadata.checkpoint_interval)
@@ -163,7 +186,7 @@ def _referenced(table: Table, pdir: str) -> set[str]:
     def add_url(url: str) -> None:
         path = storage.strip(url)
         if path is not None:
-            paths.add(posixpath.normpath(path))
+            paths.add(identity(path))
 
     for number, entry in enumerate(entries, 1):
         try:
@@ -175,8 +198,7 @@ def _referenced(table: Table, pdir: str) -> set[str]:
                 for f in state.files:
                     add_url(f.url)
                 for chain in _index_chains(state):
-                    paths.update(posixpath.normpath(posixpath.join(storage.root, rel))
-                                 for rel in chain)
+                    paths.update(identity(posixpath.join(storage.root, rel)) for rel in chain)
             else:
                 raise ValueError(f"unknown commit kind {entry.get('kind')!r}")
         except (KeyError, TypeError, ValueError) as e:
@@ -241,12 +263,13 @@ def collect_garbage(table: Table, *, older_than: float = DEFAULT_GRACE, dry_run:
     # Read the logs only now: whatever commits after this references files listed as
     # referenced already, or files younger than the grace period.
     referenced: set[str] = set()
+    identity = _identity(storage)
     for pdir in sorted({p for p, _ in candidates if p is not None}):
-        referenced |= _referenced(table, pdir)
+        referenced |= _referenced(table, pdir, identity)
     now = time.time() if now is None else now
     garbage = [c for _, c in candidates
-               if posixpath.normpath(c.path) not in referenced and now - c.modified >= older_than]
-    live = sum(1 for _, c in candidates if posixpath.normpath(c.path) in referenced)
+               if identity(c.path) not in referenced and now - c.modified >= older_than]
+    live = sum(1 for _, c in candidates if identity(c.path) in referenced)
     if garbage and not dry_run:
         _remove(storage, [c.path for c in garbage])
     return GcResult(

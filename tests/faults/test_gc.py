@@ -225,3 +225,30 @@ def test_gc_command(tmp_path):
     assert done.code == 0 and orphan in done.out and not os.path.exists(orphan), done
     bad = compactor("gc", tmp_path / "t", "--older-than", "soon")
     assert bad.code == 2 and "'soon' is not a duration" in bad.err, bad
+
+
+def test_a_table_reached_by_other_paths_keeps_every_referenced_file(rt, tmp_path, monkeypatch):
+    """Writers that reached the table through a symlink, or by a relative path from inside
+    one (the working directory resolves it to the real path), name its files by those paths
+    in their commits; gc through yet another path must see them as the same files (it
+    removed them: a helper's finding)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    create_table(f"file://{link}/t", SCHEMA, primary_key=["id"], ordering_column="lsn")
+    rows = pa.table({"id": [1, 2, 3], "v": ["a", "b", "c"], "lsn": [1, 2, 3]}, schema=SCHEMA)
+    from compactor import open_table
+
+    via_link = open_table(f"file://{link}/t")
+    via_link.partition().append(rows)
+    monkeypatch.chdir(link)  # "./t" from inside the link: the real path
+    relative = open_table("t")
+    relative.partition().append(rows.set_column(1, "v", pa.array(["x", "y", "z"])))
+    compact_partition(relative, relative.partition())
+    expected = read_partition(via_link, via_link.partition())
+    for path in (real / "t", link / "t"):  # (no grace period: every file is old enough)
+        result = collect_garbage(open_table(f"file://{path}"), older_than=0)
+        assert result.removed == () and result.referenced == result.files, (path, result)
+    assert read_partition(via_link, via_link.partition()).equals(expected)
+    assert expected.column("v").to_pylist() == ["x", "y", "z"]
