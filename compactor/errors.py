@@ -64,7 +64,8 @@ class SchemaMismatch(CompactorError, ValueError):
 
 
 class MissingColumn(SchemaMismatch):
-    """A data file lacks a column the delta kind needs (a key, the ordering or the op column)."""
+    """A column that is needed is not there: a data file lacks one the delta kind needs (a key,
+    the ordering or the op column), or a read asks for one the table does not have."""
 
 
 class NullKey(CompactorError, ValueError):

@@ -68,6 +68,10 @@ class Partition:
 
         Raises :class:`UnknownPartition` if the partition has no commits, or no such commit.
         """
+        if version is not None and version < 1:
+            raise UnknownPartition(
+                f"partition {self.key} of {self.table.url} has no commit {version}: commits are "
+                f"numbered from 1 (the newest is {self.log.head()})")
         snapshot = self.log.load(version)
         if snapshot.version == 0:
             raise UnknownPartition(f"partition {self.key} of {self.table.url} has no commits")

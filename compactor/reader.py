@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from compactor.errors import MissingColumn
 from compactor.partition import Partition
 from compactor.pipeline.materialize import conform
 from compactor.table import Table
@@ -23,9 +24,15 @@ def read_partition(table: Table, partition: Partition | Mapping[str, Any] | None
     if not isinstance(partition, Partition):
         partition = table.partition(partition)
     snap = partition.snapshot(version)
-    table.metadata_at(snap.schema_version)  # (a handle older than the snapshot's columns)
-    schema = table.schema
+    # the columns as of the snapshot (not ones added since, as nulls)
+    schema = table.metadata_at(snap.schema_version).schema
     if columns is not None:
+        unknown = [c for c in columns if c not in schema.names]
+        if unknown:
+            raise MissingColumn(
+                f"partition {partition.key} of {table.url} has no column "
+                f"{', '.join(map(repr, unknown))} at commit {snap.version} (its columns: "
+                f"{', '.join(schema.names)})")
         schema = pa.schema([schema.field(c) for c in columns])
     if snap.compacted is None:
         return schema.empty_table()

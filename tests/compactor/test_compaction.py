@@ -24,9 +24,11 @@ from compactor.compaction import compact_partition
 from compactor.errors import (
     FileTooLarge,
     InvalidTableSpec,
+    MissingColumn,
     NullValue,
     SchemaMismatch,
     TooManyFiles,
+    UnknownPartition,
 )
 from compactor.merge import index_schema
 from compactor.pipeline import index_store
@@ -97,6 +99,25 @@ def test_rounds_of_upserts_and_deletes_match_the_oracle(rt, tmp_path):
         assert result.committed and result.position == s.part.version()
         assert result.high_watermark_after == result.position - 1
         assert result.rows_out == read_partition(s.table, s.part).num_rows
+
+
+def test_an_older_version_reads_with_the_columns_it_had(rt, tmp_path):
+    """Not with columns added since (as nulls); bad versions and columns are named."""
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn")
+    s.upsert(_rows(np.random.default_rng(3), 50, 40, 0, "a"))
+    first = s.compact_and_check().position
+    wider = pa.table({"id": [1, 99], "v": ["b", "c"], "lsn": [100, 101], "extra": [7, 8]})
+    s.upsert(wider)
+    s.compact_and_check()
+    assert read_partition(s.table, s.part, version=first).schema == SCHEMA
+    assert read_partition(s.table, s.part).column_names == ["id", "v", "lsn", "extra"]
+    newest = s.part.version()
+    for bad in (0, -1):
+        with pytest.raises(UnknownPartition, match=f"no commit {bad}: commits are numbered "
+                                                   f"from 1 \\(the newest is {newest}\\)"):
+            read_partition(s.table, s.part, version=bad)
+    with pytest.raises(MissingColumn, match=f"no column 'extra' at commit {first} "):
+        read_partition(s.table, s.part, version=first, columns=["id", "extra"])
 
 
 def test_ordering_column_beats_arrival_order_and_tombstones_hold(rt, tmp_path):
