@@ -404,3 +404,39 @@ def test_read_before_any_round_exports_an_empty_state(table_url: str, tmp_path: 
     assert "not included" in exported.err
     data = pq.read_table(tmp_path / "out")
     assert data.num_rows == 0 and data.schema.names == ["id", "v", "lsn"]
+
+
+def _readme_steps_by_hand() -> list[list[str]]:
+    """The README's "same steps by hand", as argument lists (continuations joined, comments
+    dropped, the leading ``compactor`` removed)."""
+    import shlex
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    block = text.split("The same steps by hand", 1)[1].split("```bash\n", 1)[1]
+    block = block.split("```", 1)[0].replace("\\\n", " ")
+    steps = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    assert steps and all(step[0] == "compactor" for step in steps), steps
+    return [step[1:] for step in steps]
+
+
+def test_the_readmes_steps_by_hand_work_as_written(tmp_path: Path) -> None:
+    """Run locally: the S3 URLs become directories, and the Ray round a local one."""
+    exports = tmp_path / "exports" / "orders"
+    write_parquet(exports / "LOAD0001.parquet",  # a full load, as DMS writes one: no Op
+                  {"order_id": [1, 2, 3], "v": ["a", "b", "c"], "lsn": [1, 2, 3]})
+    write_parquet(exports / "2024" / "05" / "01" / "20240501-0001.parquet",
+                  {"Op": ["U", "D", "I"], "order_id": [1, 2, 4], "v": ["a2", "b", "d"],
+                   "lsn": [10, 11, 12]})
+    places = {"s3://lake/orders": str(tmp_path / "lake" / "orders"),
+              "s3://exports/orders": str(exports)}
+    for step in _readme_steps_by_hand():
+        args = [next((a.replace(u, p) for u, p in places.items() if a.startswith(u)), a)
+                for a in step]
+        if "--backend" in args:  # (the Ray cluster the README joins)
+            at = args.index("--backend")
+            del args[at:at + 4]
+        run = compactor(*args, cwd=tmp_path)
+        assert run.code == 0, run
+    rows = pq.read_table(tmp_path / "exports" / "orders-now").sort_by("order_id")
+    assert rows.column("order_id").to_pylist() == [1, 3, 4]
+    assert rows.column("v").to_pylist() == ["a2", "c", "d"]
