@@ -93,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort as e:
         if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C: the shells' 128 + SIGINT
             why = commit_unknown(e.__context__)
-            click.echo(f"interrupted while committing: {why}; `compactor history` shows "
+            message = (f"interrupted while committing: {why}; `compactor history` shows "
                        "whether it was (the files it names were kept either way)" if why else
-                       "interrupted: nothing was committed by a round that had not finished",
-                       err=True)
+                       "interrupted: nothing was committed by a round that had not finished")
+            if "--json" in args:  # (the one JSON document every failure prints)
+                click.echo(json.dumps({"ok": False, "error": message,
+                                       "error_type": "Interrupted",
+                                       "exit_code": EXIT_INTERRUPTED}))
+            click.echo(message, err=True)
             return EXIT_INTERRUPTED
         click.echo("Aborted!", err=True)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -159,5 +160,12 @@ def test_ctrl_c_while_the_commit_is_written_says_it_may_have_landed(
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("interrupted while committing: commit 2 of partition"), err
     assert "whether it was committed is unknown" in err and "compactor history" in err
+    assert compactor("append", url, "--kind", "upsert", write_parquet(
+        tmp_path / "b.parquet", upserts([4], "b", 9))).code == 0
+    assert main(["compact", url, "--json"]) == 130  # the JSON document of a failure too
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["ok"], printed["error_type"], printed["exit_code"]) == (
+        False, "Interrupted", 130)
+    assert printed["error"].startswith("interrupted while committing: commit 4 of partition")
     monkeypatch.undo()
-    assert compactor("verify", url).code == 0  # it landed, and its files are there
+    assert compactor("verify", url).code == 0  # they landed, and their files are there
