@@ -207,9 +207,13 @@ def run(session: Session, config: str) -> None:
 def once(session: Session, config: str) -> None:
     """Evaluate every trigger once, run the rounds that are due, wait for them, exit.
 
-    Exit codes: 0 every round succeeded (or had nothing to do), 1 a round failed, timed out
-    or was abandoned, or a trigger could not be evaluated, 128 + the signal's number after
-    SIGINT (130) or SIGTERM (143)."""
+    A partition that is due while another scheduler holds its lease (running a round of it,
+    or crashed: the lease then expires after lease_ttl) is not run here; the summary lists
+    it ("held"), and it stays due.
+
+    Exit codes: 0 every round succeeded (or had nothing to do; held partitions too), 1 a round
+    failed, timed out or was abandoned, or a trigger could not be evaluated, 128 + the
+    signal's number after SIGINT (130) or SIGTERM (143)."""
     session.where = f"config {config}"
     cfg = _config(session, config)
     signals: list[int] = []
@@ -240,12 +244,24 @@ def once(session: Session, config: str) -> None:
                         "started after it, and a running one that outlived the grace period "
                         "was abandoned before its commit")
     code = 128 + signals[0] if signals else 0 if ok else EXIT_FAILURE
+    held = [{"job": job, "partition": label} for job, label in scheduler.held]
     report: dict[str, object] = {"ok": ok, "runs": [r.to_dict() for r in runs],
-                                 "errors": scheduler.errors}
+                                 "errors": scheduler.errors, "held": held}
     if not ok:  # (every command's --json failure document has these)
         report.update(error="; ".join(problems), exit_code=code,
                       error_type="Interrupted" if signals else "RoundsFailed")
-    session.emit(report, lambda out: _render_runs(runs, out, empty="nothing was due"))
+
+    def render(out: Console) -> None:
+        if runs or not (held or scheduler.errors):
+            _render_runs(runs, out, empty="nothing was due")
+        if held:
+            out.print(f"{len(held)} partition(s) due but not run here: another scheduler holds "
+                      "the lease (they stay due): " + ", ".join(
+                          f"{h['job']} {h['partition']}" for h in held))
+        if scheduler.errors and not runs:
+            out.print("no round ran")
+
+    session.emit(report, render)
     for problem in problems:
         click.echo(f"{'error: ' if not problem.startswith('interrupted') else ''}{problem}",
                    err=True)

@@ -118,6 +118,8 @@ class Scheduler:
         self.owner = ":".join([socket.gethostname(), str(os.getpid()), uuid.uuid4().hex[:8],
                                *_pid_namespace()])
         self.errors: list[str] = []  # evaluation failures (tables or partitions unreadable)
+        # (job, partition) due but not started: another scheduler holds the partition's lease
+        self.held: list[tuple[str, str]] = []
         self.finished: list[Run] = []
         self._active: dict[tuple[str, str], RoundControl] = {}
         self._changed = threading.Condition()
@@ -231,6 +233,8 @@ class Scheduler:
             # the check under the lease then finds nothing to do and moves the mark.
             log.info("job %s partition %s: due, but another scheduler holds its lease",
                      c.job.name, c.label)
+            with self._changed:
+                self.held.append((c.job.name, c.label))
             return
         try:
             fresh = self._check(c.job, c.table, c.partition, c.fired)  # under the lease now
@@ -326,6 +330,7 @@ class Scheduler:
         """
         self._interrupt_stale()
         self.errors.clear()
+        self.held.clear()
         first = len(self.finished)
         candidates = self.evaluate()
         while not self._stopping.is_set():
@@ -343,6 +348,7 @@ class Scheduler:
             self._interrupt_stale()
             with self._changed:  # a long-running scheduler keeps only the last tick's records
                 self.errors.clear()
+                self.held.clear()
                 self.finished.clear()
             self.dispatch(self.evaluate())
             stop.wait(self.config.tick)

@@ -19,6 +19,7 @@ from compactor.faults import ENV as FAULT_ENV
 from compactor.reader import read_partition
 from jobs.history import ABANDONED, INTERRUPTED, RUNNING, SUCCEEDED, History
 from jobs.leases import Leases
+from jobs.scheduler import SystemClock
 from tests.jobs.conftest import (
     ManualClock,
     compactions,
@@ -142,6 +143,24 @@ def test_once_interrupted_by_ctrl_c_exits_130(tmp_path: Path) -> None:
     assert not report["ok"] and [r["outcome"] for r in report["runs"]] == [ABANDONED]
     assert "interrupted by SIGINT" in err.splitlines()[-1]
     assert compactions(part) == 0
+
+
+def test_once_names_the_due_partitions_another_scheduler_holds(tmp_path: Path) -> None:
+    """Not "nothing was due": a partition held by another scheduler's lease (one killed
+    mid-round leaves it for lease_ttl) is listed, and stays due."""
+    table = make_table(f"file://{tmp_path}/t", DAYS[:2])
+    held = table.partition({"day": DAYS[0]})
+    other = Leases(table.storage, "elsewhere:1:x:pidns0", 60.0, SystemClock())
+    assert other.acquire(held.key) is not None
+    path = write_config(table.url, tmp_path)
+    done = jobs_cli("once", path)
+    assert done.code == 0, done
+    assert f"1 partition(s) due but not run here: another scheduler holds the lease (they " \
+           f"stay due): daily day={DAYS[0]}" in " ".join(done.out.split()), done
+    report = json.loads(jobs_cli("once", path, "--json").out)
+    assert report["ok"] and report["runs"] == []  # (the other day is compacted already)
+    assert report["held"] == [{"job": "daily", "partition": f"day={DAYS[0]}"}]
+    assert compactions(held) == 0 and compactions(table.partition({"day": DAYS[1]})) == 1
 
 
 def test_a_local_job_ignores_a_ray_address_in_the_environment(tmp_path: Path) -> None:
