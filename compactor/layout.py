@@ -20,6 +20,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 from urllib.parse import quote, unquote
 
 from compactor.errors import InvalidPartition
@@ -116,6 +117,29 @@ class PartitionKey:
     def __str__(self) -> str:
         # The escaped form: one line, whatever the values hold.
         return self.dir.removeprefix(PARTITIONS_DIR + "/")
+
+
+def partition_pairs(text: str) -> list[tuple[str, str]]:
+    """The ``(column, value)`` pairs a person names a partition by: ``k=v,k2=v2`` (values as
+    written), or the form partitions are printed in, ``k=v/k2=v2`` with escaped values
+    (``region=eu%20west``), told apart by a ``/`` between pairs and no comma. ValueError if a
+    part is not NAME=VALUE."""
+    printed = "," not in text and "/" in text and all("=" in p for p in text.split("/"))
+    pairs = []
+    for item in text.split("/" if printed else ","):
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"{item!r} in {text!r} is not NAME=VALUE")
+        pairs.append((unquote(name.strip()), unquote(value.strip())) if printed
+                     else (name.strip(), value.strip()))
+    return pairs
+
+
+def unescaped(values: dict[str, Any]) -> dict[str, Any] | None:
+    """``values`` with escapes of the printed form undone (``eu%20west`` -> ``eu west``), or
+    None if that changes nothing: a partition named as printed but with commas."""
+    plain = {unquote(k): unquote(v) if isinstance(v, str) else v for k, v in values.items()}
+    return plain if plain != values else None
 
 
 def log_file(partition: PartitionKey, number: int) -> str:

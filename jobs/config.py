@@ -14,7 +14,9 @@
         table: s3://lake/orders
         storage_options: {endpoint_url: "http://minio:9000"}
         partitions: all             # or a list: ["day=2024-05-01", {day: 2024-05-02}]
-                                    # or a glob: {pattern: "day=2024-05-*"}
+                                    # (k=v,k2=v2, or as printed: k=v/k2=v%20w)
+                                    # or a glob: {pattern: "day=2024-05-*"}, matched against
+                                    # k=v/k2=v2 with the values unescaped
         triggers:                   # a partition is due when any of these fires
           cron: "0 * * * *"         # (timezone: UTC unless given)
           pending_deltas: 20
@@ -47,7 +49,7 @@ import fsspec
 from croniter import CroniterBadDateError, croniter
 
 from compactor.compaction import DEFAULT_TARGET_FILE_SIZE
-from compactor.layout import PartitionKey
+from compactor.layout import PartitionKey, partition_pairs
 from compactor.pipeline.materialize import CODECS, DEFAULT_CODEC
 from jobs.yamlfields import ConfigError, Fields, load
 from runtime.api import ADDRESS_BACKENDS, ENV_ADDRESS, ENV_BACKEND
@@ -290,9 +292,10 @@ def _partition_values(f: Fields, path: str, line: int, item: Any) -> dict[str, A
     if isinstance(item, dict):
         return _partition_mapping(f.child(path, line, item))
     if isinstance(item, str):
-        pairs = [p.partition("=") for p in item.split(",")]
-        if all(eq and k.strip() for k, eq, _ in pairs):
-            return {k.strip(): v.strip() for k, _, v in pairs}
+        try:  # (as -p takes it: 'k=v,k2=v2', or as partitions are printed, 'k=v/k2=v%20w')
+            return dict(partition_pairs(item))
+        except ValueError:
+            pass
     raise ConfigError(f"{f.source}:{line}: {path}: {item!r} is not a partition; write "
                       "'day=2024-05-01,region=eu' or {day: 2024-05-01, region: eu}")
 

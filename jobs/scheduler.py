@@ -34,16 +34,18 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
+from typing import Any
 
 import psutil
 
 import runtime
 from compactor.compaction import compact_partition
 from compactor.errors import UnknownPartition
+from compactor.layout import unescaped
 from compactor.partition import Partition
 from compactor.pipeline.tasks import PRELOAD
 from compactor.table import Table, open_table
-from jobs.config import Config, Job
+from jobs.config import Config, Job, partition_text
 from jobs.history import ABANDONED, FAILED, INTERRUPTED, TIMED_OUT, History, Run
 from jobs.leases import Leases
 from jobs.metrics import Metrics
@@ -104,6 +106,16 @@ class _Runtime:
             runtime.shutdown()
 
 
+
+def _listed(table: Table, values: dict[str, Any]) -> Partition:
+    """The partition a job lists: as written, or, if that one has no commits and the values
+    hold escapes of the printed form (``region=eu%20west``), the one they name."""
+    part = table.partition(values)
+    plain = unescaped(values)
+    if plain is not None and part.version() == 0 and table.partition(plain).version() > 0:
+        return table.partition(plain)
+    return part
+
 class Scheduler:
     def __init__(self, config: Config, *, clock: Clock | None = None,
                  history: History | None = None, metrics: Metrics | None = None,
@@ -130,6 +142,7 @@ class Scheduler:
         # out: it is not due again until the partition changes or retries.max_backoff has passed
         self._failed: dict[tuple[str, str], tuple[int, float]] = {}
         self._absent: set[tuple[str, str]] = set()  # listed partitions found missing, warned
+        self._unmatched: set[str] = set()  # jobs whose pattern matched no partition, warned
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self) -> list[Candidate]:
@@ -139,9 +152,16 @@ class Scheduler:
             try:
                 table = open_table(job.table, storage_options=job.storage_options)
                 if job.partitions.values is not None:
-                    parts = [table.partition(v) for v in job.partitions.values]
+                    parts = [_listed(table, v) for v in job.partitions.values]
                 else:
-                    parts = [p for p in table.partitions() if job.partitions.matches(p.key)]
+                    every = table.partitions()
+                    parts = [p for p in every if job.partitions.matches(p.key)]
+                    if every and not parts and job.name not in self._unmatched:
+                        self._unmatched.add(job.name)  # (said once; it may match later)
+                        log.warning(
+                            "job %s: no partition of %s matches the pattern %r (it is matched "
+                            "against k=v/k2=v2, values unescaped, e.g. %s)", job.name,
+                            job.table, job.partitions.pattern, partition_text(every[0].key))
             except Exception as e:
                 self._error(job, e)
                 continue

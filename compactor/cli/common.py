@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import click
 import fsspec
@@ -24,6 +23,7 @@ from rich.text import Text
 
 from compactor.cli.params import PartitionValues
 from compactor.errors import UnknownPartition
+from compactor.layout import unescaped
 
 if TYPE_CHECKING:
     from compactor import Partition, Table
@@ -85,8 +85,8 @@ class Session:
         part = table.partition(values)
         if existing and values and part.version() == 0:
             # partitions are printed escaped (region=eu%20west): that form names them too
-            plain = {unquote(k): unquote(v) for k, v in values.items()}
-            if plain != dict(values) and table.partition(plain).version() > 0:
+            plain = unescaped(dict(values))
+            if plain is not None and table.partition(plain).version() > 0:
                 part = table.partition(plain)
         self.where = f"partition {part.key} of table {table.url}"
         if existing and part.version() == 0:

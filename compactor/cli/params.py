@@ -11,6 +11,7 @@ from typing import Any
 import click
 import pyarrow as pa
 
+from compactor.layout import partition_pairs
 from compactor.units import parse_duration, parse_size
 
 
@@ -53,7 +54,8 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 
 
 class PartitionValues(click.ParamType):
-    """``day=2024-05-01,region=eu`` -> ``{"day": "2024-05-01", "region": "eu"}``."""
+    """``day=2024-05-01,region=eu`` -> ``{"day": "2024-05-01", "region": "eu"}``; also the
+    printed form, ``day=2024-05-01/region=eu%20west``."""
 
     name = "k=v[,k=v...]"
 
@@ -62,7 +64,7 @@ class PartitionValues(click.ParamType):
         if isinstance(value, dict):
             return value
         try:
-            pairs = _pairs(str(value))
+            pairs = partition_pairs(str(value))
         except ValueError as e:
             self.fail(str(e), param, ctx)
         values = dict(pairs)

@@ -169,3 +169,18 @@ def test_ctrl_c_while_the_commit_is_written_says_it_may_have_landed(
     assert printed["error"].startswith("interrupted while committing: commit 4 of partition")
     monkeypatch.undo()
     assert compactor("verify", url).code == 0  # they landed, and their files are there
+
+
+def test_a_partition_of_two_columns_is_named_as_it_is_printed(tmp_path: Path) -> None:
+    """``show`` prints day=1/region=eu%20west: -p takes that form too (it took commas only)."""
+    url = str(tmp_path / "t")
+    assert compactor("table", "create", url, "-k", "id", "--order-by", "lsn", "--partition-by",
+                     "day,region", "--schema", SCHEMA + ",day:string,region:string").code == 0
+    good = write_parquet(tmp_path / "good.parquet", upserts([1, 2], "a", 0))
+    assert compactor("append", url, "-p", "day=1,region=eu west", "--kind", "upsert",
+                     good).code == 0
+    printed = "day=1/region=eu%20west"
+    assert printed in compactor("show", url).out
+    for command in (["history"], ["compact"], ["verify"]):
+        run = compactor(command[0], url, "-p", printed)
+        assert run.code == 0 and printed in run.out + run.err, run

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import runtime
-from compactor import Partition, Table
+from compactor import Partition, Table, create_table
 from compactor.compaction import compact_partition
 from compactor.pipeline.tasks import PRELOAD
 from compactor.reader import read_partition
@@ -36,6 +36,7 @@ from jobs.leases import Leases
 from jobs.rounds import Abandoned
 from jobs.scheduler import Scheduler
 from tests.jobs.conftest import (
+    SCHEMA,
     ManualClock,
     compactions,
     config,
@@ -473,3 +474,32 @@ def test_a_running_scheduler_marks_the_round_of_a_scheduler_that_died_since_inte
             stop.set()
             thread.join(30)
             scheduler.shutdown()
+
+
+def test_listed_partitions_take_the_printed_form_and_a_pattern_that_matches_none_is_said(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A partition with a value that needs escaping, listed as `show` prints it (escaped,
+    '/' between pairs) or with commas and escapes, is the partition (it was taken as
+    'eu%20west' literally: never compacted); a pattern matching no partition is warned of."""
+    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
+                         ordering_column="lsn", partition_by=["day", "region"])
+    spaced = table.partition({"day": "2024-05-01", "region": "eu west"})
+    spaced.append(rows(range(5), "x"))
+    assert str(spaced.key) == "day=2024-05-01/region=eu%20west"
+    for listed in ("day=2024-05-01/region=eu%20west", "day=2024-05-01,region=eu%20west"):
+        spaced.append(rows(range(5), listed))
+        cfg = config(table.url, tmp_path, job=f'partitions: ["{listed}"]')
+        scheduler = Scheduler(cfg)
+        assert [(r.partition, r.outcome) for r in scheduler.run_once()] == \
+            [(str(spaced.key), SUCCEEDED)], listed
+        scheduler.shutdown()
+    assert compactions(spaced) == 2
+    cfg = config(table.url, tmp_path, job='partitions: {pattern: "day=2024-06-*"}')
+    scheduler = Scheduler(cfg)
+    with caplog.at_level(logging.WARNING, logger="jobs.scheduler"):
+        assert scheduler.run_once() == [] and scheduler.run_once() == []
+    scheduler.shutdown()
+    said = [r.getMessage() for r in caplog.records if "matches" in r.getMessage()]
+    assert said == [f"job daily: no partition of {table.url} matches the pattern "
+                    "'day=2024-06-*' (it is matched against k=v/k2=v2, values unescaped, "
+                    "e.g. day=2024-05-01/region=eu west)"]
