@@ -62,7 +62,7 @@ def render_result(result: CompactionResult, out: Console) -> None:
     figures = RichTable(box=None, show_header=False, padding=(0, 2))
     for name, value in (
         ("rows", f"{r.rows_in:,} in -> {r.rows_out:,} out"),
-        ("deletes applied", f"{r.deletes_applied:,}"),
+        ("deletes applied", f"{r.deletes_applied:,} (keys the compacted state had)"),
         ("versions dropped", f"{r.duplicates_dropped:,} (superseded by newer rows)"),
         ("files written", f"{r.files_written:,} ({format_size(r.bytes_written)}"
                           + (f"; {r.rows_copied:,} rows in row groups copied as they were)"
