@@ -176,7 +176,10 @@ def _serve_metrics(scheduler: Scheduler, cfg: Config) -> str:
 def run(session: Session, config: str) -> None:
     """Run the scheduler until SIGTERM or SIGINT (a second one abandons running rounds).
 
-    It logs to stderr (with --json: one JSON object per line, for log shippers).
+    Stopped so, it exits 0, as a service stopped on purpose does (unlike `once`, whose exit
+    code tells a caller its work was cut short); how its rounds ended is in the history
+    (`jobs status`). It logs to stderr (with --json: one JSON object per line, for log
+    shippers).
     """
     session.where = f"config {config}"
     cfg = _config(session, config)
