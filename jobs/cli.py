@@ -95,7 +95,8 @@ def validate(session: Session, config: str) -> None:
     session.where = f"config {config}"
     cfg = _config(session, config)
     info: dict[str, Any] = {"ok": True, "config": config, "history": cfg.history,
-                            "metrics": None if cfg.metrics is None
+                            "metrics": None if cfg.metrics is None else  # ([::1]:9464)
+                            f"[{cfg.metrics[0]}]:{cfg.metrics[1]}" if ":" in cfg.metrics[0]
                             else f"{cfg.metrics[0]}:{cfg.metrics[1]}",
                             "jobs": [_job_info(j) for j in cfg.jobs]}
 

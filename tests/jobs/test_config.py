@@ -368,3 +368,16 @@ def test_croniters_shortcuts_are_five_field_expressions(cron: str) -> None:
     text = f"jobs:\n  - name: a\n    table: /t\n    triggers: {{cron: '{cron}'}}\n"
     [job] = parse_config(text, "jobs.yaml").jobs
     assert job.triggers.cron == cron
+
+
+@pytest.mark.parametrize("metrics, shown", [("[::1]:9464", "[::1]:9464"),
+                                            ("127.0.0.1:9464", "127.0.0.1:9464")])
+def test_validate_shows_the_metrics_address_as_the_config_takes_it(
+        tmp_path: Path, metrics: str, shown: str) -> None:
+    """An IPv6 address in brackets (it showed '::1:9464', which the config refuses)."""
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f'metrics: "{metrics}"\n' + JOB + "    triggers: {pending_deltas: 1}\n")
+    info = json.loads(CliRunner().invoke(jobs, ["validate", str(path), "--json"]).output)
+    assert info["metrics"] == shown
+    path.write_text(f'metrics: "{info["metrics"]}"\n' + JOB + "    triggers: {pending_deltas: 1}\n")
+    assert CliRunner().invoke(jobs, ["validate", str(path)]).exit_code == 0
