@@ -234,7 +234,7 @@ def test_once_runs_what_is_due(tmp_path: Path) -> None:
     assert "round started (1 pending deltas >= 1)" in result.stderr
     result = CliRunner().invoke(jobs, ["once", str(path), "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout) == {"ok": True, "runs": [],
-                                                                   "errors": []}
+                                                                   "errors": [], "held": []}
 
 
 def test_a_partition_leased_by_another_scheduler_is_left_alone(tmp_path: Path) -> None:
