@@ -149,27 +149,30 @@ class CommitLog:
         otherwise the commit is retried at the new head. Returns the number committed.
         """
         commit_id = uuid.uuid4().hex
-        number = base + 1
+        writing: list[int] = []  # the number of a create that may have landed (it is ours)
         try:
-            return self._commit(make_entry, commit_id, number, rebase)
+            return self._commit(make_entry, commit_id, base + 1, rebase, writing)
         except BaseException as e:
-            if not isinstance(e, Exception):  # interrupted: the request may have landed
-                mark_commit_unknown(e, f"{self._where(number)} (or a later one, after lost "
-                                       "races) was being written when the process was "
-                                       "interrupted: whether it was committed is unknown")
+            if not isinstance(e, Exception) and writing:  # interrupted: it may have landed
+                mark_commit_unknown(e, f"{self._where(writing[0])} was being written when "
+                                       "the process was interrupted: whether it was "
+                                       "committed is unknown")
             raise
 
     def _commit(self, make_entry: Callable[[int, str], dict[str, Any]], commit_id: str,
-                number: int, rebase: Callable[[int, Entry], None] | None) -> int:
+                number: int, rebase: Callable[[int, Entry], None] | None,
+                writing: list[int]) -> int:
         for attempt in range(_MAX_ATTEMPTS):
             entry = make_entry(number, commit_id)
             rel = log_file(self.partition, number)
             try:
+                writing[:] = [number]
                 self.storage.create(rel, _dumps(entry))
             except FileExistsError as e:
                 winners = self._read_back(number, None, e)
                 if winners and winners[0].get("commit_id") == commit_id:
                     break  # our own earlier (retried) request created it
+                writing.clear()  # (another writer's: ours did not land)
                 for offset, other in enumerate(winners):
                     if rebase is not None:
                         rebase(number + offset, other)

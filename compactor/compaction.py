@@ -18,7 +18,14 @@ from dataclasses import replace
 from typing import Any
 
 import runtime
-from compactor.errors import CommitUnknown, InvalidTableSpec, TooManyFiles, commit_unknown
+from compactor.errors import (
+    CommitUnknown,
+    InvalidTableSpec,
+    TooManyFiles,
+    commit_unknown,
+    mark_commit_unknown,
+    mark_committed,
+)
 from compactor.faults import maybe_fail
 from compactor.manifest import DataFile
 from compactor.partition import Partition
@@ -320,6 +327,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
     written: list[DataFile] = []
     new_index_paths: list[str] = []
     finalize_refs: list[Any] = []
+    committing = False  # from the call that commits on, an interrupt may follow a commit
     actors = _actors(table, partition, plan)
     try:
         t = time.perf_counter()
@@ -395,6 +403,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         maybe_fail("commit")
         buckets, index_paths, referenced = _layout(plan, plans, outputs, index_paths_new)
         result_fields = _figures(plan, merged, outputs, referenced, buckets)
+        committing = True
         state = partition.commit_compaction(
             plan.snapshot, high_watermark=plan.high_watermark, buckets=buckets,
             hash_algorithm=table.hash_algorithm,
@@ -409,17 +418,26 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                 pass
         for a in actors:
             a.abort.remote()
+        if committing and not isinstance(e, Exception):  # an interrupt, the commit under way
+            mark_commit_unknown(e, f"the round's commit in partition {partition.key} of "
+                                   f"{table.url} was being written when the process was "
+                                   "interrupted: whether it was committed is unknown")
         # (a commit that may have landed names them: an interrupt while it was written too)
         if not isinstance(e, CommitUnknown) and commit_unknown(e) is None:
             _cleanup(table, written, new_index_paths)
         raise
     # committed: from here on nothing may clean the round's files up (a progress callback that
     # raises only stops the caller; the actors, not told, reload the index next round)
-    progress("commit", 1, 1, 0, 0)
     try:
-        runtime.get([a.commit.remote(state.position) for a in actors])
-    except runtime.ActorDiedError:
-        pass  # the round is committed; a restarted actor reloads the index next round
+        progress("commit", 1, 1, 0, 0)
+        try:
+            runtime.get([a.commit.remote(state.position) for a in actors])
+        except runtime.ActorDiedError:
+            pass  # the round is committed; a restarted actor reloads the index next round
+    except BaseException as e:  # (an interrupt, or the caller's progress: said, not undone)
+        mark_committed(e, f"the round committed as commit {state.position} of partition "
+                          f"{partition.key} of {table.url}")
+        raise
     seconds["commit"], rss["commit"] = time.perf_counter() - t, peak_rss()
     return CompactionResult(
         table.url, str(partition.key), True, plan.rebuild, state.position,

@@ -44,19 +44,45 @@ class CommitUnknown(CommitConflict):
     again plans from the log as it is."""
 
 
-# the attribute an interrupt (KeyboardInterrupt, SystemExit: not an Exception, so it stays
-# what it is) carries when it came while a commit was being written: why its outcome is unknown
+# the attributes an interrupt (KeyboardInterrupt, SystemExit: not an Exception, so it stays
+# what it is) carries when it came while a commit was being written (its outcome unknown), or
+# after a round committed: what to tell
 _COMMIT_UNKNOWN = "compactor_commit_unknown"
+_COMMITTED = "compactor_committed"
 
 
 def mark_commit_unknown(e: BaseException, why: str) -> None:
     """Say on ``e`` that it interrupted a commit whose outcome is unknown (``why``)."""
-    setattr(e, _COMMIT_UNKNOWN, why)
+    if commit_unknown(e) is None:
+        setattr(e, _COMMIT_UNKNOWN, why)
+
+
+def mark_committed(e: BaseException, what: str) -> None:
+    """Say on ``e`` that it came after ``what`` had committed."""
+    setattr(e, _COMMITTED, what)
+
+
+def _chain(e: BaseException | None) -> list[BaseException]:
+    """``e`` and the exceptions it was raised while handling (a second Ctrl-C while the first
+    unwinds replaces it), newest first."""
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__context__
+    return seen
 
 
 def commit_unknown(e: BaseException | None) -> str | None:
-    """Why the commit ``e`` interrupted may have landed (None: ``e`` did not interrupt one)."""
-    return getattr(e, _COMMIT_UNKNOWN, None) if e is not None else None
+    """Why the commit ``e`` (or one it interrupted the handling of) interrupted may have
+    landed (None: none interrupted one)."""
+    return next((getattr(x, _COMMIT_UNKNOWN) for x in _chain(e)
+                 if getattr(x, _COMMIT_UNKNOWN, None)), None)
+
+
+def committed_before(e: BaseException | None) -> str | None:
+    """What had committed before ``e`` (or one it interrupted the handling of) came."""
+    return next((getattr(x, _COMMITTED) for x in _chain(e) if getattr(x, _COMMITTED, None)),
+                None)
 
 
 class SchemaMismatch(CompactorError, ValueError):

@@ -163,8 +163,12 @@ def _identity(storage: Storage) -> Callable[[str], str]:
         return os.path.realpath(path)
 
     def identity(path: str) -> str:
-        head, name = posixpath.split(posixpath.normpath(path))
-        return posixpath.join(directory(head), name)
+        # (not normalized first: in lnk/../x the link is resolved before the "..", as the
+        # operating system, and so every reader, resolves it)
+        head, name = posixpath.split(path.rstrip("/"))
+        if name in ("", ".", ".."):
+            return directory(path)
+        return posixpath.join(directory(head or "/"), name)
 
     return identity
 
@@ -205,6 +209,25 @@ def _referenced(table: Table, pdir: str, identity: Callable[[str], str]) -> set[
             raise CorruptFile(f"commit {number} of partition {key} in {table.url}: invalid "
                               f"entry ({e}); nothing was removed") from None
     return paths
+
+
+# a path of a table's own file, in any table's layout
+_OWN = re.compile(rf"/{PARTITIONS_DIR}/.+/({_DATA.pattern}|{_COMPACTED.pattern}|{_INDEX.pattern})$")
+
+
+def _check_reachable(table: Table, referenced: set[str], listed: set[str]) -> None:
+    """Refuse (CorruptFile) if a commit names a file of a table's own kinds that is neither
+    among those listed nor there: commits name files by the path their writer reached the
+    table by, and once that path no longer resolves (a symlink removed), the file listed under
+    another name looks unreferenced. Gone from where the commit says, it may be there under
+    the path listed: nothing is removed."""
+    gone = sorted(p for p in referenced - listed
+                  if _OWN.search(p) and not os.path.lexists(p))
+    if gone:
+        raise CorruptFile(
+            f"table {table.url}: commits name {len(gone)} file(s) of a table that do not exist "
+            f"at the path they name, first {gone[0]} (reached by a path that no longer "
+            "resolves, such as a removed symlink, or removed by hand); nothing was removed")
 
 
 def _index_chains(state: CompactedState) -> list[list[str]]:
@@ -266,6 +289,8 @@ def collect_garbage(table: Table, *, older_than: float = DEFAULT_GRACE, dry_run:
     identity = _identity(storage)
     for pdir in sorted({p for p, _ in candidates if p is not None}):
         referenced |= _referenced(table, pdir, identity)
+    if storage.protocol in ("file", "local"):
+        _check_reachable(table, referenced, {identity(c.path) for _, c in candidates})
     now = time.time() if now is None else now
     garbage = [c for _, c in candidates
                if identity(c.path) not in referenced and now - c.modified >= older_than]

@@ -19,13 +19,15 @@ def read_partition(table: Table, partition: Partition | Mapping[str, Any] | None
     """The compacted rows of ``partition`` as of commit ``version`` (default: newest).
 
     Only the compacted state: deltas above the high watermark are not folded in. Every file is
-    verified unchanged before it is read.
+    verified unchanged before it is read. The newest state is read with the table's columns
+    (every partition alike); an older version with the columns the table had for it (not
+    ones added since, as nulls).
     """
     if not isinstance(partition, Partition):
         partition = table.partition(partition)
     snap = partition.snapshot(version)
-    # the columns as of the snapshot (not ones added since, as nulls)
-    schema = table.metadata_at(snap.schema_version).schema
+    as_of = table.metadata_at(snap.schema_version)  # (a handle older than its columns learns)
+    schema = table.schema if version is None else as_of.schema
     if columns is not None:
         unknown = [c for c in columns if c not in schema.names]
         if unknown:

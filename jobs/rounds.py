@@ -73,7 +73,11 @@ class RoundControl:
         return self._stopped
 
     def check(self, step: str = "", done: int = 0, total: int = 0, *_bytes: int) -> None:
-        """The fence: raise :class:`Abandoned` if the round must not go on (to its commit)."""
+        """The fence: raise :class:`Abandoned` if the round must not go on (to its commit).
+        Once it has committed (``commit`` step done) there is nothing left to fence: a round
+        timed out or abandoned in the meantime is recorded as what it was, committed."""
+        if step == "commit" and done >= 1:
+            return
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.abandon(TIMED_OUT, f"timed out after {self.timeout:g}s, before the commit")
         elif not self.leases.valid(self.lease):

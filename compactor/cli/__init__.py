@@ -24,7 +24,7 @@ from compactor.cli.read import read
 from compactor.cli.show import history, show
 from compactor.cli.table import table_group
 from compactor.cli.verify import verify
-from compactor.errors import commit_unknown
+from compactor.errors import commit_unknown, committed_before
 
 __all__ = ["cli", "main"]
 
@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except click.exceptions.Abort as e:
         if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C: the shells' 128 + SIGINT
-            why = commit_unknown(e.__context__)
+            why, done = commit_unknown(e.__context__), committed_before(e.__context__)
             message = (f"interrupted while committing: {why}; `compactor history` shows "
                        "whether it was (the files it names were kept either way)" if why else
+                       f"interrupted after {done}" if done else
                        "interrupted: nothing was committed by a round that had not finished")
             if "--json" in args:  # (the one JSON document every failure prints)
                 click.echo(json.dumps({"ok": False, "error": message,

@@ -23,7 +23,8 @@ def read(session: Session, url: str, partition: dict[str, str] | None, destinati
          version: int | None, rows_per_file: int) -> None:
     """Export the current (compacted) state of a partition as Parquet files.
 
-    Writes part-00000.parquet, part-00001.parquet, ... with the table's schema. Deltas above
+    Writes part-00000.parquet, part-00001.parquet, ... with the table's schema (with
+    --version N, the columns the table had for that version). Deltas above
     the high watermark are not folded in: run compactor compact first to include them.
 
     \b
@@ -33,6 +34,7 @@ def read(session: Session, url: str, partition: dict[str, str] | None, destinati
     """
     import pyarrow.parquet as pq
 
+    from compactor.pipeline.materialize import conform
     from compactor.reader import read_partition
 
     table = session.open_table(url)
@@ -47,6 +49,8 @@ def read(session: Session, url: str, partition: dict[str, str] | None, destinati
                 "exists); choose a new or empty location")
     snap = part.snapshot(version)
     data = read_partition(table, part, version=snap.version)
+    if version is None:  # the newest state: with the table's columns, as every partition's
+        data = conform(data, table.schema, f"partition {part.key} of {table.url}")
     if snap.deltas:
         session.note(f"note: {len(snap.deltas)} deltas above the high watermark are not "
                      "included (run compactor compact first)")

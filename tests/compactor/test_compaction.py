@@ -120,6 +120,21 @@ def test_an_older_version_reads_with_the_columns_it_had(rt, tmp_path):
         read_partition(s.table, s.part, version=first, columns=["id", "extra"])
 
 
+def test_the_newest_state_of_every_partition_reads_with_the_tables_columns(rt, tmp_path):
+    """A partition compacted before another added a column reads with it too (null), as the
+    newest state; the review found it read without (its own version's columns)."""
+    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
+                         ordering_column="lsn", partition_by=["day"])
+    a, b = table.partition({"day": "a"}), table.partition({"day": "b"})
+    a.append(_rows(np.random.default_rng(4), 20, 10, 0, "a"))
+    done = compact_partition(table, a).position
+    b.append(pa.table({"id": [1], "v": ["x"], "lsn": [5], "extra": [7]}))
+    compact_partition(table, b)
+    for part in (a, b):
+        assert read_partition(table, part).column_names == ["id", "v", "lsn", "extra"]
+    assert read_partition(table, a, version=done).column_names == ["id", "v", "lsn"]
+
+
 def test_ordering_column_beats_arrival_order_and_tombstones_hold(rt, tmp_path):
     s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn")
     s.upsert(pa.table({"id": [1, 2, 3], "v": ["new1", "new2", "new3"], "lsn": [10, 10, 10]},

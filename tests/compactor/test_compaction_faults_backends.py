@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 import runtime
+from compactor.commit_log import CommitLog
 from compactor.compaction import compact_partition
-from compactor.errors import commit_unknown
+from compactor.errors import commit_unknown, committed_before
 from compactor.faults import ENV, InjectedFault
 from compactor.fs import Storage
 from compactor.layout import LOG_DIR
@@ -103,6 +105,66 @@ def test_an_interrupt_while_the_commit_is_written_keeps_the_files_it_names(
         state = s.part.snapshot().compacted
         assert state is not None and all(s.table.storage.fs.exists(
             s.table.storage.strip(f.url)) for f in state.files)
+
+
+@pytest.mark.parametrize("when", ["after the log's create returned", "before the create",
+                                  "after the commit"])
+def test_an_interrupt_around_the_commit_says_what_it_knows_and_keeps_what_may_be_named(
+        tmp_path, monkeypatch, when):
+    """The review's windows: an interrupt after the commit file was written but before the
+    commit returned (the files were removed), one as the file is about to be written (kept:
+    it may have landed, as far as the round can tell), one after the commit (says it
+    committed); a second Ctrl-C while the first unwinds keeps what the first said."""
+    s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn")
+    with runtime.init("local", num_cpus=2):
+        _two_rounds(s)
+        version = s.part.version()
+        commit, create = CommitLog.commit, Storage.create
+
+        def interrupted_after(self: CommitLog, *args: Any, **kwargs: Any) -> int:
+            commit(self, *args, **kwargs)
+            raise KeyboardInterrupt
+
+        def interrupted_before(self: Storage, rel: str, data: bytes) -> None:
+            if rel.split("/")[-2:-1] == [LOG_DIR] and b'"compaction"' in data:
+                raise KeyboardInterrupt
+            create(self, rel, data)
+
+        def interrupting(step: str, done: int, *counts: int) -> None:
+            if (step, done) == ("commit", 1):
+                raise KeyboardInterrupt
+
+        progress = None
+        if when == "after the log's create returned":
+            monkeypatch.setattr(CommitLog, "commit", interrupted_after)
+        elif when == "before the create":
+            monkeypatch.setattr(Storage, "create", interrupted_before)
+        else:
+            progress = interrupting
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            compact_partition(s.table, s.part, progress=progress)
+        monkeypatch.undo()
+        try:  # a second Ctrl-C while the first unwinds keeps what the first said
+            raise KeyboardInterrupt from None
+        except KeyboardInterrupt as again:
+            again.__context__ = interrupted.value
+            unknown, committed = commit_unknown(again), committed_before(again)
+        landed = s.part.version() == version + 1
+        files = list((tmp_path / "t" / "partitions").rglob("compacted/*/*.parquet"))
+        if when == "before the create":  # (as inside it: whether it landed is unknown)
+            assert "whether it was committed is unknown" in (unknown or "")
+            assert committed is None and not landed
+            before = s.part.snapshot().compacted
+            assert before is not None and len(files) > len(before.files)  # kept, for gc
+            s.compact_and_check()
+        elif when == "after the commit":
+            assert unknown is None and landed
+            assert committed == f"the round committed as commit {version + 1} of partition " \
+                                f"{s.part.key} of {s.table.url}"
+            s.check()
+        else:
+            assert "whether it was committed is unknown" in (unknown or "") and landed
+            s.check()  # every file it names is there
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from compactor import CorruptFile, create_table
+from compactor import CorruptFile, create_table, open_table
 from compactor.compaction import compact_partition
 from compactor.gc import collect_garbage
 from compactor.reader import read_partition
@@ -238,8 +238,6 @@ def test_a_table_reached_by_other_paths_keeps_every_referenced_file(rt, tmp_path
     link.symlink_to(real, target_is_directory=True)
     create_table(f"file://{link}/t", SCHEMA, primary_key=["id"], ordering_column="lsn")
     rows = pa.table({"id": [1, 2, 3], "v": ["a", "b", "c"], "lsn": [1, 2, 3]}, schema=SCHEMA)
-    from compactor import open_table
-
     via_link = open_table(f"file://{link}/t")
     via_link.partition().append(rows)
     monkeypatch.chdir(link)  # "./t" from inside the link: the real path
@@ -252,3 +250,42 @@ def test_a_table_reached_by_other_paths_keeps_every_referenced_file(rt, tmp_path
         assert result.removed == () and result.referenced == result.files, (path, result)
     assert read_partition(via_link, via_link.partition()).equals(expected)
     assert expected.column("v").to_pylist() == ["x", "y", "z"]
+
+
+def test_a_file_registered_through_a_symlink_and_dot_dot_is_kept(tmp_path: Path) -> None:
+    """``lnk/../t`` is where the link points's parent, not ``t`` beside the link: the operating
+    system resolves the link before the "..", and so must gc (the review found it removing
+    such a file)."""
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(real / "sub", target_is_directory=True)
+    table = create_table(f"file://{real}/t", SCHEMA, primary_key=["id"], ordering_column="lsn")
+    part = table.partition()
+    part.append(pa.table({"id": [1], "v": ["a"], "lsn": [1]}, schema=SCHEMA))
+    name = f"{uuid.uuid4().hex}.parquet"
+    data = real / "t" / "partitions" / "default" / "data"
+    pq.write_table(pa.table({"id": [2], "v": ["b"], "lsn": [2]}, schema=SCHEMA), data / name)
+    part.register([f"file://{tmp_path}/lnk/../t/partitions/default/data/{name}"])
+    result = collect_garbage(table, older_than=0, dry_run=True)
+    assert result.removed == () and result.referenced == result.files == 2, result
+
+
+def test_files_named_through_a_removed_symlink_stop_gc(tmp_path: Path) -> None:
+    """Commits name files by the path their writer took; once that path no longer resolves,
+    the files listed under the real path look unreferenced: gc removes nothing (it removed
+    them, and restoring the link could no longer have made the table readable)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    table = create_table(f"file://{link}/t", SCHEMA, primary_key=["id"], ordering_column="lsn")
+    table.partition().append(pa.table({"id": [1], "v": ["a"], "lsn": [1]}, schema=SCHEMA))
+    link.unlink()
+    files = sorted((real / "t").rglob("*.parquet"))
+    with pytest.raises(CorruptFile, match=r"commits name 1 file.* that do not exist at the path "
+                                          r"they name, first .*/link/t/partitions/default/data/"):
+        collect_garbage(open_table(f"file://{real}/t"), older_than=0)
+    assert sorted((real / "t").rglob("*.parquet")) == files and files
+    link.symlink_to(real, target_is_directory=True)  # the path back: readable, as it was
+    assert read_partition(table, table.partition()).num_rows == 0  # (not compacted yet)
+    assert collect_garbage(open_table(f"file://{real}/t"), older_than=0).removed == ()

@@ -137,6 +137,29 @@ def test_a_round_past_its_timeout_stops_before_its_commit(tmp_path: Path) -> Non
     assert not list((tmp_path / "t/partitions/day=2024-05-01").glob("compacted/*/*.parquet"))
 
 
+def test_a_round_that_times_out_while_committing_is_recorded_as_committed(
+        tmp_path: Path) -> None:
+    """The timeout passes after the fence before the commit: the round commits, and is a
+    success (it was recorded 'timed out ..., before the commit', its commit in the log)."""
+    table = make_table(f"file://{tmp_path}/t", DAYS[:1])
+
+    def slow_commit(table: Table, partition: Partition, **kwargs: Any) -> Any:
+        fence = kwargs["progress"]
+
+        def progress(step: str, done: int, *counts: int) -> None:
+            fence(step, done, *counts)
+            if (step, done) == ("commit", 0):  # past the deadline, the commit still to write
+                time.sleep(max(0.0, fence.__self__.deadline - time.monotonic()) + 0.1)
+
+        return compact_partition(table, partition, **{**kwargs, "progress": progress})
+
+    scheduler = Scheduler(config(table.url, tmp_path, job="timeout: 3s"), compact=slow_commit)
+    (run,) = scheduler.run_once()
+    scheduler.shutdown()
+    assert (run.outcome, run.error) == (SUCCEEDED, None)
+    assert compactions(table.partition({"day": DAYS[0]})) == 1
+
+
 def test_stopping_abandons_a_running_round_before_its_commit(tmp_path: Path) -> None:
     table = make_table(f"file://{tmp_path}/t", DAYS[:1])
     gate = Gate()
