@@ -26,7 +26,8 @@ STEPS = ("plan", "hash_bucket", "dedupe", "materialize", "commit")
 
 
 def run_round(session: Session, table: Table, part: Partition, *, backend: str | None = None,
-              address: str | None = None, **options: Any) -> CompactionResult:
+              address: str | None = None, num_cpus: float | None = None,
+              memory: int | None = None, **options: Any) -> CompactionResult:
     """``compact_partition`` with live progress on stderr, on the running runtime or on one
     started (and stopped) for the round."""
     import runtime
@@ -42,7 +43,8 @@ def run_round(session: Session, table: Table, part: Partition, *, backend: str |
                 return idle
             name = backend or os.environ.get(ENV_BACKEND) or "local"
             progress.begin("runtime", f"starting the {name} runtime")
-            stack.enter_context(runtime.init(backend, address=address, preload=PRELOAD))
+            stack.enter_context(runtime.init(backend, address=address, preload=PRELOAD,
+                                             num_cpus=num_cpus, memory=memory))
         progress.begin("plan", "reading the snapshot and Parquet footers")
         return compact_partition(table, part, progress=progress, **options)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -83,12 +85,14 @@ def render_result(result: CompactionResult, out: Console) -> None:
     out.print(steps)
 
 
-def _groups(backend: str | None, address: str | None) -> int:
+def _groups(backend: str | None, address: str | None, cpus: float | None = None) -> int:
     """Dedupe actor groups a round would use: the cluster's CPUs (joined only when an address
-    names a cluster), else this machine's."""
+    names a cluster), else ``cpus`` or this machine's."""
     import runtime
     from runtime.api import ENV_ADDRESS
 
+    if cpus is not None:
+        return max(1, int(cpus))
     if address or os.environ.get(ENV_ADDRESS):
         with runtime.init(backend, address=address):
             return max(1, int(runtime.cluster_resources()["CPU"]))
@@ -164,10 +168,19 @@ def render_plan(info: dict[str, Any], out: Console) -> None:
               help="Parquet codec of the files written: zstd (level 1) is about as small as "
                    "brotli at a tenth of its time; lz4 and snappy encode about 30% faster into "
                    "files about 1.7x larger; gzip and brotli are 10-100x slower.")
+@click.option("--cpus", type=click.FloatRange(min=1), default=None,
+              help="CPUs the round's runtime schedules its tasks and actors on (a local one, "
+                   "or a new local Ray instance; default: this machine's). A cluster joined "
+                   "with --address has its own.")
+@click.option("--memory", type=Size(), default=None,
+              help="Memory the round's runtime schedules tasks and actors within, e.g. 8GiB "
+                   "(default: this machine's): tasks ask for what their input needs, and "
+                   "wait for room (one asking for more than this gets all of it, alone). "
+                   "A budget for scheduling, not a limit the processes are held to.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 def compact(session: Session, url: str, partition: dict[str, str] | None, backend: str | None,
             address: str | None, target_file_size: int, buckets: int | None, rebase: bool,
-            compression: str, dry_run: bool) -> None:
+            compression: str, cpus: float | None, memory: int | None, dry_run: bool) -> None:
     """Fold a partition's pending deltas into its compacted state (one round).
 
     Shows a progress bar per pipeline step on a terminal (log lines otherwise) and ends with a
@@ -180,6 +193,9 @@ def compact(session: Session, url: str, partition: dict[str, str] | None, backen
       compactor compact s3://lake/orders -p day=2024-05-01 --backend ray --address auto \\
           --target-file-size 512MB
     """
+    if (cpus is not None or memory is not None) and address:
+        raise click.UsageError("--cpus and --memory size the runtime a round starts; the "
+                               f"cluster at --address {address} has its own")
     table = session.open_table(url)
     part = session.partition(table, partition, existing=True)
     if dry_run:
@@ -189,7 +205,7 @@ def compact(session: Session, url: str, partition: dict[str, str] | None, backen
             round_work(table, part, buckets, rebase)  # before a cluster is joined for its size
             plan = plan_round(table, part, target_file_size=target_file_size,
                               bucket_count=buckets, rebase=rebase,
-                              groups=_groups(backend, address))
+                              groups=_groups(backend, address, cpus))
         except NothingToDo as e:
             message = str(e)
             session.emit({"table": table.url, "partition": str(part.key), "dry_run": True,
@@ -201,5 +217,5 @@ def compact(session: Session, url: str, partition: dict[str, str] | None, backen
         return
     result = run_round(session, table, part, target_file_size=target_file_size,
                        bucket_count=buckets, rebase=rebase, compression=compression,
-                       backend=backend, address=address)
+                       backend=backend, address=address, num_cpus=cpus, memory=memory)
     session.emit(result.to_dict(), lambda out: render_result(result, out))

@@ -440,3 +440,21 @@ def test_the_readmes_steps_by_hand_work_as_written(tmp_path: Path) -> None:
     rows = pq.read_table(tmp_path / "exports" / "orders-now").sort_by("order_id")
     assert rows.column("order_id").to_pylist() == [1, 3, 4]
     assert rows.column("v").to_pylist() == ["a2", "c", "d"]
+
+
+def test_compact_runs_in_the_cpus_and_memory_it_is_given(tmp_path: Path) -> None:
+    url = str(tmp_path / "t")
+    assert compactor("table", "create", url, "-k", "id", "--order-by", "lsn", "--buckets", "4",
+                     "--schema", SCHEMA).code == 0
+    for k in range(3):
+        ids = list(range(k * 500, k * 500 + 2000))
+        assert compactor("append", url, "--kind", "upsert", write_parquet(
+            tmp_path / f"{k}.parquet", upserts(ids, f"r{k}", k * 10_000))).code == 0
+    budget = ["--cpus", "1", "--memory", "300MiB"]
+    plan = compactor("compact", url, *budget, "--dry-run", "--json")
+    assert plan.code == 0 and plan.json()["dedupe_actors"] == 1, plan
+    done = compactor("compact", url, *budget, "--json")
+    assert done.code == 0 and done.json()["rows_out"] == 3000, done
+    assert compactor("verify", url).code == 0
+    cluster = compactor("compact", url, "--address", "auto", "--cpus", "2")
+    assert cluster.code == 2 and "the cluster at --address auto has its own" in cluster.err
