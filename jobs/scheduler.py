@@ -106,7 +106,6 @@ class _Runtime:
             runtime.shutdown()
 
 
-
 def _listed(table: Table, values: dict[str, Any]) -> Partition:
     """The partition a job lists: as written, or, if that one has no commits and the values
     hold escapes of the printed form (``region=eu%20west``), the one they name."""
