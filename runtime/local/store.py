@@ -7,9 +7,9 @@ read-only and get zero-copy views. Freeing unlinks the file; mappings still open
 until they are dropped, so a reader never sees memory vanish under it.
 
 The whole session lives in one directory, so cleanup after a crash is one ``rmtree``. Its name
-carries the driver's process id: a driver killed before its zygote took over the cleanup (which
-it does when the driver's connection closes) leaves a directory that the next store created on
-the machine removes.
+carries the driver's process id and PID namespace: a driver killed before its zygote took over
+the cleanup (which it does when the driver's connection closes) leaves a directory that the
+next store created in that namespace on the machine removes.
 """
 
 from __future__ import annotations
@@ -41,13 +41,30 @@ def session_dirs(parent: str | None = None) -> list[str]:
     return [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(PREFIX)]
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (the inode Linux gives it), "0" where it cannot tell."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+def _owner() -> str:
+    """What a store directory's name says of its driver: ``<pid>.<pid namespace>``."""
+    return f"{os.getpid()}.{_pid_namespace()}"
+
+
 def reap_orphans(parent: str | None = None) -> list[str]:
-    """Remove the store directories whose driver process is gone; the ones removed. (A name
-    without a process id, of an earlier version, is left alone.)"""
-    reaped = []
+    """Remove the store directories whose driver process is gone; the ones removed. Only
+    drivers of this PID namespace are looked up (containers sharing /dev/shm number their
+    processes apart: another's live driver is no process here); a name without both, of an
+    earlier version, is left alone."""
+    reaped, namespace = [], _pid_namespace()
     for path in session_dirs(parent):
-        pid, dash, _ = os.path.basename(path)[len(PREFIX):].partition("-")
-        if dash and pid.isdigit() and not psutil.pid_exists(int(pid)):
+        owner, dash, _ = os.path.basename(path)[len(PREFIX):].partition("-")
+        pid, dot, ns = owner.partition(".")
+        if dash and dot and pid.isdigit() and ns == namespace and \
+                not psutil.pid_exists(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             reaped.append(path)
     return reaped
@@ -61,7 +78,7 @@ class ObjectStore:
     def create(cls, session_id: str, parent: str | None = None) -> ObjectStore:
         parent = parent or default_parent()
         reap_orphans(parent)
-        root = os.path.join(parent, f"{PREFIX}{os.getpid()}-{session_id}")
+        root = os.path.join(parent, f"{PREFIX}{_owner()}-{session_id}")
         os.makedirs(root, mode=0o700)
         return cls(root)
 

@@ -331,18 +331,21 @@ def test_a_task_whose_input_failed_fails_at_once_however_deep_in_the_queue(when:
 def test_a_store_left_by_a_killed_driver_is_removed_by_the_next_one(tmp_path):
     """A driver killed before its zygote took over its cleanup leaves its store directory;
     the next store made on the machine removes it (its name says whose it was), and leaves
-    those of live drivers, and names it cannot read, alone."""
-    from runtime.local.store import PREFIX, ObjectStore
+    those of live drivers, of drivers in another PID namespace (a container sharing
+    /dev/shm: their numbers mean nothing here), and names it cannot read, alone."""
+    from runtime.local.store import PREFIX, ObjectStore, _pid_namespace
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    orphan = tmp_path / f"{PREFIX}{gone.pid}-0123456789ab"
-    live = tmp_path / f"{PREFIX}{os.getpid()}-0123456789ab"
+    ns = _pid_namespace()
+    orphan = tmp_path / f"{PREFIX}{gone.pid}.{ns}-0123456789ab"
+    live = tmp_path / f"{PREFIX}{os.getpid()}.{ns}-0123456789ab"
+    elsewhere = tmp_path / f"{PREFIX}{gone.pid}.{ns}1-0123456789ab"  # another namespace's
     unknown = tmp_path / f"{PREFIX}0123456789ab"  # (an earlier version's name)
-    for d in (orphan, live, unknown):
+    for d in (orphan, live, elsewhere, unknown):
         d.mkdir()
         (d / "object").write_bytes(b"x")
     store = ObjectStore.create("fedcba987654", str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [live.name, unknown.name, f"{PREFIX}{os.getpid()}-fedcba987654"])
+        [live.name, elsewhere.name, unknown.name, f"{PREFIX}{os.getpid()}.{ns}-fedcba987654"])
     store.destroy()
