@@ -51,6 +51,7 @@ from jobs.leases import Leases
 from jobs.metrics import Metrics
 from jobs.rounds import Compact, RoundControl, one_line, run_round
 from jobs.triggers import Clock, Pending, cron_fired, due
+from runtime.host import pid_namespace
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +430,5 @@ class Scheduler:
 
 def _pid_namespace() -> list[str]:
     """This process's PID namespace (``pidns4026531836``), where Linux tells it; else none."""
-    try:
-        return [f"pidns{os.stat('/proc/self/ns/pid').st_ino}"]
-    except OSError:
-        return []
+    namespace = pid_namespace()
+    return [] if namespace is None else [f"pidns{namespace}"]

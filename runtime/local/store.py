@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 
 from runtime.errors import ObjectLostError, ObjectStoreFullError
+from runtime.host import pid_namespace
 from runtime.local import serialization
 from runtime.local.serialization import Frame
 
@@ -42,11 +43,7 @@ def session_dirs(parent: str | None = None) -> list[str]:
 
 
 def _pid_namespace() -> str:
-    """This process's PID namespace (the inode Linux gives it), "0" where it cannot tell."""
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return "0"
+    return str(pid_namespace() or 0)
 
 
 def _owner() -> str:
