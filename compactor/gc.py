@@ -289,12 +289,13 @@ def collect_garbage(table: Table, *, older_than: float = DEFAULT_GRACE, dry_run:
     identity = _identity(storage)
     for pdir in sorted({p for p, _ in candidates if p is not None}):
         referenced |= _referenced(table, pdir, identity)
+    listed = {c.path: identity(c.path) for _, c in candidates}
     if storage.protocol in ("file", "local"):
-        _check_reachable(table, referenced, {identity(c.path) for _, c in candidates})
+        _check_reachable(table, referenced, set(listed.values()))
     now = time.time() if now is None else now
     garbage = [c for _, c in candidates
-               if identity(c.path) not in referenced and now - c.modified >= older_than]
-    live = sum(1 for _, c in candidates if identity(c.path) in referenced)
+               if listed[c.path] not in referenced and now - c.modified >= older_than]
+    live = sum(1 for _, c in candidates if listed[c.path] in referenced)
     if garbage and not dry_run:
         _remove(storage, [c.path for c in garbage])
     return GcResult(

@@ -125,13 +125,20 @@ def partition_pairs(text: str) -> list[tuple[str, str]]:
     (``region=eu%20west``), told apart by a ``/`` between pairs and no comma. ValueError if a
     part is not NAME=VALUE."""
     printed = "," not in text and "/" in text and all("=" in p for p in text.split("/"))
+    if printed:
+        return [(unquote(k), unquote(v)) for k, v in name_value_pairs(text, "/")]
+    return name_value_pairs(text)
+
+
+def name_value_pairs(text: str, separator: str = ",") -> list[tuple[str, str]]:
+    """``a=1,b=2`` -> ``[("a", "1"), ("b", "2")]`` (stripped); ValueError naming a part that
+    is not NAME=VALUE."""
     pairs = []
-    for item in text.split("/" if printed else ","):
+    for item in text.split(separator):
         name, eq, value = item.partition("=")
         if not eq or not name.strip():
             raise ValueError(f"{item!r} in {text!r} is not NAME=VALUE")
-        pairs.append((unquote(name.strip()), unquote(value.strip())) if printed
-                     else (name.strip(), value.strip()))
+        pairs.append((name.strip(), value.strip()))
     return pairs
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import pyarrow as pa
 
-from compactor.layout import partition_pairs
+from compactor.layout import name_value_pairs, partition_pairs
 from compactor.units import parse_duration, parse_size
 
 
@@ -41,16 +41,6 @@ class Duration(click.ParamType):
         if seconds < 0:
             self.fail(f"{value!r} is negative", param, ctx)
         return seconds
-
-
-def _pairs(text: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in text.split(","):
-        name, eq, value = item.partition("=")
-        if not eq or not name.strip():
-            raise ValueError(f"{item!r} in {text!r} is not NAME=VALUE")
-        pairs.append((name.strip(), value.strip()))
-    return pairs
 
 
 class PartitionValues(click.ParamType):
@@ -83,7 +73,7 @@ class OpValues(click.ParamType):
         if isinstance(value, tuple):
             return value
         try:
-            pairs = _pairs(str(value))
+            pairs = name_value_pairs(str(value))
         except ValueError as e:
             self.fail(str(e), param, ctx)
         wrong = [meaning for _, meaning in pairs if meaning.lower() not in ("upsert", "delete")]
