@@ -353,7 +353,8 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         _fold(plan, actors, hash_refs, progress)
         # the records are folded in: free them before the actors plan (their peak memory)
         del hash_refs, hashed
-        merged = runtime.get([a.plan.remote() for a in actors])  # an actor lost now fails it
+        # (an actor lost now fails the round)
+        merged = runtime.get([a.plan.remote(plan.small_ordinals(g)) for g, a in enumerate(actors)])
         seconds["dedupe"] = time.perf_counter() - t
         rss["dedupe"] = max(runtime.get([a.peak_rss.remote() for a in actors]))
         plans = {b: p for g in merged for b, p in g.plans.items()}
@@ -486,4 +487,5 @@ def _figures(plan: RoundPlan, merged: list[GroupResult], outputs: list[Materiali
         "bytes_referenced": sum(f.size for f in referenced),
         "buckets_touched": sum(list(was) != now for was, now in zip(old, buckets, strict=True)),
         "rows_copied": sum(o.rows_copied for o in outputs),
+        "small_files_merged": sum(len(files) for files in plan.small.values()),
     }

@@ -19,7 +19,9 @@ class CompactionResult:
     re-hashes are the keys that were there, not incoming rows).
     ``bytes_read`` counts whole input files (deltas once per step that reads them).
     ``rows_copied``: rows written in row groups copied from a rewritten file as bytes (every
-    row of the group survived), not decoded and encoded again.
+    row of the group survived), not decoded and encoded again. ``small_files_merged``: small
+    compacted files rewritten whole, no row of them changed, into fuller ones
+    (``compactor.pipeline.small_files``).
     """
 
     table: str
@@ -47,6 +49,7 @@ class CompactionResult:
     step_peak_rss: dict[str, int] = field(default_factory=dict)
     message: str = ""
     rows_copied: int = 0
+    small_files_merged: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -69,6 +69,8 @@ def render_result(result: CompactionResult, out: Console) -> None:
         ("files written", f"{r.files_written:,} ({format_size(r.bytes_written)}"
                           + (f"; {r.rows_copied:,} rows in row groups copied as they were)"
                              if r.rows_copied else ")")),
+        *([("small files merged", f"{r.small_files_merged:,} (rewritten whole into fuller "
+                                  "files)")] if r.small_files_merged else []),
         ("files referenced", f"{r.files_referenced:,} in place, not rewritten "
                              f"({format_size(r.bytes_referenced)})"),
         ("files read", f"{r.files_read:,} ({format_size(r.bytes_read)})"),
@@ -118,6 +120,7 @@ def plan_info(table: Table, part: Partition, plan: RoundPlan, target_file_size: 
         "hash_task_memory": {"min": min(memory, default=0), "max": max(memory, default=0),
                              "total": sum(memory)},
         "target_file_size": target_file_size, "rows_per_output_file": plan.rows_per_file,
+        "small_files_merged": {str(b): len(p) for b, p in sorted(plan.small.items())},
     }
 
 
@@ -144,6 +147,10 @@ def render_plan(info: dict[str, Any], out: Console) -> None:
                     f"(total {format_size(mem['total'])})")
     figures.add_row("output", f"{info['rows_per_output_file']:,} rows per file "
                     f"(target {format_size(info['target_file_size'])})")
+    small = info["small_files_merged"]
+    if small:
+        figures.add_row("small files", f"{sum(small.values()):,} merged into fuller ones, "
+                        f"in {len(small):,} bucket{'s' if len(small) != 1 else ''}")
     out.print(figures)
 
 

@@ -158,10 +158,10 @@ class DedupeActor:
     def merge(self, state: int | None, index_paths: dict[int, list[str]] | None,
               bucket_sizes: dict[int, tuple[int, ...]], group: int,
               outputs: Sequence[HashOutput | Sequence[HashOutput]],
-              prior: int | None = None) -> GroupResult:
+              prior: int | None = None, small: Sequence[int] = ()) -> GroupResult:
         """``fold`` then ``plan``."""
         self.fold(state, index_paths, bucket_sizes, group, outputs, prior)
-        return self.plan()
+        return self.plan(small)
 
     def fold(self, state: int | None, index_paths: dict[int, list[str]] | None,
              bucket_sizes: dict[int, tuple[int, ...]], group: int,
@@ -211,8 +211,10 @@ class DedupeActor:
                                reloaded, max(peak, self.index.nbytes + records.nbytes),
                                copied=not in_place)
 
-    def plan(self) -> GroupResult:
-        """After ``fold``: per bucket, the files kept in place and the rows to rewrite."""
+    def plan(self, small: Sequence[int] = ()) -> GroupResult:
+        """After ``fold``: per bucket, the files kept in place and the rows to rewrite;
+        ``small``: ordinals of compacted files rewritten whole (``small_files``), merged
+        into fuller ones."""
         if self._folded is None:
             raise self._lost("folded", "folding", "planned already; the records are freed")
         folded, self._folded = self._folded, None
@@ -227,6 +229,8 @@ class DedupeActor:
                                       side="right") - 1
         lost = result.superseded_files[(result.superseded_files >= 0)
                                        & (result.superseded_files < locators.SOURCE_BASE)]
+        if len(small):  # (a file of both: its lost rows, as a file only losing them)
+            lost = np.union1d(lost, np.asarray(small, dtype=lost.dtype))
         counts = (result.records_in, result.inserted, result.updated, result.deleted,
                   result.duplicates_dropped)
         # a first round's entries all entered: no list of them (as big as the index)

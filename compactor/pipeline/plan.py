@@ -21,7 +21,7 @@ from compactor import files
 from compactor.errors import FileTooLarge, InvalidTableSpec
 from compactor.manifest import CdcOps, CompactedState, DataFile, DeltaKind
 from compactor.partition import Partition
-from compactor.pipeline import index_store, locators
+from compactor.pipeline import index_store, locators, small_files
 from compactor.pipeline.hash_bucket import HashInput
 from compactor.snapshot import Snapshot
 from compactor.table import Table
@@ -109,6 +109,8 @@ class RoundPlan:
     # the op column of each CDC source (by ordinal): not data, even where a later delta added
     # a table column of that name
     op_columns: dict[int, str] = field(default_factory=dict)
+    # per bucket, the positions of the small compacted files the round merges (small_files)
+    small: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def rows_in(self) -> int:
@@ -121,6 +123,11 @@ class RoundPlan:
     def group_buckets(self, group: int) -> list[int]:
         return [b for b in range(self.bucket_count)
                 if b * self.groups // self.bucket_count == group]
+
+    def small_ordinals(self, group: int) -> list[int]:
+        """The ordinals of the small files merged in dedupe group ``group``'s buckets."""
+        return [locators.compacted(b, i) for b in self.group_buckets(group)
+                for i in self.small.get(b, ())]
 
 
 def check_bucket_count(table: Table, partition: Partition, bucket_count: int | None) -> None:
@@ -282,15 +289,17 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
     old_chains = index_store.paths_of(compacted) if rebuild and order_type is not None else None
     carried = tuple((tuple(chain), locators.source(len(items) + b))
                     for b, chain in enumerate(old_chains or []) if chain)
+    rows_per_file = min(locators.MAX_FILE_ROWS,
+                        max(1, int(target_file_size / max(bytes_per_row, 1e-9))))
     return RoundPlan(
         snapshot=snapshot, base=base, rebuild=rebuild, bucket_count=count, groups=groups,
         tasks=tuple(batch_small(tasks)), sources=sources,
         high_watermark=snapshot.deltas[-1].position if snapshot.deltas else
         snapshot.high_watermark,
-        rows_per_file=min(locators.MAX_FILE_ROWS,
-                          max(1, int(target_file_size / max(bytes_per_row, 1e-9)))),
+        rows_per_file=rows_per_file,
         row_bytes=decoded / max(sum(f.rows for f, *_ in items), 1),
         dedupe_memory=max(MIN_TASK_MEMORY, int(3 * keys * RECORD_BYTES / groups)),
         order_type=order_type, tombstones=carried, tombstones_tolerant=unusable,
         op_columns=op_columns,
+        small=small_files.to_merge(base.buckets, rows_per_file) if base is not None else {},
     )

@@ -458,3 +458,36 @@ def test_compact_runs_in_the_cpus_and_memory_it_is_given(tmp_path: Path) -> None
     assert compactor("verify", url).code == 0
     cluster = compactor("compact", url, "--address", "auto", "--cpus", "2")
     assert cluster.code == 2 and "the cluster at --address auto has its own" in cluster.err
+
+
+def test_the_plan_and_the_round_say_which_small_files_are_merged(table_url: str,
+                                                                 tmp_path: Path) -> None:
+    import runtime
+    from compactor import open_table
+    from compactor.compaction import compact_partition
+    from compactor.pipeline.small_files import MERGE_FILES
+
+    compactor("table", "create", table_url, "-k", "id", "--order-by", "lsn", "--buckets", "1",
+              "--schema", SCHEMA)
+    table = open_table(table_url)
+    part = table.partition()
+    with runtime.init("local", num_cpus=1):  # MERGE_FILES small rounds, in-process (quicker)
+        for n in range(MERGE_FILES):
+            part.append(pa.table(upserts(list(range(n * 10, n * 10 + 10)), "a", n * 10)))
+            compact_partition(table, part)
+    last = write_parquet(tmp_path / "last.parquet", upserts([5, 1000], "b", 500))
+    assert compactor("append", table_url, "--kind", "upsert", last).code == 0
+
+    plan = compactor("compact", table_url, "--dry-run", "--json")
+    assert plan.code == 0, plan
+    assert plan.json()["small_files_merged"] == {"0": MERGE_FILES}
+    text = compactor("compact", table_url, "--dry-run")
+    assert f"{MERGE_FILES} merged into fuller ones, in 1 bucket" in text.out, text
+    done = compactor("compact", table_url)
+    assert done.code == 0, done
+    assert re.search(rf"small files merged\s+{MERGE_FILES} \(rewritten whole", done.out), done
+    shown = compactor("show", table_url, "--json").json()
+    assert [(b["files"], b["rows"]) for b in shown["partitions"][0]["compacted"]["buckets"]] \
+        == [(1, MERGE_FILES * 10 + 1)]
+    verified = compactor("verify", table_url)
+    assert verified.code == 0, verified

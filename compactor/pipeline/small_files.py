@@ -1,0 +1,56 @@
+"""Which small compacted files a round merges into fuller ones.
+
+A round writes each bucket's new rows into new files, and rewrites only the files that lost
+rows. A partition that mostly gains keys (an append-heavy table, frequent small deltas) would
+so gain a small file per bucket per round, without end, until a bucket held
+``MAX_FILES_PER_BUCKET`` files and rounds failed; and a first round on several cores ends
+each task's share of a bucket in a part-full file (at a 256 MiB target, a 20M-row partition
+got five files of 20-73 MB per bucket).
+
+So a round also rewrites, whole, some of a bucket's *small* files (fewer than half the rows
+of a full file), once there are ``MERGE_FILES`` of them or together they hold a full file's
+rows: the smallest first, until they hold a full file's rows (or all of them). They go to
+materialize as any rewritten file does (every row surviving), their rows written with the
+round's other rows of the bucket, a new file every ``rows_per_file`` rows; a row group of
+theirs that is a full one of the table's is copied as its bytes, not decoded
+(``parquet_splice``). The dedupe actors move their index entries as for any rewritten file.
+
+A bucket thus holds fewer than ``MERGE_FILES`` small files after a round, and a round merges
+about a full file's rows per bucket at most (a first round's part-full files are merged over
+as many later rounds as it takes, not all in the next one). The price, for a partition gaining
+``s`` rows per bucket per round: a file collecting them is rewritten every ``MERGE_FILES - 1``
+rounds or so until it holds half a full file's rows; about
+``rows_per_file / (2 * MERGE_FILES)`` rows per bucket per round on average, whatever ``s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from compactor.manifest import DataFile
+
+MERGE_FILES = 8
+
+
+def is_small(file: DataFile, rows_per_file: int) -> bool:
+    return file.rows * 2 < rows_per_file
+
+
+def to_merge(buckets: Sequence[Sequence[DataFile]], rows_per_file: int
+             ) -> dict[int, tuple[int, ...]]:
+    """Per bucket with small files to merge, their positions in its file list."""
+    merge: dict[int, tuple[int, ...]] = {}
+    for b, files in enumerate(buckets):
+        small = sorted((f.rows, i) for i, f in enumerate(files) if is_small(f, rows_per_file))
+        if len(small) < MERGE_FILES and (
+                len(small) < 2 or sum(rows for rows, _ in small) < rows_per_file):
+            continue
+        chosen: list[int] = []
+        total = 0
+        for rows, i in small:
+            if len(chosen) >= 2 and total >= rows_per_file:
+                break
+            chosen.append(i)
+            total += rows
+        merge[b] = tuple(sorted(chosen))
+    return merge
