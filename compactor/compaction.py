@@ -319,7 +319,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
     try:
         plan = plan_round(table, partition, target_file_size=target_file_size,
                           bucket_count=bucket_count, rebase=rebase, groups=groups,
-                          rebuild=bool(rebuild))
+                          rebuild=bool(rebuild), compression=compression)
     except NothingToDo as e:
         return _idle(table, partition, e, start)
     seconds["plan"], rss["plan"] = time.perf_counter() - t, peak_rss()

@@ -212,7 +212,7 @@ def compact(session: Session, url: str, partition: dict[str, str] | None, backen
             round_work(table, part, buckets, rebase)  # before a cluster is joined for its size
             plan = plan_round(table, part, target_file_size=target_file_size,
                               bucket_count=buckets, rebase=rebase,
-                              groups=_groups(backend, address, cpus))
+                              groups=_groups(backend, address, cpus), compression=compression)
         except NothingToDo as e:
             message = str(e)
             session.emit({"table": table.url, "partition": str(part.key), "dry_run": True,

@@ -123,7 +123,7 @@ def _step(session: Session, text: str) -> None:
               help="Rows of the full load.")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default=None,
               help="Runtime (default: $COMPACTOR_BACKEND, else local).")
-@click.option("--target-file-size", type=Size(), default="256KiB", show_default=True,
+@click.option("--target-file-size", type=Size(), default="64KiB", show_default=True,
               help="Compacted file size (small, so the incremental round can reference files).")
 def demo(session: Session, directory: Path, rows: int, backend: str | None,
          target_file_size: int) -> None:

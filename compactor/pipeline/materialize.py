@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,9 +32,11 @@ from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.manifest import DataFile
 from compactor.pipeline.dedupe import BucketPlan
-from compactor.pipeline.plan import RoundPlan
 from compactor.pipeline.row_sets import RowSet
 from compactor.thrift_compact import Struct
+
+if TYPE_CHECKING:
+    from compactor.pipeline.plan import RoundPlan
 
 # Compacted files have dictionary pages only for text columns with few distinct values
 # (``dictionary_columns``): with row groups of ROW_GROUP_ROWS, building (and for high-cardinality

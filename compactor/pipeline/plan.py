@@ -21,8 +21,9 @@ from compactor import files
 from compactor.errors import FileTooLarge, InvalidTableSpec
 from compactor.manifest import CdcOps, CompactedState, DataFile, DeltaKind
 from compactor.partition import Partition
-from compactor.pipeline import index_store, locators, small_files
+from compactor.pipeline import index_store, locators, output_size, small_files
 from compactor.pipeline.hash_bucket import HashInput
+from compactor.pipeline.materialize import DEFAULT_CODEC
 from compactor.snapshot import Snapshot
 from compactor.table import Table
 
@@ -221,7 +222,7 @@ def round_work(table: Table, partition: Partition, bucket_count: int | None, reb
 
 def plan_round(table: Table, partition: Partition, *, target_file_size: int,
                bucket_count: int | None, rebase: bool, groups: int,
-               rebuild: bool = False) -> RoundPlan:
+               rebuild: bool = False, compression: str = DEFAULT_CODEC) -> RoundPlan:
     unusable = rebuild  # (the index was found unusable: the round runs again without it)
     snapshot, count, rebuild = round_work(table, partition, bucket_count, rebase, rebuild)
     compacted = snapshot.compacted
@@ -234,12 +235,17 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         items += [(f, compacted.high_watermark, DeltaKind.UPSERT, None) for f in compacted.files]
     for d in snapshot.deltas:
         items += [(f, d.position, d.kind, d.cdc) for f in d.files]
-    stats = _all_footer_stats(table, items, key_cols)
+    base = None if rebuild else compacted
+    with ThreadPoolExecutor(1) as pool:  # a first round's sample is read beside the footers
+        per_row = pool.submit(output_size.bytes_per_row, table, base, [
+            (f, cdc.column if cdc else None) for f, _, _, cdc in items], compression)
+        stats = _all_footer_stats(table, items, key_cols)
+        bytes_per_row = per_row.result()
 
     tasks: list[HashTask] = []
     sources: dict[int, DataFile] = {}
     op_columns: dict[int, str] = {}
-    total_rows = total_bytes = decoded = 0
+    decoded = 0
     for j, ((file, position, kind, cdc), (rg_rows, key_bytes, all_bytes)) in enumerate(
             zip(items, stats, strict=True)):
         ordinal = locators.source(j)
@@ -251,8 +257,6 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         sources[ordinal] = file
         if cdc is not None:
             op_columns[ordinal] = cdc.column
-        total_rows += file.rows
-        total_bytes += file.size
         decoded += all_bytes
         per_row_key = key_bytes / max(file.rows, 1)
         start = first = 0
@@ -274,14 +278,10 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         if not rg_rows:  # an empty file still gets hashed (it may carry schema only)
             tasks.append(HashTask((HashInput(file, ordinal, position, kind, cdc),), 0,
                                   file.size))
-    base = None if rebuild else compacted
     if base is not None:
         for b, bucket in enumerate(base.buckets):
             for i, f in enumerate(bucket):
                 sources[locators.compacted(b, i)] = f
-        total_rows += base.rows
-        total_bytes += base.size
-    bytes_per_row = total_bytes / max(total_rows, 1)
     keys = (base.rows if base is not None else 0) + snapshot.pending_rows
     order_type = (table.schema.field(table.ordering_column).type
                   if table.ordering_column else None)

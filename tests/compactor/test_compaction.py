@@ -292,12 +292,12 @@ def test_incremental_round_rewrites_only_touched_files(rt, tmp_path):
     n = 200_000
     s.upsert(pa.table({"id": np.arange(n), "v": np.arange(n).astype(str),
                        "lsn": np.arange(n)}, schema=SCHEMA))
-    first = s.compact_and_check(target_file_size=200_000)
+    first = s.compact_and_check(target_file_size=60_000)
     assert first.files_written > 8
     hot = np.arange(n - 500, n)  # the newest keys only
     s.upsert(pa.table({"id": hot, "v": ["hot"] * len(hot), "lsn": np.full(len(hot), n)},
                       schema=SCHEMA))
-    second = s.compact_and_check(target_file_size=200_000)
+    second = s.compact_and_check(target_file_size=60_000)
     assert second.files_referenced > 0
     assert second.bytes_written < first.bytes_written / 2
 
