@@ -29,7 +29,7 @@ from compactor.errors import (
 from compactor.faults import maybe_fail
 from compactor.manifest import DataFile
 from compactor.partition import Partition
-from compactor.pipeline import index_store, locators
+from compactor.pipeline import index_store, locators, output_size
 from compactor.pipeline.dedupe import BucketPlan, GroupResult
 from compactor.pipeline.materialize import (
     DEFAULT_CODEC,
@@ -408,7 +408,8 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         state = partition.commit_compaction(
             plan.snapshot, high_watermark=plan.high_watermark, buckets=buckets,
             hash_algorithm=table.hash_algorithm,
-            properties={index_store.PROPERTY: json.dumps(index_paths)},
+            properties={index_store.PROPERTY: json.dumps(index_paths),
+                        **output_size.recorded(plan.snapshot.compacted, written, compression)},
             metrics={k: float(v) for k, v in result_fields.items()},
         )
     except BaseException as e:

@@ -16,6 +16,7 @@ from rich.table import Table as RichTable
 
 from compactor.cli.common import Session, command, partition_option, styled
 from compactor.cli.params import Size
+from compactor.pipeline.materialize import CODECS, DEFAULT_CODEC
 from compactor.units import format_size
 
 if TYPE_CHECKING:
@@ -103,8 +104,11 @@ def render(info: dict[str, Any], out: Console) -> None:
 @click.option("--buckets", type=click.IntRange(min=1), default=None,
               help="Hash buckets (default: the current layout's, or the table's).")
 @click.option("--rebase", is_flag=True, help="Plan a rewrite of the whole compacted state.")
+@click.option("--compression", type=click.Choice(CODECS), default=DEFAULT_CODEC,
+              show_default=True, help="Codec of the files the round would write (it sizes "
+                                      "them: rows per file).")
 def plan(session: Session, url: str, partition: dict[str, str] | None, cluster_config: str,
-         target_file_size: int, buckets: int | None, rebase: bool) -> None:
+         target_file_size: int, buckets: int | None, rebase: bool, compression: str) -> None:
     """The worker nodes (how many, of which type) a round of a partition needs on a cluster.
 
     Reads the partition's pending deltas and their Parquet footers as `compact` would (of
@@ -129,7 +133,8 @@ def plan(session: Session, url: str, partition: dict[str, str] | None, cluster_c
         # a round makes one dedupe actor per CPU up when it starts: the idle cluster's
         round_plan = plan_round(table, part, target_file_size=target_file_size,
                                 bucket_count=buckets, rebase=rebase,
-                                groups=max(1, math.floor(cluster.idle_cpus)))
+                                groups=max(1, math.floor(cluster.idle_cpus)),
+                                compression=compression)
     except NothingToDo as e:
         message = str(e)
         session.emit({"table": table.url, "partition": str(part.key), "cluster": cluster.name,

@@ -238,7 +238,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
     base = None if rebuild else compacted
     with ThreadPoolExecutor(1) as pool:  # a first round's sample is read beside the footers
         per_row = pool.submit(output_size.bytes_per_row, table, base, [
-            (f, cdc.column if cdc else None) for f, _, _, cdc in items], compression)
+            (f, kind, cdc.column if cdc else None) for f, _, kind, cdc in items], compression)
         stats = _all_footer_stats(table, items, key_cols)
         bytes_per_row = per_row.result()
 

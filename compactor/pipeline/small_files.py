@@ -10,17 +10,21 @@ got five files of 20-73 MB per bucket).
 So a round also rewrites, whole, some of a bucket's *small* files (fewer than half the rows
 of a full file), once there are ``MERGE_FILES`` of them or together they hold a full file's
 rows: the smallest first, until they hold a full file's rows (or all of them). They go to
-materialize as any rewritten file does (every row surviving), their rows written with the
-round's other rows of the bucket, a new file every ``rows_per_file`` rows; a row group of
-theirs that is a full one of the table's is copied as its bytes, not decoded
-(``parquet_splice``). The dedupe actors move their index entries as for any rewritten file.
+materialize as any rewritten file does (every row surviving); their rows are written in
+order with the other rows of the bucket that the same materialize task writes (an
+incremental round's few sources mostly share one task), a new file every ``rows_per_file``
+rows; a row group of theirs that is a full one of the table's is copied as its bytes, not
+decoded (``parquet_splice``). The dedupe actors move their index entries as for any
+rewritten file.
 
-A bucket thus holds fewer than ``MERGE_FILES`` small files after a round, and a round merges
-about a full file's rows per bucket at most (a first round's part-full files are merged over
-as many later rounds as it takes, not all in the next one). The price, for a partition gaining
-``s`` rows per bucket per round: a file collecting them is rewritten every ``MERGE_FILES - 1``
-rounds or so until it holds half a full file's rows; about
-``rows_per_file / (2 * MERGE_FILES)`` rows per bucket per round on average, whatever ``s``.
+A round that finds ``MERGE_FILES`` small files in a bucket merges at least two, and at least
+a full file's rows or all of them, so the small files of a bucket fall round after round
+to fewer than ``MERGE_FILES`` (a first round's part-full files are merged over as many later
+rounds as it takes, not all in the next one), and a round merges about a full file's rows
+per bucket at most. The price, for a partition gaining ``s`` rows per bucket per round: a
+file collecting them is rewritten every ``MERGE_FILES - 1`` rounds or so until it holds half
+a full file's rows; about ``rows_per_file / (2 * MERGE_FILES)`` rows per bucket per round on
+average, whatever ``s``.
 """
 
 from __future__ import annotations

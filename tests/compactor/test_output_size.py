@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import runtime
-from compactor import create_table
+from compactor import DeltaKind, create_table
 from compactor.compaction import compact_partition
+from compactor.pipeline import output_size
 from compactor.pipeline.plan import plan_round
 
 SCHEMA = pa.schema([("id", pa.int64()), ("lsn", pa.int64()), ("status", pa.string()),
@@ -57,17 +58,91 @@ def test_a_first_rounds_files_are_the_target_size_though_its_input_is_stored_lar
         assert sum(sizes) / 120_000 < input_per_row / 2
 
 
-def test_later_rounds_size_files_by_the_compacted_files_bytes_per_row(rt, tmp_path):
+def _table(tmp_path, data: pa.Table) -> tuple[object, object]:
     source = tmp_path / "load.parquet"
-    pq.write_table(_data(50_000), source, compression="none", use_dictionary=False)
+    pq.write_table(data, source, compression="none", use_dictionary=False)
     table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
                          ordering_column="lsn", bucket_count=1)
     part = table.partition()
     part.register([str(source)])
-    compact_partition(table, part, target_file_size=100_000)
-    part.append(_data(1000, 10**6))
+    return table, part
+
+
+def _rows_per_file(table, part, target: int, codec: str = "zstd") -> int:
+    return plan_round(table, part, target_file_size=target, bucket_count=None, rebase=False,
+                      groups=1, compression=codec).rows_per_file
+
+
+def test_later_rounds_size_files_by_the_compacted_files_bytes_per_row(rt, tmp_path):
+    table, part = _table(tmp_path, _data(800_000))
+    compact_partition(table, part, target_file_size=2_000_000)
+    part.append(_data(1000, 10**7))
     compacted = part.snapshot().compacted
-    assert compacted is not None
-    plan = plan_round(table, part, target_file_size=100_000, bucket_count=None, rebase=False,
-                      groups=1)
-    assert plan.rows_per_file == int(100_000 / (compacted.size / compacted.rows))
+    assert compacted is not None and compacted.size > len(compacted.files) << 20
+    assert _rows_per_file(table, part, 2_000_000) == int(
+        2_000_000 / (compacted.size / compacted.rows))
+    # another codec: the compacted files' bytes per row are not what this round's take
+    assert _rows_per_file(table, part, 2_000_000, "none") < _rows_per_file(
+        table, part, 2_000_000) / 2
+
+
+def test_a_compacted_state_small_beside_the_rounds_input_does_not_size_its_files(rt, tmp_path):
+    """Two rows compacted first: a file of them is almost all footer, and would make the next
+    round's files of a big delta hundreds of times too small."""
+    table, part = _table(tmp_path, _data(2))
+    compact_partition(table, part, target_file_size=1_000_000)
+    part.append(_data(200_000, 10))
+    result = compact_partition(table, part, target_file_size=1_000_000)
+    sizes = sorted(f.size for f in part.snapshot().compacted.files)  # type: ignore[union-attr]
+    assert result.files_written <= 4 and 0.6e6 <= sizes[-1] <= 1.4e6, sizes
+
+
+def test_a_delete_deltas_keys_are_not_taken_for_rows(rt, tmp_path):
+    """The largest input being a delete delta's keys (all other columns null, a few bytes a
+    row) made files many times the target."""
+    table, part = _table(tmp_path, _data(100_000))
+    part.append(pa.table({"id": np.arange(10**6, 2 * 10**6), "lsn": np.zeros(10**6, np.int64)}),
+                kind=DeltaKind.DELETE)
+    upserts_only = plan_round(table, part, target_file_size=1_000_000, bucket_count=None,
+                              rebase=False, groups=1).rows_per_file
+    sample = output_size.sample_bytes_per_row(
+        table, part.snapshot().deltas[0].files[0], None, "zstd")
+    assert sample is not None and upserts_only == int(1_000_000 / sample)
+
+
+def test_a_sample_of_wide_rows_reads_a_few_megabytes_of_them(tmp_path):
+    rows, width = 4000, 16_000
+    blobs = pa.array([bytes([i % 251]) * width for i in range(rows)], pa.binary())
+    schema = pa.schema([("id", pa.int64()), ("lsn", pa.int64()), ("blob", pa.binary())])
+    data = pa.table({"id": np.arange(rows), "lsn": np.arange(rows), "blob": blobs}, schema=schema)
+    source = tmp_path / "wide.parquet"
+    pq.write_table(data, source, compression="none", row_group_size=rows)
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=["id"],
+                         ordering_column="lsn", bucket_count=1)
+    part = table.partition()
+    part.register([str(source)])
+    file = part.snapshot().deltas[0].files[0]
+    before = pa.total_allocated_bytes()
+    pool = pa.default_memory_pool()
+    peak = pool.max_memory()
+    per_row = output_size.sample_bytes_per_row(table, file, None, "zstd")
+    assert per_row is not None and per_row < width / 10  # (a byte repeated: zstd's)
+    # at most SAMPLE_BYTES decoded (and its encodings), not the 64 MB row group
+    assert pool.max_memory() - max(peak, before) < 4 * output_size.SAMPLE_BYTES
+
+
+def test_after_a_codec_change_files_are_sized_by_what_the_new_codec_wrote(rt, tmp_path):
+    """The state's files are mostly of the old codec: their bytes per row would size the
+    rounds after the change wrong; the figure each round records of its files does not."""
+    table, part = _table(tmp_path, _data(800_000))
+    target = 2_000_000
+    compact_partition(table, part, target_file_size=target, compression="none")
+    for r in (1, 2):
+        before = {f.url for f in part.snapshot().compacted.files}  # type: ignore[union-attr]
+        part.append(_data(600_000, r * 10**7))  # new keys: new files
+        compact_partition(table, part, target_file_size=target)  # zstd
+        state = part.snapshot().compacted
+        assert state is not None and state.properties["compression"] == "zstd"
+        sizes = sorted(f.size for f in state.files if f.url not in before)
+        assert len(sizes) >= 2 and all(0.7 * target <= s <= 1.3 * target
+                                       for s in sizes[1:]), (r, sizes)

@@ -124,7 +124,7 @@ def test_an_append_mostly_stream_keeps_few_files_per_bucket_and_matches_the_orac
 def test_small_files_holding_a_full_files_rows_are_merged_into_a_full_file(rt, tmp_path):
     s = Scenario(f"file://{tmp_path}/t", SCHEMA, ["id"], "lsn", buckets=2)
     rng = np.random.default_rng(6)
-    target = 16_000  # bytes: a file of about two thousand rows
+    target = 5_000  # bytes: a file of about two thousand rows
     sum_triggered = False
     for r in range(14):
         _append_mostly(s, rng, r, 800)
