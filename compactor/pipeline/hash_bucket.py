@@ -40,12 +40,17 @@ class HashInput:
     first_row: int = 0  # row index (in the file) of the slice's first row
 
 
+PER_ROW = -1  # a HashOutput's position and ordinal when its records carry their own
+
+
 @dataclass(frozen=True)
 class HashOutput:
     """Records of one source file, per group of buckets, sorted by key.
 
     ``pos`` and ``file`` are the same for every record of a file: they travel once, as
-    ``position`` and ``ordinal``, not per row (``GroupRecords`` puts them back).
+    ``position`` and ``ordinal``, not per row (``GroupRecords`` puts them back). Small files
+    hashed in one task travel as one output (``combined``), whose records carry their own
+    ``pos`` and ``file`` columns (``position`` and ``ordinal`` are ``PER_ROW``).
     """
 
     records: dict[int, pa.Table]  # group -> records without pos and file
@@ -75,7 +80,15 @@ class GroupRecords:
         """Per source ordinal, one past the highest row its records name."""
         spans: dict[int, int] = {}
         for t, _, ordinal in self.runs:
-            spans[ordinal] = max(spans.get(ordinal, 0), int(pc.max(t.column("row")).as_py()) + 1)
+            if ordinal != PER_ROW:
+                spans[ordinal] = max(spans.get(ordinal, 0),
+                                     int(pc.max(t.column("row")).as_py()) + 1)
+                continue
+            ordinals, at = np.unique(t.column("file").to_numpy(), return_inverse=True)
+            ends = np.zeros(len(ordinals), dtype=np.int64)
+            np.maximum.at(ends, at, t.column("row").to_numpy().astype(np.int64) + 1)
+            for o, end in zip(ordinals.tolist(), ends.tolist(), strict=True):
+                spans[o] = max(spans.get(o, 0), end)
         return spans
 
     def cuts(self, inner: np.ndarray) -> list[np.ndarray]:
@@ -92,11 +105,20 @@ class GroupRecords:
                  if c[j + 1] > c[j]]
         if not parts:
             return None
-        table = pa.concat_tables([t for t, _, _ in parts], promote_options="permissive")
-        sizes = [t.num_rows for t, _, _ in parts]
+        tables, pos, file = [], [], []
+        for t, position, ordinal in parts:
+            if ordinal == PER_ROW:
+                pos.append(t.column("pos").to_numpy())
+                file.append(t.column("file").to_numpy())
+                t = t.drop_columns(["pos", "file"])
+            else:
+                pos.append(np.full(t.num_rows, position, np.int64))
+                file.append(np.full(t.num_rows, ordinal, np.int32))
+            tables.append(t)
+        table = pa.concat_tables(tables, promote_options="permissive")
         columns = {name: table.column(name) for name in table.column_names}
-        columns["pos"] = pa.array(np.repeat(np.array([p for _, p, _ in parts], np.int64), sizes))
-        columns["file"] = pa.array(np.repeat(np.array([o for _, _, o in parts], np.int32), sizes))
+        columns["pos"] = pa.array(np.concatenate(pos))
+        columns["file"] = pa.array(np.concatenate(file))
         order = table.schema.field("order").type if "order" in columns else None
         return pa.table(columns).select(record_schema(order).names)
 
@@ -201,3 +223,28 @@ def hash_file(
         cols["op"] = ops[rows] if item.kind is DeltaKind.CDC else ops[:len(rows)]
         out[g] = pa.table(cols, schema=schema)
     return HashOutput(out, n, item.file.size, item.position, item.ordinal)
+
+
+def combined(outputs: list[HashOutput]) -> HashOutput:
+    """The outputs of several (small) files as one, each group's records one run sorted by
+    key that carries every record's ``pos`` and ``file``. A dedupe actor reads a range of
+    keys as a slice of every run, so thousands of small files as runs of their own cost it a
+    slice each per range (and the object store a table each per group)."""
+    if len(outputs) == 1:
+        return outputs[0]
+    out = {}
+    for g in sorted({g for o in outputs for g in o.records}):
+        parts = [(o.records[g], o.position, o.ordinal) for o in outputs
+                 if g in o.records and o.records[g].num_rows]
+        if not parts:
+            continue
+        table = pa.concat_tables([t for t, _, _ in parts], promote_options="permissive")
+        sizes = [t.num_rows for t, _, _ in parts]
+        table = table.append_column("pos", pa.array(
+            np.repeat(np.array([p for _, p, _ in parts], np.int64), sizes)))
+        table = table.append_column("file", pa.array(
+            np.repeat(np.array([o for _, _, o in parts], np.int32), sizes)))
+        by_key, _ = sort_by_key(table.column("hi").to_numpy(), table.column("lo").to_numpy())
+        out[g] = table.take(pa.array(by_key))
+    return HashOutput(out, sum(o.rows for o in outputs), sum(o.bytes_read for o in outputs),
+                      PER_ROW, PER_ROW)

@@ -236,9 +236,11 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
         step = batch_rows(int(sum(sizes[g] for g in groups)),
                           sum(meta.row_group(g).total_byte_size for g in groups))
         at = 0
+        # (a file read whole is small: decoding its columns in threads costs more than it
+        # saves, 0.3 against 0.15-0.19 ms a 10-row file)
         for batch in _named_errors(file, parquet.iter_batches(
-                batch_size=step, row_groups=groups.tolist(), columns=names),
-                in_memory=in_memory):
+                batch_size=step, row_groups=groups.tolist(), columns=names,
+                use_threads=not in_memory), in_memory=in_memory):
             # in the table's types first: a file's type may have no gather of its own
             # (string_view, binary_view)
             data = conform(pa.Table.from_batches([batch]), schema, file.url,
@@ -626,6 +628,10 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
 
 MIN_GROUP_BYTES = 64 << 20  # decoded bytes a materialize task reads at least...
 MAX_GROUP_BYTES = 1 << 30  # ...and at most (unless one source alone is bigger)
+# what a source costs a task beyond its rows, as decoded bytes: opening, decoding and
+# gathering a 10-row file took 1.7 ms, as long as ~200 KB of a big file's rows. Thousands of
+# small files are so cut into tasks for every core, not read in one.
+SOURCE_COST_BYTES = 256 << 10
 
 
 def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
@@ -633,7 +639,8 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     """Source files with surviving rows, in ordinal order, cut into materialize tasks.
 
     Tasks get consecutive sources, about 1/(2 x CPUs) of the decoded data each (so every core
-    has work), but at least MIN_GROUP_BYTES (fewer, larger files) and at most MAX_GROUP_BYTES.
+    has work), but at least MIN_GROUP_BYTES (fewer, larger files) and at most MAX_GROUP_BYTES;
+    each source counts SOURCE_COST_BYTES more than its rows.
     A task past half its share also ends where its next source would spill the rows of a
     bucket it has already written a full file of into one more file: a task writes each bucket
     a new file every ``rows_per_file`` rows, so its last file of that bucket is then as full as
@@ -644,7 +651,7 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     for b, p in plans.items():
         for ordinal, rows in p.sources:
             by_ordinal.setdefault(ordinal, {})[b] = rows
-    sizes = {o: plan.sources[o].rows * plan.row_bytes for o in by_ordinal}
+    sizes = {o: plan.sources[o].rows * plan.row_bytes + SOURCE_COST_BYTES for o in by_ordinal}
     cpus = max(1.0, cpus)
     budget = min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, sum(sizes.values()) / (2 * cpus)))
     per_file = plan.rows_per_file

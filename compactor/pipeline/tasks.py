@@ -9,7 +9,7 @@ from typing import Any
 
 import runtime
 from compactor.pipeline.dedupe import DedupeActor
-from compactor.pipeline.hash_bucket import HashInput, HashOutput, hash_file
+from compactor.pipeline.hash_bucket import HashInput, HashOutput, combined, hash_file
 from compactor.pipeline.materialize import MaterializeOutput, materialize_group
 from compactor.pipeline.tombstones import carried_tombstones
 
@@ -34,13 +34,14 @@ HASH_READ_THREADS = 8
 
 @runtime.remote(max_retries=3)
 def hash_task(storage: Any, inputs: tuple[HashInput, ...], *args: Any) -> list[HashOutput]:
-    """The records of each input (a file, a slice of one, or one of several small files),
-    several read at once."""
+    """The records of the input (a file or a slice of one), or of several small files, read
+    several at once, as one output (``hash_bucket.combined``)."""
     if len(inputs) == 1:
         outputs = [hash_file(storage, inputs[0], *args)]
     else:
         with ThreadPoolExecutor(min(HASH_READ_THREADS, len(inputs))) as pool:
-            outputs = list(pool.map(lambda item: hash_file(storage, item, *args), inputs))
+            outputs = [combined(list(pool.map(lambda item: hash_file(storage, item, *args),
+                                              inputs)))]
     rss = peak_rss()
     return [replace(o, peak_rss=rss) for o in outputs]
 

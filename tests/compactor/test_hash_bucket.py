@@ -14,7 +14,14 @@ from compactor.fs import Storage
 from compactor.hashing import bucket_of, bucket_start, key_digest
 from compactor.manifest import CdcOps, DeltaKind
 from compactor.merge import OP_DELETE, OP_UPSERT
-from compactor.pipeline.hash_bucket import HashInput, group_bounds, hash_file
+from compactor.pipeline.hash_bucket import (
+    PER_ROW,
+    GroupRecords,
+    HashInput,
+    combined,
+    group_bounds,
+    hash_file,
+)
 
 
 def _group(hi: np.ndarray, bucket_count: int, groups: int) -> np.ndarray:
@@ -136,3 +143,44 @@ def test_a_rebases_carried_tombstones_go_to_their_groups_each_in_its_own_buffers
         buffers: list[pickle.PickleBuffer] = []
         pickle.dumps(records, protocol=5, buffer_callback=buffers.append)
         assert sum(b.raw().nbytes for b in buffers) <= 29 * records.num_rows + 1024
+
+
+def test_small_files_hashed_together_are_one_run_per_group_with_the_same_records(
+        tmp_path) -> None:
+    """``combined``: a task's small files as one output, each group one run sorted by key whose
+    records carry their own position and file; a dedupe actor reads from it exactly the
+    records (and the rows each file spans) it reads from the files' own outputs."""
+    rng = np.random.default_rng(9)
+    storage = Storage(f"file://{tmp_path}")
+    outputs = []
+    for j in range(12):
+        n = int(rng.integers(1, 40))
+        path = tmp_path / f"d{j}.parquet"
+        pq.write_table(pa.table({"id": rng.integers(0, 50, n), "lsn": rng.integers(0, 9, n)}),
+                       path)
+        file, _ = files.describe(storage, f"file://{path}")
+        kind = DeltaKind.DELETE if j % 4 == 3 else DeltaKind.UPSERT
+        outputs.append(hash_file(storage, HashInput(file, 100 + j, 1 + j // 3, kind, None),
+                                 ("id",), "lsn", pa.int64(), 5, 2))
+    one = combined(outputs)
+    assert (one.position, one.ordinal) == (PER_ROW, PER_ROW)
+    assert one.rows == sum(o.rows for o in outputs)
+    for g in (0, 1):
+        alone, together = GroupRecords(outputs, g), GroupRecords([one], g)
+        assert len(together.runs) == 1 and together.rows == alone.rows
+        assert together.spans() == alone.spans()
+        key = together.runs[0][0].select(["hi", "lo"]).to_pylist()
+        assert key == sorted(key, key=lambda k: (k["hi"], k["lo"]))
+        inner = np.sort(rng.integers(0, 2**64 - 1, 3, dtype=np.uint64))
+        for j in range(4):  # each range of keys: the same records, in any order
+            a = alone.between(alone.cuts(inner), j)
+            b = together.between(together.cuts(inner), j)
+            if a is None:
+                assert b is None
+                continue
+            assert b is not None and a.schema == b.schema
+            assert _rows(a) == _rows(b)
+
+
+def _rows(table: pa.Table) -> list[tuple[object, ...]]:
+    return sorted(tuple(r.values()) for r in table.to_pylist())

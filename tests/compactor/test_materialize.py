@@ -444,3 +444,23 @@ def test_row_groups_hold_the_writers_rows_whatever_batches_the_rows_come_in(tmp_
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == \
         [g] * (total // g) + [total % g]
     assert pq.read_table(storage.fs.open(path, "rb")).equals(pa.concat_tables(tables))
+
+
+def test_thousands_of_small_sources_are_cut_into_a_task_for_every_core() -> None:
+    """What a source costs beyond its rows (SOURCE_COST_BYTES) counts: 2,000 sources of 10
+    rows go to several tasks, not one; a round's few small sources still share one."""
+    from types import SimpleNamespace
+
+    from compactor.pipeline.dedupe import BucketPlan
+
+    def groups(count: int) -> list[int]:
+        sources = {o: SimpleNamespace(rows=10, size=1) for o in range(count)}
+        plan = SimpleNamespace(sources=sources, row_bytes=40, rows_per_file=10**6,
+                               op_columns={})
+        plans = {0: BucketPlan(0, 0, (), tuple((o, RowSet.of(np.arange(10)))
+                                               for o in range(count)))}
+        return [len(g) for g in materialize.group_sources(plan, plans, cpus=2)]  # type: ignore[arg-type]
+
+    many = groups(2000)
+    assert len(many) >= 4 and sum(many) == 2000 and max(many) - min(many) <= 1
+    assert groups(60) == [60]
