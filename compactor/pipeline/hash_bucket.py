@@ -20,7 +20,7 @@ from compactor.delta import op_masks
 from compactor.errors import NullKey, SchemaMismatch, UnknownOp
 from compactor.faults import maybe_fail
 from compactor.fs import Storage
-from compactor.hashing import NullKeyError, bucket_start, key_digest
+from compactor.hashing import NullKeyError, UnsupportedKeyType, bucket_start, key_digest
 from compactor.manifest import CdcOps, DataFile, DeltaKind
 from compactor.merge import OP_DELETE, OP_UPSERT, one_array, record_schema, sort_by_key
 
@@ -181,11 +181,15 @@ def hash_file(
             data = parquet.read_row_groups(list(item.row_groups), columns=columns)
     finally:
         parquet.close()
+    if not data.num_rows:  # (an empty file's columns may be of Arrow type null: no keys)
+        return HashOutput({}, 0, item.file.size, item.position, item.ordinal)
     try:
         hi, lo = key_digest(data, primary_key)
     except NullKeyError as e:
         raise NullKey(f"{item.file.url}: row {item.first_row + e.row}: null in primary-key column "
                       f"{e.column!r}") from None
+    except UnsupportedKeyType as e:
+        raise SchemaMismatch(f"{item.file.url}: {e}") from None
     n = data.num_rows
     order = None
     if ordering_column is not None:

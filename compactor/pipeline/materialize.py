@@ -32,6 +32,7 @@ from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.manifest import DataFile
 from compactor.pipeline.dedupe import BucketPlan
+from compactor.pipeline.locators import SOURCE_BASE
 from compactor.pipeline.row_sets import RowSet
 from compactor.thrift_compact import Struct
 
@@ -632,6 +633,7 @@ MAX_GROUP_BYTES = 1 << 30  # ...and at most (unless one source alone is bigger)
 # gathering a 10-row file took 1.7 ms, as long as ~200 KB of a big file's rows. Thousands of
 # small files are so cut into tasks for every core, not read in one.
 SOURCE_COST_BYTES = 256 << 10
+COPY_COST = 1 / 8  # of a compacted file kept whole: its row groups are mostly copied as bytes
 
 
 def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
@@ -640,7 +642,13 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
 
     Tasks get consecutive sources, about 1/(2 x CPUs) of the decoded data each (so every core
     has work), but at least MIN_GROUP_BYTES (fewer, larger files) and at most MAX_GROUP_BYTES;
-    each source counts SOURCE_COST_BYTES more than its rows.
+    each source counts SOURCE_COST_BYTES more than its rows, and where that is most of what
+    they cost (thousands of small files) a task gets a CPU's share, not half of it (each task
+    writes a file of every bucket its rows go to).
+    A compacted file one bucket keeps whole (a small file merged, ``small_files``) is mostly
+    copied as bytes: its rows count COPY_COST of their decoded bytes, and such files of one
+    bucket in a row stay in one task (up to MAX_GROUP_BYTES), whose files of the bucket are
+    then full ones, not a part-full file per task.
     A task past half its share also ends where its next source would spill the rows of a
     bucket it has already written a full file of into one more file: a task writes each bucket
     a new file every ``rows_per_file`` rows, so its last file of that bucket is then as full as
@@ -651,9 +659,16 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     for b, p in plans.items():
         for ordinal, rows in p.sources:
             by_ordinal.setdefault(ordinal, {})[b] = rows
-    sizes = {o: plan.sources[o].rows * plan.row_bytes + SOURCE_COST_BYTES for o in by_ordinal}
+    whole = {o: b for o, rows in by_ordinal.items() if o < SOURCE_BASE and len(rows) == 1
+             for b, r in rows.items() if len(r) == plan.sources[o].rows}
+    data = {o: plan.sources[o].rows * plan.row_bytes * (COPY_COST if o in whole else 1)
+            for o in by_ordinal}
+    sizes = {o: n + SOURCE_COST_BYTES for o, n in data.items()}
     cpus = max(1.0, cpus)
-    budget = min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, sum(sizes.values()) / (2 * cpus)))
+    share = sum(data.values()) / (2 * cpus)
+    if SOURCE_COST_BYTES * len(sizes) > sum(data.values()):  # (many small files: a task per
+        share = max(share, sum(sizes.values()) / cpus)      # core, not two: fewer files)
+    budget = min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, share))
     per_file = plan.rows_per_file
     groups: list[list[SourceRows]] = []
     current: list[SourceRows] = []
@@ -663,8 +678,10 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
         adds = {b: len(r) for b, r in by_ordinal[o].items()}
         spills = any(in_task.get(b, 0) >= per_file and in_task[b] % per_file > 0
                      and in_task[b] % per_file + n > per_file for b, n in adds.items())
-        if current and (current_bytes + sizes[o] > budget
-                        or (spills and current_bytes >= budget / 2)):
+        joins = o in whole and current and whole.get(current[-1].ordinal) == whole[o] \
+            and current_bytes + sizes[o] <= MAX_GROUP_BYTES
+        if current and not joins and (current_bytes + sizes[o] > budget
+                                      or (spills and current_bytes >= budget / 2)):
             groups.append(current)
             current, current_bytes, in_task = [], 0.0, {}
         current.append(SourceRows(o, plan.sources[o], by_ordinal[o], plan.op_columns.get(o)))

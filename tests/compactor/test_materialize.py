@@ -448,19 +448,47 @@ def test_row_groups_hold_the_writers_rows_whatever_batches_the_rows_come_in(tmp_
 
 def test_thousands_of_small_sources_are_cut_into_a_task_for_every_core() -> None:
     """What a source costs beyond its rows (SOURCE_COST_BYTES) counts: 2,000 sources of 10
-    rows go to several tasks, not one; a round's few small sources still share one."""
+    rows go to a task per CPU (each writes a file of every bucket: not two per CPU), not one
+    task; a round's few small sources still share one."""
     from types import SimpleNamespace
 
+    from compactor.pipeline import locators
     from compactor.pipeline.dedupe import BucketPlan
 
-    def groups(count: int) -> list[int]:
-        sources = {o: SimpleNamespace(rows=10, size=1) for o in range(count)}
+    def groups(count: int, cpus: int) -> list[int]:
+        deltas = [locators.source(j) for j in range(count)]
+        sources = {o: SimpleNamespace(rows=10, size=1) for o in deltas}
         plan = SimpleNamespace(sources=sources, row_bytes=40, rows_per_file=10**6,
                                op_columns={})
-        plans = {0: BucketPlan(0, 0, (), tuple((o, RowSet.of(np.arange(10)))
-                                               for o in range(count)))}
-        return [len(g) for g in materialize.group_sources(plan, plans, cpus=2)]  # type: ignore[arg-type]
+        plans = {0: BucketPlan(0, 0, (), tuple((o, RowSet.of(np.arange(10))) for o in deltas))}
+        return [len(g) for g in materialize.group_sources(plan, plans, cpus)]  # type: ignore[arg-type]
 
-    many = groups(2000)
-    assert len(many) >= 4 and sum(many) == 2000 and max(many) - min(many) <= 1
-    assert groups(60) == [60]
+    assert groups(2000, 2) == [1000, 1000]
+    assert groups(2000, 4) == [500] * 4
+    assert groups(60, 2) == [60]
+
+
+def test_small_compacted_files_merged_stay_in_one_task_per_bucket() -> None:
+    """A bucket's compacted files kept whole (small files merged) are mostly copied as bytes:
+    they count an eighth of their rows, and those of one bucket are not cut between tasks,
+    whose part-full files would stay small."""
+    from types import SimpleNamespace
+
+    from compactor.pipeline import locators
+    from compactor.pipeline.dedupe import BucketPlan
+
+    rows = 100_000
+    whole = {b: [locators.compacted(b, i) for i in range(5)] for b in (0, 1)}
+    delta = locators.source(0)
+    sources = {o: SimpleNamespace(rows=rows, size=1) for b in whole for o in whole[b]}
+    sources[delta] = SimpleNamespace(rows=rows, size=1)
+    plan = SimpleNamespace(sources=sources, row_bytes=(100 << 20) / rows,  # 100 MB a file
+                           rows_per_file=10**6, op_columns={})
+    plans = {b: BucketPlan(b, 5, (), tuple(
+        [(o, RowSet.of(np.arange(rows))) for o in whole[b]]
+        + [(delta, RowSet.of(np.arange(b, rows, 2)))])) for b in (0, 1)}
+    groups = materialize.group_sources(plan, plans, cpus=8)  # type: ignore[arg-type]
+    by_bucket = {b: {i for i, g in enumerate(groups) for s in g if s.ordinal in whole[b]}
+                 for b in (0, 1)}
+    assert all(len(tasks) == 1 for tasks in by_bucket.values()), [
+        [s.ordinal for s in g] for g in groups]
