@@ -236,7 +236,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
     for d in snapshot.deltas:
         items += [(f, d.position, d.kind, d.cdc) for f in d.files]
     base = None if rebuild else compacted
-    with ThreadPoolExecutor(1) as pool:  # a first round's sample is read beside the footers
+    with ThreadPoolExecutor(1) as pool:  # (a sample, where one is needed, beside the footers)
         per_row = pool.submit(output_size.bytes_per_row, table, base, [
             (f, kind, cdc.column if cdc else None) for f, _, kind, cdc in items], compression)
         stats = _all_footer_stats(table, items, key_cols)

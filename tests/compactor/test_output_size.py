@@ -8,6 +8,7 @@ as compacted files are.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,35 +38,32 @@ def _data(rows: int, start: int = 0) -> pa.Table:
                      "amount": np.round(rng.random(rows) * 100, 2)}, schema=SCHEMA)
 
 
-@pytest.mark.parametrize("codec", ["zstd", "none"])
-def test_a_first_rounds_files_are_the_target_size_though_its_input_is_stored_larger(
-        rt, tmp_path, codec):
-    # stored plain and uncompressed: several times the bytes a compacted file takes a row
+def _table(tmp_path, data: pa.Table, **stored: object) -> tuple[Any, Any]:
+    """A table of ``data``'s schema, one bucket, ``data`` registered as a file stored plain
+    and uncompressed (several times the bytes a compacted file takes a row) unless
+    ``stored`` says how."""
     source = tmp_path / "load.parquet"
-    pq.write_table(_data(120_000), source, compression="none", use_dictionary=False)
-    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
+    pq.write_table(data, source, **(stored or {"compression": "none", "use_dictionary": False}))
+    table = create_table(f"file://{tmp_path}/t", data.schema, primary_key=["id"],
                          ordering_column="lsn", bucket_count=1)
     part = table.partition()
     part.register([str(source)])
+    return table, part
+
+
+@pytest.mark.parametrize("codec", ["zstd", "none"])
+def test_a_first_rounds_files_are_the_target_size_though_its_input_is_stored_larger(
+        rt, tmp_path, codec):
+    table, part = _table(tmp_path, _data(120_000))
     target = 200_000
     result = compact_partition(table, part, target_file_size=target, compression=codec)
     sizes = sorted(f.size for f in part.snapshot().compacted.files)  # type: ignore[union-attr]
     assert result.files_written == len(sizes) >= 3
     full = sizes[1:]  # (the smallest holds what is left over)
     assert all(0.75 * target <= s <= 1.3 * target for s in full), (sizes, target)
-    input_per_row = source.stat().st_size / 120_000
+    input_per_row = (tmp_path / "load.parquet").stat().st_size / 120_000
     if codec == "zstd":  # the input's own bytes per row would have made files far smaller
         assert sum(sizes) / 120_000 < input_per_row / 2
-
-
-def _table(tmp_path, data: pa.Table) -> tuple[object, object]:
-    source = tmp_path / "load.parquet"
-    pq.write_table(data, source, compression="none", use_dictionary=False)
-    table = create_table(f"file://{tmp_path}/t", SCHEMA, primary_key=["id"],
-                         ordering_column="lsn", bucket_count=1)
-    part = table.partition()
-    part.register([str(source)])
-    return table, part
 
 
 def _rows_per_file(table, part, target: int, codec: str = "zstd") -> int:
@@ -115,12 +113,7 @@ def test_a_sample_of_wide_rows_reads_a_few_megabytes_of_them(tmp_path):
     blobs = pa.array([bytes([i % 251]) * width for i in range(rows)], pa.binary())
     schema = pa.schema([("id", pa.int64()), ("lsn", pa.int64()), ("blob", pa.binary())])
     data = pa.table({"id": np.arange(rows), "lsn": np.arange(rows), "blob": blobs}, schema=schema)
-    source = tmp_path / "wide.parquet"
-    pq.write_table(data, source, compression="none", row_group_size=rows)
-    table = create_table(f"file://{tmp_path}/t", schema, primary_key=["id"],
-                         ordering_column="lsn", bucket_count=1)
-    part = table.partition()
-    part.register([str(source)])
+    table, part = _table(tmp_path, data, compression="none", row_group_size=rows)
     file = part.snapshot().deltas[0].files[0]
     before = pa.total_allocated_bytes()
     pool = pa.default_memory_pool()
