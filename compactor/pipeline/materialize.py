@@ -32,7 +32,7 @@ from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.manifest import DataFile
 from compactor.pipeline.dedupe import BucketPlan
-from compactor.pipeline.locators import SOURCE_BASE
+from compactor.pipeline.locators import SOURCE_BASE, compacted
 from compactor.pipeline.row_sets import RowSet
 from compactor.thrift_compact import Struct
 
@@ -647,8 +647,9 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     writes a file of every bucket its rows go to).
     A compacted file one bucket keeps whole (a small file merged, ``small_files``) is mostly
     copied as bytes: its rows count COPY_COST of their decoded bytes, and such files of one
-    bucket in a row stay in one task (up to MAX_GROUP_BYTES), whose files of the bucket are
-    then full ones, not a part-full file per task.
+    bucket in a row, with the small files merged that lost rows too, stay in one task (up to
+    MAX_GROUP_BYTES), whose files of the bucket are then full ones, not a part-full file per
+    task.
     A task past half its share also ends where its next source would spill the rows of a
     bucket it has already written a full file of into one more file: a task writes each bucket
     a new file every ``rows_per_file`` rows, so its last file of that bucket is then as full as
@@ -661,6 +662,9 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
             by_ordinal.setdefault(ordinal, {})[b] = rows
     whole = {o: b for o, rows in by_ordinal.items() if o < SOURCE_BASE and len(rows) == 1
              for b, r in rows.items() if len(r) == plan.sources[o].rows}
+    # a bucket's files kept whole or merged (one may also lose rows to the round) stay together
+    unit = {**{compacted(b, i): b for b, positions in plan.small.items() for i in positions},
+            **whole}
     data = {o: plan.sources[o].rows * plan.row_bytes * (COPY_COST if o in whole else 1)
             for o in by_ordinal}
     sizes = {o: n + SOURCE_COST_BYTES for o, n in data.items()}
@@ -678,7 +682,7 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
         adds = {b: len(r) for b, r in by_ordinal[o].items()}
         spills = any(in_task.get(b, 0) >= per_file and in_task[b] % per_file > 0
                      and in_task[b] % per_file + n > per_file for b, n in adds.items())
-        joins = o in whole and current and whole.get(current[-1].ordinal) == whole[o] \
+        joins = o in unit and current and unit.get(current[-1].ordinal) == unit[o] \
             and current_bytes + sizes[o] <= MAX_GROUP_BYTES
         if current and not joins and (current_bytes + sizes[o] > budget
                                       or (spills and current_bytes >= budget / 2)):

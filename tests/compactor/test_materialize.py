@@ -95,7 +95,7 @@ def test_tasks_end_where_a_bucket_would_spill_into_another_file() -> None:
 
     sources = {o: SimpleNamespace(rows=1_200, size=1) for o in range(12)}
     plan = SimpleNamespace(sources=sources, row_bytes=(32 << 20) / 1_200, rows_per_file=1_000,
-                           op_columns={})
+                           op_columns={}, small={})
     plans = {b: BucketPlan(b, 0, (), tuple((o, RowSet.of(np.arange(b, 1_200, 2)))
                                            for o in range(12))) for b in (0, 1)}
     groups = materialize.group_sources(plan, plans, cpus=1)  # type: ignore[arg-type]
@@ -459,7 +459,7 @@ def test_thousands_of_small_sources_are_cut_into_a_task_for_every_core() -> None
         deltas = [locators.source(j) for j in range(count)]
         sources = {o: SimpleNamespace(rows=10, size=1) for o in deltas}
         plan = SimpleNamespace(sources=sources, row_bytes=40, rows_per_file=10**6,
-                               op_columns={})
+                               op_columns={}, small={})
         plans = {0: BucketPlan(0, 0, (), tuple((o, RowSet.of(np.arange(10))) for o in deltas))}
         return [len(g) for g in materialize.group_sources(plan, plans, cpus)]  # type: ignore[arg-type]
 
@@ -483,9 +483,19 @@ def test_small_compacted_files_merged_stay_in_one_task_per_bucket() -> None:
     sources = {o: SimpleNamespace(rows=rows, size=1) for b in whole for o in whole[b]}
     sources[delta] = SimpleNamespace(rows=rows, size=1)
     plan = SimpleNamespace(sources=sources, row_bytes=(100 << 20) / rows,  # 100 MB a file
-                           rows_per_file=10**6, op_columns={})
+                           rows_per_file=10**6, op_columns={}, small={})
     plans = {b: BucketPlan(b, 5, (), tuple(
         [(o, RowSet.of(np.arange(rows))) for o in whole[b]]
+        + [(delta, RowSet.of(np.arange(b, rows, 2)))])) for b in (0, 1)}
+    groups = materialize.group_sources(plan, plans, cpus=8)  # type: ignore[arg-type]
+    by_bucket = {b: {i for i, g in enumerate(groups) for s in g if s.ordinal in whole[b]}
+                 for b in (0, 1)}
+    assert all(len(tasks) == 1 for tasks in by_bucket.values()), [
+        [s.ordinal for s in g] for g in groups]
+    # a small file merged that also loses rows to the round stays with the bucket's others
+    plan.small = {b: tuple(range(5)) for b in (0, 1)}
+    plans = {b: BucketPlan(b, 5, (), tuple(
+        [(o, RowSet.of(np.arange(rows if i < 4 else rows - 10))) for i, o in enumerate(whole[b])]
         + [(delta, RowSet.of(np.arange(b, rows, 2)))])) for b in (0, 1)}
     groups = materialize.group_sources(plan, plans, cpus=8)  # type: ignore[arg-type]
     by_bucket = {b: {i for i, g in enumerate(groups) for s in g if s.ordinal in whole[b]}
