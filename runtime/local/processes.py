@@ -23,6 +23,11 @@ from typing import Any
 from runtime.local.zygote import MAX_MESSAGE
 from runtime.worker_settings import WORKER_MEMORY_ENV
 
+# ``-P``: the interpreter does not put its working directory first on the import path, as
+# ``-m`` does; workers import from the driver's path (``worker_env``) alone, so a module of
+# the same name in the directory the program runs in does not stand in for the driver's
+INTERPRETER_FLAGS = ("-P",)
+
 
 def worker_env() -> dict[str, str]:
     """The driver's environment, with its import path, so workers import what the driver can;
@@ -52,8 +57,8 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runtime.local.zygote", str(theirs.fileno()),
-                 store_root, *preload],
+                [sys.executable, *INTERPRETER_FLAGS, "-m", "runtime.local.zygote",
+                 str(theirs.fileno()), store_root, *preload],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
@@ -217,7 +222,8 @@ class WorkerProc:
         try:
             if proc is None:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "runtime.local.worker", str(child.fileno()), *args],
+                    [sys.executable, *INTERPRETER_FLAGS, "-m", "runtime.local.worker",
+                     str(child.fileno()), *args],
                     pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
                     # a terminal's Ctrl-C goes to the driver, which decides; workers never see
                     # it

@@ -200,3 +200,29 @@ def test_a_driver_interrupted_or_killed_while_the_zygote_starts_leaves_nothing(
         time.sleep(0.1)
     assert os.listdir(tmp_path) == []
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+@runtime.remote
+def _probe_value() -> str:
+    import probe_shadowed  # type: ignore[import-not-found]
+
+    return str(probe_shadowed.VALUE)
+
+
+def test_workers_import_what_the_driver_imports_not_what_lies_in_its_working_directory(
+        tmp_path, monkeypatch):
+    # a module the driver finds on its own path, and another of the same name in the
+    # directory it runs in (not on its path): workers
+    # must import the driver's (``python -m`` would put the directory first)
+    driver_dir, cwd = tmp_path / "on_path", tmp_path / "cwd"
+    for where, value in ((driver_dir, "driver's"), (cwd, "working directory's")):
+        where.mkdir()
+        (where / "probe_shadowed.py").write_text(f"VALUE = {value!r}\n")
+    monkeypatch.syspath_prepend(str(driver_dir))
+    monkeypatch.chdir(cwd)
+    monkeypatch.delitem(sys.modules, "probe_shadowed", raising=False)
+    import probe_shadowed  # type: ignore[import-not-found]
+
+    assert probe_shadowed.VALUE == "driver's"
+    with runtime.init("local", num_cpus=1):
+        assert runtime.get(_probe_value.remote()) == "driver's"
