@@ -203,14 +203,15 @@ class _Records:
 
     def take(self, indices: np.ndarray, into: dict[str, np.ndarray] | None = None
              ) -> dict[str, Any]:
-        """Columns of records ``indices``: numpy arrays (those named in ``into`` gathered into
-        the start of its buffers, and views of them), and ``order`` as an Arrow array."""
+        """The index columns of records ``indices`` (entries to be: not ``pos``, which
+        entries do not keep): numpy arrays (those named in ``into`` gathered into the start of
+        its buffers, and views of them), and ``order`` as an Arrow array."""
         into = into or {}
         columns: dict[str, Any] = {
             # (mode="wrap": with the default "raise", numpy gathers into a temporary first;
             # the indices are the records' own)
             name: np.take(a, indices, out=into[name][:len(indices)], mode="wrap") if name in into
-            else a[indices] for name, a in self.columns.items()}
+            else a[indices] for name, a in self.columns.items() if name in _INDEX_FIXED}
         if self.order is not None:
             width = fixed_width(self.order)
             buffer = into.get("order")

@@ -69,6 +69,11 @@ class RewriteMap:
         if self._width > MAX_SPAN:
             self._compacted, self._width = compacted, 0
         size = self._width + (int(self.ordinals[-1]) - SOURCE_BASE + 1 if sources.any() else 0)
+        # only sources, numbered without gaps (a first round's): a file's dense number is its
+        # distance from the first, no table lookup
+        self._first_source = int(self.ordinals[0]) if len(self.ordinals) and not len(compacted) \
+            and int(self.ordinals[-1]) - int(self.ordinals[0]) == len(self.ordinals) - 1 \
+            else None
         self._dense_of = np.full(size + 1, -1, dtype=np.int64)
         if self._compacted is None:
             self._dense_of[np.where(sources, self.ordinals - SOURCE_BASE + self._width,
@@ -110,8 +115,10 @@ class RewriteMap:
             raise IndexCorrupt("selected entries repeat a (file, row) locator")
         # complement files: each surviving row's rank among them, straight from the lost rows
         self._complement: dict[int, int] = {}  # dense number -> bucket
-        # per complement file: the positions of its entries, its number, bucket, their ranks
-        self._found_complement: list[tuple[np.ndarray, int, int, np.ndarray]] | None = None
+        # the entries of the complement files: their positions, and per entry its file's
+        # number and bucket and its row's rank among the rows kept
+        self._found_complement: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = \
+            None
         kept_rows: dict[int, np.ndarray] = {}  # complement files: the mask of rows they keep
         for ordinal, (i, lost) in sorted((complement or {}).items()):
             k = int(self._dense(np.array([ordinal]))[0])
@@ -190,6 +197,10 @@ class RewriteMap:
 
     def _dense(self, files: np.ndarray) -> np.ndarray:
         """The dense number of each file ordinal (-1: not one of the map's files)."""
+        if self._first_source is not None:
+            d = files - np.int64(self._first_source)  # (int64)
+            if not len(d) or (d.min() >= 0 and d.max() < len(self.ordinals)):
+                return d
         f = files.astype(np.int64)
         if self._width or self._compacted is not None:
             k = np.where(f >= SOURCE_BASE, f - (SOURCE_BASE - self._width), f - self._low)
@@ -258,7 +269,8 @@ class RewriteMap:
         # the locators of selected entries have not changed since)
         self._relocated = True
         self._placed = (before, start_file)
-        for entries, k, i, ranks in self._found_complement or ():  # a file and bucket each
+        if self._found_complement is not None:
+            entries, k, i, ranks = self._found_complement
             q, r = np.divmod(before[i, k] + ranks, rows_per_file)
             file[entries] = start_file[i, k] + q
             row[entries] = r
@@ -295,38 +307,38 @@ class RewriteMap:
         renumbered, or ``relocate``, which calls it too)."""
         if not self._complement or self._found_complement is not None:
             return
-        found = []
-        dense = sorted(self._complement)
+        dense = np.array(sorted(self._complement), dtype=np.int64)
         of = self.ordinals[dense].astype(file.dtype)  # (sorted)
-        # one pass over the index for all files, then the entries found split by file
-        hits = np.flatnonzero(member(file, of))
-        files = file[hits]
-        if len(dense) > 8:
-            by_file = np.argsort(files, kind="stable")
-            cuts = np.searchsorted(files[by_file], np.append(of, np.iinfo(file.dtype).max))
-        for j, d in enumerate(dense):
-            i = self._complement[d]
-            ordinal = int(self.ordinals[d])
-            positions = hits[by_file[cuts[j]:cuts[j + 1]]] if len(dense) > 8 else \
-                hits[files == ordinal]
-            rows = row[positions]
-            span = self.slots[self.offsets[d]:self.offsets[d + 1]]
-            keeps = int(self.counts[i, d])
-            ranks = np.zeros(0, dtype=np.int32)
-            ok = len(positions) == keeps
-            if ok and keeps and rows.min() >= 0 and rows.max() < len(span):
-                ranks = span[rows]  # (-1 at a lost row)
-                seen = np.zeros(keeps + 1, dtype=bool)
-                seen[ranks] = True  # (a -1 marks the extra slot)
-                ok = not seen[-1] and int(np.count_nonzero(seen)) == keeps
-            elif keeps:
-                ok = False
-            if not ok:
-                raise IndexCorrupt(
-                    f"the index's entries of file {ordinal} are not one per row it keeps "
-                    f"({len(positions)} entries for {keeps} rows; {len(span) - keeps} lost)")
-            found.append((positions, d, i, ranks))
-        self._found_complement = found
+        # one pass over the index for all files; the entries found are checked and ranked
+        # together, not file by file (a pass over them per file)
+        positions = np.flatnonzero(member(file, of))
+        j = np.searchsorted(of, file[positions])  # which complement file each belongs to
+        d = dense[j]
+        rows = row[positions].astype(np.int64)
+        buckets = np.array([self._complement[k] for k in dense.tolist()], dtype=np.int64)
+        keeps = self.counts[buckets, dense]
+        entries = np.bincount(j, minlength=len(dense))
+        inside = (rows >= 0) & (rows < self._spans[d])
+        at = self.offsets[d] + np.where(inside, rows, 0)
+        ranks = np.where(inside, self.slots[at], -1)  # (-1 at a lost row)
+        # per file: as many entries as rows kept, none at a lost row, none at one row twice
+        wrong = (entries != keeps) | (np.bincount(j, weights=ranks < 0, minlength=len(dense))
+                                      > 0)
+        seen = np.zeros(len(self.slots), dtype=bool)
+        seen[at] = True
+        if not wrong.any() and int(np.count_nonzero(seen)) != len(at):
+            twice = np.zeros(len(self.slots), dtype=np.int32)
+            np.add.at(twice, at, 1)
+            wrong |= np.bincount(j, weights=twice[at] > 1, minlength=len(dense)) > 0
+        if wrong.any():
+            w = int(np.flatnonzero(wrong)[0])
+            k = int(dense[w])
+            span = int(self._spans[k])
+            raise IndexCorrupt(
+                f"the index's entries of file {int(self.ordinals[k])} are not one per row it "
+                f"keeps ({int(entries[w])} entries for {int(keeps[w])} rows; "
+                f"{span - int(keeps[w])} lost)")
+        self._found_complement = (positions, d, buckets[j], ranks)
 
     def placed(self, i: int, bucket: int) -> list[tuple[int, int, int, np.ndarray]]:
         """After ``relocate``: for each compacted file of ``bucket`` (the group's bucket i) the
