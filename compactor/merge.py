@@ -419,18 +419,21 @@ def _winners(cols: _Records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return empty, empty, empty
     perm, first = sort_by_key(cols.hi, cols.lo, runs=True)
     starts = np.flatnonzero(first)
-    sizes = np.diff(np.append(starts, n))
-    contested = np.repeat(sizes > 1, sizes)
-    if not contested.any():
+    if len(starts) == n:  # every key once
         return perm, perm, starts
-    rows = perm[contested]
-    sub_sizes = sizes[sizes > 1]
+    # only the records of keys with several are compared (a few in a round of mostly new
+    # keys): passes over them, not over all records
+    sizes = np.diff(np.append(starts, n))
+    multi = np.flatnonzero(sizes > 1)
+    sub_sizes = sizes[multi]
     sub_starts = np.concatenate([[0], np.cumsum(sub_sizes)[:-1]])
+    rows = perm[np.repeat(starts[multi] - sub_starts, sub_sizes)
+                + np.arange(int(sub_sizes.sum()))]
     order_keys = _order_keys(cols.order.take(rows)) if cols.order is not None else []
     wins = _group_argmax(sub_starts, sub_sizes, _comparison_keys(cols, rows, order_keys))
-    keep = ~contested
-    keep[np.flatnonzero(contested)[wins]] = True
-    return perm[keep], perm, starts
+    winners = perm[starts]
+    winners[multi] = rows[wins]
+    return winners, perm, starts
 
 
 # --- merge -------------------------------------------------------------------------------------
