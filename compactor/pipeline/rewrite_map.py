@@ -324,12 +324,13 @@ class RewriteMap:
         # per file: as many entries as rows kept, none at a lost row, none at one row twice
         wrong = (entries != keeps) | (np.bincount(j, weights=ranks < 0, minlength=len(dense))
                                       > 0)
-        seen = np.zeros(len(self.slots), dtype=bool)
-        seen[at] = True
-        if not wrong.any() and int(np.count_nonzero(seen)) != len(at):
-            twice = np.zeros(len(self.slots), dtype=np.int32)
-            np.add.at(twice, at, 1)
-            wrong |= np.bincount(j, weights=twice[at] > 1, minlength=len(dense)) > 0
+        if not wrong.any():  # each file's ranks (0 to its rows kept) met once each
+            place = np.concatenate([[0], np.cumsum(keeps)[:-1]])[j] + ranks
+            seen = np.zeros(len(positions), dtype=bool)
+            seen[place] = True
+            if int(np.count_nonzero(seen)) != len(positions):
+                twice = np.bincount(place, minlength=len(positions)) > 1
+                wrong |= np.bincount(j, weights=twice[place], minlength=len(dense)) > 0
         if wrong.any():
             w = int(np.flatnonzero(wrong)[0])
             k = int(dense[w])
