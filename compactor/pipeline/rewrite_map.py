@@ -115,10 +115,10 @@ class RewriteMap:
             raise IndexCorrupt("selected entries repeat a (file, row) locator")
         # complement files: each surviving row's rank among them, straight from the lost rows
         self._complement: dict[int, int] = {}  # dense number -> bucket
-        # the entries of the complement files: their positions, and per entry its file's
-        # number and bucket and its row's rank among the rows kept
-        self._found_complement: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = \
-            None
+        # the entries of the complement files: their positions, and per entry which file (j),
+        # the files' dense numbers and buckets, and per entry its row's rank among those kept
+        self._found_complement: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                      np.ndarray] | None = None
         kept_rows: dict[int, np.ndarray] = {}  # complement files: the mask of rows they keep
         for ordinal, (i, lost) in sorted((complement or {}).items()):
             k = int(self._dense(np.array([ordinal]))[0])
@@ -269,10 +269,10 @@ class RewriteMap:
         # the locators of selected entries have not changed since)
         self._relocated = True
         self._placed = (before, start_file)
-        if self._found_complement is not None:
-            entries, k, i, ranks = self._found_complement
-            q, r = np.divmod(before[i, k] + ranks, rows_per_file)
-            file[entries] = start_file[i, k] + q
+        if self._found_complement is not None:  # (per file first, then per entry)
+            entries, j, dense, i, ranks = self._found_complement
+            q, r = np.divmod(before[i, dense][j] + ranks, rows_per_file)
+            file[entries] = start_file[i, dense][j] + q
             row[entries] = r
         for c in range(self._chunks):
             found = self._found.pop(c, None)
@@ -312,14 +312,22 @@ class RewriteMap:
         # one pass over the index for all files; the entries found are checked and ranked
         # together, not file by file (a pass over them per file)
         positions = np.flatnonzero(member(file, of))
-        j = np.searchsorted(of, file[positions])  # which complement file each belongs to
-        d = dense[j]
-        rows = row[positions].astype(np.int64)
+        found = file[positions]
+        # which complement file each belongs to: a table lookup where the ordinals are close
+        # (files of one bucket), else a search
+        low, span = int(of[0]), int(of[-1]) - int(of[0])
+        if span < MAX_SPAN:
+            number = np.zeros(span + 1, dtype=np.int32)
+            number[of.astype(np.int64) - low] = np.arange(len(of), dtype=np.int32)
+            j: np.ndarray = number[found - found.dtype.type(low)]
+        else:
+            j = np.searchsorted(of, found)
+        rows = row[positions]
         buckets = np.array([self._complement[k] for k in dense.tolist()], dtype=np.int64)
         keeps = self.counts[buckets, dense]
         entries = np.bincount(j, minlength=len(dense))
-        inside = (rows >= 0) & (rows < self._spans[d])
-        at = self.offsets[d] + np.where(inside, rows, 0)
+        inside = (rows >= 0) & (rows < self._spans[dense][j])
+        at = self.offsets[dense][j] + np.where(inside, rows, 0)
         ranks = np.where(inside, self.slots[at], -1)  # (-1 at a lost row)
         # per file: as many entries as rows kept, none at a lost row, none at one row twice
         wrong = (entries != keeps) | (np.bincount(j, weights=ranks < 0, minlength=len(dense))
@@ -339,7 +347,7 @@ class RewriteMap:
                 f"the index's entries of file {int(self.ordinals[k])} are not one per row it "
                 f"keeps ({int(entries[w])} entries for {int(keeps[w])} rows; "
                 f"{span - int(keeps[w])} lost)")
-        self._found_complement = (positions, d, buckets[j], ranks)
+        self._found_complement = (positions, j, dense, buckets, ranks)
 
     def placed(self, i: int, bucket: int) -> list[tuple[int, int, int, np.ndarray]]:
         """After ``relocate``: for each compacted file of ``bucket`` (the group's bucket i) the
