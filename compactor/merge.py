@@ -555,6 +555,8 @@ def resolve(old: _Records, new: _Records, winners: np.ndarray, at: np.ndarray,
     order) and the entry ``at`` of ``old`` where ``found`` holds its key (else ``at`` counts
     the entries below it). Entries with ``op`` OP_GONE count as absent. ``before``: the
     records of the compacted state a rebuild re-hashes (for the counts)."""
+    if not len(old) and before is None:  # (a first round's slice): every winner is new
+        return _resolve_new(old, new, winners, at)
     if len(old) and found.any():
         found = found.copy()
         found[found] = old.op[at[found]] != OP_GONE
@@ -595,6 +597,21 @@ def resolve(old: _Records, new: _Records, winners: np.ndarray, at: np.ndarray,
         deleted=int((counted & ~upsert).sum()),
         duplicates_dropped=dropped,
     )
+
+
+def _resolve_new(old: _Records, new: _Records, winners: np.ndarray, at: np.ndarray
+                 ) -> Resolution:
+    """``resolve`` against an empty index: what it computes then, without its passes over
+    the winners for the entries they meet (none)."""
+    upsert = new.op[winners] == OP_UPSERT
+    enters = upsert if new.order is None else np.ones(len(winners), dtype=bool)
+    inserted = int(np.count_nonzero(upsert))
+    none = np.zeros(0, dtype=np.int64)
+    return Resolution(
+        enters=enters, entering=winners if new.order is not None else winners[upsert],
+        entering_at=at if new.order is not None else at[upsert], left=none,
+        superseded_files=np.unique(old.columns["file"][none]), superseded=none,
+        inserted=inserted, updated=0, deleted=0, duplicates_dropped=len(new) - len(winners))
 
 
 def _splice(old: _Records, entering: dict[str, Any], at: np.ndarray, replaces: np.ndarray,
