@@ -212,17 +212,19 @@ def _probe_value() -> str:
 def test_workers_import_what_the_driver_imports_not_what_lies_in_its_working_directory(
         tmp_path, monkeypatch):
     # a module the driver finds on its own path, and another of the same name in the
-    # directory it runs in (not on its path): workers
-    # must import the driver's (``python -m`` would put the directory first)
+    # directory it runs in (not on its path): workers import the driver's (started with
+    # ``python -m`` alone, they put that directory first on their path)
     driver_dir, cwd = tmp_path / "on_path", tmp_path / "cwd"
     for where, value in ((driver_dir, "driver's"), (cwd, "working directory's")):
         where.mkdir()
         (where / "probe_shadowed.py").write_text(f"VALUE = {value!r}\n")
     monkeypatch.syspath_prepend(str(driver_dir))
     monkeypatch.chdir(cwd)
-    monkeypatch.delitem(sys.modules, "probe_shadowed", raising=False)
-    import probe_shadowed  # type: ignore[import-not-found]
+    try:
+        import probe_shadowed  # type: ignore[import-not-found]
 
-    assert probe_shadowed.VALUE == "driver's"
-    with runtime.init("local", num_cpus=1):
-        assert runtime.get(_probe_value.remote()) == "driver's"
+        assert probe_shadowed.VALUE == "driver's"
+        with runtime.init("local", num_cpus=1):
+            assert runtime.get(_probe_value.remote()) == "driver's"
+    finally:
+        sys.modules.pop("probe_shadowed", None)
