@@ -35,6 +35,9 @@ CHUNK = 1 << 18
 # this many numbers (the files of 64 adjacent buckets)
 MAX_SPAN = 1 << 22
 CACHE_BYTES = 64 << 20
+# complement files numbered by a table when their ordinals span at most this many numbers (the
+# files of 8 adjacent buckets: a table of 2 MB)
+COMPLEMENT_SPAN = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -313,10 +316,10 @@ class RewriteMap:
         # together, not file by file (a pass over them per file)
         positions = np.flatnonzero(member(file, of))
         found = file[positions]
-        # which complement file each belongs to: a table lookup where the ordinals are close
-        # (files of one bucket), else a search
+        # which complement file each belongs to: a table lookup where the ordinals are close,
+        # else a search
         low, span = int(of[0]), int(of[-1]) - int(of[0])
-        if span < MAX_SPAN:
+        if span < COMPLEMENT_SPAN:
             number = np.zeros(span + 1, dtype=np.int32)
             number[of.astype(np.int64) - low] = np.arange(len(of), dtype=np.int32)
             j: np.ndarray = number[found - found.dtype.type(low)]

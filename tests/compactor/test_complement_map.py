@@ -420,6 +420,7 @@ def test_complements_of_several_buckets_place_rows_as_a_mask_does(
     monkeypatch.setattr(rewrite_map, "CACHE_BYTES", 200)
     if search:
         monkeypatch.setattr(rewrite_map, "MAX_SPAN", 1)
+        monkeypatch.setattr(rewrite_map, "COMPLEMENT_SPAN", 1)
     rng = np.random.default_rng(seed)
     group = [2, 3, 4, 5]
     sizes = {compacted(2, 0): 13, compacted(2, 1): 9, compacted(2, 2): 11,
