@@ -179,6 +179,11 @@ class _Sink:
         self.footer: bytearray | None = None
 
     def write(self, data: Any) -> int:
+        if self.footer is None and self.position >= len(MAGIC):  # (nearly every call: a page)
+            n = memoryview(data).nbytes
+            self.out.write(data)
+            self.position += n
+            return n
         view = memoryview(data).cast("B")
         if self.footer is not None:
             self.footer += view

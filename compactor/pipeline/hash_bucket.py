@@ -105,20 +105,24 @@ class GroupRecords:
                  if c[j + 1] > c[j]]
         if not parts:
             return None
-        tables, pos, file = [], [], []
-        for t, position, ordinal in parts:
-            if ordinal == PER_ROW:
-                pos.append(t.column("pos").to_numpy())
-                file.append(t.column("file").to_numpy())
-                t = t.drop_columns(["pos", "file"])
-            else:
-                pos.append(np.full(t.num_rows, position, np.int64))
-                file.append(np.full(t.num_rows, ordinal, np.int32))
-            tables.append(t)
+        tables = []
+        for t, _, ordinal in parts:
+            tables.append(t.drop_columns(["pos", "file"]) if ordinal == PER_ROW else t)
         table = pa.concat_tables(tables, promote_options="permissive")
         columns = {name: table.column(name) for name in table.column_names}
-        columns["pos"] = pa.array(np.concatenate(pos))
-        columns["file"] = pa.array(np.concatenate(file))
+        if all(ordinal != PER_ROW for _, _, ordinal in parts):  # a value per run: repeated
+            sizes = [t.num_rows for t, _, _ in parts]
+            columns["pos"] = pa.array(np.repeat(np.array([p for _, p, _ in parts], np.int64),
+                                                sizes))
+            columns["file"] = pa.array(np.repeat(np.array([o for _, _, o in parts], np.int32),
+                                                 sizes))
+        else:
+            columns["pos"] = pa.array(np.concatenate([
+                t.column("pos").to_numpy() if o == PER_ROW else np.full(t.num_rows, p, np.int64)
+                for t, p, o in parts]))
+            columns["file"] = pa.array(np.concatenate([
+                t.column("file").to_numpy() if o == PER_ROW else np.full(t.num_rows, o, np.int32)
+                for t, p, o in parts]))
         order = table.schema.field("order").type if "order" in columns else None
         return pa.table(columns).select(record_schema(order).names)
 
