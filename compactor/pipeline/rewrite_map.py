@@ -330,18 +330,25 @@ class RewriteMap:
         keeps = self.counts[buckets, dense]
         entries = np.bincount(j, minlength=len(dense))
         inside = (rows >= 0) & (rows < self._spans[dense][j])
-        at = self.offsets[dense][j] + np.where(inside, rows, 0)
-        ranks = np.where(inside, self.slots[at], -1)  # (-1 at a lost row)
+        if inside.all():  # (the rows of an undamaged index)
+            ranks = self.slots[self.offsets[dense][j] + rows]  # (-1 at a lost row)
+        else:
+            ranks = np.where(inside, self.slots[self.offsets[dense][j] + np.where(inside, rows, 0)],
+                             -1)
         # per file: as many entries as rows kept, none at a lost row, none at one row twice
-        wrong = (entries != keeps) | (np.bincount(j, weights=ranks < 0, minlength=len(dense))
-                                      > 0)
-        if not wrong.any():  # each file's ranks (0 to its rows kept) met once each
-            place = np.concatenate([[0], np.cumsum(keeps)[:-1]])[j] + ranks
-            seen = np.zeros(len(positions), dtype=bool)
-            seen[place] = True
-            if int(np.count_nonzero(seen)) != len(positions):
-                twice = np.bincount(place, minlength=len(positions)) > 1
-                wrong |= np.bincount(j, weights=twice[place], minlength=len(dense)) > 0
+        # (each file checked for each, so the first damaged one is named)
+        wrong = entries != keeps
+        bad = ranks < 0
+        if bad.any():
+            wrong[np.unique(j[bad])] = True
+        # the entries of files whose ranks are each in 0 to their rows kept, at one place each
+        ok = ~wrong[j] if wrong.any() else slice(None)
+        place = np.concatenate([[0], np.cumsum(np.where(wrong, 0, keeps))[:-1]])[j[ok]] + ranks[ok]
+        seen = np.zeros(len(place), dtype=bool)
+        seen[place] = True
+        if int(np.count_nonzero(seen)) != len(place):
+            twice = np.bincount(place, minlength=len(place)) > 1
+            wrong[np.unique(j[ok][twice[place]])] = True
         if wrong.any():
             w = int(np.flatnonzero(wrong)[0])
             k = int(dense[w])
