@@ -405,6 +405,26 @@ def test_two_live_keys_at_one_row_both_superseded_are_refused(tmp_path, monkeypa
         actor.finalize([[locators.source(0)]], 10)
 
 
+@pytest.mark.parametrize("search", [False, True])
+def test_damage_in_several_rewritten_files_names_the_first(monkeypatch, search) -> None:
+    """File 0 has one kept row twice and another without entry (its count is right); file 1
+    is an entry short: the message names file 0, the first damaged, whatever is found first."""
+    if search:
+        monkeypatch.setattr(rewrite_map, "COMPLEMENT_SPAN", 1)
+    file = np.array([0, 0, 0, 1, 1], dtype=np.int32)
+    row = np.array([0, 1, 1, 0, 1], dtype=np.int32)
+    given = RewriteMap(np.array([0, 1]), np.array([4, 4]), file, row,
+                       np.zeros(0, dtype=np.int64), lambda at: np.zeros(len(at), np.int64), 1,
+                       {0: (0, np.array([3])), 1: (0, np.array([3]))})
+    with pytest.raises(ValueError, match=r"entries of file 0 are not one per row it keeps "
+                                         r"\(3 entries for 3 rows; 1 lost\)"):
+        given.find_complement(file, row)
+    row[2] = 2  # file 0 whole again: file 1 is named
+    with pytest.raises(ValueError, match=r"entries of file 1 are not one per row it keeps "
+                                         r"\(2 entries for 3 rows; 1 lost\)"):
+        given.find_complement(file, row)
+
+
 # --- the map alone: complements in several buckets, chunked, by search ------------------------
 
 
