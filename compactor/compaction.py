@@ -353,8 +353,9 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         _fold(plan, actors, hash_refs, progress)
         # (an actor lost now fails the round)
         planned = [a.plan.remote(plan.small_ordinals(g)) for g, a in enumerate(actors)]
-        # the records are folded in: freed as the actors plan (their peak memory; unmapping
-        # them here took 76 ms of a 20M-row round, which the actors no longer wait for)
+        # the records are folded in: freed as the actors plan (their peak memory; dropping
+        # the driver's copies took 76 ms of a 20M-row round, which the actors no longer wait
+        # for)
         del hash_refs, hashed
         merged = runtime.get(planned)
         seconds["dedupe"] = time.perf_counter() - t

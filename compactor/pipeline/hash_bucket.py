@@ -62,6 +62,18 @@ class HashOutput:
     warning: str = ""  # what the round's result should say (a tombstone task's lost deletes)
 
 
+def _locators(parts: list[tuple[pa.Table, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The stream position and file of every record of the runs ``parts`` (records,
+    position, ordinal), in order: a run's own ``pos`` and ``file`` columns where it carries
+    them (``PER_ROW``), else its one position and ordinal for each of its records."""
+    pos = [t.column("pos").to_numpy() if o == PER_ROW else np.full(t.num_rows, p, np.int64)
+           for t, p, o in parts]
+    file = [t.column("file").to_numpy() if o == PER_ROW else np.full(t.num_rows, o, np.int32)
+            for t, p, o in parts]
+    return (np.concatenate([np.zeros(0, np.int64), *pos]),
+            np.concatenate([np.zeros(0, np.int32), *file]))
+
+
 class GroupRecords:
     """The records of one group from all hash outputs, as sorted runs (one per output), read
     a range of keys at a time: each run is sorted by key, so a range is a slice of each."""
@@ -105,24 +117,11 @@ class GroupRecords:
                  if c[j + 1] > c[j]]
         if not parts:
             return None
-        tables = []
-        for t, _, ordinal in parts:
-            tables.append(t.drop_columns(["pos", "file"]) if ordinal == PER_ROW else t)
-        table = pa.concat_tables(tables, promote_options="permissive")
+        table = pa.concat_tables([t.drop_columns(["pos", "file"]) if o == PER_ROW else t
+                                  for t, _, o in parts], promote_options="permissive")
         columns = {name: table.column(name) for name in table.column_names}
-        if all(ordinal != PER_ROW for _, _, ordinal in parts):  # a value per run: repeated
-            sizes = [t.num_rows for t, _, _ in parts]
-            columns["pos"] = pa.array(np.repeat(np.array([p for _, p, _ in parts], np.int64),
-                                                sizes))
-            columns["file"] = pa.array(np.repeat(np.array([o for _, _, o in parts], np.int32),
-                                                 sizes))
-        else:
-            columns["pos"] = pa.array(np.concatenate([
-                t.column("pos").to_numpy() if o == PER_ROW else np.full(t.num_rows, p, np.int64)
-                for t, p, o in parts]))
-            columns["file"] = pa.array(np.concatenate([
-                t.column("file").to_numpy() if o == PER_ROW else np.full(t.num_rows, o, np.int32)
-                for t, p, o in parts]))
+        pos, file = _locators(parts)
+        columns["pos"], columns["file"] = pa.array(pos), pa.array(file)
         order = table.schema.field("order").type if "order" in columns else None
         return pa.table(columns).select(record_schema(order).names)
 
@@ -247,11 +246,8 @@ def combined(outputs: list[HashOutput]) -> HashOutput:
         if not parts:
             continue
         table = pa.concat_tables([t for t, _, _ in parts], promote_options="permissive")
-        sizes = [t.num_rows for t, _, _ in parts]
-        table = table.append_column("pos", pa.array(
-            np.repeat(np.array([p for _, p, _ in parts], np.int64), sizes)))
-        table = table.append_column("file", pa.array(
-            np.repeat(np.array([o for _, _, o in parts], np.int32), sizes)))
+        pos, file = _locators(parts)
+        table = table.append_column("pos", pa.array(pos)).append_column("file", pa.array(file))
         by_key, _ = sort_by_key(table.column("hi").to_numpy(), table.column("lo").to_numpy())
         out[g] = table.take(pa.array(by_key))
     return HashOutput(out, sum(o.rows for o in outputs), sum(o.bytes_read for o in outputs),

@@ -82,15 +82,25 @@ def sample_bytes_per_row(table: Table, file: DataFile, op_column: str | None,
     return grown / (sample.num_rows - half) if grown > 0 else None
 
 
+def _figure(text: str | None) -> float | None:
+    """A recorded bytes per row, if it is one (a state's properties are plain text anyone
+    may have edited: what is not a positive number is ignored, not fatal to the round)."""
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 < value < float("inf") else None
+
+
 def bytes_per_row(table: Table, base: CompactedState | None,
                   inputs: list[tuple[DataFile, DeltaKind, str | None]], codec: str) -> float:
     """Bytes a row takes in a compacted file written with ``codec``, for a round folding
     ``inputs`` (file, delta kind, op column) into ``base``: see the module's text."""
     input_rows = sum(f.rows for f, _, _ in inputs)
     if base is not None and base.properties.get(CODEC_PROPERTY, codec) == codec:
-        recorded = base.properties.get(ROW_BYTES_PROPERTY)
+        recorded = _figure(base.properties.get(ROW_BYTES_PROPERTY))
         if recorded is not None:
-            return float(recorded)
+            return recorded
         if base.rows and base.rows >= input_rows \
                 and base.size >= BASE_FILE_BYTES * len(base.files):
             return base.size / base.rows

@@ -484,21 +484,20 @@ def test_small_compacted_files_merged_stay_in_one_task_per_bucket() -> None:
     sources[delta] = SimpleNamespace(rows=rows, size=1)
     plan = SimpleNamespace(sources=sources, row_bytes=(100 << 20) / rows,  # 100 MB a file
                            rows_per_file=10**6, op_columns={}, small={})
-    plans = {b: BucketPlan(b, 5, (), tuple(
-        [(o, RowSet.of(np.arange(rows))) for o in whole[b]]
-        + [(delta, RowSet.of(np.arange(b, rows, 2)))])) for b in (0, 1)}
-    groups = materialize.group_sources(plan, plans, cpus=8)  # type: ignore[arg-type]
-    by_bucket = {b: {i for i, g in enumerate(groups) for s in g if s.ordinal in whole[b]}
-                 for b in (0, 1)}
-    assert all(len(tasks) == 1 for tasks in by_bucket.values()), [
-        [s.ordinal for s in g] for g in groups]
+
+    def one_task_per_bucket(last_keeps: int) -> None:
+        """Each bucket's 5 files (the last keeping ``last_keeps`` rows) go to one task."""
+        plans = {b: BucketPlan(b, 5, (), tuple(
+            [(o, RowSet.of(np.arange(rows if i < 4 else last_keeps)))
+             for i, o in enumerate(whole[b])]
+            + [(delta, RowSet.of(np.arange(b, rows, 2)))])) for b in (0, 1)}
+        groups = materialize.group_sources(plan, plans, cpus=8)  # type: ignore[arg-type]
+        by_bucket = {b: {i for i, g in enumerate(groups) for s in g if s.ordinal in whole[b]}
+                     for b in (0, 1)}
+        assert all(len(tasks) == 1 for tasks in by_bucket.values()), [
+            [s.ordinal for s in g] for g in groups]
+
+    one_task_per_bucket(rows)
     # a small file merged that also loses rows to the round stays with the bucket's others
     plan.small = {b: tuple(range(5)) for b in (0, 1)}
-    plans = {b: BucketPlan(b, 5, (), tuple(
-        [(o, RowSet.of(np.arange(rows if i < 4 else rows - 10))) for i, o in enumerate(whole[b])]
-        + [(delta, RowSet.of(np.arange(b, rows, 2)))])) for b in (0, 1)}
-    groups = materialize.group_sources(plan, plans, cpus=8)  # type: ignore[arg-type]
-    by_bucket = {b: {i for i, g in enumerate(groups) for s in g if s.ordinal in whole[b]}
-                 for b in (0, 1)}
-    assert all(len(tasks) == 1 for tasks in by_bucket.values()), [
-        [s.ordinal for s in g] for g in groups]
+    one_task_per_bucket(rows - 10)

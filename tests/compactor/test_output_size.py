@@ -139,3 +139,18 @@ def test_after_a_codec_change_files_are_sized_by_what_the_new_codec_wrote(rt, tm
         sizes = sorted(f.size for f in state.files if f.url not in before)
         assert len(sizes) >= 2 and all(0.7 * target <= s <= 1.3 * target
                                        for s in sizes[1:]), (r, sizes)
+
+
+@pytest.mark.parametrize("figure", ["", "abc", "nan", "-3", "inf"])
+def test_a_recorded_figure_that_is_not_a_positive_number_is_passed_over(figure):
+    """A state's properties are plain text in its commit: an edited figure falls back to the
+    state's own bytes per row, not a failed plan."""
+    from types import SimpleNamespace
+
+    files = [SimpleNamespace(size=4 << 20, rows=100_000) for _ in range(3)]
+    base = SimpleNamespace(properties={"compression": "zstd", "row_bytes": figure},
+                           rows=300_000, size=12 << 20, files=files)
+    per_row = output_size.bytes_per_row(None, base, [], "zstd")  # type: ignore[arg-type]
+    assert per_row == (12 << 20) / 300_000
+    base.properties["row_bytes"] = "12.5"
+    assert output_size.bytes_per_row(None, base, [], "zstd") == 12.5  # type: ignore[arg-type]
