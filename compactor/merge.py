@@ -75,20 +75,32 @@ _MAX_PACKED_ROW_BITS = 40
 
 
 def _vectorized_quicksort() -> bool:
-    """Whether np.sort's quicksort of 64-bit words runs on AVX-512 (x86-simd-sort's kernels).
+    """Whether np.sort's quicksort of 64-bit words runs on SIMD kernels (x86-simd-sort) that
+    beat a timsort's merge of sorted runs.
 
-    Measured on 525K packed keys in 30 sorted runs (a dedupe slice): with AVX-512 the quicksort
-    takes 5-9 ms and a timsort 19-27 ms; with AVX2 only they are about equal (15-18 ms); with
-    neither the timsort, which merges the runs in a few sequential passes, is 1.4x faster.
+    Measured on 525K packed keys in 30 sorted runs (a dedupe slice): with AVX-512 (Intel) the
+    quicksort takes 5-9 ms and a timsort 19-27 ms; with numpy 2's AVX2 kernels 6.4 against
+    9.3 ms (AMD Zen 4); with AVX-512 on a Zen 4 (its compress-store is microcoded: see
+    ``runtime.worker_settings``) 28 against 9.3 ms; with neither (numpy 1.26 on AVX2: scalar)
+    the timsort, which merges the runs in a few sequential passes, is 1.5x faster.
     """
     import importlib
 
+    from runtime.worker_settings import slow_avx512_compress
+
     for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # 2.x, 1.x
         try:
-            return bool(getattr(importlib.import_module(module), "__cpu_features__", {})
-                        .get("AVX512_SKX"))
+            features = getattr(importlib.import_module(module), "__cpu_features__", {})
         except ImportError:
             continue
+        avx512 = features.get("AVX512_SKX") or features.get("X86_V4")
+        if avx512:
+            try:
+                with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                    return not slow_avx512_compress(f.read())
+            except OSError:
+                return True
+        return bool(features.get("AVX2")) and int(np.__version__.split(".")[0]) >= 2
     return False
 
 

@@ -46,7 +46,7 @@ from runtime.ray_translate import (
 from runtime.refs import ObjectRef
 from runtime.remote import ActorClass, ActorHandle, RemoteFunction
 from runtime.scheduling import NodeAffinity, PlacementGroupSlot
-from runtime.worker_settings import WORKER_MEMORY_ENV
+from runtime.worker_settings import WORKER_MEMORY_ENV, worker_settings
 
 
 class RayObjectRef(ObjectRef):
@@ -147,10 +147,12 @@ class RayBackend(Backend):
                     f"num_cpus and memory size a new local Ray instance; the cluster at "
                     f"address={address!r} has its own resources"
                 )
-            # workers get the local backend's memory settings (WORKER_MEMORY_ENV), unless this
-            # environment or the caller's runtime_env says otherwise
+            # workers get the local backend's settings (worker_settings), unless this
+            # environment or the caller's runtime_env says otherwise; a cluster's workers only
+            # its memory settings (their CPU is not this machine's)
             runtime_env = dict(ray_init_options.pop("runtime_env", None) or {})
-            settings = {k: os.environ.get(k, v) for k, v in WORKER_MEMORY_ENV.items()}
+            defaults = worker_settings() if address is None else WORKER_MEMORY_ENV
+            settings = {k: os.environ.get(k, v) for k, v in defaults.items()}
             if address is None:
                 # a new local instance: its processes inherit this environment, so its workers
                 # (started with it, not per job) have the settings when the first task comes;

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from runtime.local.zygote import MAX_MESSAGE
-from runtime.worker_settings import WORKER_MEMORY_ENV
+from runtime.worker_settings import worker_settings
 
 # ``-P``: the interpreter does not put its working directory first on the import path, as
 # ``-m`` does; workers import from the driver's path (``worker_env``) alone, so a module of
@@ -31,12 +31,12 @@ INTERPRETER_FLAGS = ("-P",)
 
 def worker_env() -> dict[str, str]:
     """The driver's environment, with its import path, so workers import what the driver can;
-    and the memory settings of ``WORKER_MEMORY_ENV`` where the environment sets none."""
+    and the settings of ``worker_settings`` (memory, CPU) where the environment sets none."""
     env = dict(os.environ)
     paths = [p or os.getcwd() for p in sys.path]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.pop("COMPACTOR_BACKEND", None)
-    for name, value in WORKER_MEMORY_ENV.items():
+    for name, value in worker_settings().items():
         env.setdefault(name, value)
     return env
 
