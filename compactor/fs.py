@@ -28,12 +28,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.asyn import AsyncFileSystem, sync
 
+from compactor.direct_write import open_direct
 from compactor.errors import InvalidTableSpec, OutsideTableRoot
 
 _LOCAL = frozenset({"file", "local"})
@@ -190,11 +191,16 @@ class Storage:
                     raise FileExistsError(self.url_of(path))
                 self.fs.pipe_file(path, data)
 
-    def open_output(self, rel: str) -> IO[bytes]:
-        """A binary file opened for (over)writing at ``rel``, parents created."""
+    def open_output(self, rel: str, uncached: bool = False) -> IO[bytes]:
+        """A binary file opened for (over)writing at ``rel``, parents created. ``uncached``:
+        a large file not read again soon, written around the page cache where the storage
+        is a local filesystem that can (``direct_write``)."""
         path = self.path(rel)
         if self.protocol in _LOCAL:
             os.makedirs(posixpath.dirname(path), exist_ok=True)
+            direct = open_direct(path) if uncached else None
+            if direct is not None:
+                return cast(IO[bytes], direct)
         return self.fs.open(path, "wb")
 
 
