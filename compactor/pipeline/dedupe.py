@@ -33,7 +33,6 @@ from compactor.merge import OP_DELETE, OP_UPSERT, MergeResult, index_schema, rec
 from compactor.pipeline import index_store, locators
 from compactor.pipeline.hash_bucket import GroupRecords, HashOutput
 from compactor.pipeline.live_index import IN_PLACE_FRACTION, IN_PLACE_RECORDS, LiveIndex
-from compactor.pipeline.locators import member
 from compactor.pipeline.rewrite_map import RewriteMap
 from compactor.pipeline.row_sets import RowSet
 from compactor.pipeline.sliced_merge import SLICE_RECORDS, merge_in_slices, slice_edges
@@ -445,8 +444,6 @@ def _shift_kept(plans: list[BucketPlan], file: np.ndarray) -> None:
     if not shifted:
         return
     shifted.sort()
-    old = np.array([o for o, _ in shifted], dtype=np.int32)
-    moves = np.flatnonzero(member(file, old))
-    file[moves] = np.array([n for _, n in shifted], dtype=np.int32)[
-        np.searchsorted(old, file[moves])]
+    locators.renumber(file, np.array([o for o, _ in shifted], dtype=np.int32),
+                      np.array([n for _, n in shifted], dtype=np.int32))
 

@@ -55,3 +55,32 @@ def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
     flags = np.zeros(span + 3, dtype=bool)  # a False slot below and above the range
     flags[np.asarray(of, dtype=np.int64) - low + 1] = True
     return flags[np.clip(values, low - 1, low + span + 1) - (low - 1)]
+
+
+RENUMBER_SPAN = 1 << 22  # ordinals renumbered through a table up to this far apart (16 MB)
+_RENUMBER_CHUNK = 1 << 18  # values at a time: a chunk's temporaries stay in cache
+
+
+def renumber(values: np.ndarray, old: np.ndarray, new: np.ndarray) -> None:
+    """In the int32 ``values``, in place, each of the sorted, distinct ``old`` becomes the
+    ``new`` at its place; other values stay. Where ``old`` spans at most RENUMBER_SPAN (the
+    kept files of a few buckets) a table lookup per value, a chunk at a time (a search per
+    value found took 0.13-0.17 s for 11M entries, 10M of them renumbered, this 0.017 s),
+    else a search."""
+    if not len(old):
+        return
+    low, span = int(old[0]), int(old[-1]) - int(old[0]) + 1
+    if not 0 <= low < 1 << 30 or span > RENUMBER_SPAN:
+        found = np.flatnonzero(member(values, old))
+        values[found] = new[np.searchsorted(old, values[found])]
+        return
+    # what each value in the span gains (0 but at ``old``), and 0 in a last slot for values
+    # outside it: an add per value, no mask (a masked copy cost 5 ns a value)
+    shift = np.zeros(span + 1, dtype=np.int32)
+    shift[np.asarray(old, dtype=np.int64) - low] = np.asarray(new, dtype=np.int64) - old
+    base, beyond = np.int32(low), np.uint32(span)
+    for i in range(0, len(values), _RENUMBER_CHUNK):
+        part = values[i:i + _RENUMBER_CHUNK]
+        # value - low as unsigned: below ``low`` it wraps beyond the span too (an int32 from
+        # -2**31 less a low under 2**30 wraps to at least 2**31)
+        part += shift.take(np.minimum((part - base).view(np.uint32), beyond))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from compactor.pipeline import rewrite_map
-from compactor.pipeline.locators import SOURCE_BASE, compacted
+from compactor.pipeline.locators import SOURCE_BASE, compacted, renumber
 from compactor.pipeline.rewrite_map import RewriteMap, member
 
 
@@ -146,6 +146,30 @@ def test_member_matches_isin_for_narrow_and_wide_sets() -> None:
                np.array([0, 1 << 21, SOURCE_BASE]), np.array([-1, 3]), rng.choice(values, 8),
                rng.choice(values, 9), np.array([7, 9, 7, 9, 7, 9, 7, 9, 5], np.int32)):
         assert member(values, of).tolist() == np.isin(values, of).tolist()
+
+
+@pytest.mark.parametrize("case", ["one bucket", "several buckets", "far apart", "edges"])
+def test_renumber_maps_exactly_the_old_ordinals_to_the_new(case: str) -> None:
+    rng = np.random.default_rng(11)
+    if case == "one bucket":  # kept files behind lost ones, moving up by one or two
+        old = [compacted(3, i) for i in (4, 5, 6, 9, 10)]
+        new = [compacted(3, i) for i in (3, 4, 5, 7, 8)]
+    elif case == "several buckets":
+        old = [compacted(b, i) for b in (1, 2, 40) for i in range(2, 30, 3)]
+        new = [o - 1 for o in old]
+    elif case == "far apart":  # beyond RENUMBER_SPAN: searched
+        old = [compacted(1, 5), compacted(9000, 7)]
+        new = [compacted(1, 4), compacted(9000, 0)]
+    else:  # the first and last ordinals of a span, next to -1 and source ordinals
+        old, new = [0, 1, 1 << 16], [5, 0, 7]
+    pool = np.array(old + [o + d for o in old for d in (-1, 1)] + [-1, 0, SOURCE_BASE,
+                    SOURCE_BASE + 3, np.iinfo(np.int32).max, np.iinfo(np.int32).min],
+                    dtype=np.int64)
+    values = rng.choice(pool, 3 * (1 << 18) + 17).astype(np.int32)  # several chunks and a part
+    mapping = dict(zip(old, new, strict=True))
+    expected = [mapping.get(v, v) for v in values.tolist()]
+    renumber(values, np.array(old, np.int32), np.array(new, np.int32))
+    assert values.tolist() == expected
 
 
 def test_an_actor_names_the_partition_whose_bucket_would_hold_too_many_files(tmp_path) -> None:
