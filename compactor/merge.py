@@ -86,20 +86,15 @@ def _vectorized_quicksort() -> bool:
     """
     import importlib
 
-    from runtime.worker_settings import slow_avx512_compress
+    from runtime.worker_settings import slow_avx512_cpu
 
     for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # 2.x, 1.x
         try:
             features = getattr(importlib.import_module(module), "__cpu_features__", {})
         except ImportError:
             continue
-        avx512 = features.get("AVX512_SKX") or features.get("X86_V4")
-        if avx512:
-            try:
-                with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                    return not slow_avx512_compress(f.read())
-            except OSError:
-                return True
+        if features.get("AVX512_SKX") or features.get("X86_V4"):
+            return not slow_avx512_cpu()
         return bool(features.get("AVX2")) and int(np.__version__.split(".")[0]) >= 2
     return False
 

@@ -59,6 +59,15 @@ def slow_avx512_compress(cpuinfo: str) -> bool:
             and "avx512f" in fields.get("flags", "").split())
 
 
+def slow_avx512_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
+    """``slow_avx512_compress`` of this machine's CPU (False where it cannot be read)."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
+            return slow_avx512_compress(f.read())
+    except OSError:
+        return False
+
+
 def _numpy_avx512_targets() -> list[str]:
     """numpy's AVX-512 dispatch targets, by the names of its installed version (2.4 groups
     them as X86_V4; older ones name AVX512_SKX and the rest), or none without numpy."""
@@ -74,12 +83,7 @@ def _numpy_avx512_targets() -> list[str]:
 def cpu_settings(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, str]:
     """Settings for the CPU of this machine: ``NPY_DISABLE_CPU_FEATURES`` on a Zen 4 (above),
     else none (also where the CPU cannot be read)."""
-    try:
-        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
-            cpuinfo = f.read()
-    except OSError:
-        return {}
-    if not slow_avx512_compress(cpuinfo):
+    if not slow_avx512_cpu(cpuinfo_path):
         return {}
     targets = _numpy_avx512_targets()
     return {"NPY_DISABLE_CPU_FEATURES": " ".join(targets)} if targets else {}
