@@ -46,7 +46,8 @@ def test_a_zen_4_is_told_apart_by_vendor_family_and_avx512(cpuinfo: str, slow: b
 
 def _numpy_features(env: dict[str, str]) -> tuple[list[str], str]:
     """The AVX-512 features a new interpreter's numpy dispatches to, and what it warned."""
-    code = ("from numpy._core._multiarray_umath import __cpu_features__ as f; "
+    code = ("import numpy; m = getattr(numpy, '_core', None) or numpy.core; "
+            "f = m._multiarray_umath.__cpu_features__; "
             "print(' '.join(k for k, v in f.items() if v and ('512' in k or k == 'X86_V4')))")
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=60, check=True)
