@@ -48,7 +48,6 @@ class FileRows:
     rows: dict[int, RowSet]
 
 
-
 def _rank(span: np.ndarray, selected: np.ndarray) -> None:
     """Number the ``selected`` slots of ``span`` 0, 1, ... in order and set the others to -1,
     in place: a running count, not a masked assignment (1.5 against 5.1 ms per 1M slots)."""
