@@ -92,6 +92,7 @@ class DirectWriter:
                 done += os.pwrite(self._fd, self._view[done:n], self._written + done)
             except OSError as e:
                 if e.errno != errno.EINVAL or not self._direct:
+                    e.add_note(f"writing {self.name}")  # (pwrite's errors name no file)
                     raise
                 self._through_cache()  # this filesystem wants another alignment, or none
         self._written += n

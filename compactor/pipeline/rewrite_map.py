@@ -55,6 +55,7 @@ def _rank(span: np.ndarray, selected: np.ndarray) -> None:
     span *= selected
     span -= 1
 
+
 class RewriteMap:
     def __init__(self, ordinals: np.ndarray, spans: np.ndarray, file: np.ndarray,
                  row: np.ndarray, selected: np.ndarray,

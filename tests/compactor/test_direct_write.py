@@ -78,9 +78,10 @@ def test_other_errors_of_a_write_are_raised(tmp_path: Path,
     monkeypatch.setattr(direct_write.os, "pwrite", full)
     writer = open_direct(str(tmp_path / "f"))
     assert writer is not None
-    with pytest.raises(OSError, match="No space left"), writer:
+    with pytest.raises(OSError, match="No space left") as raised, writer:
         writer.write(_payload(STAGE_BYTES))
     assert writer.closed
+    assert f"writing {tmp_path / 'f'}" in raised.value.__notes__  # the file is named
     with pytest.raises(ValueError, match="closed file"):
         writer.write(b"more")
 
