@@ -285,8 +285,9 @@ class DedupeActor:
         """Point the next index at the files materialize writes; persist what changed.
 
         ``groups`` lists the source ordinals of each materialize task, in task order; task g
-        writes bucket b's rows of its sources in (ordinal, row) order, a new file every
-        ``rows_per_file`` rows. Returns the next index chain of every bucket whose index
+        writes bucket b's rows of its sources in (ordinal, row) order, into the fewest files of
+        at most ``rows_per_file`` rows, as even as whole rows make them
+        (``locators.file_rows``). Returns the next index chain of every bucket whose index
         changed, and the files written.
         """
         pending, index = self.pending, self.index
@@ -346,8 +347,7 @@ class DedupeActor:
         table = index.table()
         for i, b in enumerate(self.buckets):
             next_chain, new_files = self._persist(
-                b, i, table, None if changed_at is None else changed_at[i], moves.get(b, []),
-                rows_per_file)
+                b, i, table, None if changed_at is None else changed_at[i], moves.get(b, []))
             if next_chain is not None:
                 pending.chains[b] = next_chain
             written += new_files
@@ -361,8 +361,7 @@ class DedupeActor:
         return type(e)(f"partition {where}: {e}; nothing was committed")
 
     def _persist(self, b: int, i: int, table: pa.Table, changed: np.ndarray | None,
-                 moves: list[index_store.Move], rows_per_file: int
-                 ) -> tuple[list[str] | None, list[str]]:
+                 moves: list[index_store.Move]) -> tuple[list[str] | None, list[str]]:
         """Write bucket ``b``'s (the group's i-th) next index, whole (a base) or on its chain as
         the ``moves`` of its files and a delta of the entries at positions ``changed`` (None:
         write a base); the next chain (None when nothing about the bucket's index changed),
@@ -384,7 +383,7 @@ class DedupeActor:
         written = []
         if moves:
             written.append(index_store.new_path(self.partition_dir, b, "moves"))
-            index_store.write_moves(self.storage, written[-1], moves, rows_per_file)
+            index_store.write_moves(self.storage, written[-1], moves)
         gone = np.empty(len(gone_hi), dtype=index_store.KEY)
         gone["hi"], gone["lo"] = gone_hi, gone_lo
         written.append(index_store.new_path(self.partition_dir, b, "delta"))

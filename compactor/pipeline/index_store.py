@@ -14,11 +14,13 @@ A moves file (``MOVES_SCHEMA``) has a row per file of the bucket the round moved
 that moved up in the bucket's file list (``survivors`` null: its rows stay, it is renumbered
 ``first_file``), or a rewritten one: its surviving rows (a bitmap over its ``rows``), in order,
 were written from place ``first_slot`` of its materialize task's rows of the bucket on, a new
-file every ``rows_per_file`` rows from ordinal ``first_file``. An entry of a rewritten file's
+file every ``rows_per_file`` rows (the task's, ``locators.file_rows``) from ordinal
+``first_file``. An entry of a rewritten file's
 row that did not survive points nowhere after the move (its key's newer entry is in the delta
 that follows); a live entry left pointing nowhere makes the chain unusable (``IndexUnavailable``:
 the round rebuilds the index from data). Earlier versions read a moves file as an index that
-does not match, so they rebuild too.
+does not match, so they rebuild too, as do versions that took one ``rows_per_file`` for all
+the files of a moves file where its rows differ (tasks of one round cut their files evenly).
 
 A compacted state names the chains in ``properties["index"]``: a JSON list, one list of paths
 (relative to the table root) per bucket. An untouched bucket keeps its chain from the round
@@ -90,6 +92,7 @@ class Move:
     first_file: int  # kept: its ordinal after; rewritten: that of the first file written
     first_slot: int = 0  # rewritten: where its first surviving row is among its task's rows
     survivors: np.ndarray | None = None  # rewritten: mask of its rows that survive
+    rows_per_file: int = 1  # rewritten: the rows of each file its task wrote of the bucket
 
 
 def new_path(partition_dir: str, bucket: int, kind: str = "base") -> str:
@@ -165,7 +168,7 @@ def write(storage: Storage, rel: str, index: pa.Table) -> None:
     _checked_write(storage, rel, table)
 
 
-def write_moves(storage: Storage, rel: str, moves: list[Move], rows_per_file: int) -> None:
+def write_moves(storage: Storage, rel: str, moves: list[Move]) -> None:
     survivors = [None if m.survivors is None else
                  np.packbits(m.survivors, bitorder="little").tobytes() for m in moves]
     table = pa.table([
@@ -173,39 +176,38 @@ def write_moves(storage: Storage, rel: str, moves: list[Move], rows_per_file: in
         pa.array([m.first_file for m in moves], pa.int32()),
         pa.array([m.first_slot for m in moves], pa.int64()),
         pa.array([0 if m.survivors is None else len(m.survivors) for m in moves], pa.int64()),
-        pa.array([rows_per_file] * len(moves), pa.int64()),
+        pa.array([m.rows_per_file for m in moves], pa.int64()),
         pa.array(survivors, pa.binary()),
     ], schema=MOVES_SCHEMA)
     _checked_write(storage, rel, table)
 
 
-def _read_moves(storage: Storage, rel: str) -> tuple[list[Move], int]:
-    """A moves file's moves and the rows per file of the files written."""
+def _read_moves(storage: Storage, rel: str) -> list[Move]:
+    """A moves file's moves."""
     try:
         table = _check(ipc.open_file(pa.BufferReader(storage.read(rel))).read_all(),
                        storage, rel)
         if not table.schema.equals(MOVES_SCHEMA):
             raise ValueError(f"columns {table.schema.names}, not {MOVES_SCHEMA.names}")
-        rows_per_file = table.column("rows_per_file").to_pylist()
-        if len(set(rows_per_file)) > 1 or (rows_per_file and rows_per_file[0] < 1):
-            raise ValueError(f"rows per file {sorted(set(rows_per_file))[:3]}")
         moves = []
         for m in table.to_pylist():
             survivors = None
+            if m["rows_per_file"] < 1:
+                raise ValueError(f"file {m['ordinal']}: {m['rows_per_file']} rows per file")
             if m["survivors"] is not None:
                 bits = np.frombuffer(m["survivors"], dtype=np.uint8)
                 if len(bits) != -(-m["rows"] // 8):
                     raise ValueError(f"file {m['ordinal']}: {len(bits)} bytes of survivors "
                                      f"for {m['rows']} rows")
                 survivors = np.unpackbits(bits, count=m["rows"], bitorder="little").view(bool)
-            moves.append(Move(m["ordinal"], m["first_file"], m["first_slot"], survivors))
+            moves.append(Move(m["ordinal"], m["first_file"], m["first_slot"], survivors,
+                              m["rows_per_file"]))
     except (FileNotFoundError, OSError, pa.ArrowInvalid, ValueError) as e:
         raise IndexUnavailable(f"index file {storage.url_of(storage.path(rel))}: {e}") from None
-    return moves, rows_per_file[0] if rows_per_file else 1
+    return moves
 
 
-def apply_moves(file: np.ndarray, row: np.ndarray, moves: list[Move], rows_per_file: int
-                ) -> None:
+def apply_moves(file: np.ndarray, row: np.ndarray, moves: list[Move]) -> None:
     """Point the locators ``(file, row)`` (updated in place) where ``moves`` took their rows:
     entries of a moved file's rows point where they went, those of its rows that did not
     survive at (-1, -1). One pass over the entries finds those of moved files."""
@@ -231,7 +233,7 @@ def apply_moves(file: np.ndarray, row: np.ndarray, moves: list[Move], rows_per_f
         alive = np.zeros(len(at), dtype=bool)
         alive[inside] = move.survivors[rows[inside]]
         rank = np.cumsum(move.survivors, dtype=np.int64) - 1
-        q, r = np.divmod(move.first_slot + rank[rows[alive]], rows_per_file)
+        q, r = np.divmod(move.first_slot + rank[rows[alive]], move.rows_per_file)
         file[at] = -1
         row[at] = -1
         file[at[alive]] = move.first_file + q
@@ -346,13 +348,13 @@ def read(storage: Storage, chain: list[str], schema: pa.Schema) -> pa.Table:
     located: list[tuple[np.ndarray, np.ndarray] | None] = []
     for rel in chain:
         if is_moves(rel):
-            moves, rows_per_file = _read_moves(storage, rel)
+            moves = _read_moves(storage, rel)
             for j, part in enumerate(parts):
                 loc = located[j]
                 if loc is None:
                     loc = located[j] = (part.column("file").to_numpy().copy(),
                                         part.column("row").to_numpy().copy())
-                apply_moves(loc[0], loc[1], moves, rows_per_file)
+                apply_moves(loc[0], loc[1], moves)
         else:
             parts.append(_read_one(storage, rel, schema))
             located.append(None)

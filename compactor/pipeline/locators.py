@@ -12,6 +12,8 @@ Index entries and records say ``(file, row)``. ``file`` is an int32 ordinal:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,6 +22,18 @@ SOURCE_BASE = 1 << 30
 MAX_BUCKETS = 1 << 14
 MAX_FILES_PER_BUCKET = 1 << 16
 MAX_FILE_ROWS = (1 << 31) - 1  # row locators are int32
+
+
+def file_rows(rows: Any, rows_per_file: int) -> Any:
+    """The rows of each file but the last (which holds the rest) when a materialize task
+    writes ``rows`` rows of a bucket (an int, or an array of counts): the fewest files of at
+    most ``rows_per_file`` rows, as even as whole rows make them, ``ceil(rows / k)`` each for
+    ``k = ceil(rows / rows_per_file)`` files (so exactly ``k``: a task's share of 2.3 files'
+    rows is three files of 0.77, not two full ones and a remainder of 0.3 that a later round
+    would have to merge). At least 1."""
+    files = -(-rows // rows_per_file)
+    return np.maximum(-(-rows // np.maximum(files, 1)), 1) if isinstance(rows, np.ndarray) \
+        else max(-(-rows // max(files, 1)), 1)
 
 
 def compacted(bucket: int, position: int) -> int:

@@ -1,16 +1,18 @@
 """Step 4: materialize a group of source files: read each once, in place; write bucket files.
 
 Source files are read where they are, only the row groups that hold surviving rows, and only
-the table's columns, about ``READ_BATCH_BYTES`` at a time. Each source is read once
-and its surviving rows go to their buckets' writers; bucket b's rows of the group are written
-in (source ordinal, row) order, a new file every ``rows_per_file`` rows: exactly the places the
-dedupe actors' ``finalize`` points the next index at. Columns a file lacks (added to the table
-later) are filled with nulls; every batch is cast to the table schema, but for text a source
-stores with a dictionary, which stays dictionary indices up to the writer (``dictionary_reads``)
-and is read back in the table's type. Small sources (at most
-``READ_AHEAD_BYTES``) are read whole, several ahead of the one being decoded. A row group all of
-whose rows one bucket keeps, stored as the table's files are (a compacted file rewritten for
-rows it lost in other row groups), is copied as its bytes (``parquet_splice``), not decoded.
+the table's columns, about ``READ_BATCH_BYTES`` at a time. Each source is read once and its
+surviving rows go to their buckets' writers; bucket b's rows of the group are written in
+(source ordinal, row) order, into the fewest files of at most ``rows_per_file`` rows, as even
+as whole rows make them (``locators.file_rows``: no task leaves a small remainder for a later
+round to merge): exactly the places the dedupe actors' ``finalize`` points the next index at.
+Columns a file lacks (added to the table later) are filled with nulls; every batch is cast to
+the table schema, but for text a source stores with a dictionary, which stays dictionary
+indices up to the writer (``dictionary_reads``) and is read back in the table's type. Small
+sources (at most ``READ_AHEAD_BYTES``) are read whole, several ahead of the one being decoded.
+A row group all of whose rows one bucket keeps, stored as the table's files are (a compacted
+file rewritten for rows it lost in other row groups), is copied as its bytes
+(``parquet_splice``), not decoded.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.manifest import DataFile
 from compactor.pipeline.dedupe import BucketPlan
-from compactor.pipeline.locators import SOURCE_BASE, compacted
+from compactor.pipeline.locators import SOURCE_BASE, compacted, file_rows
 from compactor.pipeline.row_sets import RowSet
 from compactor.thrift_compact import Struct
 
@@ -345,7 +347,8 @@ def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 class _BucketWriter:
-    """Writes one bucket's rows, a new file every ``rows_per_file`` rows; each file's
+    """Writes one bucket's rows, a new file every ``rows_per_file`` rows (the task's even
+    share, ``locators.file_rows``); each file's
     dictionary columns are chosen from its first row group's rows. Row groups come encoded
     from rows (``add``) or as a source's bytes (``copy``); ``template``: the footer of the
     table's files (``parquet_splice``)."""
@@ -589,11 +592,16 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
     maybe_fail("materialize")
     template = parquet_splice.Template(schema, write_options(codec))
     writers: dict[int, _BucketWriter] = {}
+    totals: dict[int, int] = {}  # the task's rows of each bucket
+    for source in sources:
+        for b, r in source.rows.items():
+            totals[b] = totals.get(b, 0) + len(r)
 
     def writer(bucket: int) -> _BucketWriter:
         if bucket not in writers:
-            writers[bucket] = _BucketWriter(storage, partition, bucket, schema, rows_per_file,
-                                            codec, template)
+            writers[bucket] = _BucketWriter(storage, partition, bucket, schema,
+                                            file_rows(totals[bucket], rows_per_file), codec,
+                                            template)
         return writers[bucket]
 
     bytes_read = rows = copied = 0
@@ -648,13 +656,10 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     A compacted file one bucket keeps whole (a small file merged, ``small_files``) is mostly
     copied as bytes: its rows count COPY_COST of their decoded bytes, and such files of one
     bucket in a row, with the small files merged that lost rows too, stay in one task (up to
-    MAX_GROUP_BYTES), whose files of the bucket are then full ones, not a part-full file per
-    task.
-    A task past half its share also ends where its next source would spill the rows of a
-    bucket it has already written a full file of into one more file: a task writes each bucket
-    a new file every ``rows_per_file`` rows, so its last file of that bucket is then as full as
-    whole sources make it, not a small remainder. (A bucket the task writes less than a file
-    of, as with many buckets, ends in one part-full file either way and does not cut.)
+    MAX_GROUP_BYTES), so their rows are cut into files once, not a remainder per task.
+    Where a task's share of a bucket ends does not matter to its files' sizes: the task cuts
+    it into even files (``locators.file_rows``), so a task leaves a small file only of a
+    bucket it writes less than half a file's rows of (as with many buckets).
     """
     by_ordinal: dict[int, dict[int, RowSet]] = {}
     for b, p in plans.items():
@@ -673,25 +678,17 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     if SOURCE_COST_BYTES * len(sizes) > sum(data.values()):  # (many small files: a task per
         share = max(share, sum(sizes.values()) / cpus)      # core, not two: fewer files)
     budget = min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, share))
-    per_file = plan.rows_per_file
     groups: list[list[SourceRows]] = []
     current: list[SourceRows] = []
     current_bytes = 0.0
-    in_task: dict[int, int] = {}  # the current task's rows of each bucket
     for o in sorted(by_ordinal):
-        adds = {b: len(r) for b, r in by_ordinal[o].items()}
-        spills = any(in_task.get(b, 0) >= per_file and in_task[b] % per_file > 0
-                     and in_task[b] % per_file + n > per_file for b, n in adds.items())
         joins = o in unit and current and unit.get(current[-1].ordinal) == unit[o] \
             and current_bytes + sizes[o] <= MAX_GROUP_BYTES
-        if current and not joins and (current_bytes + sizes[o] > budget
-                                      or (spills and current_bytes >= budget / 2)):
+        if current and not joins and current_bytes + sizes[o] > budget:
             groups.append(current)
-            current, current_bytes, in_task = [], 0.0, {}
+            current, current_bytes = [], 0.0
         current.append(SourceRows(o, plan.sources[o], by_ordinal[o], plan.op_columns.get(o)))
         current_bytes += sizes[o]
-        for b, n in adds.items():
-            in_task[b] = in_task.get(b, 0) + n
     if current:
         groups.append(current)
     return groups
@@ -700,7 +697,7 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
 def files_per_bucket(plans: dict[int, BucketPlan], groups: list[list[SourceRows]],
                      rows_per_file: int) -> dict[int, int]:
     """How many files each rewritten bucket has after the round: those kept in place, and
-    each group's new ones (a new file every ``rows_per_file`` of its rows of the bucket)."""
+    each group's new ones (``ceil(rows / rows_per_file)`` for its rows of the bucket)."""
     files = {b: len(p.keep) for b, p in plans.items()}
     for group in groups:
         rows: dict[int, int] = {}

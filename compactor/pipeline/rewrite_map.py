@@ -2,8 +2,9 @@
 
 A dedupe actor builds one from its next index: the *selected* entries are the live ones that
 point at a source of the round or at a compacted file that lost a row. Materialize writes
-bucket b's selected rows of a group of files in (file ordinal, row) order, a new file every
-``rows_per_file`` rows; the actor points the index at exactly those places.
+bucket b's selected rows of a group of files in (file ordinal, row) order, cut into even files
+of at most ``rows_per_file`` rows (``locators.file_rows``); the actor points the index at
+exactly those places.
 
 No sort by locator: every file that may hold selected rows gets a range of one array over all
 their rows, in ordinal order. Each selected entry stores its bucket at its row's slot; one pass
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compactor.pipeline.index_store import IndexCorrupt
-from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE, member
+from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE, file_rows, member
 from compactor.pipeline.row_sets import RowSet
 
 CHUNK = 1 << 18
@@ -101,7 +102,7 @@ class RewriteMap:
             np.asarray(selected, dtype=np.int64)
         self._chunks = -(-len(selected) // CHUNK)
         self._relocated = False
-        self._placed: tuple[np.ndarray, np.ndarray] | None = None  # set by relocate
+        self._placed: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # by relocate
         # first the bucket of each selected row at its slot, then its rank within the
         # bucket's selected rows of its file
         self.slots = np.full(int(self.offsets[-1]), -1, dtype=np.int32)
@@ -242,11 +243,12 @@ class RewriteMap:
 
         ``group_of``: the materialize task of each file ordinal with selected rows (tasks take
         consecutive files; each writes a bucket's rows in ordinal order, a new file every
-        ``rows_per_file`` rows); ``buckets[i]``: the number of the group's bucket i, whose
-        compacted files are ordinals ``buckets[i] << 16 | position``; ``kept[i]``: how many of
-        its files stay in place, ahead of the new ones. Returns how many files each bucket has
-        after the round. ``file`` and ``row`` must be the arrays the map was built from, with
-        its selected entries unchanged since (their slots are looked up again, unchecked).
+        ``file_rows(its rows of the bucket, rows_per_file)`` rows); ``buckets[i]``: the number
+        of the group's bucket i, whose compacted files are ordinals ``buckets[i] << 16 |
+        position``; ``kept[i]``: how many of its files stay in place, ahead of the new ones.
+        Returns how many files each bucket has after the round. ``file`` and ``row`` must be
+        the arrays the map was built from, with its selected entries unchanged since (their
+        slots are looked up again, unchecked).
         """
         if self._relocated:  # it reads the old locators as it overwrites them: once only
             raise ValueError("the rewrite map has relocated its entries already")
@@ -259,11 +261,14 @@ class RewriteMap:
         # rows of bucket i that task g writes before file d's (files of g before d)
         before = np.zeros_like(self.counts)
         files_of_task = np.zeros((len(kept), groups), dtype=np.int64)
+        per_file_of_task = np.ones((len(kept), groups), dtype=np.int64)
         for g in range(groups):
             in_g = group == g
             counts = np.where(in_g, self.counts, 0)
             before[:, in_g] = (np.cumsum(counts, axis=1) - counts)[:, in_g]
-            files_of_task[:, g] = (counts.sum(axis=1) + rows_per_file - 1) // rows_per_file
+            rows = counts.sum(axis=1)
+            files_of_task[:, g] = (rows + rows_per_file - 1) // rows_per_file
+            per_file_of_task[:, g] = file_rows(rows, rows_per_file)
         total = np.array(kept, dtype=np.int64) + files_of_task.sum(axis=1)
         if len(total) and total.max() > MAX_FILES_PER_BUCKET:
             raise ValueError(f"bucket {buckets[int(total.argmax())]} would hold more than "
@@ -273,15 +278,16 @@ class RewriteMap:
             + np.cumsum(files_of_task, axis=1) - files_of_task
         # (bucket, file): the ordinal of the first file the file's task writes for the bucket
         start_file = (np.array(buckets, dtype=np.int64) << 16)[:, None] | first_file[:, group]
+        per_file = per_file_of_task[:, group]  # (bucket, file): the rows of its task's files
         self.find_complement(file, row)
         # chunks not kept when the map was built (a first round's, whose entries are all
         # selected, or beyond CACHE_BYTES) are found again (their slots were checked then, and
         # the locators of selected entries have not changed since)
         self._relocated = True
-        self._placed = (before, start_file)
+        self._placed = (before, start_file, per_file)
         if self._found_complement is not None:  # (per file first, then per entry)
             entries, j, dense, i, ranks = self._found_complement
-            q, r = np.divmod(before[i, dense][j] + ranks, rows_per_file)
+            q, r = np.divmod(before[i, dense][j] + ranks, per_file[i, dense][j])
             file[entries] = start_file[i, dense][j] + q
             row[entries] = r
         for c in range(self._chunks):
@@ -295,12 +301,12 @@ class RewriteMap:
             if isinstance(bucket, int):  # plain gathers, not two-dimensional ones
                 place = before[bucket][d]
                 place += self.slots[at]
-                q, r = np.divmod(place, rows_per_file)
+                q, r = np.divmod(place, per_file[bucket][d])
                 new_file = start_file[bucket][d]
             else:
                 place = before[bucket, d]
                 place += self.slots[at]
-                q, r = np.divmod(place, rows_per_file)
+                q, r = np.divmod(place, per_file[bucket, d])
                 new_file = start_file[bucket, d]
             new_file += q
             where: np.ndarray | slice = positions
@@ -366,17 +372,18 @@ class RewriteMap:
                 f"{span - int(keeps[w])} lost)")
         self._found_complement = (positions, j, dense, buckets, ranks)
 
-    def placed(self, i: int, bucket: int) -> list[tuple[int, int, int, np.ndarray]]:
+    def placed(self, i: int, bucket: int) -> list[tuple[int, int, int, np.ndarray, int]]:
         """After ``relocate``: for each compacted file of ``bucket`` (the group's bucket i) the
         map was given, (its ordinal, the ordinal of the first file its rewritten rows went to,
         their first place among their task's rows of the bucket, the mask of its rows
-        rewritten)."""
+        rewritten, the rows of each file that task wrote of the bucket)."""
         assert self._placed is not None, "relocate first"
-        before, start_file = self._placed
+        before, start_file, per_file = self._placed
         out = []
         for d, ordinal in enumerate(self.ordinals.tolist()):
             if ordinal < SOURCE_BASE and ordinal >> 16 == bucket:
                 rows = self.slots[self.offsets[d]:self.offsets[d + 1]] >= 0
-                out.append((ordinal, int(start_file[i, d]), int(before[i, d]), rows))
+                out.append((ordinal, int(start_file[i, d]), int(before[i, d]), rows,
+                            int(per_file[i, d])))
         return out
 

@@ -3,9 +3,10 @@
 A round writes each bucket's new rows into new files, and rewrites only the files that lost
 rows. A partition that mostly gains keys (an append-heavy table, frequent small deltas) would
 so gain a small file per bucket per round, without end, until a bucket held
-``MAX_FILES_PER_BUCKET`` files and rounds failed; and a first round on several cores ends
-each task's share of a bucket in a part-full file (at a 256 MiB target, a 20M-row partition
-got five files of 20-73 MB per bucket).
+``MAX_FILES_PER_BUCKET`` files and rounds failed; and a task writing less than half a file
+of a bucket's rows (a round on many buckets, a first round's last task) writes a small file of
+them (a task cuts more rows into even files, ``locators.file_rows``: at a 256 MiB target, a
+20M-row partition once got five files of 20-73 MB per bucket, a remainder per task).
 
 So a round also rewrites, whole, some of a bucket's *small* files (fewer than half the rows
 of a full file), once there are ``MERGE_FILES`` of them or together they hold a full file's

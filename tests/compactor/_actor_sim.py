@@ -66,7 +66,8 @@ def expected_after(oracle: dict, files: list[list[Any]], base_pos: int, ordered:
 def materialize(current: dict[int, list[list[Any]]], plans: dict, groups: list[list[int]],
                 files: list[list[Any]], rows_per_file: int) -> dict[int, list[list[Any]]]:
     """The simulated compacted files of each bucket after a round: its kept files, then each
-    task's rows of it (sources in ordinal order) cut into files of ``rows_per_file`` rows."""
+    task's rows of it (sources in ordinal order) cut into the fewest files of at most
+    ``rows_per_file`` rows, each but the last of the even share (rounded up)."""
     out_files = {}
     for b, bucket_files in current.items():
         p = plans.get(b)
@@ -84,7 +85,9 @@ def materialize(current: dict[int, list[list[Any]]], plans: dict, groups: list[l
                         rows.append((key, version))
                     else:
                         rows.append(current[o >> 16][o & 0xFFFF][r])
-            out += [rows[i:i + rows_per_file] for i in range(0, len(rows), rows_per_file)]
+            count = -(-len(rows) // rows_per_file)
+            size = -(-len(rows) // count) if count else 1
+            out += [rows[i:i + size] for i in range(0, len(rows), size)]
         out_files[b] = out
     return out_files
 

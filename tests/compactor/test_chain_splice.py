@@ -160,7 +160,7 @@ def test_random_chains_fold_as_the_plain_fold(seed):
 
 # --- read: moves on the base and on earlier deltas --------------------------------------------
 
-def _moved(e: dict, moves: list[index_store.Move], rows_per_file: int) -> dict:
+def _moved(e: dict, moves: list[index_store.Move]) -> dict:
     """An entry after ``moves``, straight from the moves file's description."""
     for m in moves:
         if e["file"] != m.ordinal:
@@ -170,7 +170,8 @@ def _moved(e: dict, moves: list[index_store.Move], rows_per_file: int) -> dict:
             e["file"] = m.first_file
         elif 0 <= e["row"] < len(m.survivors) and m.survivors[e["row"]]:
             place = m.first_slot + int(np.count_nonzero(m.survivors[:e["row"]]))
-            e["file"], e["row"] = m.first_file + place // rows_per_file, place % rows_per_file
+            e["file"], e["row"] = m.first_file + place // m.rows_per_file, \
+                place % m.rows_per_file
         else:
             e["file"], e["row"] = -1, -1
         return e
@@ -178,14 +179,14 @@ def _moved(e: dict, moves: list[index_store.Move], rows_per_file: int) -> dict:
 
 
 def _write_chain(storage, prefix, items, schema):
-    """items: ("part", entries) or ("moves", (moves, rows_per_file)); the chain's paths and
+    """items: ("part", entries) or ("moves", moves); the chain's paths and
     the expected fold."""
     chain, parts = [], []
     for i, (kind, what) in enumerate(items):
         if kind == "moves":
             rel = f"{prefix}/moves-{i}.arrow"
-            index_store.write_moves(storage, rel, *what)
-            parts = [[_moved(e, *what) for e in p] for p in parts]
+            index_store.write_moves(storage, rel, what)
+            parts = [[_moved(e, what) for e in p] for p in parts]
         else:
             rel = f"{prefix}/{'base' if not parts else 'delta'}-{i}.arrow"
             index_store.write(storage, rel, _table(what, schema))
@@ -206,14 +207,14 @@ def test_moves_repoint_the_base_and_an_earlier_delta_then_splice(tmp_path):
     # from place 3 on, 2 rows per file; keys 21 and 24 (rows not kept) replaced in file 8, key 5
     # new in file 6
     surv = np.array([True, False, True, True, False, True])
-    m1 = ([index_store.Move(b | 2, b | 1), index_store.Move(b | 1, b | 2, 3, surv)], 2)
+    m1 = [index_store.Move(b | 2, b | 1), index_store.Move(b | 1, b | 2, 3, surv, 2)]
     d1 = [_entry(21, 0, b | 8, 0, schema=schema, order=2),
           _entry(24, 0, b | 8, 1, schema=schema, order=2),
           _entry(5, 0, b | 6, 0, schema=schema, order=2)]
     # round 2: file 6 (d1's key 5) and file 0 rewritten; file 0 keeps rows 1, 3; keys 10 and
-    # 12 gone
-    m2 = ([index_store.Move(b | 6, b | 7, 0, np.array([True])),
-           index_store.Move(b | 0, b | 7, 1, np.array([False, True, False, True]))], 4)
+    # 12 gone; the task writes 4 rows per file
+    m2 = [index_store.Move(b | 6, b | 7, 0, np.array([True]), 4),
+          index_store.Move(b | 0, b | 7, 1, np.array([False, True, False, True]), 4)]
     d2 = index_store.absent(np.array([(10, 0), (12, 0)], dtype=index_store.KEY),
                             schema).to_pylist()
     chain, expected = _write_chain(storage, "p", [("part", base), ("moves", m1), ("part", d1),
@@ -234,7 +235,7 @@ def test_an_earlier_delta_entry_left_nowhere_by_later_moves_is_refused(tmp_path)
     schema = index_schema()
     base = [_entry(k, k, 0, k) for k in range(4)]
     d1 = [_entry(9, 9, 1, 0), _entry(8, 8, 1, 1)]
-    m = ([index_store.Move(1, 2, 0, np.array([False, True]))], 4)  # d1's key 9 lost its row
+    m = [index_store.Move(1, 2, 0, np.array([False, True]), 4)]  # d1's key 9 lost its row
     chain, _ = _write_chain(storage, "q", [("part", base), ("part", d1), ("moves", m),
                                            ("part", [_entry(2, 2, 3, 0)])], schema)
     with pytest.raises(index_store.IndexUnavailable, match="1 live keys point at no row"):
@@ -257,9 +258,10 @@ def test_random_chains_read_as_the_plain_fold(tmp_path, seed):
             ordinals = rng.choice(12, int(rng.integers(1, 12)), replace=False)
             moves = [index_store.Move(int(o), int(rng.integers(0, 30))) if rng.random() < 0.3
                      else index_store.Move(int(o), int(rng.integers(0, 30)),
-                                           int(rng.integers(0, 5)), rng.random(9) < 0.7)
+                                           int(rng.integers(0, 5)), rng.random(9) < 0.7,
+                                           int(rng.integers(1, 4)))  # (each task its own)
                      for o in ordinals]
-            items.append(("moves", (moves, int(rng.integers(1, 4)))))
+            items.append(("moves", moves))
         items.append(("part", _random_part(rng, int(rng.choice([0, 3, 30])), schema,
                                            (0, 1, ABSENT), 30, 6)))
     chain, expected = _write_chain(storage, f"s{seed}", items, schema)

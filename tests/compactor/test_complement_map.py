@@ -63,7 +63,7 @@ class Twin:
 
         def placed_recorded(self_map: RewriteMap, i: int, bucket: int):  # type: ignore[no-untyped-def]
             got = placed(self_map, i, bucket)
-            twin.placed[(i, bucket)] = [(o, f, s, m.copy()) for o, f, s, m in got]
+            twin.placed[(i, bucket)] = [(o, f, s, m.copy(), n) for o, f, s, m, n in got]
             return got
 
         monkeypatch.setattr(DedupeActor, "plan", plan_twice)
@@ -120,8 +120,8 @@ class Twin:
         for i, b in enumerate(actor.buckets):
             if b not in plans:
                 continue
-            want = [(o, f, s, m.tolist()) for o, f, s, m in old.placed(i, b)]
-            got = [(o, f, s, m.tolist()) for o, f, s, m in self.placed[(i, b)]]
+            want = [(o, f, s, m.tolist(), n) for o, f, s, m, n in old.placed(i, b)]
+            got = [(o, f, s, m.tolist(), n) for o, f, s, m, n in self.placed[(i, b)]]
             assert got == want, f"bucket {b}: moves differ from the old approach's"
 
 
@@ -489,10 +489,11 @@ def test_complements_of_several_buckets_place_rows_as_a_mask_does(
     assert given.relocate(file, row, group_of, group, kept, 4).tolist() == total.tolist()
     assert file.tolist() == want_file.tolist() and row.tolist() == want_row.tolist()
     for i, b in enumerate(group):
-        assert [(o, f, s, m.tolist()) for o, f, s, m in given.placed(i, b)] == \
-            [(o, f, s, m.tolist()) for o, f, s, m in whole.placed(i, b)]
+        assert [(o, f, s, m.tolist(), n) for o, f, s, m, n in given.placed(i, b)] == \
+            [(o, f, s, m.tolist(), n) for o, f, s, m, n in whole.placed(i, b)]
     # independently: every entry of a rewritten file points at its rank among its bucket's
-    # rewritten rows, in (task, ordinal, row) order, after the kept files
+    # rewritten rows, in (task, ordinal, row) order, after the kept files (each task's rows
+    # of the bucket in the fewest files of at most 4 rows, all but the last of the even share)
     for i, b in enumerate(group):
         rows = sorted((group_of[o], o, r) for (bi, o, r) in entries
                       if bi == i and (o >= SOURCE_BASE or o in lost))
@@ -500,9 +501,11 @@ def test_complements_of_several_buckets_place_rows_as_a_mask_does(
         start = kept[i]
         where = {}
         for g in (0, 1):
+            count = -(-len(per_task[g]) // 4)
+            size = -(-len(per_task[g]) // count) if count else 1
             for k, (_g, o, r) in enumerate(per_task[g]):
-                where[(o, r)] = (b << 16 | (start + k // 4), k % 4)
-            start += -(-len(per_task[g]) // 4)
+                where[(o, r)] = (b << 16 | (start + k // size), k % size)
+            start += count
         for j in range(len(entries)):
             key = (entries[order[j]][1], entries[order[j]][2])
             if key in where:
@@ -580,8 +583,9 @@ def test_superseded_locators_of_big_files_and_high_ordinals() -> None:
 
 def test_a_lost_file_of_more_rows_than_16_bits_count(tmp_path) -> None:
     """Bucket 0's file 0 holds 70,000 rows, one key each; a round updates the keys at rows 5
-    and 69,999 and deletes the one at 65,536: the file's other rows go, in order, to files of
-    30,000 rows, then the updates."""
+    and 69,999 and deletes the one at 65,536: the file's other rows go, in order, then the
+    updates, to the fewest files of at most 30,000 rows, as even as whole rows make them (3 of
+    23,333 rows for 69,999)."""
     storage = Storage(f"file://{tmp_path}")
     n = 70_000
     hi = np.arange(1, n + 1, dtype=np.uint64) << np.uint64(40)
@@ -604,13 +608,13 @@ def test_a_lost_file_of_more_rows_than_16_bits_count(tmp_path) -> None:
     at = {int(h): j for j, h in enumerate(got.column("hi").to_numpy())}
     survivors = np.setdiff1d(np.arange(n), changed)
     rank = np.arange(len(survivors))
-    want_file, want_row = rank // 30_000, rank % 30_000
+    want_file, want_row = rank // 23_333, rank % 23_333
     pos = np.array([at[int(hi[r])] for r in survivors])
     assert file[pos].tolist() == want_file.tolist() and row[pos].tolist() == want_row.tolist()
     # the two updates follow, as source rows 0 and 1 (the records' rows, by key)
     k = len(survivors)
     assert sorted((int(file[at[int(hi[r])]]), int(row[at[int(hi[r])]])) for r in changed[:2]) \
-        == [(k // 30_000, k % 30_000), ((k + 1) // 30_000, (k + 1) % 30_000)]
+        == [(k // 23_333, k % 23_333), ((k + 1) // 23_333, (k + 1) % 23_333)]
     assert int(hi[65_536]) not in at
     persisted = index_store.read(storage, chains[0], index_schema())
     assert persisted.equals(actor.index.take(actor.index.in_key_order()))

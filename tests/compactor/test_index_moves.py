@@ -244,7 +244,7 @@ def test_moves_of_two_rounds_apply_at_once_and_to_earlier_deltas(tmp_path):
         [0, 1, 2, 0, 1, 0, 1]))
     index_store.write_moves(storage, "i/moves-1.arrow", [
         index_store.Move(b | 1, b | 0), index_store.Move(b | 2, b | 1),
-        index_store.Move(b | 0, b | 2, 0, np.array([True, False, True]))], 2)
+        index_store.Move(b | 0, b | 2, 0, np.array([True, False, True]), 2)])
     index_store.write(storage, "i/delta-1.arrow", _entries([101], [b | 3], [0]))
     round_1 = ["i/base.arrow", "i/moves-1.arrow", "i/delta-1.arrow"]
     expected = {100: (b | 2, 0), 102: (b | 2, 1), 101: (b | 3, 0), 110: (b, 0), 111: (b, 1),
@@ -261,9 +261,9 @@ def test_moves_of_two_rounds_apply_at_once_and_to_earlier_deltas(tmp_path):
     # round 2: key 110 deleted; file 0 (110, 111) rewritten, 111 at place 5 of its task's
     # rows, 3 per file from file 4 on; files 1, 2, 3 move up to 0, 1, 2
     index_store.write_moves(storage, "i/moves-2.arrow", [
-        index_store.Move(b | 0, b | 4, 5, np.array([False, True])),
+        index_store.Move(b | 0, b | 4, 5, np.array([False, True]), 3),
         index_store.Move(b | 1, b | 0), index_store.Move(b | 2, b | 1),
-        index_store.Move(b | 3, b | 2)], 3)
+        index_store.Move(b | 3, b | 2)])
     index_store.write(storage, "i/delta-2.arrow", index_store.absent(
         np.array([(110, 110)], dtype=index_store.KEY), index_schema()))
     expected = {111: (b | 5, 2), 120: (b, 0), 121: (b, 1), 100: (b | 1, 0), 102: (b | 1, 1),

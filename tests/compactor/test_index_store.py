@@ -133,8 +133,8 @@ def _moves_round(tmp_path):
     index_store.write(storage, "p/base-1.arrow", base)
     survivors = np.array([True, False, True, True, False, True])
     moves = [index_store.Move(b | 2, b | 1),
-             index_store.Move(b | 1, b | 2, 3, survivors)]
-    index_store.write_moves(storage, "p/moves-1.arrow", moves, 2)
+             index_store.Move(b | 1, b | 2, 3, survivors, 2)]
+    index_store.write_moves(storage, "p/moves-1.arrow", moves)
     return storage, b, keys
 
 
@@ -180,8 +180,8 @@ def test_a_live_key_whose_row_did_not_survive_a_move_makes_the_chain_unusable(tm
 
 def test_a_moves_file_that_does_not_add_up_is_refused(tmp_path):
     storage, b, _ = _moves_round(tmp_path)
-    bad = [index_store.Move(b | 1, b | 2, 3, np.ones(6, dtype=bool))]
-    index_store.write_moves(storage, "p/moves-2.arrow", bad, 2)
+    bad = [index_store.Move(b | 1, b | 2, 3, np.ones(6, dtype=bool), 2)]
+    index_store.write_moves(storage, "p/moves-2.arrow", bad)
     table = ipc.open_file(str(tmp_path / "p/moves-2.arrow")).read_all()
     table = table.set_column(3, "rows", pa.array([60], pa.int64()))  # 1 byte for 60 rows
 
@@ -196,6 +196,11 @@ def test_a_moves_file_that_does_not_add_up_is_refused(tmp_path):
         index_store.read(storage, ["p/base-1.arrow", "p/moves-2.arrow"], index_schema())
     rewrite(table.replace_schema_metadata(None))  # no sums (as before them): its own check
     with pytest.raises(index_store.IndexUnavailable, match="1 bytes of survivors for 60 rows"):
+        index_store.read(storage, ["p/base-1.arrow", "p/moves-2.arrow"], index_schema())
+    rows_per_file = table.schema.get_field_index("rows_per_file")
+    rewrite(table.replace_schema_metadata(None).set_column(  # files of no rows
+        rows_per_file, "rows_per_file", pa.array([0], pa.int64())))
+    with pytest.raises(index_store.IndexUnavailable, match="0 rows per file"):
         index_store.read(storage, ["p/base-1.arrow", "p/moves-2.arrow"], index_schema())
 
 

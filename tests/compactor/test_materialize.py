@@ -15,6 +15,7 @@ from compactor.errors import ChangedFile, CorruptFile
 from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.pipeline import materialize
+from compactor.pipeline.dedupe import BucketPlan
 from compactor.pipeline.row_sets import RowSet
 
 
@@ -83,27 +84,52 @@ def test_row_sets_give_back_their_rows_dense_ones_in_a_bit_per_row(rows: np.ndar
         assert s.nbytes <= min(4 * len(rows), -(-span // 8))  # never more than int32 numbers
 
 
-def test_tasks_end_where_a_bucket_would_spill_into_another_file() -> None:
-    """12 sources of 600 rows in each of two buckets, 1,000 rows per file, 32 MB decoded each
-    (a task's share: 6 sources): cut at the share alone, a task writes each bucket 3,600 rows,
-    [1000, 1000, 1000, 600]; ending where the next source would open another file once past
-    half the share, it writes [1000, 800]."""
-    from types import SimpleNamespace
+def test_a_tasks_rows_of_a_bucket_are_cut_into_even_files(tmp_path) -> None:
+    """Three sources of 1,000 rows, every third row to bucket 1, the others to bucket 0, at
+    most 700 rows a file: bucket 0's 2,000 rows are three files of 667, 667 and 666 (not 700,
+    700 and the 600 left), bucket 1's 1,000 two of 500 (not 700 and 300), in source order; as
+    many files as ``files_per_bucket`` counts, of the sizes ``file_rows`` gives."""
+    from compactor.pipeline.locators import file_rows
 
-    from compactor.pipeline.dedupe import BucketPlan
-    from compactor.pipeline.row_sets import RowSet
+    schema = pa.schema([("id", pa.int64())])
+    storage = Storage(f"file://{tmp_path}")
+    sources = []
+    for k in range(3):
+        pq.write_table(pa.table({"id": np.arange(1_000, dtype=np.int64) + 1_000 * k}, schema),
+                       tmp_path / f"s{k}.parquet")
+        file, parquet = files.describe(storage, f"file://{tmp_path}/s{k}.parquet")
+        parquet.close()
+        ids = np.arange(1_000) + 1_000 * k
+        rows = {0: RowSet.of(np.flatnonzero(ids % 3)), 1: RowSet.of(np.flatnonzero(ids % 3 == 0))}
+        sources.append(materialize.SourceRows(k, file, rows))
+    out = materialize.materialize_group(storage, PartitionKey(), 0, sources, schema,
+                                        rows_per_file=700, codec="zstd")
+    ids = np.arange(3_000)
+    for b, sizes, want in [(0, [667, 667, 666], ids[ids % 3 != 0]),
+                           (1, [500, 500], ids[ids % 3 == 0])]:
+        assert [f.rows for f in out.written[b]] == sizes
+        assert file_rows(len(want), 700) == sizes[0]
+        read = [pq.read_table(storage.fs.open(storage.strip(f.url), "rb")) for f in out.written[b]]
+        assert [t.num_rows for t in read] == sizes
+        assert pa.concat_tables(read).column("id").to_pylist() == want.tolist()
+    plans = {b: BucketPlan(b, 0, (), ()) for b in (0, 1)}
+    assert materialize.files_per_bucket(plans, [sources], 700) == {0: 3, 1: 2}
 
-    sources = {o: SimpleNamespace(rows=1_200, size=1) for o in range(12)}
-    plan = SimpleNamespace(sources=sources, row_bytes=(32 << 20) / 1_200, rows_per_file=1_000,
-                           op_columns={}, small={})
-    plans = {b: BucketPlan(b, 0, (), tuple((o, RowSet.of(np.arange(b, 1_200, 2)))
-                                           for o in range(12))) for b in (0, 1)}
-    groups = materialize.group_sources(plan, plans, cpus=1)  # type: ignore[arg-type]
-    assert [len(g) for g in groups] == [3, 3, 3, 3]
-    for g in groups:
-        for b in (0, 1):
-            rows = sum(len(s.rows[b]) for s in g)
-            assert rows % 1_000 >= 750  # the last file of the bucket at least 3/4 full
+
+@pytest.mark.parametrize("rows_per_file", [1, 2, 7, 1_000])
+def test_file_rows_makes_the_fewest_files_of_at_most_rows_per_file_as_even_as_can_be(
+        rows_per_file: int) -> None:
+    from compactor.pipeline.locators import file_rows
+
+    counts = np.arange(0, 5_000)
+    got = file_rows(counts, rows_per_file)
+    for n, size in zip(counts.tolist(), got.tolist(), strict=True):
+        assert size == file_rows(n, rows_per_file)  # arrays as ints
+        assert 1 <= size <= rows_per_file
+        files = -(-n // size)
+        assert files == -(-n // rows_per_file)  # the fewest files
+        if files > 1:  # the last no smaller than the others by as many rows as there are files
+            assert size - (n - (files - 1) * size) < files
 
 
 def test_a_source_that_breaks_while_read_is_named(tmp_path) -> None:

@@ -92,7 +92,8 @@ def test_a_compacted_state_small_beside_the_rounds_input_does_not_size_its_files
     part.append(_data(200_000, 10))
     result = compact_partition(table, part, target_file_size=1_000_000)
     sizes = sorted(f.size for f in part.snapshot().compacted.files)  # type: ignore[union-attr]
-    assert result.files_written <= 4 and 0.6e6 <= sizes[-1] <= 1.4e6, sizes
+    # (a task's rows cut into even files: here two of 0.55 MB, rather than one full)
+    assert result.files_written <= 4 and 0.45e6 <= sizes[-1] <= 1.4e6, sizes
 
 
 def test_a_delete_deltas_keys_are_not_taken_for_rows(rt, tmp_path):

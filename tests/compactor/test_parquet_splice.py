@@ -20,6 +20,7 @@ from compactor import thrift_compact as tc
 from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.pipeline import materialize
+from compactor.pipeline.locators import file_rows
 from compactor.pipeline.row_sets import RowSet
 
 
@@ -199,8 +200,9 @@ def _compacted(tmp_path: Path, rows: int, codec: str) -> tuple[Storage, files.Da
 @pytest.mark.parametrize("codec, rows_per_file, copied", [
     ("zstd", 1_000_000, 2),  # both whole row groups
     ("snappy", 1_000_000, 0),  # written with zstd: decoded
-    # the second whole group does not fit in the first file's room: decoded
-    ("zstd", materialize.ROW_GROUP_ROWS + 1000, 1),
+    # two files of 164,090 rows (the rows kept, cut evenly): the second whole group does not
+    # fit in the first file's room: decoded
+    ("zstd", 2 * materialize.ROW_GROUP_ROWS - 1000, 1),
 ])
 def test_materialize_copies_the_row_groups_a_bucket_keeps_whole(
         tmp_path: Path, codec: str, rows_per_file: int, copied: int) -> None:
@@ -215,8 +217,9 @@ def test_materialize_copies_the_row_groups_a_bucket_keeps_whole(
         SCHEMA, rows_per_file=rows_per_file, codec=codec)
     assert out.rows_written == len(keep) and out.rows_copied == copied * g
     written = out.written[3]
-    full, rest = divmod(len(keep), rows_per_file)
-    assert [f.rows for f in written] == [rows_per_file] * full + [rest] * (rest > 0)
+    count = -(-len(keep) // rows_per_file)
+    size = file_rows(len(keep), rows_per_file)
+    assert [f.rows for f in written] == [size] * (count - 1) + [len(keep) - size * (count - 1)]
     paths = [storage.strip(f.url) for f in written]
     back = pa.concat_tables([pq.read_table(storage.fs.open(p, "rb")) for p in paths])
     assert back.schema == SCHEMA

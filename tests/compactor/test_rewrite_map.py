@@ -38,7 +38,8 @@ def _map(ordinals, spans, file, row, selected, bounds) -> RewriteMap:  # type: i
 
 
 def _expected(file, row, selected, bounds, group_of, bucket_ids, kept, rows_per_file):  # type: ignore[no-untyped-def]
-    """Per bucket: its selected entries by (task, file, row); each task's rows cut into files."""
+    """Per bucket: its selected entries by (task, file, row); each task's rows cut into the
+    fewest files of at most ``rows_per_file`` rows, all but the last of the even share."""
     new_file, new_row = file.copy(), row.copy()
     plans = []
     for i, b in enumerate(bucket_ids):
@@ -51,9 +52,11 @@ def _expected(file, row, selected, bounds, group_of, bucket_ids, kept, rows_per_
         for g in range(max(group_of.values()) + 1):
             mine = at[task == g]
             rank = np.arange(len(mine))
-            new_file[mine] = (b << 16) | (next_file + rank // rows_per_file)
-            new_row[mine] = rank % rows_per_file
-            next_file += -(-len(mine) // rows_per_file)
+            count = -(-len(mine) // rows_per_file)
+            size = -(-len(mine) // count) if count else 1
+            new_file[mine] = (b << 16) | (next_file + rank // size)
+            new_row[mine] = rank % size
+            next_file += count
     return new_file, new_row, plans
 
 
@@ -282,9 +285,9 @@ def test_files_given_by_the_rows_they_lost_place_rows_as_if_their_entries_were_s
     total = whole.relocate(want_file, want_row, group_of, [3], [1], 7)
     assert given.relocate(file, row, group_of, [3], [1], 7).tolist() == total.tolist()
     assert file.tolist() == want_file.tolist() and row.tolist() == want_row.tolist()
-    placed = [(o, first, slot, rows.tolist()) for o, first, slot, rows in given.placed(0, 3)]
-    assert placed == [(o, first, slot, rows.tolist())
-                      for o, first, slot, rows in whole.placed(0, 3)]
+    placed = [(o, first, slot, rows.tolist(), n) for o, first, slot, rows, n in given.placed(0, 3)]
+    assert placed == [(o, first, slot, rows.tolist(), n)
+                      for o, first, slot, rows, n in whole.placed(0, 3)]
 
 
 @pytest.mark.parametrize("damage", ["an entry at a lost row", "a row without an entry",
