@@ -372,13 +372,15 @@ def _round(table: Table, partition: Partition, target_file_size: int,
                     f"size ({plan.rows_per_file} rows per file now) or rebase to more buckets; "
                     "nothing was written")
         cap = _task_memory_cap()
-        # largest first: the step ends when its last task does, so the small ones fill in
-        task_rows = [sum(len(r) for s in group for r in s.rows.values()) for group in tasks]
-        by_rows = sorted(range(len(tasks)), key=lambda g: -task_rows[g])
+        # costliest first: the step ends when its last task does, so the small ones fill in
+        # (a rewritten file's row groups copied as bytes cost little: by rows, an incremental
+        # round's task of them went first and one of decoded rows ran alone at the end)
+        task_cost = [sum(s.cost for s in group) for group in tasks]
+        by_cost = sorted(range(len(tasks)), key=lambda g: -task_cost[g])
         submitted = {g: materialize_task.options(
             memory=min(cap, task_memory(plan, tasks[g]))).remote(
                 table.storage, partition.key, g, tasks[g], table.schema, plan.rows_per_file,
-                compression) for g in by_rows}
+                compression) for g in by_cost}
         mat_refs = [submitted[g] for g in range(len(tasks))]
         # the actors point the next index at the new files while the tasks write them
         ordinals = [[s.ordinal for s in group] for group in tasks]

@@ -150,6 +150,7 @@ class SourceRows:
     file: DataFile
     rows: dict[int, RowSet]  # bucket -> rows
     op_column: str | None = None  # a CDC source's: never read as data
+    cost: float = 0.0  # what reading it costs the task, as decoded bytes (``group_sources``)
 
 
 @dataclass(frozen=True)
@@ -670,8 +671,7 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     # a bucket's files kept whole or merged (one may also lose rows to the round) stay together
     unit = {**{compacted(b, i): b for b, positions in plan.small.items() for i in positions},
             **whole}
-    data = {o: plan.sources[o].rows * plan.row_bytes * (COPY_COST if o in whole else 1)
-            for o in by_ordinal}
+    data = {o: _decoded_bytes(plan, o, by_ordinal[o], o in whole) for o in by_ordinal}
     sizes = {o: n + SOURCE_COST_BYTES for o, n in data.items()}
     cpus = max(1.0, cpus)
     share = sum(data.values()) / (2 * cpus)
@@ -687,11 +687,46 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
         if current and not joins and current_bytes + sizes[o] > budget:
             groups.append(current)
             current, current_bytes = [], 0.0
-        current.append(SourceRows(o, plan.sources[o], by_ordinal[o], plan.op_columns.get(o)))
+        current.append(SourceRows(o, plan.sources[o], by_ordinal[o], plan.op_columns.get(o),
+                                  sizes[o]))
         current_bytes += sizes[o]
     if current:
         groups.append(current)
     return groups
+
+
+def _decoded_bytes(plan: RoundPlan, ordinal: int, rows: dict[int, RowSet], whole: bool
+                   ) -> float:
+    """What reading a source costs a task, as decoded bytes: its rows', but those of row
+    groups a compacted file keeps whole count COPY_COST of theirs (copied as bytes: for a file
+    kept whole, all of them; for one that lost rows, those of its row groups that lost none,
+    taken as ROW_GROUP_ROWS each from its first row, as the writer writes them but around
+    copies: an estimate)."""
+    total = plan.sources[ordinal].rows
+    copied = total if whole else 0
+    if not whole and ordinal < SOURCE_BASE and len(rows) == 1:
+        [kept] = rows.values()
+        copied = _whole_groups(kept, total)
+    return ((total - copied) + copied * COPY_COST) * plan.row_bytes
+
+
+def _whole_groups(kept: RowSet, total: int) -> int:
+    """The rows of a file's row groups of ROW_GROUP_ROWS (from its first row) that ``kept``
+    (of its ``total`` rows) holds every row of."""
+    sizes = np.diff(np.append(np.arange(0, total, ROW_GROUP_ROWS), total))
+    if kept.bits is None:  # (few rows: numbers)
+        return int(sizes[np.bincount(kept.array() // ROW_GROUP_ROWS,
+                                     minlength=len(sizes))[:len(sizes)] == sizes].sum())
+    # a bitmap: the groups of the rows it lacks (a file that lost few rows: few of them)
+    lost = np.zeros(len(sizes), dtype=bool)
+    missing = np.flatnonzero(~np.unpackbits(kept.bits, count=kept.span,
+                                            bitorder="little").view(bool))
+    lost[(missing + kept.first) // ROW_GROUP_ROWS] = True
+    if kept.first:  # rows before the bitmap's and after it
+        lost[:(kept.first - 1) // ROW_GROUP_ROWS + 1] = True
+    if kept.first + kept.span < total:
+        lost[(kept.first + kept.span) // ROW_GROUP_ROWS:] = True
+    return int(sizes[~lost].sum())
 
 
 def files_per_bucket(plans: dict[int, BucketPlan], groups: list[list[SourceRows]],

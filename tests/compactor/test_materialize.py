@@ -527,3 +527,31 @@ def test_small_compacted_files_merged_stay_in_one_task_per_bucket() -> None:
     # a small file merged that also loses rows to the round stays with the bucket's others
     plan.small = {b: tuple(range(5)) for b in (0, 1)}
     one_task_per_bucket(rows - 10)
+
+
+def test_a_rewritten_files_cost_counts_the_row_groups_it_copies_at_copy_cost() -> None:
+    """A compacted file of 3.5 row groups that lost rows in its second only: its first, third
+    and last (part) groups are copied as bytes, so its task costs little more than that one
+    group decoded (tasks start costliest first: by rows, such a task went ahead of one that
+    decodes all its rows, which then ran alone at the end). Kept rows as a bitmap or, few,
+    as numbers."""
+    from types import SimpleNamespace
+
+    from compactor.pipeline import locators
+
+    g = materialize.ROW_GROUP_ROWS
+    total = 3 * g + g // 2
+    kept = np.setdiff1d(np.arange(total), np.arange(g + 5, 2 * g, 7))
+    assert RowSet.of(kept).bits is not None
+    assert materialize._whole_groups(RowSet.of(kept), total) == 2 * g + g // 2
+    few = np.r_[0, np.arange(g, g + 100)]  # row 0 of the first group, all of the second
+    assert RowSet.of(few).bits is None and materialize._whole_groups(RowSet.of(few), g + 100) == 100
+    assert materialize._whole_groups(RowSet.of(np.arange(1, g + 100)), g + 100) == 100
+    ordinal = locators.compacted(0, 4)
+    plan = SimpleNamespace(sources={ordinal: SimpleNamespace(rows=total, size=1)},
+                           row_bytes=100.0, rows_per_file=10**6, op_columns={}, small={})
+    plans = {0: BucketPlan(0, 5, (), ((ordinal, RowSet.of(kept)),))}
+    [[source]] = materialize.group_sources(plan, plans, cpus=2)  # type: ignore[arg-type]
+    whole = 2 * g + g // 2
+    expected = ((total - whole) + whole * materialize.COPY_COST) * 100.0
+    assert source.cost == pytest.approx(expected + materialize.SOURCE_COST_BYTES)
