@@ -285,11 +285,22 @@ class RewriteMap:
         # the locators of selected entries have not changed since)
         self._relocated = True
         self._placed = (before, start_file, per_file)
+        # an entry's place among its task's rows of its bucket, and its file and row there, in
+        # 32 bits where the places fit (all but a task of 2**31 rows of a bucket): a division
+        # of 32-bit numbers is twice as fast as of 64, and a divmod slower than a division
+        # and a multiply (2M entries: 8.8 -> 3.5 ms)
+        small = int((before + self.counts).max(initial=0)) < 1 << 31
+        kind = np.int32 if small else np.int64
+        before, start_file, per_file = (a.astype(kind) for a in (before, start_file, per_file))
         if self._found_complement is not None:  # (per file first, then per entry)
             entries, j, dense, i, ranks = self._found_complement
-            q, r = np.divmod(before[i, dense][j] + ranks, per_file[i, dense][j])
-            file[entries] = start_file[i, dense][j] + q
-            row[entries] = r
+            place = before[i, dense][j] + ranks
+            size = per_file[i, dense][j]
+            q = place // size
+            place -= q * size
+            q += start_file[i, dense][j]
+            file[entries] = q
+            row[entries] = place
         for c in range(self._chunks):
             found = self._found.pop(c, None)
             if found is None:
@@ -301,20 +312,22 @@ class RewriteMap:
             if isinstance(bucket, int):  # plain gathers, not two-dimensional ones
                 place = before[bucket][d]
                 place += self.slots[at]
-                q, r = np.divmod(place, per_file[bucket][d])
+                size = per_file[bucket][d]
                 new_file = start_file[bucket][d]
             else:
                 place = before[bucket, d]
                 place += self.slots[at]
-                q, r = np.divmod(place, per_file[bucket, d])
+                size = per_file[bucket, d]
                 new_file = start_file[bucket, d]
+            q = place // size
+            place -= q * size
             new_file += q
             where: np.ndarray | slice = positions
             if not isinstance(positions, slice) and len(positions) and \
                     positions[-1] - positions[0] + 1 == len(positions):
                 where = slice(int(positions[0]), int(positions[-1]) + 1)  # every entry
             file[where] = new_file
-            row[where] = r
+            row[where] = place
         return total
 
     def find_complement(self, file: np.ndarray, row: np.ndarray) -> None:
