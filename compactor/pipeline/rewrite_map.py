@@ -291,14 +291,16 @@ class RewriteMap:
         # and a multiply (2M entries: 8.8 -> 3.5 ms)
         small = int((before + self.counts).max(initial=0)) < 1 << 31
         kind = np.int32 if small else np.int64
-        before, start_file, per_file = (a.astype(kind) for a in (before, start_file, per_file))
+        first_place: np.ndarray = before.astype(kind)
+        first_of: np.ndarray = start_file.astype(kind)
+        sizes: np.ndarray = per_file.astype(kind)
         if self._found_complement is not None:  # (per file first, then per entry)
             entries, j, dense, i, ranks = self._found_complement
-            place = before[i, dense][j] + ranks
-            size = per_file[i, dense][j]
+            place = first_place[i, dense][j] + ranks
+            size = sizes[i, dense][j]
             q = place // size
             place -= q * size
-            q += start_file[i, dense][j]
+            q += first_of[i, dense][j]
             file[entries] = q
             row[entries] = place
         for c in range(self._chunks):
@@ -310,15 +312,15 @@ class RewriteMap:
             else:
                 positions, d, at, bucket = found
             if isinstance(bucket, int):  # plain gathers, not two-dimensional ones
-                place = before[bucket][d]
+                place = first_place[bucket][d]
                 place += self.slots[at]
-                size = per_file[bucket][d]
-                new_file = start_file[bucket][d]
+                size = sizes[bucket][d]
+                new_file = first_of[bucket][d]
             else:
-                place = before[bucket, d]
+                place = first_place[bucket, d]
                 place += self.slots[at]
-                size = per_file[bucket, d]
-                new_file = start_file[bucket, d]
+                size = sizes[bucket, d]
+                new_file = first_of[bucket, d]
             q = place // size
             place -= q * size
             new_file += q
