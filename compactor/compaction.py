@@ -331,8 +331,10 @@ def _round(table: Table, partition: Partition, target_file_size: int,
     actors = _actors(table, partition, plan)
     try:
         t = time.perf_counter()
+        cpus = runtime.cluster_resources()["CPU"]
+        # (a task per core or more: each decodes on its own thread; fewer: in Arrow's threads)
         args = (table.primary_key, table.ordering_column, plan.order_type, plan.bucket_count,
-                plan.groups)
+                plan.groups, len(plan.tasks) < cpus)
         cap = _task_memory_cap()
         hash_refs = [hash_task.options(memory=min(cap, task.memory)).remote(
             table.storage, task.inputs, *args) for task in plan.tasks]
@@ -363,7 +365,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         plans = {b: p for g in merged for b, p in g.plans.items()}
 
         t = time.perf_counter()
-        tasks = group_sources(plan, plans, runtime.cluster_resources()["CPU"])
+        tasks = group_sources(plan, plans, cpus)
         for b, n in files_per_bucket(plans, tasks, plan.rows_per_file).items():
             if n > locators.MAX_FILES_PER_BUCKET:
                 raise TooManyFiles(
@@ -380,7 +382,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         submitted = {g: materialize_task.options(
             memory=min(cap, task_memory(plan, tasks[g]))).remote(
                 table.storage, partition.key, g, tasks[g], table.schema, plan.rows_per_file,
-                compression) for g in by_cost}
+                compression, len(tasks) < cpus) for g in by_cost}
         mat_refs = [submitted[g] for g in range(len(tasks))]
         # the actors point the next index at the new files while the tasks write them
         ordinals = [[s.ordinal for s in group] for group in tasks]

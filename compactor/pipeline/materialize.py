@@ -207,7 +207,7 @@ def batch_rows(rows: int, decoded_bytes: int) -> int:
 
 def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
                schema: pa.Schema, opened: pq.ParquetFile | None = None,
-               in_memory: bool | None = None, skip: str | None = None
+               in_memory: bool | None = None, skip: str | None = None, threads: bool = True
                ) -> Iterator[dict[int, pa.Table]]:
     """Rows ``rows[key]`` (sorted) of ``file`` for each key, reading the file once and only the
     row groups that hold wanted rows, about ``READ_BATCH_BYTES`` at a time:
@@ -216,7 +216,8 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
     (by a batch, and a row group's compressed column chunks while its rows are read).
     ``opened``: the file, already verified and opened (the caller closes it); ``in_memory``:
     it was read whole (by default: if it was opened); ``skip``: a column of the file not read
-    (a CDC source's op column: null if the table has a column of that name)."""
+    (a CDC source's op column: null if the table has a column of that name); ``threads``: its
+    columns decoded in Arrow's threads (never for a file read whole)."""
     parquet = opened or files.open_verified(storage, file, read_dictionary=dictionary_reads(
         schema))
     in_memory = opened is not None if in_memory is None else in_memory
@@ -244,7 +245,7 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
         # saves, 0.3 against 0.15-0.19 ms a 10-row file)
         for batch in _named_errors(file, parquet.iter_batches(
                 batch_size=step, row_groups=groups.tolist(), columns=names,
-                use_threads=not in_memory), in_memory=in_memory):
+                use_threads=threads and not in_memory), in_memory=in_memory):
             # in the table's types first: a file's type may have no gather of its own
             # (string_view, binary_view)
             data = conform(pa.Table.from_batches([batch]), schema, file.url,
@@ -586,10 +587,12 @@ def _runs(meta: pq.FileMetaData, copies: dict[int, _Copy]
 
 def materialize_group(storage: Storage, partition: PartitionKey, group: int,
                       sources: list[SourceRows], schema: pa.Schema, rows_per_file: int,
-                      codec: str = DEFAULT_CODEC) -> MaterializeOutput:
+                      codec: str = DEFAULT_CODEC, threads: bool = True) -> MaterializeOutput:
     """Read each source once and write every bucket's surviving rows of them, in order: row
     groups a bucket keeps whole and that are stored as its files are copied as bytes, the
-    other rows decoded and encoded."""
+    other rows decoded and encoded. ``threads``: sources decoded in Arrow's threads (off
+    where the round runs a task per core at least: 2 tasks on 2 cores, each decoding in 2
+    threads, took 3-4% longer)."""
     maybe_fail("materialize")
     template = parquet_splice.Template(schema, write_options(codec))
     writers: dict[int, _BucketWriter] = {}
@@ -625,7 +628,7 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
                     part = {b: r[np.searchsorted(r, first):np.searchsorted(r, end)]
                             for b, r in wanted.items()} if copies else wanted
                     for parts in read_split(storage, source.file, part, schema, parquet,
-                                            opened.whole, source.op_column):
+                                            opened.whole, source.op_column, threads):
                         for bucket in sorted(parts):
                             writer(bucket).add(parts.pop(bucket))
             finally:
