@@ -15,10 +15,10 @@ that moved up in the bucket's file list (``survivors`` null: its rows stay, it i
 ``first_file``), or a rewritten one: its surviving rows (a bitmap over its ``rows``), in order,
 were written from place ``first_slot`` of its materialize task's rows of the bucket on, a new
 file every ``rows_per_file`` rows (the task's, ``locators.file_rows``) from ordinal
-``first_file``. An entry of a rewritten file's
-row that did not survive points nowhere after the move (its key's newer entry is in the delta
-that follows); a live entry left pointing nowhere makes the chain unusable (``IndexUnavailable``:
-the round rebuilds the index from data). Earlier versions read a moves file as an index that
+``first_file``. An entry of a rewritten file's row that did not survive points nowhere after
+the move (its key's newer entry is in the delta that follows); a live entry left pointing
+nowhere makes the chain unusable (``IndexUnavailable``: the round rebuilds the index from
+data). Earlier versions read a moves file as an index that
 does not match, so they rebuild too, as do versions that took one ``rows_per_file`` for all
 the files of a moves file where its rows differ (tasks of one round cut their files evenly).
 
