@@ -39,6 +39,8 @@ CACHE_BYTES = 64 << 20
 # complement files numbered by a table when their ordinals span at most this many numbers (the
 # files of 8 adjacent buckets: a table of 2 MB)
 COMPLEMENT_SPAN = 1 << 19
+# places among a task's rows of a bucket below this are figured in 32-bit numbers (``relocate``)
+PLACES_32 = 1 << 31
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,7 @@ class RewriteMap:
         # 32 bits where the places fit (all but a task of 2**31 rows of a bucket): a division
         # of 32-bit numbers is twice as fast as of 64, and a divmod slower than a division
         # and a multiply (2M entries: 8.8 -> 3.5 ms)
-        small = int((before + self.counts).max(initial=0)) < 1 << 31
+        small = int((before + self.counts).max(initial=0)) < PLACES_32
         kind = np.int32 if small else np.int64
         first_place: np.ndarray = before.astype(kind)
         first_of: np.ndarray = start_file.astype(kind)

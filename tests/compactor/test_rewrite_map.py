@@ -68,6 +68,17 @@ def test_plans_and_places_match_a_sort_by_locator(seed: int, entries: int, bucke
     _check(_case(seed, entries, buckets), buckets, rows_per_file)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_places_beyond_32_bits_are_figured_in_64_to_the_same_places(
+        monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """A task of 2**31 rows of a bucket is too big to build here: the threshold lowered to 0,
+    every place goes the 64-bit way, to the places a sort gives."""
+    from compactor.pipeline import rewrite_map
+
+    monkeypatch.setattr(rewrite_map, "PLACES_32", 0)
+    _check(_case(seed, 600, 3), 3, 7)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_compacted_files_too_far_apart_for_a_table_are_found_by_search_to_the_same_places(
         monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
