@@ -128,7 +128,7 @@ def test_file_rows_makes_the_fewest_files_of_at_most_rows_per_file_as_even_as_ca
         assert 1 <= size <= rows_per_file
         files = -(-n // size)
         assert files == -(-n // rows_per_file)  # the fewest files
-        if files > 1:  # the last no smaller than the others by as many rows as there are files
+        if files > 1:  # the last short of the others by fewer rows than there are files
             assert size - (n - (files - 1) * size) < files
 
 
