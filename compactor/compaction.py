@@ -331,10 +331,10 @@ def _round(table: Table, partition: Partition, target_file_size: int,
     actors = _actors(table, partition, plan)
     try:
         t = time.perf_counter()
-        cpus = runtime.cluster_resources()["CPU"]
         # (a task per core or more: each decodes on its own thread; fewer: in Arrow's threads)
+        threads = len(plan.tasks) + len(plan.tombstones) < runtime.cluster_resources()["CPU"]
         args = (table.primary_key, table.ordering_column, plan.order_type, plan.bucket_count,
-                plan.groups, len(plan.tasks) < cpus)
+                plan.groups, threads)
         cap = _task_memory_cap()
         hash_refs = [hash_task.options(memory=min(cap, task.memory)).remote(
             table.storage, task.inputs, *args) for task in plan.tasks]
@@ -365,6 +365,7 @@ def _round(table: Table, partition: Partition, target_file_size: int,
         plans = {b: p for g in merged for b, p in g.plans.items()}
 
         t = time.perf_counter()
+        cpus = runtime.cluster_resources()["CPU"]  # (now: a cluster may have grown since)
         tasks = group_sources(plan, plans, cpus)
         for b, n in files_per_bucket(plans, tasks, plan.rows_per_file).items():
             if n > locators.MAX_FILES_PER_BUCKET:

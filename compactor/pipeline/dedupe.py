@@ -286,9 +286,9 @@ class DedupeActor:
 
         ``groups`` lists the source ordinals of each materialize task, in task order; task g
         writes bucket b's rows of its sources in (ordinal, row) order, into the fewest files of
-        at most ``rows_per_file`` rows, as even as whole rows make them
-        (``locators.file_rows``). Returns the next index chain of every bucket whose index
-        changed, and the files written.
+        at most ``rows_per_file`` rows, all of one size but the last (``locators.file_rows``).
+        Returns the next index chain of every bucket whose index changed, and the files
+        written.
         """
         pending, index = self.pending, self.index
         if index is None or pending.rewrite is None:

@@ -3,8 +3,8 @@
 Source files are read where they are, only the row groups that hold surviving rows, and only
 the table's columns, about ``READ_BATCH_BYTES`` at a time. Each source is read once and its
 surviving rows go to their buckets' writers; bucket b's rows of the group are written in
-(source ordinal, row) order, into the fewest files of at most ``rows_per_file`` rows, as even
-as whole rows make them (``locators.file_rows``: no task leaves a small remainder for a later
+(source ordinal, row) order, into the fewest files of at most ``rows_per_file`` rows, all of one
+size but the last (``locators.file_rows``: not full files and a small remainder for a later
 round to merge): exactly the places the dedupe actors' ``finalize`` points the next index at.
 Columns a file lacks (added to the table later) are filled with nulls; every batch is cast to
 the table schema, but for text a source stores with a dictionary, which stays dictionary
@@ -56,10 +56,10 @@ ROW_GROUP_ROWS = 128 * 1024
 
 def min_copy_rows(rows_per_file: int) -> int:
     """The fewest rows of a source row group copied as bytes: half the writer's row groups
-    (ROW_GROUP_ROWS, or a file's rows where fewer). Smaller ones are decoded and written with
-    their neighbours, so a file's row groups do not grow in number round after round (a copy
-    is written as it is: a round's few new rows after a copied group, or a source's tiny row
-    groups, would stay row groups of their own for good)."""
+    (ROW_GROUP_ROWS, or a full file's rows, ``rows_per_file``, where fewer). Smaller ones are
+    decoded and written with their neighbours, so a file's row groups do not grow in number
+    round after round (a copy is written as it is: a round's few new rows after a copied group,
+    or a source's tiny row groups, would stay row groups of their own for good)."""
     return max(1, min(ROW_GROUP_ROWS, rows_per_file) // 2)
 
 
@@ -349,10 +349,11 @@ def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 class _BucketWriter:
-    """Writes one bucket's rows, a new file every ``rows_per_file`` rows (the task's even
-    share, ``locators.file_rows``); each file's dictionary columns are chosen from its first
-    row group's rows. Row groups come encoded from rows (``add``) or as a source's bytes
-    (``copy``); ``template``: the footer of the table's files (``parquet_splice``)."""
+    """Writes one bucket's rows, a new file every ``rows_per_file`` rows (the task's share cut
+    into files of one size, ``locators.file_rows``); each file's dictionary columns are chosen
+    from its first row group's rows. Row groups come encoded from rows (``add``) or as a
+    source's bytes (``copy``); ``template``: the footer of the table's files
+    (``parquet_splice``)."""
 
     def __init__(self, storage: Storage, partition: PartitionKey, bucket: int,
                  schema: pa.Schema, rows_per_file: int, codec: str,
@@ -661,8 +662,10 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     bucket in a row, with the small files merged that lost rows too, stay in one task (up to
     MAX_GROUP_BYTES), so their rows are cut into files once, not a remainder per task.
     Where a task's share of a bucket ends does not matter to its files' sizes: the task cuts
-    it into even files (``locators.file_rows``), so a task leaves a small file only of a
-    bucket it writes less than half a file's rows of (as with many buckets).
+    it into files of one size (``locators.file_rows``), so a task leaves a small file only of
+    a bucket it writes less than half a file's rows of (as with many buckets), or where a file
+    holds fewer rows than twice the files the task writes of the bucket (the last is short by
+    up to one row per file: 7 rows at 3 a file are 3, 3 and 1).
     """
     by_ordinal: dict[int, dict[int, RowSet]] = {}
     for b, p in plans.items():

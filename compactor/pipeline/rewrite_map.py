@@ -2,9 +2,9 @@
 
 A dedupe actor builds one from its next index: the *selected* entries are the live ones that
 point at a source of the round or at a compacted file that lost a row. Materialize writes
-bucket b's selected rows of a group of files in (file ordinal, row) order, cut into even files
-of at most ``rows_per_file`` rows (``locators.file_rows``); the actor points the index at
-exactly those places.
+bucket b's selected rows of a group of files in (file ordinal, row) order, cut into files of
+one size of at most ``rows_per_file`` rows (``locators.file_rows``); the actor points the index
+at exactly those places.
 
 No sort by locator: every file that may hold selected rows gets a range of one array over all
 their rows, in ordinal order. Each selected entry stores its bucket at its row's slot; one pass

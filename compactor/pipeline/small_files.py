@@ -3,20 +3,20 @@
 A round writes each bucket's new rows into new files, and rewrites only the files that lost
 rows. A partition that mostly gains keys (an append-heavy table, frequent small deltas) would
 so gain a small file per bucket per round, without end, until a bucket held
-``MAX_FILES_PER_BUCKET`` files and rounds failed; and a task writing less than half a file
-of a bucket's rows (a round on many buckets, a first round's last task) writes a small file of
-them (a task cuts more rows into even files, ``locators.file_rows``: at a 256 MiB target, a
+``MAX_FILES_PER_BUCKET`` files and rounds failed; and a task writing less than half a file of a
+bucket's rows (a round on many buckets, a first round's last task) writes a small file of them
+(a task cuts more rows into files of one size, ``locators.file_rows``: at a 256 MiB target, a
 20M-row partition once got five files of 20-73 MB per bucket, a remainder per task).
 
-So a round also rewrites, whole, some of a bucket's *small* files (fewer than half the rows
-of a full file), once there are ``MERGE_FILES`` of them or together they hold a full file's
-rows: the smallest first, until they hold a full file's rows (or all of them). They go to
-materialize as any rewritten file does (every row surviving); their rows are written in
-order with the other rows of the bucket that the same materialize task writes (an
-incremental round's few sources mostly share one task), a new file every ``rows_per_file``
-rows; a row group of theirs that is a full one of the table's is copied as its bytes, not
-decoded (``parquet_splice``). The dedupe actors move their index entries as for any
-rewritten file.
+So a round also rewrites, whole, some of a bucket's *small* files (fewer than half the rows of
+a full file), once there are ``MERGE_FILES`` of them or together they hold a full file's rows:
+the smallest first, until they hold a full file's rows (or all of them). They go to materialize
+as any rewritten file does (every row surviving); their rows are written in order with the
+other rows of the bucket that the same materialize task writes (an incremental round's few
+sources mostly share one task), cut into files as the task cuts the others
+(``locators.file_rows``); a row group of theirs that is a full one of the table's is copied as
+its bytes, not decoded (``parquet_splice``). The dedupe actors move their index entries as for
+any rewritten file.
 
 A round that finds ``MERGE_FILES`` small files in a bucket merges at least two, and at least
 a full file's rows or all of them, so the small files of a bucket fall round after round
