@@ -145,7 +145,7 @@ def render_plan(info: dict[str, Any], out: Console) -> None:
     figures.add_row("hash tasks", f"{info['hash_tasks']:,}, memory per task "
                     f"{format_size(mem['min'])}..{format_size(mem['max'])} "
                     f"(total {format_size(mem['total'])})")
-    figures.add_row("output", f"{info['rows_per_output_file']:,} rows per file "
+    figures.add_row("output", f"at most {info['rows_per_output_file']:,} rows per file "
                     f"(target {format_size(info['target_file_size'])})")
     small = info["small_files_merged"]
     if small:

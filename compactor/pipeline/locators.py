@@ -24,6 +24,12 @@ MAX_FILES_PER_BUCKET = 1 << 16
 MAX_FILE_ROWS = (1 << 31) - 1  # row locators are int32
 
 
+def file_count(rows: Any, rows_per_file: int) -> Any:
+    """How many files a materialize task writes of ``rows`` rows of a bucket (an int, or an
+    array of counts): the fewest of at most ``rows_per_file`` rows."""
+    return -(-rows // rows_per_file)
+
+
 def file_rows(rows: Any, rows_per_file: int) -> Any:
     """The rows of each file but the last (which holds the rest) when a materialize task
     writes ``rows`` rows of a bucket (an int, or an array of counts): the fewest files of at
@@ -31,7 +37,7 @@ def file_rows(rows: Any, rows_per_file: int) -> Any:
     files (so exactly ``k``; the last short of the others by fewer rows than there are files):
     a task's share of 2.3 files' rows is three files of 0.77, not two full ones and a
     remainder of 0.3 that a later round would have to merge. At least 1."""
-    files = -(-rows // rows_per_file)
+    files = file_count(rows, rows_per_file)
     return np.maximum(-(-rows // np.maximum(files, 1)), 1) if isinstance(rows, np.ndarray) \
         else max(-(-rows // max(files, 1)), 1)
 

@@ -34,7 +34,7 @@ from compactor.fs import Storage
 from compactor.layout import PartitionKey
 from compactor.manifest import DataFile
 from compactor.pipeline.dedupe import BucketPlan
-from compactor.pipeline.locators import SOURCE_BASE, compacted, file_rows
+from compactor.pipeline.locators import SOURCE_BASE, compacted, file_count, file_rows
 from compactor.pipeline.row_sets import RowSet
 from compactor.thrift_compact import Struct
 
@@ -596,10 +596,7 @@ def materialize_group(storage: Storage, partition: PartitionKey, group: int,
     maybe_fail("materialize")
     template = parquet_splice.Template(schema, write_options(codec))
     writers: dict[int, _BucketWriter] = {}
-    totals: dict[int, int] = {}  # the task's rows of each bucket
-    for source in sources:
-        for b, r in source.rows.items():
-            totals[b] = totals.get(b, 0) + len(r)
+    totals = bucket_rows(sources)
 
     def writer(bucket: int) -> _BucketWriter:
         if bucket not in writers:
@@ -737,16 +734,21 @@ def _whole_groups(kept: RowSet, total: int) -> int:
 def files_per_bucket(plans: dict[int, BucketPlan], groups: list[list[SourceRows]],
                      rows_per_file: int) -> dict[int, int]:
     """How many files each rewritten bucket has after the round: those kept in place, and
-    each group's new ones (``ceil(rows / rows_per_file)`` for its rows of the bucket)."""
+    each group's new ones (``locators.file_count`` of its rows of the bucket)."""
     files = {b: len(p.keep) for b, p in plans.items()}
     for group in groups:
-        rows: dict[int, int] = {}
-        for source in group:
-            for b, r in source.rows.items():
-                rows[b] = rows.get(b, 0) + len(r)
-        for b, n in rows.items():
-            files[b] = files.get(b, 0) + -(-n // rows_per_file)
+        for b, n in bucket_rows(group).items():
+            files[b] = files.get(b, 0) + file_count(n, rows_per_file)
     return files
+
+
+def bucket_rows(group: list[SourceRows]) -> dict[int, int]:
+    """A materialize task's rows of each bucket it writes."""
+    rows: dict[int, int] = {}
+    for source in group:
+        for b, r in source.rows.items():
+            rows[b] = rows.get(b, 0) + len(r)
+    return rows
 
 
 def task_memory(plan: RoundPlan, group: list[SourceRows]) -> int:
@@ -755,9 +757,6 @@ def task_memory(plan: RoundPlan, group: list[SourceRows]) -> int:
     writes of a bucket when fewer) and the small sources read ahead."""
     largest = max(batch_rows(s.file.rows, int(s.file.rows * plan.row_bytes))
                   for s in group) * plan.row_bytes
-    rows: dict[int, int] = {}  # per bucket: its rows the task writes (a buffer holds a row group)
-    for s in group:
-        for b, r in s.rows.items():
-            rows[b] = rows.get(b, 0) + len(r)
-    buffered = sum(min(ROW_GROUP_ROWS, n) for n in rows.values())
+    # per bucket: its rows the task writes (a buffer holds a row group)
+    buffered = sum(min(ROW_GROUP_ROWS, n) for n in bucket_rows(group).values())
     return int(2 * largest + buffered * plan.row_bytes) + (64 << 20) + read_ahead_memory(group)

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from compactor.pipeline.index_store import IndexCorrupt
-from compactor.pipeline.locators import MAX_FILES_PER_BUCKET, SOURCE_BASE, file_rows, member
+from compactor.pipeline.locators import (
+    MAX_FILES_PER_BUCKET,
+    SOURCE_BASE,
+    file_count,
+    file_rows,
+    member,
+)
 from compactor.pipeline.row_sets import RowSet
 
 CHUNK = 1 << 18
@@ -269,7 +275,7 @@ class RewriteMap:
             counts = np.where(in_g, self.counts, 0)
             before[:, in_g] = (np.cumsum(counts, axis=1) - counts)[:, in_g]
             rows = counts.sum(axis=1)
-            files_of_task[:, g] = (rows + rows_per_file - 1) // rows_per_file
+            files_of_task[:, g] = file_count(rows, rows_per_file)
             per_file_of_task[:, g] = file_rows(rows, rows_per_file)
         total = np.array(kept, dtype=np.int64) + files_of_task.sum(axis=1)
         if len(total) and total.max() > MAX_FILES_PER_BUCKET:
