@@ -11,6 +11,7 @@ sum of the ``num_cpus`` and ``memory`` of running tasks and live actors stays wi
 A task that asks for more than the whole budget is refused at submission. A worker that blocks
 in ``get`` inside a task gives back its CPUs until it is answered, so nested tasks cannot
 deadlock the pool. Worker processes are started on demand and reused; each actor gets its own.
+The loop also tells idle task workers when to give their free memory back (``_trim_idle``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from runtime.local.work import Work
 from runtime.refs import ObjectRef
 from runtime.remote import ActorClass, ActorHandle, RemoteFunction
 from runtime.scheduling import NodeAffinity, PlacementGroupSlot
+from runtime.worker_settings import IDLE_TRIM_SECONDS, QUIET_TRIM_SECONDS
 
 DRIVER = "driver"
 MEMORY_FRACTION = 0.8  # default memory budget: this share of the machine's RAM
@@ -92,6 +94,9 @@ class LocalBackend(Backend):
         self._failures_seen = 0  # the directory's failures when the queue was last scanned
         self._zero_cpu_queued = 0  # queued works asking for no CPU (they fit a full machine)
         self.idle: deque[WorkerProc] = deque()
+        # whether any task or actor call is queued or running, and since when (idle workers
+        # are told to give their free memory back by it: ``_trim_idle``)
+        self._busy, self._busy_changed = False, time.monotonic()
         self.starting = 0
         self.start_failures = 0
         self.code: dict[str, bytes] = {}  # function id -> pickled function
@@ -119,6 +124,36 @@ class LocalBackend(Backend):
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
             pass
+
+    def went_idle(self, w: WorkerProc) -> None:
+        """Task worker ``w`` has nothing to run."""
+        w.state, w.idle_since, w.trimmed = "idle", time.monotonic(), False
+        self.idle.append(w)
+
+    def _note_busy(self, now: float) -> None:
+        busy = bool(self.works)
+        if busy != self._busy:
+            self._busy, self._busy_changed = busy, now
+            self._wake()  # the loop's wait for the next trim due changes with it
+
+    def _trim_idle(self) -> float | None:
+        """Tell each idle task worker to give its free memory back once it has idled
+        IDLE_TRIM_SECONDS while other work runs, or QUIET_TRIM_SECONDS while none does
+        (``runtime.worker_settings``); the time of the next such message due, if any."""
+        now = time.monotonic()
+        self._note_busy(now)
+        wait = IDLE_TRIM_SECONDS if self._busy else QUIET_TRIM_SECONDS
+        due = None
+        for w in self.idle:
+            if w.trimmed:
+                continue
+            at = max(w.idle_since, self._busy_changed) + wait
+            if at <= now:
+                w.trimmed = True
+                w.send(("trim",))
+            elif due is None or at < due:
+                due = at
+        return due
 
     def _check_open(self) -> None:
         if self.closed:
@@ -250,6 +285,7 @@ class LocalBackend(Backend):
         """Start whatever queued work can run now. Called under the lock after any change."""
         if self.closed:
             return
+        self._note_busy(time.monotonic())
         need = 0
         # resources of the runnable work that waits for a worker: only what would fit beside it
         # needs a new process (else every queued task counts, and a burst of tasks starts more
@@ -469,8 +505,9 @@ class LocalBackend(Backend):
                 if self.closed:
                     return
                 conns = {w.conn: w for w in self.workers.values()}
-                deadline = self.dir.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                deadlines = [d for d in (self.dir.next_deadline(), self._trim_idle())
+                             if d is not None]
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             ready = wait_for_conns([*conns, self._wake_r], timeout)
             with self.lock:
                 if self.closed:

@@ -31,8 +31,7 @@ class MessageHandler:
             return
         self.b.starting -= 1
         self.b.start_failures = 0
-        w.state = "idle"
-        self.b.idle.append(w)
+        self.b.went_idle(w)
 
     def on_refs(self, w: WorkerProc, held: list[str], released: list[str]) -> None:
         for oid in held:
@@ -50,8 +49,7 @@ class MessageHandler:
             self.b.actors.call_ended(work)
         elif w.work is work:
             self.b._task_ended(w)
-            w.state = "idle"
-            self.b.idle.append(w)
+            self.b.went_idle(w)
         return work
 
     def on_done(self, w: WorkerProc, oid: str, loc: Any, contained: list[str]) -> None:

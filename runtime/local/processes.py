@@ -240,6 +240,8 @@ class WorkerProc:
         self.functions: set[str] = set()  # function ids whose code it has
         self.held: set[str] = set()  # object ids it holds refs to
         self.blocked = False  # waiting in runtime.get inside a task
+        self.idle_since = 0.0  # when it last went idle (time.monotonic)
+        self.trimmed = False  # told to give its free memory back since then
 
     @property
     def pid(self) -> int:

@@ -14,7 +14,6 @@ submit tasks, call actors, put and get.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import sys
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from runtime.local import serialization, values
 from runtime.local.channel import Channel
 from runtime.local.store import ObjectStore
 from runtime.local.zygote import set_name
-from runtime.worker_settings import IDLE_TRIM_SECONDS, release_free_memory
+from runtime.worker_settings import release_free_memory
 
 
 class Worker:
@@ -41,17 +40,10 @@ class Worker:
     def serve(self) -> None:
         handlers: dict[str, Callable[..., None]] = {
             "task": self.run_task, "actor_init": self.init_actor, "call": self.call,
+            "trim": lambda: release_free_memory(),  # an idle task worker's (the driver says)
         }
-        idle = False  # a task worker releases its free memory once per idle spell
         while True:
-            try:
-                msg = self.channel.inbox.get(
-                    timeout=None if idle or self.actor is not None else IDLE_TRIM_SECONDS)
-            except queue.Empty:
-                release_free_memory()
-                idle = True
-                continue
-            idle = False
+            msg = self.channel.inbox.get()
             handler = handlers[msg[0]]
             if self.pool is not None and msg[0] == "call":
                 self.pool.submit(handler, *msg[1:])

@@ -194,17 +194,67 @@ def _rss_anon_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
-def test_an_idle_task_worker_gives_freed_memory_back_a_busy_one_keeps_it(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime.worker_settings import IDLE_TRIM_SECONDS
+def _trimmed(worker: int, kept: int) -> bool:
+    """Whether ``worker`` gave back most of the ``kept`` KiB a ``churn`` left resident."""
+    return _rss_anon_kib(worker) < kept - (200 << 10)
+
+
+_linux = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+
+
+@pytest.fixture
+def trim_after(monkeypatch: pytest.MonkeyPatch):
+    """Sets the driver's idle times (seconds) before workers give their free memory back:
+    while other work runs, and while none does. The heap keeps freed memory (glibc's own
+    trim threshold, not the workers' tunables, which keep even more)."""
+    import runtime.local.driver as driver
 
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    with runtime.init("local", num_cpus=1):
+
+    def set_times(busy: float, quiet: float) -> None:
+        monkeypatch.setattr(driver, "IDLE_TRIM_SECONDS", busy)
+        monkeypatch.setattr(driver, "QUIET_TRIM_SECONDS", quiet)
+    return set_times
+
+
+@_linux
+def test_an_idle_worker_gives_freed_memory_back_soon_while_other_work_runs(trim_after) -> None:
+    trim_after(busy=0.5, quiet=600)
+    with runtime.init("local", num_cpus=2):
+        sleeper = pid_after.remote(5)
         worker, kept = runtime.get(churn.remote(300))
         assert kept > 250 << 10  # freed, but the heap keeps it for the next task
-        assert _wait_until(lambda: _rss_anon_kib(worker) < kept - (200 << 10),
-                           timeout=IDLE_TRIM_SECONDS + 10)
+        assert _wait_until(lambda: _trimmed(worker, kept), timeout=4)
+        assert runtime.get(sleeper) != worker
+
+
+@_linux
+def test_workers_keep_freed_memory_while_nothing_runs_then_give_it_back(trim_after) -> None:
+    """Between rounds (nothing queued or running) the next round finds warm workers; a
+    runtime left idle still gives the memory back."""
+    trim_after(busy=0.2, quiet=3)
+    with runtime.init("local", num_cpus=1):
+        worker, kept = runtime.get(churn.remote(300))
+        assert kept > 250 << 10
+        time.sleep(1.5)
+        assert not _trimmed(worker, kept)
+        assert _wait_until(lambda: _trimmed(worker, kept), timeout=12)
+
+
+@_linux
+def test_a_worker_idle_since_before_work_starts_is_not_trimmed_the_moment_it_starts(
+        trim_after) -> None:
+    """A worker idle through a quiet spell longer than the busy wait counts its idle time
+    from when work starts again: the round beginning may give it a task at once."""
+    trim_after(busy=1.5, quiet=600)
+    with runtime.init("local", num_cpus=2):
+        worker, kept = runtime.get(churn.remote(300))
+        time.sleep(2)  # quiet: longer than the busy wait
+        sleeper = pid_after.remote(4.5)  # work starts, on the other worker (idle longer)
+        time.sleep(0.7)
+        assert not _trimmed(worker, kept)
+        assert _wait_until(lambda: _trimmed(worker, kept), timeout=3.5)
+        assert runtime.get(sleeper) != worker
 
 
 @runtime.remote
