@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from compactor.fs import Storage
 from compactor.manifest import CompactedState
 from compactor.merge import OP_DELETE, OP_UPSERT, _locate
-from compactor.pipeline.locators import member
+from compactor.pipeline.locators import find_in
 
 PROPERTY = "index"
 OP_ABSENT = 2  # in delta files only: the key is no longer in the index
@@ -215,8 +215,8 @@ def apply_moves(file: np.ndarray, row: np.ndarray, moves: list[Move]) -> None:
         return
     ordinals = np.array([m.ordinal for m in moves], dtype=np.int64)
     by_ordinal = np.argsort(ordinals)
-    hit = np.flatnonzero(member(file, ordinals[by_ordinal].astype(file.dtype)))
-    which = by_ordinal[np.searchsorted(ordinals[by_ordinal], file[hit])]
+    hit, k = find_in(file, ordinals[by_ordinal].astype(file.dtype))
+    which = by_ordinal[k]
     if len(moves) > 1:
         grouped = np.argsort(which, kind="stable")
         hit, which = hit[grouped], which[grouped]

@@ -77,6 +77,46 @@ def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
     return flags[np.clip(values, low - 1, low + span + 1) - (low - 1)]
 
 
+SCAN_CHUNK = 1 << 18  # values ``find_in`` looks at at a time: its temporaries stay in cache
+FIND_SPAN = 1 << 19  # ``find_in`` numbers ``of`` by a table up to this far apart (4 MB)
+
+
+def find_in(values: np.ndarray, of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the signed integer ``values`` that are in ``of`` (sorted, distinct,
+    of the values' type), in order, and the index in ``of`` of each. One pass, a chunk at a
+    time. Where ``of`` spans at most FIND_SPAN numbers (the files of a few buckets) a value is
+    in its range by one unsigned compare and looked up in a table only then; else ``member``
+    and a search. (An incremental round's 10M index entries, 1.4M of them in 2 files: a mask
+    by ``member``, its nonzeros, their values and a search 21.5 ms; this 14.9 ms.)"""
+    empty = np.zeros(0, dtype=np.int64)
+    if not len(of) or not len(values):
+        return empty, empty
+    unsigned = np.dtype(f"u{values.dtype.itemsize}")
+    low, span = int(of[0]), int(of[-1]) - int(of[0])
+    table = None
+    if span < FIND_SPAN:
+        table = np.full(span + 1, -1, dtype=np.int64)
+        table[np.asarray(of, dtype=np.int64) - low] = np.arange(len(of))
+    base = np.array(low, dtype=values.dtype).view(unsigned)
+    positions, which = [empty], [empty]
+    for start in range(0, len(values), SCAN_CHUNK):
+        chunk = values[start:start + SCAN_CHUNK]
+        if table is not None:
+            # (modular: a value is within [low, low + span] exactly when this is at most span)
+            offset = chunk.view(unsigned) - base
+            at = np.flatnonzero(offset <= span)
+            w = table[offset[at]]
+            if len(of) < span + 1 and (w < 0).any():  # in the range, not in ``of``
+                hit = w >= 0
+                at, w = at[hit], w[hit]
+        else:
+            at = np.flatnonzero(member(chunk, of))
+            w = np.searchsorted(of, chunk[at])
+        positions.append(at + start)
+        which.append(w)
+    return np.concatenate(positions), np.concatenate(which)
+
+
 RENUMBER_SPAN = 1 << 22  # ordinals renumbered through a table up to this far apart (16 MB)
 _RENUMBER_CHUNK = 1 << 18  # values at a time: a chunk's temporaries stay in cache
 

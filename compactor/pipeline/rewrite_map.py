@@ -33,7 +33,7 @@ from compactor.pipeline.locators import (
     SOURCE_BASE,
     file_count,
     file_rows,
-    member,
+    find_in,
 )
 from compactor.pipeline.row_sets import RowSet
 
@@ -42,9 +42,6 @@ CHUNK = 1 << 18
 # this many numbers (the files of 64 adjacent buckets)
 MAX_SPAN = 1 << 22
 CACHE_BYTES = 64 << 20
-# complement files numbered by a table when their ordinals span at most this many numbers (the
-# files of 8 adjacent buckets: a table of 2 MB)
-COMPLEMENT_SPAN = 1 << 19
 # places among a task's rows of a bucket below this are figured in 32-bit numbers (``relocate``)
 PLACES_32 = 1 << 31
 
@@ -350,17 +347,7 @@ class RewriteMap:
         of = self.ordinals[dense].astype(file.dtype)  # (sorted)
         # one pass over the index for all files; the entries found are checked and ranked
         # together, not file by file (a pass over them per file)
-        positions = np.flatnonzero(member(file, of))
-        found = file[positions]
-        # which complement file each belongs to: a table lookup where the ordinals are close,
-        # else a search
-        low, span = int(of[0]), int(of[-1]) - int(of[0])
-        if span < COMPLEMENT_SPAN:
-            number = np.zeros(span + 1, dtype=np.int32)
-            number[of.astype(np.int64) - low] = np.arange(len(of), dtype=np.int32)
-            j: np.ndarray = number[found - found.dtype.type(low)]
-        else:
-            j = np.searchsorted(of, found)
+        positions, j = find_in(file, of)
         rows = row[positions]
         buckets = np.array([self._complement[k] for k in dense.tolist()], dtype=np.int64)
         keeps = self.counts[buckets, dense]

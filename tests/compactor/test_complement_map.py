@@ -22,8 +22,8 @@ from compactor.fs import Storage
 from compactor.merge import OP_DELETE, OP_GONE, OP_UPSERT, index_schema
 from compactor.pipeline import dedupe, index_store, live_index, locators, rewrite_map, sliced_merge
 from compactor.pipeline.dedupe import DedupeActor, _shift_kept
-from compactor.pipeline.locators import SOURCE_BASE, compacted
-from compactor.pipeline.rewrite_map import RewriteMap, member
+from compactor.pipeline.locators import SOURCE_BASE, compacted, member
+from compactor.pipeline.rewrite_map import RewriteMap
 from tests.compactor._actor_sim import hash_output, hash_outputs, materialize
 from tests.compactor.test_index_moves import Sim
 
@@ -410,7 +410,7 @@ def test_damage_in_several_rewritten_files_names_the_first(monkeypatch, search) 
     """File 0 has one kept row twice and another without entry (its count is right); file 1
     is an entry short: the message names file 0, the first damaged, whatever is found first."""
     if search:
-        monkeypatch.setattr(rewrite_map, "COMPLEMENT_SPAN", 1)
+        monkeypatch.setattr(locators, "FIND_SPAN", 1)
     file = np.array([0, 0, 0, 1, 1], dtype=np.int32)
     row = np.array([0, 1, 1, 0, 1], dtype=np.int32)
     given = RewriteMap(np.array([0, 1]), np.array([4, 4]), file, row,
@@ -440,7 +440,8 @@ def test_complements_of_several_buckets_place_rows_as_a_mask_does(
     monkeypatch.setattr(rewrite_map, "CACHE_BYTES", 200)
     if search:
         monkeypatch.setattr(rewrite_map, "MAX_SPAN", 1)
-        monkeypatch.setattr(rewrite_map, "COMPLEMENT_SPAN", 1)
+        monkeypatch.setattr(locators, "FIND_SPAN", 1)
+    monkeypatch.setattr(locators, "SCAN_CHUNK", 5)
     rng = np.random.default_rng(seed)
     group = [2, 3, 4, 5]
     sizes = {compacted(2, 0): 13, compacted(2, 1): 9, compacted(2, 2): 11,

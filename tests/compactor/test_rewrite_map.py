@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compactor.pipeline import rewrite_map
-from compactor.pipeline.locators import SOURCE_BASE, compacted, renumber
-from compactor.pipeline.rewrite_map import RewriteMap, member
+from compactor.pipeline import locators, rewrite_map
+from compactor.pipeline.locators import SOURCE_BASE, compacted, member, renumber
+from compactor.pipeline.rewrite_map import RewriteMap
 
 
 def _case(seed: int, entries: int, buckets: int, select: float = 0.7,  # type: ignore[no-untyped-def]
@@ -160,6 +160,28 @@ def test_member_matches_isin_for_narrow_and_wide_sets() -> None:
                np.array([0, 1 << 21, SOURCE_BASE]), np.array([-1, 3]), rng.choice(values, 8),
                rng.choice(values, 9), np.array([7, 9, 7, 9, 7, 9, 7, 9, 5], np.int32)):
         assert member(values, of).tolist() == np.isin(values, of).tolist()
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 18])
+@pytest.mark.parametrize("span", [1, 1 << 19])  # every set by search; narrow ones by a table
+def test_find_in_gives_the_positions_and_set_index_a_naive_scan_does(
+        monkeypatch: pytest.MonkeyPatch, chunk: int, span: int) -> None:
+    """Sets at the ends of int32 (the unsigned range test wraps), with gaps in their range,
+    of one value, empty; values below, inside and above them; chunks of 3 values and one."""
+    monkeypatch.setattr(locators, "SCAN_CHUNK", chunk)
+    monkeypatch.setattr(locators, "FIND_SPAN", span)
+    rng = np.random.default_rng(11)
+    top, bottom = np.iinfo(np.int32).max, np.iinfo(np.int32).min
+    values = np.concatenate([rng.integers(-3, 40, 300), [top, top - 1, bottom, bottom + 1],
+                             SOURCE_BASE + rng.integers(-2, 6, 50)]).astype(np.int32)
+    rng.shuffle(values)
+    sets = [[], [5], [0, 1, 2], [-2, 7, 30], [top - 1, top], [bottom, bottom + 2],
+            [3, SOURCE_BASE + 1], sorted(set(rng.integers(-3, 40, 12).tolist())), [-1]]
+    for of in sets:
+        of_array = np.array(of, dtype=np.int32)
+        positions, which = locators.find_in(values, of_array)
+        expected = [(i, of.index(v)) for i, v in enumerate(values.tolist()) if v in of]
+        assert list(zip(positions.tolist(), which.tolist(), strict=True)) == expected, of
 
 
 @pytest.mark.parametrize("case", ["one bucket", "several buckets", "far apart", "edges"])
