@@ -69,17 +69,75 @@ DICTIONARY_SAMPLE = 8192
 DICTIONARY_RATIO = 16
 
 
-def write_options(codec: str, dictionary: list[str] | None = None) -> dict[str, Any]:
+def write_options(codec: str, dictionary: list[str] | None = None,
+                  delta: list[str] | None = None) -> dict[str, Any]:
     """The Parquet writer settings of compacted files compressed with ``codec``, with
-    dictionary pages for the columns ``dictionary`` (none by default)."""
+    dictionary pages for the columns ``dictionary`` and the columns ``delta`` delta-encoded
+    (DELTA_BINARY_PACKED; none of either by default)."""
     if codec not in CODECS:
         raise ValueError(f"compression {codec!r} is not one of {', '.join(CODECS)}")
     # (no page index: a row group with one cannot be moved between files, parquet_splice)
     options: dict[str, Any] = {"compression": codec, "use_dictionary": dictionary or False,
                                "write_page_index": False}
+    if delta:
+        options["column_encoding"] = dict.fromkeys(delta, "DELTA_BINARY_PACKED")
     if codec == "zstd":
         options["compression_level"] = 1
     return options
+
+
+# Integer and temporal columns are delta-encoded (DELTA_BINARY_PACKED: the differences of
+# consecutive values, bit-packed by blocks) where that stores them smaller than plain values
+# compressed with the file's codec. Ids, sequence numbers and timestamps of rows written in
+# the order they arrived, or small numbers, shrink to a few bits a value, and decode 2.5-5x
+# faster than plain values through snappy (an 817K-row compacted file, snappy: id 3.51 ->
+# 0.84 MB and 20.8 -> 4.3 ms to decode, 16.3 -> 9.5 ms to encode; lsn, qty and a timestamp
+# alike). Random numbers (as many bits a difference as a value) and few values repeated
+# (where the codec finds the repeats) stay plain: larger delta-encoded, and slower to encode.
+_DELTA_BLOCK, _DELTA_MINIBLOCK = 128, 32  # the Parquet writer's block and miniblock values
+_DELTA_BLOCK_HEADER = 12  # bytes a block spends on its minimum and its miniblocks' widths
+
+
+def _delta_type(t: pa.DataType) -> bool:
+    """Stored as Parquet INT32 or INT64 (decimals are fixed-size binary)."""
+    return (pa.types.is_integer(t) or pa.types.is_date(t) or pa.types.is_timestamp(t)
+            or pa.types.is_time(t) or pa.types.is_duration(t))
+
+
+def _delta_bytes(values: np.ndarray) -> float:
+    """Bytes a value the int64 ``values`` take delta-encoded, by their full blocks."""
+    blocks = (len(values) - 1) // _DELTA_BLOCK
+    d = np.diff(values[:blocks * _DELTA_BLOCK + 1]).reshape(
+        blocks, _DELTA_BLOCK // _DELTA_MINIBLOCK, _DELTA_MINIBLOCK)
+    # each miniblock's values less its block's least, in as many bits as the largest needs
+    spread = (d.max(axis=2) - d.min(axis=(1, 2))[:, None]).view(np.uint64)
+    bits = np.frexp(spread.astype(np.float64))[1]  # (bit length; may err by one near 2**53)
+    return float(bits.sum() * _DELTA_MINIBLOCK / 8 + blocks * _DELTA_BLOCK_HEADER) / (
+        blocks * _DELTA_BLOCK)
+
+
+def delta_columns(sample: pa.Table, codec: str) -> list[str]:
+    """The integer and temporal columns of ``sample`` that take fewer bytes delta-encoded
+    than plain and compressed with ``codec`` (their non-null values among the first
+    DICTIONARY_SAMPLE rows; none where fewer than a delta block)."""
+    head = sample.slice(0, DICTIONARY_SAMPLE)
+    chosen = []
+    for f in head.schema:
+        if not _delta_type(f.type):
+            continue
+        values = pc.drop_null(head.column(f.name)).combine_chunks()
+        if len(values) <= _DELTA_BLOCK:
+            continue
+        width = 4 if f.type.bit_width <= 32 or pa.types.is_date(f.type) else 8
+        plain = values.view(pa.int64()) if f.type.bit_width == 64 else values.cast(
+            pa.int64(), safe=False) if pa.types.is_integer(f.type) else values.view(
+            pa.int32()).cast(pa.int64())
+        ints = plain.to_numpy()
+        raw = ints.astype(np.int32 if width == 4 else np.int64).tobytes()
+        stored = len(raw) if codec == "none" else pa.Codec(codec).compress(raw).size
+        if _delta_bytes(ints) <= stored / len(ints):
+            chosen.append(f.name)
+    return chosen
 
 
 def _dictionary_text(t: pa.DataType) -> bool:
@@ -366,6 +424,7 @@ class _BucketWriter:
         self._buffered = 0
         self._file: parquet_splice.SplicedWriter | None = None
         self._chosen: list[str] | None = None  # the current file's dictionary columns
+        self._delta: list[str] = []  # ... and its delta-encoded ones
         self._file_schema = schema  # the encoder's: text columns with a dictionary as such
         self._passthrough: set[str] = set()
         self._out: Any = None
@@ -414,6 +473,7 @@ class _BucketWriter:
         if self._chosen is None:
             head = _dense_head(self._buffer, self.schema, DICTIONARY_SAMPLE)
             self._chosen = dictionary_columns(head)
+            self._delta = delta_columns(head, self.codec)
             if head.num_rows < DICTIONARY_SAMPLE:
                 # a first row group too small to judge by (a few rows before a copied row
                 # group, or a small file): a text column its sources store as few-valued
@@ -434,7 +494,8 @@ class _BucketWriter:
             for name in self._passthrough:
                 i = group.schema.get_field_index(name)
                 group = group.set_column(i, group.field(i), _used_values(group.column(i)))
-            self._open().write(group, write_options(self.codec, self._chosen), ROW_GROUP_ROWS)
+            self._open().write(group, write_options(self.codec, self._chosen, self._delta),
+                               ROW_GROUP_ROWS)
         self._in_file += end
         # the rows left, as slices of the batches they came in (not of ``data``: its rows
         # written need not stay in memory)

@@ -35,6 +35,7 @@ from compactor.manifest import CompactedState, DataFile, DeltaKind
 from compactor.pipeline.materialize import (
     ROW_GROUP_ROWS,
     conform,
+    delta_columns,
     dictionary_columns,
     write_options,
 )
@@ -51,7 +52,8 @@ _READ_BUFFER = 1 << 20  # the sample's column chunks are read this much at a tim
 def _encoded_size(sample: pa.Table, codec: str) -> int:
     sink = pa.BufferOutputStream()
     pq.write_table(sample, sink, row_group_size=ROW_GROUP_ROWS,
-                   **write_options(codec, dictionary_columns(sample)))
+                   **write_options(codec, dictionary_columns(sample),
+                                   delta_columns(sample, codec)))
     return int(sink.getvalue().size)
 
 

@@ -56,11 +56,15 @@ def test_a_first_rounds_files_are_the_target_size_though_its_input_is_stored_lar
         rt, tmp_path, codec):
     table, part = _table(tmp_path, _data(120_000))
     target = 200_000
+    per_file = _rows_per_file(table, part, target, codec)
     result = compact_partition(table, part, target_file_size=target, compression=codec)
     sizes = sorted(f.size for f in part.snapshot().compacted.files)  # type: ignore[union-attr]
-    assert result.files_written == len(sizes) >= 3
-    full = sizes[1:]  # (the smallest holds what is left over)
-    assert all(0.75 * target <= s <= 1.3 * target for s in full), (sizes, target)
+    assert result.files_written == len(sizes) == -(-120_000 // per_file) >= 2
+    # a full file would be the target size (the task cuts its rows into files of one size:
+    # k files of 1/k of them, each at most a full one)
+    per_row = sum(sizes) / 120_000
+    assert 0.75 * target <= per_file * per_row <= 1.3 * target, (sizes, per_file, target)
+    assert sizes[-1] <= 1.3 * target
     input_per_row = (tmp_path / "load.parquet").stat().st_size / 120_000
     if codec == "zstd":  # the input's own bytes per row would have made files far smaller
         assert sum(sizes) / 120_000 < input_per_row / 2
@@ -134,12 +138,17 @@ def test_after_a_codec_change_files_are_sized_by_what_the_new_codec_wrote(rt, tm
     for r in (1, 2):
         before = {f.url for f in part.snapshot().compacted.files}  # type: ignore[union-attr]
         part.append(_data(600_000, r * 10**7))  # new keys: new files
+        per_file = _rows_per_file(table, part, target)
         compact_partition(table, part, target_file_size=target)  # zstd
         state = part.snapshot().compacted
         assert state is not None and state.properties["compression"] == "zstd"
-        sizes = sorted(f.size for f in state.files if f.url not in before)
-        assert len(sizes) >= 2 and all(0.7 * target <= s <= 1.3 * target
-                                       for s in sizes[1:]), (r, sizes)
+        new = [f for f in state.files if f.url not in before]
+        # a full file, at the bytes per row they were written with, is about the target (the
+        # round's rows are cut into files of one size, each at most a full one)
+        per_row = sum(f.size for f in new) / sum(f.rows for f in new)
+        assert len(new) >= 2 and 0.7 * target <= per_file * per_row <= 1.3 * target, (
+            r, per_file, per_row)
+        assert max(f.size for f in new) <= 1.3 * target
 
 
 @pytest.mark.parametrize("figure", ["", "abc", "nan", "-3", "inf"])
