@@ -175,6 +175,8 @@ class RewriteMap:
             if not len(rows):
                 continue
             owners = span[rows]
+            if buckets <= np.iinfo(np.int16).max:  # (a stable sort of 16-bit numbers is a
+                owners = owners.astype(np.int16)   # radix sort: 500K rows, 24 -> 6 ms)
             by_bucket = np.argsort(owners, kind="stable") if buckets > 1 else \
                 np.arange(len(rows))
             cuts = np.searchsorted(owners[by_bucket], np.arange(buckets + 1))
