@@ -337,7 +337,7 @@ class DedupeActor:
             # are not in bucket order)
             bucket = np.asarray(self._bucket_of(positions))
             if bucket.ndim:
-                by_bucket = np.argsort(bucket, kind="stable")
+                by_bucket = locators.stable_order(bucket, len(self.buckets))
                 positions, bucket = positions[by_bucket], bucket[by_bucket]
             else:
                 bucket = np.zeros(len(positions), dtype=np.int64)

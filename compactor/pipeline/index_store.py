@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from compactor.fs import Storage
 from compactor.manifest import CompactedState
 from compactor.merge import OP_DELETE, OP_UPSERT, _locate
-from compactor.pipeline.locators import find_in
+from compactor.pipeline.locators import find_in, stable_order
 
 PROPERTY = "index"
 OP_ABSENT = 2  # in delta files only: the key is no longer in the index
@@ -218,7 +218,7 @@ def apply_moves(file: np.ndarray, row: np.ndarray, moves: list[Move]) -> None:
     hit, k = find_in(file, ordinals[by_ordinal].astype(file.dtype))
     which = by_ordinal[k]
     if len(moves) > 1:
-        grouped = np.argsort(which, kind="stable")
+        grouped = stable_order(which, len(moves))
         hit, which = hit[grouped], which[grouped]
     cuts = np.searchsorted(which, np.arange(len(moves) + 1))
     for j, move in enumerate(moves):

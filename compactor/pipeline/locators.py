@@ -77,6 +77,14 @@ def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
     return flags[np.clip(values, low - 1, low + span + 1) - (low - 1)]
 
 
+def stable_order(values: np.ndarray, bound: int) -> np.ndarray:
+    """The stable sort of the integers ``values``, each in [0, ``bound``): as 16-bit numbers
+    where they fit, which numpy sorts stably by radix (500K values: 24 -> 6 ms)."""
+    if bound <= np.iinfo(np.int16).max:
+        values = values.astype(np.int16)
+    return np.argsort(values, kind="stable")
+
+
 SCAN_CHUNK = 1 << 18  # values ``find_in`` looks at at a time: its temporaries stay in cache
 FIND_SPAN = 1 << 19  # ``find_in`` numbers ``of`` by a table up to this far apart (4 MB)
 

@@ -34,6 +34,7 @@ from compactor.pipeline.locators import (
     file_count,
     file_rows,
     find_in,
+    stable_order,
 )
 from compactor.pipeline.row_sets import RowSet
 
@@ -175,10 +176,7 @@ class RewriteMap:
             if not len(rows):
                 continue
             owners = span[rows]
-            if buckets <= np.iinfo(np.int16).max:  # (a stable sort of 16-bit numbers is a
-                owners = owners.astype(np.int16)   # radix sort: 500K rows, 24 -> 6 ms)
-            by_bucket = np.argsort(owners, kind="stable") if buckets > 1 else \
-                np.arange(len(rows))
+            by_bucket = stable_order(owners, buckets) if buckets > 1 else np.arange(len(rows))
             cuts = np.searchsorted(owners[by_bucket], np.arange(buckets + 1))
             per_bucket = {}
             for i in range(buckets):

@@ -162,6 +162,15 @@ def test_member_matches_isin_for_narrow_and_wide_sets() -> None:
         assert member(values, of).tolist() == np.isin(values, of).tolist()
 
 
+@pytest.mark.parametrize("bound", [1, 5, 32767, 32768, 1 << 40])
+def test_stable_order_is_a_stable_sort_of_small_numbers_as_of_any(bound: int) -> None:
+    rng = np.random.default_rng(bound % 1000)
+    values = rng.integers(0, bound, 20_000, dtype=np.int64)
+    values[:50] = bound - 1  # the largest, repeated (ties keep their order)
+    assert locators.stable_order(values, bound).tolist() == \
+        np.argsort(values, kind="stable").tolist()
+
+
 @pytest.mark.parametrize("chunk", [3, 1 << 18])
 @pytest.mark.parametrize("span", [1, 1 << 19])  # every set by search; narrow ones by a table
 def test_find_in_gives_the_positions_and_set_index_a_naive_scan_does(
