@@ -40,7 +40,7 @@ class Worker:
     def serve(self) -> None:
         handlers: dict[str, Callable[..., None]] = {
             "task": self.run_task, "actor_init": self.init_actor, "call": self.call,
-            "trim": lambda: release_free_memory(),  # an idle task worker's (the driver says)
+            "trim": release_free_memory,  # an idle task worker's, when the driver says
         }
         while True:
             msg = self.channel.inbox.get()
