@@ -112,9 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           "only make an incremental round touch more files)")
     run.add_argument("--compression", default="snappy",
                      help="compactor's Parquet codec (default snappy: what DuckDB and the floor "
-                          "write, so every engine writes files of about the same size; zstd, "
-                          "compactor's own default, makes them ~45%% smaller and costs ~0.07 s "
-                          "per million rows more)")
+                          "write; zstd, compactor's own default, makes its files smaller still "
+                          "and costs more CPU)")
     run.add_argument("--timeout", type=float, default=3600, help="seconds per engine run")
     run.add_argument("--dir", type=Path, default=Path("/tmp/compaction-bench"))
     run.add_argument("--json", type=Path, help="results document (default DIR/results.json)")
