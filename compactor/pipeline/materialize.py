@@ -124,21 +124,37 @@ def _estimator(codec: str) -> pa.Codec:
         pa.Codec(codec)
 
 
+def _stored(values: pa.Array) -> pa.Array:
+    """``values`` as Parquet stores them: dates as days, times and timestamps in seconds as
+    milliseconds (pyarrow writes them so)."""
+    t = values.type
+    if pa.types.is_date64(t):
+        return values.cast(pa.date32())
+    if pa.types.is_time32(t) and t.unit == "s":
+        return values.cast(pa.time32("ms"))
+    if pa.types.is_timestamp(t) and t.unit == "s":
+        return values.cast(pa.timestamp("ms", t.tz))
+    return values
+
+
 def delta_columns(sample: pa.Table, codec: str) -> list[str]:
     """The integer and temporal columns of ``sample`` that take fewer bytes delta-encoded
     than plain and compressed with ``codec`` (their non-null values among the first
-    DICTIONARY_SAMPLE rows; none where fewer than a delta block)."""
+    DICTIONARY_SAMPLE rows, as Parquet stores them; none where fewer than a delta block).
+    A name with a dot is never chosen: the writer reads it as a path, which may also name a
+    field of a struct column, of another type."""
     head = sample.slice(0, DICTIONARY_SAMPLE)
     chosen = []
     for f in head.schema:
-        if not _delta_type(f.type):
+        if not _delta_type(f.type) or "." in f.name:
             continue
-        values = pc.drop_null(head.column(f.name)).combine_chunks()
+        values = _stored(pc.drop_null(head.column(f.name)).combine_chunks())
         if len(values) <= _DELTA_BLOCK:
             continue
-        width = 4 if f.type.bit_width <= 32 or pa.types.is_date(f.type) else 8
-        plain = values.view(pa.int64()) if f.type.bit_width == 64 else values.cast(
-            pa.int64(), safe=False) if pa.types.is_integer(f.type) else values.view(
+        t = values.type
+        width = 4 if t.bit_width <= 32 else 8
+        plain = values.view(pa.int64()) if width == 8 else values.cast(
+            pa.int64(), safe=False) if pa.types.is_integer(t) else values.view(
             pa.int32()).cast(pa.int64())
         ints = plain.to_numpy()
         raw = ints.astype(np.int32 if width == 4 else np.int64).tobytes()
