@@ -147,7 +147,9 @@ class LocalBackend(Backend):
         for w in self.idle:
             if w.trimmed:
                 continue
-            at = max(w.idle_since, self._busy_changed) + wait
+            # (idle QUIET_TRIM_SECONDS in all, however often work came and went meanwhile)
+            at = min(w.idle_since + QUIET_TRIM_SECONDS,
+                     max(w.idle_since, self._busy_changed) + wait)
             if at <= now:
                 w.trimmed = True
                 w.send(("trim",))
@@ -368,6 +370,7 @@ class LocalBackend(Backend):
         with self.lock:
             self._flush_refs()
             self.actors.call(handle.actor_id, ref.id, method, args_blob, arg_ids)
+            self._note_busy(time.monotonic())  # (sent straight to the actor: no _schedule)
         return ref
 
     def get_actor(self, name: str) -> ActorHandle:

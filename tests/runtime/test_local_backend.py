@@ -228,6 +228,48 @@ def test_an_idle_worker_gives_freed_memory_back_soon_while_other_work_runs(trim_
         assert runtime.get(sleeper) != worker
 
 
+@runtime.remote(num_cpus=0)
+class Sleeper:
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+@_linux
+def test_an_idle_worker_gives_freed_memory_back_soon_while_an_actor_call_runs(
+        trim_after) -> None:
+    """An actor call goes straight to its actor (no task is scheduled): it counts as work."""
+    trim_after(busy=0.5, quiet=600)
+    with runtime.init("local", num_cpus=1):
+        sleeper = Sleeper.remote()
+        # (refs held: a ref let go wakes the driver's loop, which would notice the call then)
+        started = sleeper.sleep.remote(0)
+        runtime.get(started)
+        churned = churn.remote(300)
+        worker, kept = runtime.get(churned)
+        time.sleep(0.5)  # the loop at rest, waiting for the quiet wait's end
+        call = sleeper.sleep.remote(5)
+        assert _wait_until(lambda: _trimmed(worker, kept), timeout=4)
+        runtime.get(call)
+        del started, churned
+
+
+@_linux
+def test_an_idle_worker_gives_freed_memory_back_through_short_spells_of_work(
+        trim_after) -> None:
+    """Work comes and goes in spells shorter than either wait: the worker, idle through
+    all of them, gives its memory back once idle the quiet wait in all."""
+    trim_after(busy=1.0, quiet=3)
+    with runtime.init("local", num_cpus=1):
+        sleeper = Sleeper.remote()
+        runtime.get(sleeper.sleep.remote(0))
+        worker, kept = runtime.get(churn.remote(300))
+        start = time.monotonic()
+        while not _trimmed(worker, kept) and time.monotonic() - start < 8:
+            runtime.get(sleeper.sleep.remote(0.3))
+            time.sleep(0.4)
+        assert _trimmed(worker, kept)
+
+
 @_linux
 def test_workers_keep_freed_memory_while_nothing_runs_then_give_it_back(trim_after) -> None:
     """Between rounds (nothing queued or running) the next round finds warm workers; a
