@@ -126,14 +126,15 @@ def _estimator(codec: str) -> pa.Codec:
 
 def _stored(values: pa.Array) -> pa.Array:
     """``values`` as Parquet stores them: dates as days, times and timestamps in seconds as
-    milliseconds (pyarrow writes them so)."""
+    milliseconds (pyarrow writes them so; unchecked: a date64 with a time of day, or seconds
+    beyond milliseconds' range, only judged a little off)."""
     t = values.type
     if pa.types.is_date64(t):
-        return values.cast(pa.date32())
+        return values.cast(pa.date32(), safe=False)
     if pa.types.is_time32(t) and t.unit == "s":
-        return values.cast(pa.time32("ms"))
+        return values.cast(pa.time32("ms"), safe=False)
     if pa.types.is_timestamp(t) and t.unit == "s":
-        return values.cast(pa.timestamp("ms", t.tz))
+        return values.cast(pa.timestamp("ms", t.tz), safe=False)
     return values
 
 
