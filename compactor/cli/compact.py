@@ -173,8 +173,9 @@ def render_plan(info: dict[str, Any], out: Console) -> None:
 @click.option("--compression", type=click.Choice(CODECS), default=DEFAULT_CODEC,
               show_default=True,
               help="Parquet codec of the files written: zstd (level 1) is about as small as "
-                   "brotli at a tenth of its time; lz4 and snappy encode about 30% faster into "
-                   "files about 1.7x larger; gzip and brotli are 10-100x slower.")
+                   "gzip or brotli at a sixth of brotli's time; lz4 and snappy encode about 25% "
+                   "faster into files about 1.25x larger; gzip and brotli are 6-25x slower "
+                   "(a 1.2M-row file of the benchmark's rows).")
 @click.option("--cpus", type=click.FloatRange(min=1), default=None,
               help="CPUs the round's runtime schedules its tasks and actors on (a local one, "
                    "or a new local Ray instance; default: this machine's). A cluster joined "

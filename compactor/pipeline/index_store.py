@@ -20,7 +20,8 @@ the move (its key's newer entry is in the delta that follows); a live entry left
 nowhere makes the chain unusable (``IndexUnavailable``: the round rebuilds the index from
 data). Earlier versions read a moves file as an index that
 does not match, so they rebuild too, as do versions that took one ``rows_per_file`` for all
-the files of a moves file where its rows differ (tasks of one round cut their files evenly).
+the files of a moves file where its rows differ (tasks of one round cut their files to sizes
+of their own).
 
 A compacted state names the chains in ``properties["index"]``: a JSON list, one list of paths
 (relative to the table root) per bucket. An untouched bucket keeps its chain from the round

@@ -433,8 +433,9 @@ def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 class _BucketWriter:
     """Writes one bucket's rows, a new file every ``rows_per_file`` rows (the task's share cut
-    into files of one size, ``locators.file_rows``); each file's dictionary columns are chosen
-    from its first row group's rows. Row groups come encoded from rows (``add``) or as a
+    into files of one size, ``locators.file_rows``); each file's dictionary and delta-encoded
+    columns are chosen from its first row group's rows (``dictionary_columns``,
+    ``delta_columns``). Row groups come encoded from rows (``add``) or as a
     source's bytes (``copy``); ``template``: the footer of the table's files
     (``parquet_splice``)."""
 

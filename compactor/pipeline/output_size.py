@@ -1,9 +1,9 @@
 """How many rows make a compacted file of the target size.
 
 A round writes each bucket files of at most ``rows_per_file`` rows (each materialize task cuts
-its rows of a bucket evenly, ``locators.file_rows``): the dedupe actors point the index at
-those places while the files are written, so the number is fixed by the plan, from an
-estimate of the bytes a row takes in a compacted file.
+its rows of a bucket into files of one size but the last, ``locators.file_rows``): the dedupe
+actors point the index at those places while the files are written, so the number is fixed by
+the plan, from an estimate of the bytes a row takes in a compacted file.
 
 - Compacted files say it, written with the codec the round writes (``CODEC_PROPERTY`` of the
   compacted state) and of ``BASE_FILE_BYTES`` on average (so their footers do not count):
