@@ -17,6 +17,7 @@ file rewritten for rows it lost in other row groups), is copied as its bytes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -741,6 +742,11 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     each source counts SOURCE_COST_BYTES more than its rows, and where that is most of what
     they cost (thousands of small files) a task gets a CPU's share, not half of it (each task
     writes a file of every bucket its rows go to).
+    The sources are cut into that many tasks of about equal cost (each cut where the running
+    total passes a multiple of the equal share, at the nearer source edge), a multiple of the
+    CPUs where there are more tasks than CPUs, so the cores finish together: cutting a task
+    whenever the next source would overflow the share left a remainder task (20 files and 10
+    small deltas on 2 CPUs: 4 tasks of 5 files, then one of the deltas, alone at the end).
     A compacted file one bucket keeps whole (a small file merged, ``small_files``) is mostly
     copied as bytes: its rows count COPY_COST of their decoded bytes, and such files of one
     bucket in a row, with the small files merged that lost rows too, stay in one task (up to
@@ -762,23 +768,30 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
             **whole}
     data = {o: _decoded_bytes(plan, o, by_ordinal[o], o in whole) for o in by_ordinal}
     sizes = {o: n + SOURCE_COST_BYTES for o, n in data.items()}
-    cpus = max(1.0, cpus)
-    share = sum(data.values()) / (2 * cpus)
-    if SOURCE_COST_BYTES * len(sizes) > sum(data.values()):  # (many small files: a task per
-        share = max(share, sum(sizes.values()) / cpus)      # core, not two: fewer files)
-    budget = min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, share))
+    wave = max(1, int(cpus))
+    total = sum(sizes.values())
+    # (many small files: a task per core, not two: fewer files)
+    count = wave if SOURCE_COST_BYTES * len(sizes) > sum(data.values()) else 2 * wave
+    count = max(min(count, int(total // MIN_GROUP_BYTES)), math.ceil(total / MAX_GROUP_BYTES), 1)
+    if count > wave:  # (whole waves)
+        count = math.ceil(count / wave) * wave
+    step = total / count
     groups: list[list[SourceRows]] = []
     current: list[SourceRows] = []
-    current_bytes = 0.0
-    for o in sorted(by_ordinal):
+    current_bytes = done = 0.0
+    middle = 0.0  # of the previous source, in the running total: a cut between it and the
+    for o in sorted(by_ordinal):  # next falls where a multiple of the share lies between
         joins = o in unit and current and unit.get(current[-1].ordinal) == unit[o] \
             and current_bytes + sizes[o] <= MAX_GROUP_BYTES
-        if current and not joins and current_bytes + sizes[o] > budget:
+        passes = (done + sizes[o] / 2) // step > middle // step
+        middle = done + sizes[o] / 2
+        if current and not joins and (current_bytes + sizes[o] > MAX_GROUP_BYTES or passes):
             groups.append(current)
             current, current_bytes = [], 0.0
         current.append(SourceRows(o, plan.sources[o], by_ordinal[o], plan.op_columns.get(o),
                                   sizes[o]))
         current_bytes += sizes[o]
+        done += sizes[o]
     if current:
         groups.append(current)
     return groups

@@ -546,6 +546,47 @@ def test_thousands_of_small_sources_are_cut_into_a_task_for_every_core() -> None
     assert groups(60, 2) == [60]
 
 
+def _group_sizes(rows: list[int], cpus: int, row_bytes: int = 100) -> list[list[int]]:
+    """Rows of each source in each task ``group_sources`` cuts sources of ``rows`` into (two
+    buckets)."""
+    from types import SimpleNamespace
+
+    from compactor.pipeline import locators
+    from compactor.pipeline.dedupe import BucketPlan
+
+    deltas = [locators.source(j) for j in range(len(rows))]
+    sources = {o: SimpleNamespace(rows=n, size=1) for o, n in zip(deltas, rows, strict=True)}
+    plan = SimpleNamespace(sources=sources, row_bytes=row_bytes, rows_per_file=10**6,
+                           op_columns={}, small={})
+    plans = {b: BucketPlan(b, 0, (), tuple((o, RowSet.of(np.arange(b, n, 2)))
+                                           for o, n in zip(deltas, rows, strict=True)))
+             for b in (0, 1)}
+    groups = materialize.group_sources(plan, plans, cpus)  # type: ignore[arg-type]
+    assert [s.ordinal for g in groups for s in g] == deltas  # consecutive, all of them
+    return [[sources[s.ordinal].rows for s in g] for g in groups]
+
+
+def test_tasks_cost_about_the_same_in_whole_waves_of_the_cpus() -> None:
+    """20 sources of 1M rows and 10 of 200K on 2 CPUs: 4 tasks of 5 or 6 units, not 4 of 5
+    and the deltas' remainder (which ran alone at the end of a full round, one core idle for
+    0.55 s); the costliest-first order then ends both cores within a source of each other.
+    Any mix of sources: the cores end within the largest source of the average, and no task
+    of several sources costs more than MAX_GROUP_BYTES."""
+    tasks = _group_sizes([10**6] * 20 + [200_000] * 10, 2)
+    assert len(tasks) == 4 and sorted(sum(t) for t in tasks) == [5 * 10**6] * 2 + [6 * 10**6] * 2
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        rows = rng.choice([50, 300, 1000, 3000], size=rng.integers(1, 60))  # (x 100 KB)
+        cpus = int(rng.integers(1, 9))
+        tasks = _group_sizes(rows.tolist(), cpus, row_bytes=100_000)
+        costs = sorted((sum(t) for t in tasks), reverse=True)
+        assert all(sum(t) * 100_000 <= materialize.MAX_GROUP_BYTES for t in tasks if len(t) > 1)
+        cores = [0] * cpus
+        for c in costs:  # costliest first, each to the core free first
+            cores[cores.index(min(cores))] += c
+        assert max(cores) <= sum(costs) / min(cpus, len(costs)) + max(rows), (rows, cpus)
+
+
 def test_small_compacted_files_merged_stay_in_one_task_per_bucket() -> None:
     """A bucket's compacted files kept whole (small files merged) are mostly copied as bytes:
     they count an eighth of their rows, and those of one bucket are not cut between tasks,
