@@ -54,11 +54,13 @@ __all__ = [
     "MergeInputError",
     "MergeResult",
     "empty_index",
+    "gather",
     "index_schema",
     "merge",
     "record_schema",
     "sort_by_key",
     "surviving_rows",
+    "take_values",
 ]
 
 OP_UPSERT = 0
@@ -205,7 +207,7 @@ class _Records:
     def pos(self, indices: np.ndarray) -> np.ndarray:
         """Stream positions of records ``indices`` (``INDEXED_POS`` for index entries)."""
         if "pos" in self.columns:
-            return self.columns["pos"][indices]
+            return gather(self.columns["pos"], indices)
         return np.full(len(indices), INDEXED_POS, dtype=np.int64)
 
     def take(self, indices: np.ndarray, into: dict[str, np.ndarray] | None = None
@@ -218,7 +220,7 @@ class _Records:
             # (mode="wrap": with the default "raise", numpy gathers into a temporary first;
             # the indices are the records' own)
             name: np.take(a, indices, out=into[name][:len(indices)], mode="wrap") if name in into
-            else a[indices] for name, a in self.columns.items() if name in _INDEX_FIXED}
+            else gather(a, indices) for name, a in self.columns.items() if name in _INDEX_FIXED}
         if self.order is not None:
             width = fixed_width(self.order)
             buffer = into.get("order")
@@ -280,7 +282,7 @@ def _comparison_keys(
 ) -> list[np.ndarray]:
     """The merge rule's (order..., pos, file, row) of records ``indices``, as numpy sort keys."""
     return [*order_keys, records.pos(indices),
-            *(records.columns[name][indices] for name in ("file", "row"))]
+            *(gather(records.columns[name], indices) for name in ("file", "row"))]
 
 
 def _lowest(a: np.ndarray) -> int | float:
@@ -346,8 +348,8 @@ def sort_by_key(hi: np.ndarray, lo: np.ndarray, runs: bool = False
     where = np.flatnonzero(in_tie)
     linked = tie[where[:-1]]  # where[j] and where[j - 1] are neighbours in one tie run
 
-    rows = perm[where]
-    key_hi, key_lo = hi[rows], lo[rows]
+    rows = gather(perm, where)
+    key_hi, key_lo = gather(hi, rows), gather(lo, rows)
 
     def same_key_as_previous() -> np.ndarray:
         same = np.zeros(len(where), dtype=bool)
@@ -434,11 +436,11 @@ def _winners(cols: _Records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     multi = np.flatnonzero(sizes > 1)
     sub_sizes = sizes[multi]
     sub_starts = np.concatenate([[0], np.cumsum(sub_sizes)[:-1]])
-    rows = perm[np.repeat(starts[multi] - sub_starts, sub_sizes)
-                + np.arange(int(sub_sizes.sum()))]
-    order_keys = _order_keys(cols.order.take(rows)) if cols.order is not None else []
+    rows = gather(perm, np.repeat(starts[multi] - sub_starts, sub_sizes)
+                  + np.arange(int(sub_sizes.sum())))
+    order_keys = _order_keys(take_values(cols.order, rows)) if cols.order is not None else []
     wins = _group_argmax(sub_starts, sub_sizes, _comparison_keys(cols, rows, order_keys))
-    winners = perm[starts]
+    winners = gather(perm, starts)
     winners[multi] = rows[wins]
     return winners, perm, starts
 
@@ -664,6 +666,22 @@ def _splice(old: _Records, entering: dict[str, Any], at: np.ndarray, replaces: n
             rows = spliced(np.arange(n), n + np.arange(len(at)))
             columns["order"] = pa.concat_arrays([old.order, incoming_order]).take(rows)
     return columns, entered
+
+
+def gather(values: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``values[indices]``, for integer ``indices`` known to lie in range (a sort's
+    permutation, positions found in ``values``): numpy's take in "wrap" mode skips the bounds
+    pass that indexing makes first (1M random int64 values: 6.7-8.3 against 10.7-13.2 ms)."""
+    return np.take(values, indices, mode="wrap")
+
+
+def take_values(values: pa.Array, indices: np.ndarray) -> pa.Array:
+    """``values.take(indices)`` for ``indices`` as ``gather``'s, by numpy where the values are
+    fixed-width numbers without nulls (an Arrow take of 1M int64 values: 8.5 ms)."""
+    width = fixed_width(values)
+    if width is None:
+        return values.take(pa.array(indices))
+    return pa.array(gather(values.view(width).to_numpy(), indices)).view(values.type)
 
 
 def fixed_width(values: pa.Array) -> pa.DataType | None:

@@ -22,7 +22,15 @@ from compactor.faults import maybe_fail
 from compactor.fs import Storage
 from compactor.hashing import NullKeyError, UnsupportedKeyType, bucket_start, key_digest
 from compactor.manifest import CdcOps, DataFile, DeltaKind
-from compactor.merge import OP_DELETE, OP_UPSERT, one_array, record_schema, sort_by_key
+from compactor.merge import (
+    OP_DELETE,
+    OP_UPSERT,
+    gather,
+    one_array,
+    record_schema,
+    sort_by_key,
+    take_values,
+)
 
 WHOLE_FILE_BYTES = 1 << 20  # source files up to this size are read in one request
 
@@ -219,7 +227,7 @@ def hash_file(
     # the whole buffers into the object store); ``hi``, sorted first to find the groups, is
     # sliced (a view of a numpy array ships only itself)
     by_key, _ = sort_by_key(hi, lo)
-    hi = hi[by_key]
+    hi = gather(hi, by_key)
     bounds = group_bounds(hi, bucket_count, groups)
     out = {}
     for g in range(groups):
@@ -227,12 +235,12 @@ def hash_file(
             continue
         rows = by_key[bounds[g]:bounds[g + 1]]
         cols: dict[str, pa.Array | np.ndarray] = {"hi": hi[bounds[g]:bounds[g + 1]],
-                                                  "lo": lo[rows]}
+                                                  "lo": gather(lo, rows)}
         if order is not None:
-            cols["order"] = order.take(pa.array(rows))
+            cols["order"] = take_values(order, rows)
         cols["row"] = (rows + item.first_row).astype(np.int32)
         # (a file's ops are all one but a CDC file's)
-        cols["op"] = ops[rows] if item.kind is DeltaKind.CDC else ops[:len(rows)]
+        cols["op"] = gather(ops, rows) if item.kind is DeltaKind.CDC else ops[:len(rows)]
         out[g] = pa.table(cols, schema=schema)
     return HashOutput(out, n, item.file.size, item.position, item.ordinal)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compactor.merge import gather
 from compactor.pipeline.index_store import IndexCorrupt
 from compactor.pipeline.locators import (
     MAX_FILES_PER_BUCKET,
@@ -317,13 +318,13 @@ class RewriteMap:
             else:
                 positions, d, at, bucket = found
             if isinstance(bucket, int):  # plain gathers, not two-dimensional ones
-                place = first_place[bucket][d]
-                place += self.slots[at]
-                size = sizes[bucket][d]
-                new_file = first_of[bucket][d]
+                place = gather(first_place[bucket], d)
+                place += gather(self.slots, at)
+                size = gather(sizes[bucket], d)
+                new_file = gather(first_of[bucket], d)
             else:
                 place = first_place[bucket, d]
-                place += self.slots[at]
+                place += gather(self.slots, at)
                 size = sizes[bucket, d]
                 new_file = first_of[bucket, d]
             q = place // size

@@ -486,3 +486,29 @@ def test_merging_in_slices_matches_one_merge_and_the_reference(order_kind: str,
 def test_slice_edges_cut_the_range_evenly() -> None:
     assert slice_edges(0, 2**64, 4).tolist() == [2**62, 2**63, 3 * 2**62]
     assert slice_edges(8, 16, 1).tolist() == []
+
+
+@pytest.mark.parametrize("values", [
+    pa.array([5, -3, 2**62, 0], pa.int64()),
+    pa.array([1.5, float("nan"), -0.0, 2.0], pa.float32()),
+    pa.array([0, 10**15, -1, 7], pa.timestamp("us", tz="UTC")),
+    pa.array([1, None, 3, 4], pa.int32()),  # nulls: Arrow's take
+    pa.array(["b", "", "éa", None]),
+    pa.array([True, False, None, True]),
+    pa.array([Decimal("1.5"), Decimal("-2"), None, Decimal("0")], pa.decimal128(10, 2)),
+], ids=["int64", "float32", "timestamp-tz", "int32-nulls", "string", "bool", "decimal"])
+def test_take_values_is_arrows_take(values: pa.Array) -> None:
+    """``take_values`` (by numpy for fixed-width values without nulls) gives what Arrow's take
+    gives, type and all, for any indices into the values (repeats, reversed, empty)."""
+    from compactor.merge import gather, take_values
+
+    for indices in ([3, 0, 0, 2, 1], [], [1, 1, 1], [3, 2, 1, 0]):
+        positions = np.array(indices, dtype=np.int64)
+        got = take_values(values, positions)
+        expected = values.take(pa.array(positions, pa.int64()))
+        assert got.type == values.type
+        if pa.types.is_floating(values.type):  # (bit for bit: NaN equals nothing)
+            got, expected = got.view(pa.int32()), expected.view(pa.int32())
+        assert got.equals(expected)
+    numbers = np.arange(10, 20)
+    assert gather(numbers, np.array([9, 0, 4])).tolist() == [19, 10, 14]
