@@ -12,8 +12,10 @@ the first file that gives one. Anything else, ``int32`` vs ``int64`` included, i
 and refused with the column, the old and the new type named.
 
 The table stores a column's plain type (``stored_type``): dictionary-encoded columns their value
-type, ``string_view`` and ``binary_view`` their plain ones, also inside nested types (list
-views stay list views); that is what Parquet holds and what a round writes. A type Parquet
+type, ``string_view`` and ``binary_view`` their plain ones, ``date64`` as ``date32`` and
+``time32[s]`` as ``time32[ms]``, also inside nested types (list views stay list views); that is
+what Parquet holds and what a round writes (a table that stored ``date64`` or ``time32[s]``,
+as earlier versions did, takes files of the type Parquet gives back). A type Parquet
 cannot hold (intervals of months, days and nanoseconds, unions, run-end encoded arrays) is
 refused before anything is committed.
 """
@@ -103,13 +105,20 @@ def same_logical_type(a: pa.DataType, b: pa.DataType) -> bool:
 
 def stored_type(t: pa.DataType) -> pa.DataType:
     """The type a table stores a column of type ``t`` as: without dictionary encoding or view
-    layouts, at any depth (the same values)."""
+    layouts, dates in days and times of day in seconds as milliseconds, at any depth (the
+    same values, as Parquet holds them)."""
     if pa.types.is_dictionary(t):
         return stored_type(t.value_type)
     if pa.types.is_string_view(t):
         return pa.string()
     if pa.types.is_binary_view(t):
         return pa.binary()
+    # (Parquet has dates in days and times of day in milliseconds at the coarsest: pyarrow
+    # writes date64 and time32[s] so, and reads them back so)
+    if pa.types.is_date64(t):
+        return pa.date32()
+    if pa.types.is_time32(t) and t.unit == "s":
+        return pa.time32("ms")
     # (list views stay: pyarrow 26 casts a list view to a list wrongly, [[1], [2]] to
     # [[1], []], and reads and writes them as such)
     if pa.types.is_list(t):

@@ -846,3 +846,40 @@ def test_hundreds_of_tiny_deltas_of_every_kind_match_the_oracle(rt, tmp_path):
                                 "lsn": lsn, "op": rng.choice(["I", "U", "D"], n)}))
         result = s.compact_and_check()
         assert result.files_read > count  # each hashed; those with rows left, materialized
+
+
+def test_date64_and_time_in_seconds_are_stored_as_parquet_holds_them(rt, tmp_path):
+    """pyarrow writes date64 as days and time32[s] as milliseconds, and reads them back so: a
+    table created from such a schema stores date32 and time32[ms], so the files pyarrow wrote
+    from that schema register (they were refused: 'changes type from date64[ms] (table) to
+    date32[day]'), beside the same data appended as Arrow; a date64 key and ordering column
+    included."""
+    day = 86_400_000
+    schema = pa.schema([("id", pa.date64()), ("t", pa.time32("s")), ("lsn", pa.date64()),
+                        ("v", pa.string())])
+    stored = pa.schema([("id", pa.date32()), ("t", pa.time32("ms")), ("lsn", pa.date32()),
+                        ("v", pa.string())])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=["id"],
+                         ordering_column="lsn", bucket_count=2)
+    assert table.schema == stored
+    part = table.partition()
+    rng = np.random.default_rng(6)
+    deltas = []
+    for r in range(3):
+        n = 300
+        data = pa.table({"id": pa.array(rng.integers(0, 200, n) * day, pa.date64()),
+                         "t": pa.array(rng.integers(0, 86_400, n).astype(np.int32), pa.time32("s")),
+                         "lsn": pa.array((rng.permutation(n) + r * n) * day, pa.date64()),
+                         "v": [f"v{r}-{i}" for i in range(n)]}, schema=schema)
+        if r == 1:
+            part.append(data)
+        else:
+            path = tmp_path / f"written-{r}.parquet"
+            pq.write_table(data, path)
+            part.register([f"file://{path}"])
+        deltas.append(("upsert", data.cast(stored)))
+        assert compact_partition(table, part, target_file_size=1).committed
+        actual = read_partition(table, part)
+        assert actual.schema == stored
+        assert_tables_equal(actual, expected_state(deltas, primary_key=["id"], order_by="lsn"),
+                            key="id")
