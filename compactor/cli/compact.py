@@ -161,8 +161,8 @@ def render_plan(info: dict[str, Any], out: Console) -> None:
               help="Runtime: local (worker processes on this machine) or ray. "
                    "Default: $COMPACTOR_BACKEND, else local.")
 @click.option("--address", metavar="ADDR",
-              help="Ray cluster to join: 'auto' or ray://host:10001 (default: "
-                   "$COMPACTOR_ADDRESS, else start a local instance).")
+              help="Ray cluster to join, with --backend ray: 'auto' or ray://host:10001 "
+                   "(default: $COMPACTOR_ADDRESS, else start a local instance).")
 @click.option("--target-file-size", type=Size(), default="256MiB", show_default=True,
               help="Size of the compacted files written, e.g. 64MB or 1GiB.")
 @click.option("--buckets", type=click.IntRange(min=1), default=None,
@@ -201,9 +201,15 @@ def compact(session: Session, url: str, partition: dict[str, str] | None, backen
       compactor compact s3://lake/orders -p day=2024-05-01 --backend ray --address auto \\
           --target-file-size 512MB
     """
+    from runtime.api import ADDRESS_BACKENDS, ENV_BACKEND
+
     if (cpus is not None or memory is not None) and address:
         raise click.UsageError("--cpus and --memory size the runtime a round starts; the "
                                f"cluster at --address {address} has its own")
+    chosen = (backend or os.environ.get(ENV_BACKEND) or "local").lower()
+    if address and chosen not in ADDRESS_BACKENDS:
+        raise click.UsageError(f"--address {address} joins a Ray cluster: add --backend ray "
+                               f"(the {chosen} runtime takes no address)")
     table = session.open_table(url)
     part = session.partition(table, partition, existing=True)
     if dry_run:

@@ -79,8 +79,14 @@ class OpValues(click.ParamType):
         wrong = [meaning for _, meaning in pairs if meaning.lower() not in ("upsert", "delete")]
         if wrong:
             self.fail(f"op meaning {wrong[0]!r} is neither 'upsert' nor 'delete'", param, ctx)
-        upsert = tuple(op for op, meaning in pairs if meaning.lower() == "upsert")
-        delete = tuple(op for op, meaning in pairs if meaning.lower() == "delete")
+        meanings: dict[str, set[str]] = {}
+        for op, meaning in pairs:
+            meanings.setdefault(op, set()).add(meaning.lower())
+        both = [op for op, said in meanings.items() if len(said) > 1]
+        if both:
+            self.fail(f"op value {both[0]!r} is given as both upsert and delete", param, ctx)
+        upsert = tuple(dict.fromkeys(op for op, meaning in pairs if meaning.lower() == "upsert"))
+        delete = tuple(dict.fromkeys(op for op, meaning in pairs if meaning.lower() == "delete"))
         if not upsert or not delete:
             self.fail(f"{value!r} needs at least one upsert and one delete value", param, ctx)
         return upsert, delete
