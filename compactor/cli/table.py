@@ -38,7 +38,7 @@ def render_table_info(info: dict[str, Any], out: Console) -> None:
     out.print(f"  primary key {', '.join(info['primary_key'])}; ordering column "
               f"{info['ordering_column'] or '(none: stream order decides)'}; partitioned by "
               f"{', '.join(info['partition_by']) or '(not partitioned)'}; "
-              f"{info['bucket_count']} buckets ({info['hash_algorithm']})")
+              f"new partitions in {info['bucket_count']} buckets ({info['hash_algorithm']})")
     columns = RichTable("column", "type", "nullable", box=None, padding=(0, 2))
     for f in info["schema"]:
         columns.add_row(f["name"], f["type"], "yes" if f["nullable"] else "no")

@@ -491,3 +491,19 @@ def test_the_plan_and_the_round_say_which_small_files_are_merged(table_url: str,
         == [(1, MERGE_FILES * 10 + 1)]
     verified = compactor("verify", table_url)
     assert verified.code == 0, verified
+
+
+def test_show_tells_the_tables_bucket_count_for_new_partitions_from_a_partitions(
+        tmp_path: Path) -> None:
+    """A table of 3 buckets whose partition was compacted into 5: the table line says 3 is
+    for new partitions (it read '3 buckets' above a partition in 5)."""
+    url = str(tmp_path / "t")
+    assert compactor("table", "create", url, "-k", "id", "--order-by", "lsn", "--buckets", "3",
+                     "--schema", SCHEMA).code == 0
+    assert compactor("append", url, "--kind", "upsert", write_parquet(
+        tmp_path / "0.parquet", upserts(list(range(50)), "a", 0))).code == 0
+    assert compactor("compact", url, "--buckets", "5").code == 0
+    shown = compactor("show", url)
+    assert shown.code == 0, shown
+    assert "new partitions in 3 buckets" in shown.out and "50 rows" in shown.out, shown
+    assert "in 5 buckets" in shown.out, shown
