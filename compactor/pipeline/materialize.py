@@ -768,11 +768,13 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
             **whole}
     data = {o: _decoded_bytes(plan, o, by_ordinal[o], o in whole) for o in by_ordinal}
     sizes = {o: n + SOURCE_COST_BYTES for o, n in data.items()}
-    wave = max(1, int(cpus))
+    cpus = max(1.0, cpus)
     total = sum(sizes.values())
-    # (many small files: a task per core, not two: fewer files)
-    count = wave if SOURCE_COST_BYTES * len(sizes) > sum(data.values()) else 2 * wave
-    count = max(min(count, int(total // MIN_GROUP_BYTES)), math.ceil(total / MAX_GROUP_BYTES), 1)
+    share = total / (2 * cpus)
+    if SOURCE_COST_BYTES * len(sizes) > sum(data.values()):  # (many small files: a task per
+        share = max(share, total / cpus)                    # core, not two: fewer files)
+    count = max(1, math.ceil(total / min(MAX_GROUP_BYTES, max(MIN_GROUP_BYTES, share)) - 1e-9))
+    wave = int(cpus)
     if count > wave:  # (whole waves)
         count = math.ceil(count / wave) * wave
     step = total / count
