@@ -742,11 +742,11 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     each source counts SOURCE_COST_BYTES more than its rows, and where that is most of what
     they cost (thousands of small files) a task gets a CPU's share, not half of it (each task
     writes a file of every bucket its rows go to).
-    The sources are cut into that many tasks of about equal cost (each cut where the running
-    total passes a multiple of the equal share, at the nearer source edge), a multiple of the
-    CPUs where there are more tasks than CPUs, so the cores finish together: cutting a task
-    whenever the next source would overflow the share left a remainder task (20 files and 10
-    small deltas on 2 CPUs: 4 tasks of 5 files, then one of the deltas, alone at the end).
+    That many tasks, rounded up to a multiple of the CPUs where there are more tasks than
+    CPUs, of about equal cost: a task ends at the source edge nearer a multiple of the equal
+    share in the running total, so the cores finish together (cutting a task whenever the next
+    source would overflow the share left a remainder: 20 files and 10 small deltas on 2 CPUs
+    made 4 tasks of 5 files, then one of the deltas, alone at the end).
     A compacted file one bucket keeps whole (a small file merged, ``small_files``) is mostly
     copied as bytes: its rows count COPY_COST of their decoded bytes, and such files of one
     bucket in a row, with the small files merged that lost rows too, stay in one task (up to
@@ -777,23 +777,32 @@ def group_sources(plan: RoundPlan, plans: dict[int, BucketPlan],
     wave = int(cpus)
     if count > wave:  # (whole waves)
         count = math.ceil(count / wave) * wave
+    # a bucket's files kept whole or merged, in a row, are one block (up to MAX_GROUP_BYTES);
+    # every other source a block of its own
+    blocks: list[tuple[list[int], float]] = []
+    for o in sorted(by_ordinal):
+        if blocks and o in unit and unit.get(blocks[-1][0][-1]) == unit[o] \
+                and blocks[-1][1] + sizes[o] <= MAX_GROUP_BYTES:
+            blocks[-1] = (blocks[-1][0] + [o], blocks[-1][1] + sizes[o])
+        else:
+            blocks.append(([o], sizes[o]))
     step = total / count
     groups: list[list[SourceRows]] = []
     current: list[SourceRows] = []
     current_bytes = done = 0.0
-    middle = 0.0  # of the previous source, in the running total: a cut between it and the
-    for o in sorted(by_ordinal):  # next falls where a multiple of the share lies between
-        joins = o in unit and current and unit.get(current[-1].ordinal) == unit[o] \
-            and current_bytes + sizes[o] <= MAX_GROUP_BYTES
-        passes = (done + sizes[o] / 2) // step > middle // step
-        middle = done + sizes[o] / 2
-        if current and not joins and (current_bytes + sizes[o] > MAX_GROUP_BYTES or passes):
+    middle = 0.0  # of the block before, in the running total
+    for ordinals, size in blocks:
+        # a task ends at the block edge nearer a multiple of the equal share: where one lies
+        # between the middles of the blocks either side (one a block spans is passed by)
+        passes = (done + size / 2) // step > middle // step
+        middle = done + size / 2
+        done += size
+        if current and (current_bytes + size > MAX_GROUP_BYTES or passes):
             groups.append(current)
             current, current_bytes = [], 0.0
-        current.append(SourceRows(o, plan.sources[o], by_ordinal[o], plan.op_columns.get(o),
-                                  sizes[o]))
-        current_bytes += sizes[o]
-        done += sizes[o]
+        current += [SourceRows(o, plan.sources[o], by_ordinal[o], plan.op_columns.get(o), sizes[o])
+                    for o in ordinals]
+        current_bytes += size
     if current:
         groups.append(current)
     return groups

@@ -627,6 +627,24 @@ def test_small_compacted_files_merged_stay_in_one_task_per_bucket() -> None:
     plan.small = {b: tuple(range(5)) for b in (0, 1)}
     one_task_per_bucket(rows - 10)
 
+    # 3 buckets of 6 files kept whole (125 MB each at COPY_COST) and 4 deltas of 100 MB on 4
+    # CPUs: the equal shares (332 MB) fall inside the buckets' runs; each run still goes whole
+    # to a task of its own (the first version of equal shares put bucket 1's files in tasks 0
+    # and 1, and bucket 2's in 1 and 2: found by helper 49)
+    whole = {b: [locators.compacted(b, i) for i in range(6)] for b in range(3)}
+    deltas = [locators.source(j) for j in range(4)]
+    sources = {o: SimpleNamespace(rows=10**6, size=1) for b in whole for o in whole[b]}
+    sources.update({o: SimpleNamespace(rows=10**5, size=1) for o in deltas})
+    plan = SimpleNamespace(sources=sources, row_bytes=1000, rows_per_file=10**7,
+                           op_columns={}, small={})
+    plans = {b: BucketPlan(b, 6, (), tuple(
+        [(o, RowSet.of(np.arange(10**6))) for o in whole[b]]
+        + [(o, RowSet.of(np.arange(b, 10**5, 3))) for o in deltas])) for b in range(3)}
+    groups = materialize.group_sources(plan, plans, cpus=4)  # type: ignore[arg-type]
+    tasks = [[s.ordinal for s in g] for g in groups]
+    assert tasks[:3] == [whole[0], whole[1], whole[2]], tasks
+    assert [o for task in tasks[3:] for o in task] == deltas, tasks
+
 
 def test_a_rewritten_files_cost_counts_the_row_groups_it_copies_at_copy_cost() -> None:
     """A compacted file of 3.5 row groups that lost rows in its second only: its first, third
