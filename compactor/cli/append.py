@@ -82,6 +82,10 @@ def _cdc_ops(session: Session, first_file: str, column: str,
         with fs.open(path, "rb") as f:
             schema = pq.read_schema(f)
         if column in schema.names and pa.types.is_integer(schema.field(column).type):
+            both = sorted(set(map(int, upsert)) & set(map(int, delete)))
+            if both:  # ("1" and "01" are one number)
+                raise click.BadParameter(f"op value {both[0]} is given as both upsert and "
+                                         "delete", param_hint="'--op-values'")
             return CdcOps(column, tuple(map(int, upsert)), tuple(map(int, delete)))
     return CdcOps(column, upsert, delete)
 

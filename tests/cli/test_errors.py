@@ -188,3 +188,14 @@ def test_a_partition_of_two_columns_is_named_as_it_is_printed(tmp_path: Path) ->
     for command in (["history"], ["compact"], ["verify"]):
         run = compactor(command[0], url, "-p", printed)
         assert run.code == 0 and printed in run.out + run.err, run
+
+
+def test_integer_op_values_given_both_meanings_are_a_usage_error(table_url: str,
+                                                                 tmp_path: Path) -> None:
+    """An integer op column: "1" and "01" are one value, given as upsert and as delete."""
+    assert compactor("table", "create", table_url, "-k", "id", "--order-by", "lsn",
+                     "--schema", SCHEMA).code == 0
+    path = write_parquet(tmp_path / "cdc.parquet", {"op": [1, 2], **upserts([1, 2], "a", 0)})
+    run = compactor("append", table_url, "--kind", "cdc", "--op-column", "op",
+                    "--op-values", "1=upsert,01=delete,2=delete", path)
+    assert run.code == 2 and "op value 1 is given as both upsert and delete" in run.err, run
