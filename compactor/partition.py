@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -244,6 +245,8 @@ def _plain_data(data: pa.Table, source: str) -> pa.Table:
         if pa.types.is_dictionary(field.type):  # (a take decodes any value type; cast not)
             column = pa.chunked_array([c.dictionary.take(c.indices) for c in column.chunks],
                                       field.type.value_type)
+        if pa.types.is_date64(column.type):
+            _check_whole_days(column, field.name, source)
         try:
             columns.append(column if column.type.equals(want.type) else column.cast(want.type))
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
@@ -251,3 +254,20 @@ def _plain_data(data: pa.Table, source: str) -> pa.Table:
                                  f"be stored as {want.type} ({e}); nothing was committed"
                                  ) from None
     return pa.Table.from_arrays(columns, schema=target)
+
+
+def _check_whole_days(column: pa.ChunkedArray, name: str, source: str) -> None:
+    """:class:`SchemaMismatch` naming the first row of the date64 ``column`` that is not a
+    whole day (Parquet stores dates as days; pyarrow's writer drops a time of day silently)."""
+    at = 0
+    for chunk in column.chunks:
+        ms = chunk.view(pa.int64()).fill_null(0).to_numpy()
+        bad = np.flatnonzero(ms % 86_400_000)
+        if len(bad):
+            row = at + int(bad[0])
+            value = pa.scalar(int(ms[bad[0]]), pa.timestamp("ms")).as_py()
+            raise SchemaMismatch(
+                f"{source}: column {name!r} (date64) holds a time of day at row {row} "
+                f"({value}); a table stores dates as whole days: cast it to date32, or store a "
+                "timestamp; nothing was committed")
+        at += len(chunk)

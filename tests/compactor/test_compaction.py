@@ -883,3 +883,10 @@ def test_date64_and_time_in_seconds_are_stored_as_parquet_holds_them(rt, tmp_pat
         assert actual.schema == stored
         assert_tables_equal(actual, expected_state(deltas, primary_key=["id"], order_by="lsn"),
                             key="id")
+    # a date64 with a time of day (not a date, by Arrow's rules; pyarrow's writer would drop
+    # it) is refused, naming the row and the value
+    late = data.slice(0, 3).set_column(0, "id", pa.array([0, day, day + 3_600_000],
+                                                         pa.date64()))
+    with pytest.raises(SchemaMismatch, match=r"column 'id' \(date64\) holds a time of day at "
+                                             r"row 2 \(1970-01-02 01:00:00\)"):
+        part.append(late)
