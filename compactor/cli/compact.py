@@ -15,6 +15,7 @@ from compactor.cli.common import Session, command, partition_option, styled
 from compactor.cli.params import Size
 from compactor.cli.progress import RoundProgress
 from compactor.pipeline.materialize import CODECS, DEFAULT_CODEC
+from compactor.pipeline.plan import MIN_TASK_MEMORY
 from compactor.units import format_size
 
 if TYPE_CHECKING:
@@ -180,9 +181,11 @@ def render_plan(info: dict[str, Any], out: Console) -> None:
               help="CPUs the round's runtime schedules its tasks and actors on (a local one, "
                    "or a new local Ray instance; default: this machine's). A cluster joined "
                    "with --address has its own.")
-@click.option("--memory", type=Size(), default=None,
+@click.option("--memory", type=Size(MIN_TASK_MEMORY, "a round's runtime needs at least"),
+              default=None,
               help="Memory the round's runtime schedules tasks and actors within, e.g. 8GiB "
-                   "(default: this machine's): tasks ask for what their input needs, and "
+                   "(at least 64MiB; default: this machine's): tasks ask for what their input "
+                   "needs, and "
                    "wait for room (one asking for more than this gets all of it, alone). "
                    "A budget for scheduling, not a limit the processes are held to.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")

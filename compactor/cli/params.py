@@ -12,19 +12,29 @@ import click
 import pyarrow as pa
 
 from compactor.layout import name_value_pairs, partition_pairs
-from compactor.units import parse_duration, parse_size
+from compactor.units import format_size, parse_duration, parse_size
 
 
 class Size(click.ParamType):
+    """``64MB``, ``1GiB``, ... -> bytes; ``least``: the smallest taken (a bare number is
+    bytes: ``--memory 1`` is one byte, not a gigabyte)."""
+
     name = "size"
+
+    def __init__(self, least: int = 0, what: str = "") -> None:
+        self.least, self.what = least, what
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         try:
-            return parse_size(str(value))
+            size = parse_size(str(value))
         except ValueError as e:
             self.fail(str(e), param, ctx)
+        if size < self.least:
+            self.fail(f"{value!r} is {format_size(size)}, less than the {format_size(self.least)} "
+                      f"{self.what}", param, ctx)
+        return size
 
 
 class Duration(click.ParamType):

@@ -21,6 +21,8 @@ from tests.cli.conftest import SCHEMA, compactor, upserts, write_parquet
     (["compact", "t", "--compression", "lzo"], "'lzo' is not one of 'zstd', 'lz4'"),
     (["compact", "t", "--backend", "spark"], "'spark' is not one of"),
     (["compact", "t", "--buckets", "0"], "--buckets"),
+    (["compact", "t", "--memory", "1"],
+     "'1' is 1 B, less than the 64.0 MiB a round's runtime needs at least"),
     (["compact", "t", "--address", "auto"],
      "--address auto joins a Ray cluster: add --backend ray (the local runtime takes no"),
     (["show", "t", "--partition", "day"], "'day' in 'day' is not NAME=VALUE"),
