@@ -52,7 +52,7 @@ from compactor.compaction import DEFAULT_TARGET_FILE_SIZE
 from compactor.layout import PartitionKey, partition_pairs
 from compactor.pipeline.materialize import CODECS, DEFAULT_CODEC
 from jobs.yamlfields import ConfigError, Fields, load
-from runtime.api import ADDRESS_BACKENDS, ENV_ADDRESS, ENV_BACKEND
+from runtime.api import ADDRESS_BACKENDS, ENV_ADDRESS, backend_name
 
 __all__ = ["Config", "ConfigError", "Job", "Partitions", "Retries", "Triggers", "load_config",
            "parse_config"]
@@ -132,7 +132,7 @@ class Job:
         ``$COMPACTOR_ADDRESS`` is Ray's: a job on the local backend ignores it (its own
         ``address`` is refused by ``runtime.init``, naming the backend).
         """
-        backend = self.backend or os.environ.get(ENV_BACKEND) or "local"
+        backend = backend_name(self.backend)
         if backend not in ADDRESS_BACKENDS:
             return backend, self.address
         return backend, self.address or os.environ.get(ENV_ADDRESS) or None

@@ -49,6 +49,12 @@ def _load_backend_class(name: str) -> type[Backend]:
     return cls
 
 
+def backend_name(backend: str | None) -> str:
+    """The backend ``init(backend)`` starts: ``backend``, else ``$COMPACTOR_BACKEND``, else
+    ``"local"`` (lower case)."""
+    return (backend or os.environ.get(ENV_BACKEND) or "local").lower()
+
+
 def backend_address(name: str, address: str | None) -> str | None:
     """The address backend ``name`` is started with: ``address``, else ``$COMPACTOR_ADDRESS``
     for a backend that joins a cluster; ``ValueError`` for an address the backend cannot use."""
@@ -101,7 +107,7 @@ def init(
     workers itself.
     """
     global _backend
-    name = (backend or os.environ.get(ENV_BACKEND) or "local").lower()
+    name = backend_name(backend)
     cls = _load_backend_class(name)
     address = backend_address(name, address)
     with _lock:

@@ -34,7 +34,7 @@ def run_round(session: Session, table: Table, part: Partition, *, backend: str |
     import runtime
     from compactor.compaction import compact_partition, nothing_to_do
     from compactor.pipeline.tasks import PRELOAD
-    from runtime.api import ENV_BACKEND
+    from runtime.api import backend_name
 
     with RoundProgress(session.err) as progress, ExitStack() as stack:
         if not runtime.is_initialized():
@@ -42,7 +42,7 @@ def run_round(session: Session, table: Table, part: Partition, *, backend: str |
                                  options.get("rebase", False))
             if idle is not None:  # said before a runtime starts (Ray's takes seconds)
                 return idle
-            name = backend or os.environ.get(ENV_BACKEND) or "local"
+            name = backend_name(backend)
             progress.begin("runtime", f"starting the {name} runtime")
             stack.enter_context(runtime.init(backend, address=address, preload=PRELOAD,
                                              num_cpus=num_cpus, memory=memory))
@@ -204,12 +204,12 @@ def compact(session: Session, url: str, partition: dict[str, str] | None, backen
       compactor compact s3://lake/orders -p day=2024-05-01 --backend ray --address auto \\
           --target-file-size 512MB
     """
-    from runtime.api import ADDRESS_BACKENDS, ENV_BACKEND
+    from runtime.api import ADDRESS_BACKENDS, backend_name
 
     if (cpus is not None or memory is not None) and address:
         raise click.UsageError("--cpus and --memory size the runtime a round starts; the "
                                f"cluster at --address {address} has its own")
-    chosen = (backend or os.environ.get(ENV_BACKEND) or "local").lower()
+    chosen = backend_name(backend)
     if address and chosen not in ADDRESS_BACKENDS:
         raise click.UsageError(f"--address {address} joins a Ray cluster: add --backend ray "
                                f"(the {chosen} runtime takes no address)")

@@ -37,6 +37,7 @@ from compactor.manifest import DataFile
 from compactor.pipeline.dedupe import BucketPlan
 from compactor.pipeline.locators import SOURCE_BASE, compacted, file_count, file_rows
 from compactor.pipeline.row_sets import RowSet
+from compactor.schema import stored_type
 from compactor.thrift_compact import Struct
 
 if TYPE_CHECKING:
@@ -126,17 +127,16 @@ def _estimator(codec: str) -> pa.Codec:
 
 
 def _stored(values: pa.Array) -> pa.Array:
-    """``values`` as Parquet stores them: dates as days, times and timestamps in seconds as
-    milliseconds (pyarrow writes them so; unchecked: a date64 with a time of day, or seconds
-    beyond milliseconds' range, only judged a little off)."""
+    """``values`` as Parquet stores them: the table's stored type (``schema.stored_type``:
+    dates as days, times in seconds as milliseconds; a table made before may still hold
+    date64), and timestamps in seconds as milliseconds (pyarrow writes them so; unchecked: a
+    date64 with a time of day, or seconds beyond milliseconds' range, only judged a little
+    off)."""
     t = values.type
-    if pa.types.is_date64(t):
-        return values.cast(pa.date32(), safe=False)
-    if pa.types.is_time32(t) and t.unit == "s":
-        return values.cast(pa.time32("ms"), safe=False)
     if pa.types.is_timestamp(t) and t.unit == "s":
         return values.cast(pa.timestamp("ms", t.tz), safe=False)
-    return values
+    stored = stored_type(t)
+    return values if stored == t else values.cast(stored, safe=False)
 
 
 def delta_columns(sample: pa.Table, codec: str) -> list[str]:

@@ -381,3 +381,15 @@ def test_validate_shows_the_metrics_address_as_the_config_takes_it(
     assert info["metrics"] == shown
     path.write_text(f'metrics: "{info["metrics"]}"\n' + JOB + "    triggers: {pending_deltas: 1}\n")
     assert CliRunner().invoke(jobs, ["validate", str(path)]).exit_code == 0
+
+
+def test_a_job_on_the_environments_backend_joins_its_address_whatever_its_case(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """COMPACTOR_BACKEND=Ray runs rounds on Ray (runtime.init lower-cases it): the job's
+    runtime key is Ray's and takes $COMPACTOR_ADDRESS (it kept 'Ray', not one of the backends
+    that join an address, and dropped the address)."""
+    monkeypatch.setenv("COMPACTOR_JOBS_HISTORY", str(tmp_path / "h.sqlite"))
+    monkeypatch.setenv("COMPACTOR_BACKEND", "Ray")
+    monkeypatch.setenv("COMPACTOR_ADDRESS", "ray://head:10001")
+    config = parse_config("jobs: [{name: a, table: /t, triggers: {pending_deltas: 1}}]")
+    assert config.jobs[0].runtime_key == ("ray", "ray://head:10001")
