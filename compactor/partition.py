@@ -24,7 +24,7 @@ from compactor.delta import DeltaSpec
 from compactor.errors import CommitConflict, EmptyDelta, SchemaMismatch, UnknownPartition
 from compactor.layout import PartitionKey
 from compactor.manifest import CdcOps, CompactedState, DataFile, Delta, DeltaKind
-from compactor.schema import evolve, plain_schema
+from compactor.schema import dates_as_timestamps, evolve, plain_schema
 from compactor.snapshot import Snapshot, compaction_entry, delta_entry, is_compaction
 
 if TYPE_CHECKING:
@@ -250,6 +250,7 @@ def _plain_data(data: pa.Table, source: str) -> pa.Table:
         try:
             columns.append(column if column.type.equals(want.type) else column.cast(want.type))
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            _check_nested_days(column, want.type, field.name, source)
             raise SchemaMismatch(f"{source}: column {field.name!r} of type {field.type} cannot "
                                  f"be stored as {want.type} ({e}); nothing was committed"
                                  ) from None
@@ -268,6 +269,45 @@ def _check_whole_days(column: pa.ChunkedArray, name: str, source: str) -> None:
             value = pa.scalar(int(ms[bad[0]]), pa.timestamp("ms")).as_py()
             raise SchemaMismatch(
                 f"{source}: column {name!r} (date64) holds a time of day at row {row} "
-                f"({value}); a table stores dates as whole days: cast it to date32, or store a "
-                "timestamp; nothing was committed")
+                f"({value}); {_WHOLE_DAYS}")
         at += len(chunk)
+
+
+_WHOLE_DAYS = ("a table stores dates as whole days: cast it to date32, or store a timestamp; "
+               "nothing was committed")
+
+
+def _check_nested_days(column: pa.ChunkedArray, want: pa.DataType, name: str,
+                       source: str) -> None:
+    """:class:`SchemaMismatch` naming the first row of ``column`` (of a type nesting date64)
+    whose cast to ``want`` fails, with its value, times of day shown: a date64 inside it
+    that is not a whole day. Returns if the type nests no date64 or every row casts (the cast
+    failed for another reason). Only on the error path: the row is found by casting prefixes."""
+    shown = dates_as_timestamps(column.type)
+    if shown == dates_as_timestamps(want):  # (no date64 inside)
+        return
+    at = 0
+    for chunk in column.chunks:
+        if _casts(chunk, want):
+            at += len(chunk)
+            continue
+        lo, hi = 0, len(chunk) - 1  # the first failing row is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            # (a take: a sliced list's cast casts all of its values, not the slice's)
+            if _casts(chunk.take(np.arange(mid + 1)), want):
+                lo = mid + 1
+            else:
+                hi = mid
+        value = chunk.take([lo]).cast(shown)[0].as_py()
+        raise SchemaMismatch(
+            f"{source}: column {name!r} ({column.type}) holds a date64 with a time of day at "
+            f"row {at + lo} ({value}); {_WHOLE_DAYS}")
+
+
+def _casts(values: pa.Array, want: pa.DataType) -> bool:
+    try:
+        values.cast(want)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True

@@ -23,6 +23,7 @@ refused before anything is committed.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -103,12 +104,27 @@ def same_logical_type(a: pa.DataType, b: pa.DataType) -> bool:
     return bool(a == b)
 
 
-def stored_type(t: pa.DataType) -> pa.DataType:
-    """The type a table stores a column of type ``t`` as: without dictionary encoding or view
-    layouts, dates in days and times of day in seconds as milliseconds, at any depth (the
-    same values, as Parquet holds them)."""
+def _leaves(t: pa.DataType, leaf: Callable[[pa.DataType], pa.DataType]) -> pa.DataType:
+    """``t`` with ``leaf`` applied to every type it nests (dictionaries as their values)."""
     if pa.types.is_dictionary(t):
-        return stored_type(t.value_type)
+        return _leaves(t.value_type, leaf)
+    # (list views stay: pyarrow 26 casts a list view to a list wrongly, [[1], [2]] to
+    # [[1], []], and reads and writes them as such)
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_leaves(t.value_type, leaf)))
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(_leaves(t.value_type, leaf)))
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(t.value_field.with_type(_leaves(t.value_type, leaf)), t.list_size)
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(_leaves(t.key_type, leaf)),
+                       t.item_field.with_type(_leaves(t.item_type, leaf)), t.keys_sorted)
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_leaves(f.type, leaf)) for f in t])
+    return leaf(t)
+
+
+def _stored_leaf(t: pa.DataType) -> pa.DataType:
     if pa.types.is_string_view(t):
         return pa.string()
     if pa.types.is_binary_view(t):
@@ -119,20 +135,20 @@ def stored_type(t: pa.DataType) -> pa.DataType:
         return pa.date32()
     if pa.types.is_time32(t) and t.unit == "s":
         return pa.time32("ms")
-    # (list views stay: pyarrow 26 casts a list view to a list wrongly, [[1], [2]] to
-    # [[1], []], and reads and writes them as such)
-    if pa.types.is_list(t):
-        return pa.list_(t.value_field.with_type(stored_type(t.value_type)))
-    if pa.types.is_large_list(t):
-        return pa.large_list(t.value_field.with_type(stored_type(t.value_type)))
-    if pa.types.is_fixed_size_list(t):
-        return pa.list_(t.value_field.with_type(stored_type(t.value_type)), t.list_size)
-    if pa.types.is_map(t):
-        return pa.map_(t.key_field.with_type(stored_type(t.key_type)),
-                       t.item_field.with_type(stored_type(t.item_type)), t.keys_sorted)
-    if pa.types.is_struct(t):
-        return pa.struct([f.with_type(stored_type(f.type)) for f in t])
     return t
+
+
+def stored_type(t: pa.DataType) -> pa.DataType:
+    """The type a table stores a column of type ``t`` as: without dictionary encoding or view
+    layouts, dates in days and times of day in seconds as milliseconds, at any depth (the
+    same values, as Parquet holds them)."""
+    return _leaves(t, _stored_leaf)
+
+
+def dates_as_timestamps(t: pa.DataType) -> pa.DataType:
+    """``t`` with every date64 it nests as a timestamp in milliseconds (the same numbers, a
+    time of day shown; a date64's own value drops it), and dictionaries as their values."""
+    return _leaves(t, lambda leaf: pa.timestamp("ms") if pa.types.is_date64(leaf) else leaf)
 
 
 def stored_field(field: pa.Field, source: str, error: type[Exception] = SchemaMismatch

@@ -7,6 +7,7 @@ S3 and Ray variants live in test_compaction_backends.py.
 
 from __future__ import annotations
 
+import datetime
 import os
 import string
 from collections.abc import Iterator
@@ -890,3 +891,52 @@ def test_date64_and_time_in_seconds_are_stored_as_parquet_holds_them(rt, tmp_pat
     with pytest.raises(SchemaMismatch, match=r"column 'id' \(date64\) holds a time of day at "
                                              r"row 2 \(1970-01-02 01:00:00\)"):
         part.append(late)
+
+
+def test_nested_date64_with_a_time_of_day_is_refused_naming_the_row_and_its_value(tmp_path):
+    """A date64 inside a struct, a list or a map is stored as date32 too: one with a time of
+    day is refused naming the column, the row (counted across the column's chunks) and the
+    row's value with its times of day, not as a cast that 'would lose data: 90000000'; whole
+    days at depth are taken, and read back as date32."""
+    day = 86_400_000
+    struct, items = pa.struct([("d", pa.date64())]), pa.list_(pa.date64())
+    entries = pa.map_(pa.string(), pa.date64())
+    schema = pa.schema([("id", pa.int64()), ("s", struct), ("l", items), ("m", entries)])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=["id"])
+    part = table.partition()
+
+    def rows(s: list, lists: list, maps: list, chunks: int = 1) -> pa.Table:
+        data = pa.table({"id": range(len(s)), "s": pa.array(s, struct),
+                         "l": pa.array(lists, items), "m": pa.array(maps, entries)})
+        return pa.concat_tables([data.slice(i, 1) for i in range(len(s))]) if chunks > 1 \
+            else data
+
+    whole = rows([{"d": day}, None, {"d": 0}], [[day, 0], None, []], [[("a", day)], None, []])
+    bad = [
+        (rows([{"d": day}, None, {"d": day + 3_600_000}], [[0]] * 3, [[]] * 3, chunks=3),
+         r"column 's' \(struct<d: date64\[ms\]>\) holds a date64 with a time of day at row 2 "
+         r"\(\{'d': datetime.datetime\(1970, 1, 2, 1, 0\)\}\)"),
+        (rows([None] * 4, [[0], None, [day], [0, day, 1_000]], [[]] * 4),
+         r"column 'l' \(list<item: date64\[ms\]>\) holds a date64 with a time of day at row 3 "
+         r"\(\[datetime.datetime\(1970, 1, 1, 0, 0\), datetime.datetime\(1970, 1, 2, 0, 0\), "
+         r"datetime.datetime\(1970, 1, 1, 0, 0, 1\)\]\)"),
+        (rows([None] * 2, [[]] * 2, [[("a", day)], [("b", 2 * day + 60_000)]]),
+         r"column 'm' \(map<string, date64\[ms\]>\) holds a date64 with a time of day at row 1 "
+         r"\(\[\('b', datetime.datetime\(1970, 1, 3, 0, 1\)\)\]\)"),
+    ]
+    for data, message in bad:
+        with pytest.raises(SchemaMismatch, match=message + r"; a table stores dates as whole "
+                                                           "days: .*nothing was committed"):
+            part.append(data)
+    assert part.version() == 0  # nothing was committed
+    part.append(whole)
+    with runtime.init("local", num_cpus=1):
+        assert compact_partition(table, part).committed
+    actual = read_partition(table, part).sort_by("id")
+    assert actual.schema.field("s").type == pa.struct([("d", pa.date32())])
+    assert actual.schema.field("l").type.value_type == pa.date32()
+    assert actual.schema.field("m").type.item_type == pa.date32()
+    assert actual.column("l").to_pylist() == whole.column("l").cast(
+        pa.list_(pa.date32())).to_pylist()
+    assert actual.column("s").to_pylist() == [{"d": datetime.date(1970, 1, 2)}, None,
+                                              {"d": datetime.date(1970, 1, 1)}]
