@@ -63,6 +63,7 @@ def test_failures_exit_1_with_one_line_naming_the_thing_at_fault(table_url: str,
     assert as_json.code == 1
     assert as_json.json()["error_type"] == "TableNotFound"
     assert str(missing_table) in as_json.json()["error"]
+    assert as_json.err == f"error: {as_json.json()['error']}\n"  # (people read stderr)
 
     compactor("table", "create", table_url, "-k", "id", "--order-by", "lsn",
               "--partition-by", "day", "--schema", SCHEMA)
