@@ -417,7 +417,9 @@ def _round(table: Table, partition: Partition, target_file_size: int,
             plan.snapshot, high_watermark=plan.high_watermark, buckets=buckets,
             hash_algorithm=table.hash_algorithm,
             properties={index_store.PROPERTY: json.dumps(index_paths),
-                        **output_size.recorded(plan.snapshot.compacted, written, compression)},
+                        **output_size.recorded(
+                            plan.snapshot.compacted, written, compression,
+                            plan.file_row_bytes, result_fields["rows_out"])},
             metrics={k: float(v) for k, v in result_fields.items()},
         )
     except BaseException as e:

@@ -8,8 +8,9 @@ the plan, from an estimate of the bytes a row takes in a compacted file.
 - Compacted files say it, written with the codec the round writes (``CODEC_PROPERTY`` of the
   compacted state) and of ``BASE_FILE_BYTES`` on average (so their footers do not count):
   a round records the bytes per row of the files it wrote (``ROW_BYTES_PROPERTY``), or
-  carries the figure its state had where it wrote only smaller files, and the next round
-  takes it. A state without the figure (written before it was recorded) gives its own bytes
+  carries the figure its state had where it wrote only smaller files (or, a state of at
+  least ``SAMPLE_ROWS`` rows without one, records the sample's it planned with), and the next
+  round takes it. A state without the figure (written before it was recorded) gives its own bytes
   over its rows, where it holds at least as many rows as the round brings in.
 - Otherwise (a first round, a rebuild or rebase, a state small beside the round's input or of
   small files, another codec) the input's bytes per row can be far off: the demo's DMS-style
@@ -118,16 +119,22 @@ def bytes_per_row(table: Table, base: CompactedState | None,
     return size / max(rows, 1)
 
 
-def recorded(base: CompactedState | None, written: list[DataFile], codec: str
-             ) -> dict[str, str]:
-    """The properties a round's compacted state records for the next round's estimate: the
-    codec, and the bytes per row of the files ``written`` with it where they are big enough
-    to tell (else the figure ``base`` had, if of the same codec)."""
+def recorded(base: CompactedState | None, written: list[DataFile], codec: str,
+             planned: float, rows: int) -> dict[str, str]:
+    """The properties a round's compacted state of ``rows`` rows records for the next round's
+    estimate: the codec, and the bytes per row of the files ``written`` with it where they are
+    big enough to tell; else the figure ``base`` had, if of the same codec; else, for a state
+    of at least ``SAMPLE_ROWS`` rows, the figure the round planned with (its sample's: as good
+    as a later round's sample of its own deltas, and the same each round, so rounds of small
+    files keep one size: a 64 KiB target made 30,000 rows a file, then 20,000 and 18,750
+    after rounds of 2,000 updates, each sized by its own delta's sample)."""
     out = {CODEC_PROPERTY: codec}
-    size, rows = sum(f.size for f in written), sum(f.rows for f in written)
-    if written and rows and size >= BASE_FILE_BYTES * len(written):
-        out[ROW_BYTES_PROPERTY] = repr(size / rows)
+    size, written_rows = sum(f.size for f in written), sum(f.rows for f in written)
+    if written and written_rows and size >= BASE_FILE_BYTES * len(written):
+        out[ROW_BYTES_PROPERTY] = repr(size / written_rows)
     elif base is not None and base.properties.get(CODEC_PROPERTY) == codec \
             and ROW_BYTES_PROPERTY in base.properties:
         out[ROW_BYTES_PROPERTY] = base.properties[ROW_BYTES_PROPERTY]
+    elif rows >= SAMPLE_ROWS:
+        out[ROW_BYTES_PROPERTY] = repr(planned)
     return out

@@ -98,6 +98,7 @@ class RoundPlan:
     sources: dict[int, DataFile]  # ordinal -> file, for materialize
     high_watermark: int
     rows_per_file: int
+    file_row_bytes: float  # the bytes a row takes in a compacted file, rows_per_file's ground
     row_bytes: float  # decoded (Arrow) bytes per row, for materialize memory requests
     dedupe_memory: int
     order_type: pa.DataType | None
@@ -296,7 +297,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         tasks=tuple(batch_small(tasks)), sources=sources,
         high_watermark=snapshot.deltas[-1].position if snapshot.deltas else
         snapshot.high_watermark,
-        rows_per_file=rows_per_file,
+        rows_per_file=rows_per_file, file_row_bytes=bytes_per_row,
         row_bytes=decoded / max(sum(f.rows for f, *_ in items), 1),
         dedupe_memory=max(MIN_TASK_MEMORY, int(3 * keys * RECORD_BYTES / groups)),
         order_type=order_type, tombstones=carried, tombstones_tolerant=unusable,

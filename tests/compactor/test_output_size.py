@@ -88,6 +88,28 @@ def test_later_rounds_size_files_by_the_compacted_files_bytes_per_row(rt, tmp_pa
         table, part, 2_000_000) / 2
 
 
+def test_rounds_of_files_under_a_mebibyte_keep_the_first_rounds_size(rt, tmp_path):
+    """Files too small to tell their bytes per row (footers weigh) record the figure the
+    round planned with, from its sample: later rounds of a few updates each keep the size, not
+    each guess anew from its own small delta (30,000 rows a file, then 20,000 and 18,750)."""
+    table, part = _table(tmp_path, _data(300_000))
+    target = 64 << 10
+    first = _rows_per_file(table, part, target)
+    compact_partition(table, part, target_file_size=target)
+    rng = np.random.default_rng(5)
+    for r in range(3):
+        update = _data(2000, 10**6 * (r + 1))
+        ids = rng.choice(300_000, 2000, replace=False)
+        part.append(update.set_column(0, "id", pa.array(ids)).set_column(
+            1, "lsn", pa.array(np.full(2000, 10**6 + r))))
+        assert _rows_per_file(table, part, target) == first, r
+        compact_partition(table, part, target_file_size=target)
+    state = part.snapshot().compacted
+    assert state is not None and state.rows == 300_000
+    sizes = [f.size for f in state.files]
+    assert max(sizes) < 1 << 20 and 0.6 * target <= np.median(sizes) <= 1.4 * target, sizes
+
+
 def test_a_compacted_state_small_beside_the_rounds_input_does_not_size_its_files(rt, tmp_path):
     """Two rows compacted first: a file of them is almost all footer, and would make the next
     round's files of a big delta hundreds of times too small."""
