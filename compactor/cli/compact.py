@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from compactor.cli.append import delta_summary
 from compactor.cli.common import Session, command, partition_option, styled
 from compactor.cli.params import Size
 from compactor.cli.progress import RoundProgress
+from compactor.pipeline import locators
 from compactor.pipeline.materialize import CODECS, DEFAULT_CODEC
 from compactor.pipeline.plan import MIN_TASK_MEMORY
 from compactor.units import format_size
@@ -106,6 +108,11 @@ def plan_info(table: Table, part: Partition, plan: RoundPlan, target_file_size: 
               ) -> dict[str, Any]:
     memory = [t.memory for t in plan.tasks]
     compacted = plan.snapshot.compacted
+    # at most every row compacted and every row folded in, spread over the buckets as
+    # hashing spreads keys: the files a bucket gets, of which a round writes no more than
+    # MAX_FILES_PER_BUCKET (it refuses before writing any)
+    rows = (compacted.rows if compacted else 0) + plan.rows_in
+    files = math.ceil(math.ceil(rows / plan.bucket_count) / plan.rows_per_file)
     return {
         "table": table.url, "partition": str(part.key), "dry_run": True, "nothing_to_do": False,
         "snapshot_version": plan.snapshot.version,
@@ -121,6 +128,8 @@ def plan_info(table: Table, part: Partition, plan: RoundPlan, target_file_size: 
         "hash_task_memory": {"min": min(memory, default=0), "max": max(memory, default=0),
                              "total": sum(memory)},
         "target_file_size": target_file_size, "rows_per_output_file": plan.rows_per_file,
+        "files_per_bucket_up_to": files,
+        "files_per_bucket_limit": locators.MAX_FILES_PER_BUCKET,
         "small_files_merged": {str(b): len(p) for b, p in sorted(plan.small.items())},
     }
 
@@ -147,12 +156,18 @@ def render_plan(info: dict[str, Any], out: Console) -> None:
                     f"{format_size(mem['min'])}..{format_size(mem['max'])} "
                     f"(total {format_size(mem['total'])})")
     figures.add_row("output", f"at most {info['rows_per_output_file']:,} rows per file "
-                    f"(target {format_size(info['target_file_size'])})")
+                    f"(target {format_size(info['target_file_size'])}), up to about "
+                    f"{info['files_per_bucket_up_to']:,} files per bucket")
     small = info["small_files_merged"]
     if small:
         figures.add_row("small files", f"{sum(small.values()):,} merged into fuller ones, "
                         f"in {len(small):,} bucket{'s' if len(small) != 1 else ''}")
     out.print(figures)
+    if info["files_per_bucket_up_to"] > info["files_per_bucket_limit"]:
+        out.print(styled("warning:", "yellow bold"), f"a bucket may need more than "
+                  f"{info['files_per_bucket_limit']:,} files, which the round refuses to "
+                  "write (unless deletes and updates leave fewer rows): raise the target file "
+                  "size or rebase to more buckets")
 
 
 @command("compact")

@@ -138,6 +138,7 @@ def test_dry_run_changes_nothing_and_a_round_on_a_terminal_shows_bars(table_url:
     assert info["target_file_size"] == 2**30 and info["hash_task_memory"]["min"] > 0
     text = compactor("compact", table_url, "--dry-run", "--buckets", "8")
     assert text.code == 0 and "dry run, nothing changed" in text.out and "8 in" in text.out
+    assert "up to about 1 files per bucket" in text.out and "warning" not in text.out, text
 
     assert _files_under(Path(table_url)) == before
     assert compactor("history", table_url, "--json").json()["head"] == 2
@@ -148,6 +149,30 @@ def test_dry_run_changes_nothing_and_a_round_on_a_terminal_shows_bars(table_url:
     assert "s] hash_bucket" not in screen  # not the log lines of a pipe
     assert "compacted" in screen and "peak memory" in screen  # the summary
     assert compactor("history", table_url, "--json").json()["head"] == 3
+
+
+def test_a_dry_run_warns_of_more_files_in_a_bucket_than_a_round_writes(table_url: str,
+                                                                         tmp_path: Path) -> None:
+    """A target so small that a bucket would need more than MAX_FILES_PER_BUCKET files: the
+    round refuses before writing any; its dry run said nothing of it (exit 0, '1 rows per
+    file')."""
+    compactor("table", "create", table_url, "-k", "id", "--order-by", "lsn", "--buckets", "1",
+              "--schema", SCHEMA)
+    rows = 70_000
+    data = write_parquet(tmp_path / "in.parquet", upserts(list(range(rows)), "v", 0))
+    assert compactor("append", table_url, "--kind", "upsert", data).code == 0
+    plan = compactor("compact", table_url, "--dry-run", "--target-file-size", "1", "--json")
+    assert plan.code == 0, plan
+    assert (plan.json()["files_per_bucket_up_to"], plan.json()["files_per_bucket_limit"]) == (
+        rows, 65_536)
+    text = compactor("compact", table_url, "--dry-run", "--target-file-size", "1")
+    assert "up to about 70,000 files per bucket" in text.out, text
+    assert "warning: a bucket may need more than 65,536 files, which the round refuses" in \
+        " ".join(text.out.split()), text
+    refused = compactor("compact", table_url, "--target-file-size", "1")
+    assert refused.code == 1 and "bucket 0 would hold 70000 files, more than 65536" in \
+        refused.err, refused
+    assert compactor("history", table_url, "--json").json()["head"] == 1
 
 
 def test_verify_catches_corrupted_compacted_files(table_url: str, tmp_path: Path) -> None:
