@@ -81,7 +81,8 @@ def render_result(result: CompactionResult, out: Console) -> None:
     ):
         figures.add_row(name, value)
     out.print(figures)
-    steps = RichTable("step", "seconds", "peak memory", box=None, padding=(0, 2))
+    steps = RichTable("step", "seconds", "peak memory (largest process)", box=None,
+                      padding=(0, 2))
     for step in STEPS:
         if step in r.step_seconds:
             steps.add_row(step, f"{r.step_seconds[step]:.2f}",
