@@ -17,6 +17,8 @@ file rewritten for rows it lost in other row groups), is copied as its bytes
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -327,9 +329,16 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
         at = 0
         # (a file read whole is small: decoding its columns in threads costs more than it
         # saves, 0.3 against 0.15-0.19 ms a 10-row file)
-        for batch in _named_errors(file, parquet.iter_batches(
-                batch_size=step, row_groups=groups.tolist(), columns=names,
-                use_threads=threads and not in_memory), in_memory=in_memory):
+        read = functools.partial(parquet.iter_batches, batch_size=step, columns=names,
+                                 use_threads=threads and not in_memory)
+        # a dictionary inside a nested column (list<dictionary<string>>), whose dictionaries
+        # differ between row groups, is read a row group at a time: Arrow reads it across
+        # them as chunks, which it cannot convert ('Nested data conversions not implemented
+        # for chunked array outputs')
+        nested = any(_nests_dictionary(parquet.schema_arrow.field(n).type) for n in names)
+        batches = itertools.chain.from_iterable(read(row_groups=[g]) for g in groups.tolist()) \
+            if nested else read(row_groups=groups.tolist())
+        for batch in _named_errors(file, batches, in_memory=in_memory):
             # in the table's types first: a file's type may have no gather of its own
             # (string_view, binary_view)
             data = conform(pa.Table.from_batches([batch]), schema, file.url,
@@ -352,14 +361,16 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
 
 def _named_errors(file: DataFile, batches: Iterator[pa.RecordBatch], in_memory: bool = False
                   ) -> Iterator[pa.RecordBatch]:
-    """``batches``, with a read failure naming ``file``: undecodable data is a CorruptFile;
-    an I/O error (which a job may retry) keeps its type and gets a note. pyarrow reports some
-    undecodable pages as OSError too: from a file already in memory (``in_memory``) every
-    failure is the data's."""
+    """``batches``, with a read failure naming ``file``: undecodable data is a CorruptFile,
+    data Arrow cannot read a SchemaMismatch; an I/O error (which a job may retry) keeps its
+    type and gets a note. pyarrow reports some undecodable pages as OSError too: from a file
+    already in memory (``in_memory``) every failure is the data's."""
     try:
         yield from batches
     except pa.ArrowInvalid as e:
         raise CorruptFile(f"file {file.url} is not valid Parquet ({e})") from None
+    except pa.ArrowNotImplementedError as e:  # (valid, but not as Arrow reads it)
+        raise SchemaMismatch(f"file {file.url}: Arrow cannot read its columns ({e})") from None
     except OSError as e:
         if in_memory:
             raise CorruptFile(f"file {file.url} is not valid Parquet ({e})") from None
@@ -430,6 +441,12 @@ def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
     kept = dictionary.filter(pa.array(used))
     return pa.chunked_array([pa.DictionaryArray.from_arrays(renumbered.take(c.indices), kept)
                              for c in column.chunks], column.type)
+
+
+def _nests_dictionary(t: pa.DataType) -> bool:
+    """Whether a dictionary type lies inside the nested type ``t`` (not ``t`` itself)."""
+    children = [t.field(i).type for i in range(t.num_fields)] if pa.types.is_nested(t) else []
+    return any(pa.types.is_dictionary(c) or _nests_dictionary(c) for c in children)
 
 
 class _BucketWriter:

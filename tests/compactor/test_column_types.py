@@ -199,6 +199,37 @@ def test_appended_nested_dictionaries_and_views_are_written_as_their_values(rt, 
     assert len(got) == n and got[1] == {"k": 1, "s": {"a": "x1"}, "ld": [None], "dl": [2, 3]}
 
 
+def test_registered_files_with_dictionaries_inside_nested_columns_compact(rt, tmp_path
+                                                                           ) -> None:
+    """A file pyarrow wrote from dictionaries inside a list, a struct and a map, in several
+    row groups (each with a dictionary of its own): Arrow reads such a column across row
+    groups as chunks it cannot convert ('Nested data conversions not implemented for chunked
+    array outputs'), so every round of the partition failed; materialize reads it a row group
+    at a time."""
+    words = pa.dictionary(pa.int32(), pa.string())
+    plain = pa.schema([("k", pa.int64()), ("l", pa.list_(pa.string())),
+                       ("s", pa.struct([("w", pa.string())])),
+                       ("m", pa.map_(pa.string(), pa.string()))])
+    table = create_table(f"file://{tmp_path}/t", plain, primary_key=["k"], bucket_count=2)
+    expected: dict[int, dict[str, Any]] = {}
+    for r in range(2):
+        rows = [{"k": k, "l": None if k % 7 == 0 else [f"w{(k + r) % 5}", f"v{k % 3}"][:k % 3],
+                 "s": {"w": f"s{k % 4}-{r}"}, "m": [(f"x{k % 2}", f"y{(k + r) % 9}")]}
+                for k in range(r * 500, 3000)]
+        data = pa.Table.from_pylist(rows, schema=plain)
+        data = data.set_column(1, "l", data.column("l").cast(pa.list_(words))).set_column(
+            2, "s", data.column("s").cast(pa.struct([("w", words)]))).set_column(
+            3, "m", data.column("m").cast(pa.map_(pa.string(), words)))
+        path = tmp_path / f"d{r}.parquet"
+        pq.write_table(data, path, row_group_size=700)
+        assert pq.ParquetFile(path).metadata.num_row_groups == 5 - r
+        table.partition().register([str(path)])
+        expected.update({row["k"]: {**row, "m": [tuple(e) for e in row["m"]]} for row in rows})
+        _compact(table)
+        got = [{**row, "m": [tuple(e) for e in row["m"]]} for row in _state(table)]
+        assert got == [expected[k] for k in sorted(expected)], r
+
+
 def test_a_delete_may_repeat_a_column_it_ignores(rt, tmp_path) -> None:
     table = create_table(f"file://{tmp_path}/t", pa.schema([("k", pa.int64()),
                                                             ("v", pa.int64())]),
