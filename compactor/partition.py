@@ -21,14 +21,20 @@ import pyarrow.parquet as pq
 from compactor import files, layout
 from compactor.commit_log import CommitLog, Entry
 from compactor.delta import DeltaSpec
-from compactor.errors import CommitConflict, EmptyDelta, SchemaMismatch, UnknownPartition
+from compactor.errors import (
+    CommitConflict,
+    EmptyDelta,
+    NullValue,
+    SchemaMismatch,
+    UnknownPartition,
+)
 from compactor.layout import PartitionKey
 from compactor.manifest import CdcOps, CompactedState, DataFile, Delta, DeltaKind
 from compactor.schema import dates_as_timestamps, evolve, plain_schema
 from compactor.snapshot import Snapshot, compaction_entry, delta_entry, is_compaction
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from compactor.table import Table
 
@@ -130,7 +136,7 @@ class Partition:
         evolve(self.table.metadata.schema, incoming, source=source)
         rel = layout.new_data_file(self.key)
         with self.table.storage.open_output(rel) as out:
-            pq.write_table(data, out)
+            _write_data(data, out, source)
         written = files.written(self.table.storage, self.table.storage.path(rel), data.num_rows)
         schema_version = self.table.evolve_schema([(incoming, source)])
         return self._commit_delta(spec, (written,), schema_version)
@@ -282,31 +288,66 @@ def _check_nested_days(column: pa.ChunkedArray, want: pa.DataType, name: str,
                        source: str) -> None:
     """:class:`SchemaMismatch` naming the first row of ``column`` (of a type nesting date64)
     whose cast to ``want`` fails, with its value, times of day shown: a date64 inside it
-    that is not a whole day. Returns if every row casts. Only on the error path: the row is
-    found by casting prefixes."""
-    shown = dates_as_timestamps(column.type)
+    that is not a whole day. Returns if every row casts."""
+
+    def casts(values: pa.Array) -> bool:
+        try:
+            values.cast(want)
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+            return False
+        return True
+
+    row = _first_failing_row(column, casts)
+    if row is not None:
+        value = column.take([row]).cast(dates_as_timestamps(column.type))[0].as_py()
+        raise SchemaMismatch(
+            f"{source}: column {name!r} ({column.type}) holds a date64 with a time of day at "
+            f"row {row} ({value}); {_WHOLE_DAYS}")
+
+
+def _first_failing_row(column: pa.ChunkedArray, ok: Callable[[pa.Array], bool]) -> int | None:
+    """The first row of ``column`` that ``ok`` fails on, found by testing prefixes (the rows
+    before a failing one pass): only on an error path, a few whole-column tests. None if
+    every row passes."""
     at = 0
     for chunk in column.chunks:
-        if _casts(chunk, want):
+        if ok(chunk):
             at += len(chunk)
             continue
         lo, hi = 0, len(chunk) - 1  # the first failing row is in [lo, hi]
         while lo < hi:
             mid = (lo + hi) // 2
             # (a take: a sliced list's cast casts all of its values, not the slice's)
-            if _casts(chunk.take(np.arange(mid + 1)), want):
+            if ok(chunk.take(np.arange(mid + 1))):
                 lo = mid + 1
             else:
                 hi = mid
-        value = chunk.take([lo]).cast(shown)[0].as_py()
-        raise SchemaMismatch(
-            f"{source}: column {name!r} ({column.type}) holds a date64 with a time of day at "
-            f"row {at + lo} ({value}); {_WHOLE_DAYS}")
+        return at + lo
+    return None
 
 
-def _casts(values: pa.Array, want: pa.DataType) -> bool:
+def _write_data(data: pa.Table, out: Any, source: str) -> None:
+    """Write appended ``data`` as Parquet to ``out``; a null where the table declares a field
+    inside a column not nullable (which the writer refuses) is a :class:`NullValue` naming
+    the column and the row (top-level columns are checked before: ``DeltaSpec``)."""
     try:
-        values.cast(want)
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
-        return False
-    return True
+        pq.write_table(data, out)
+    except pa.ArrowInvalid as e:
+        if "non-nullable" not in str(e):
+            raise
+        for field in data.schema:
+            def writes(values: pa.Array, field: pa.Field = field) -> bool:
+                try:
+                    pq.write_table(pa.table([values], schema=pa.schema([field])),
+                                   pa.BufferOutputStream())
+                except pa.ArrowInvalid:
+                    return False
+                return True
+
+            row = _first_failing_row(data.column(field.name), writes)
+            if row is not None:
+                raise NullValue(
+                    f"{source}: null at row {row} in column {field.name!r} ({field.type}), "
+                    f"inside it where the table declares a field not nullable ({e}); nothing "
+                    "was committed") from None
+        raise

@@ -14,7 +14,7 @@ import pytest
 import runtime
 from compactor import DeltaKind, create_table
 from compactor.compaction import compact_partition
-from compactor.errors import InvalidTableSpec, NullKey, SchemaMismatch
+from compactor.errors import InvalidTableSpec, NullKey, NullValue, SchemaMismatch
 from compactor.reader import read_partition
 from compactor.table import Table
 
@@ -228,6 +228,40 @@ def test_registered_files_with_dictionaries_inside_nested_columns_compact(rt, tm
         _compact(table)
         got = [{**row, "m": [tuple(e) for e in row["m"]]} for row in _state(table)]
         assert got == [expected[k] for k in sorted(expected)], r
+
+
+def test_a_null_in_a_field_declared_not_nullable_inside_a_column_is_named(rt, tmp_path
+                                                                          ) -> None:
+    """A null inside a struct (or a list of them) where the table declares the field not
+    nullable: the Parquet writer refused it as "Column 'q' is declared non-nullable but
+    contains nulls", an ArrowInvalid naming neither the data nor the row; it is a NullValue
+    naming both (rows counted across chunks), and nothing is committed."""
+    inner = pa.struct([pa.field("q", pa.int64(), nullable=False)])
+    schema = pa.schema([pa.field("k", pa.int64(), nullable=False), ("s", inner),
+                        ("l", pa.list_(inner))])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=["k"])
+    part = table.partition()
+
+    def data(s: list[Any], lists: list[Any]) -> pa.Table:
+        whole = pa.table([pa.array(range(4), pa.int64()), pa.array(s, inner),
+                          pa.array(lists, pa.list_(inner))], schema=schema)
+        return pa.concat_tables([whole.slice(0, 2), whole.slice(2)])
+
+    good_s = [{"q": 1}, None, {"q": 3}, {"q": 4}]
+    good_l = [[{"q": 1}], None, [], [{"q": 2}, {"q": 3}]]
+    bad = [(data(good_s, [*good_l[:3], [{"q": 2}, {"q": None}]]),
+            r"null at row 3 in column 'l' \(list<item: struct<q: int64 not null>>\)"),
+           (data([{"q": 1}, {"q": None}, None, {"q": 4}], good_l),
+            r"null at row 1 in column 's' \(struct<q: int64 not null>\)")]
+    for rows, message in bad:
+        with pytest.raises(NullValue, match=r"appended data for partition default of .*: "
+                                            + message + r", inside it where the table declares "
+                                            r"a field not nullable .*nothing was committed"):
+            part.append(rows)
+    assert part.version() == 0
+    part.append(data(good_s, good_l))
+    _compact(table)
+    assert _state(table) == data(good_s, good_l).to_pylist()
 
 
 def test_a_delete_may_repeat_a_column_it_ignores(rt, tmp_path) -> None:
