@@ -64,26 +64,54 @@ def arrow_schema(parquet: pq.ParquetFile) -> pa.Schema:
 
     Parquet has no timestamps in seconds: a writer stores them in milliseconds, and pyarrow
     reads them back so. Where the file's stored Arrow schema (``ARROW:schema``, pyarrow's)
-    says a column was written from seconds, it is given as seconds again: its values are whole
-    seconds, and a table column of seconds takes it.
+    says a column, or a field inside one, was written from seconds, it is given as seconds
+    again: its values are whole seconds, and a table column of seconds takes it.
     """
     schema = parquet.schema_arrow
     stored = (parquet.metadata.metadata or {}).get(b"ARROW:schema")
-    if stored is None or not any(pa.types.is_timestamp(t) and t.unit == "ms"
-                                 for t in schema.types):
+    if stored is None or not any(_has_milliseconds(t) for t in schema.types):
         return schema
     try:
         written = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(stored)))
     except (ValueError, pa.ArrowInvalid):
         return schema  # (not pyarrow's, or damaged: the file's own types stand)
-    def seconds(name: str) -> bool:
-        i = written.get_field_index(name)  # (-1: absent, or named twice)
-        return i >= 0 and pa.types.is_timestamp(written.field(i).type) and \
-            written.field(i).type.unit == "s"
+    fields = []
+    for f in schema:
+        i = written.get_field_index(f.name)  # (-1: absent, or named twice)
+        fields.append(f.with_type(_seconds(f.type, written.field(i).type)) if i >= 0 else f)
+    return pa.schema(fields, metadata=schema.metadata)
 
-    return pa.schema([f.with_type(pa.timestamp("s", f.type.tz))
-                      if pa.types.is_timestamp(f.type) and f.type.unit == "ms" and seconds(f.name)
-                      else f for f in schema], metadata=schema.metadata)
+
+def _has_milliseconds(t: pa.DataType) -> bool:
+    """Whether ``t`` is, or nests, a timestamp in milliseconds."""
+    if pa.types.is_timestamp(t):
+        return t.unit == "ms"
+    return pa.types.is_nested(t) and any(_has_milliseconds(t.field(i).type)
+                                         for i in range(t.num_fields))
+
+
+def _seconds(read: pa.DataType, written: pa.DataType) -> pa.DataType:
+    """Type ``read`` (as pyarrow reads it) with each timestamp in milliseconds that
+    ``written`` has in seconds, at the same place, in seconds (lists, maps and structs of the
+    same shape; a struct's fields matched by name)."""
+    if pa.types.is_timestamp(read) and pa.types.is_timestamp(written):
+        return pa.timestamp("s", read.tz) if (read.unit, written.unit) == ("ms", "s") \
+            and read.tz == written.tz else read
+    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if any(is_list(read) for is_list in lists) and any(is_list(written) for is_list in lists):
+        value = read.value_field.with_type(_seconds(read.value_type, written.value_type))
+        if pa.types.is_large_list(read):
+            return pa.large_list(value)
+        return pa.list_(value, read.list_size if pa.types.is_fixed_size_list(read) else -1)
+    if pa.types.is_map(read) and pa.types.is_map(written):
+        return pa.map_(read.key_field.with_type(_seconds(read.key_type, written.key_type)),
+                       read.item_field.with_type(_seconds(read.item_type, written.item_type)),
+                       read.keys_sorted)
+    if pa.types.is_struct(read) and pa.types.is_struct(written):
+        names = [f.name for f in written]
+        return pa.struct([f.with_type(_seconds(f.type, written.field(f.name).type))
+                          if names.count(f.name) == 1 else f for f in read])
+    return read
 
 
 @dataclass

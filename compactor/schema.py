@@ -6,10 +6,11 @@ logical type. ``string``/``large_string``/``string_view`` are one logical type, 
 flavours, and a dictionary-encoded column has its value type (Parquet writers differ in these
 only in encoding; a file pyarrow wrote from timestamps in seconds, which Parquet stores in
 milliseconds, has seconds: ``files.arrow_schema``; seconds fit a table column of
-milliseconds). A column of Arrow type ``null`` (all null, no type given) fits any column and
-adds none; a table column of type ``null`` (a table created from such a file) takes the type of
-the first file that gives one. Anything else, ``int32`` vs ``int64`` included, is a type change
-and refused with the column, the old and the new type named.
+milliseconds), also inside nested types. A column of Arrow type ``null`` (all null, no type
+given) fits any column and adds none; a table column of type ``null`` (a table created from
+such a file) takes the type of the first file that gives one. Anything else, ``int32`` vs
+``int64`` included, is a type change and refused with the column, the old and the new type
+named.
 
 The table stores a column's plain type (``stored_type``): dictionary-encoded columns their value
 type, ``string_view`` and ``binary_view`` their plain ones, ``date64`` as ``date32`` and
@@ -85,23 +86,46 @@ def check_table_columns(
             )
 
 
-def _logical(t: pa.DataType) -> pa.DataType:
-    t = stored_type(t)
-    if pa.types.is_large_string(t):
-        return pa.string()
-    if pa.types.is_large_binary(t):
-        return pa.binary()
-    return t
+def _text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _bytes(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def _aligned(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    """``b`` (a stored type) with what differs from table type ``a`` only as one logical type
+    made ``a``'s, at any depth: the string flavours, the binary flavours, and timestamps in
+    seconds where ``a`` has milliseconds (whole seconds are whole milliseconds: Parquet stores
+    them so). Where their shapes differ, ``b`` as it is."""
+    if (_text(a) and _text(b)) or (_bytes(a) and _bytes(b)):
+        return a
+    if pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and (a.unit, b.unit) == ("ms", "s") \
+            and a.tz == b.tz:
+        return a
+    if pa.types.is_list(a) and pa.types.is_list(b):
+        return pa.list_(b.value_field.with_type(_aligned(a.value_type, b.value_type)))
+    if pa.types.is_large_list(a) and pa.types.is_large_list(b):
+        return pa.large_list(b.value_field.with_type(_aligned(a.value_type, b.value_type)))
+    if pa.types.is_fixed_size_list(a) and pa.types.is_fixed_size_list(b):
+        return pa.list_(b.value_field.with_type(_aligned(a.value_type, b.value_type)),
+                        b.list_size)
+    if pa.types.is_map(a) and pa.types.is_map(b):
+        return pa.map_(b.key_field.with_type(_aligned(a.key_type, b.key_type)),
+                       b.item_field.with_type(_aligned(a.item_type, b.item_type)), b.keys_sorted)
+    if pa.types.is_struct(a) and pa.types.is_struct(b) and \
+            [f.name for f in a] == [f.name for f in b]:
+        return pa.struct([g.with_type(_aligned(f.type, g.type)) for f, g in zip(a, b,
+                                                                                strict=True)])
+    return b
 
 
 def same_logical_type(a: pa.DataType, b: pa.DataType) -> bool:
     """Whether a file's (or appended data's) column of type ``b`` holds values of a table
-    column of type ``a``."""
-    a, b = _logical(a), _logical(b)
-    if pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and (a.unit, b.unit) == ("ms", "s") \
-            and a.tz == b.tz:
-        return True  # (whole seconds are whole milliseconds: Parquet stores them so)
-    return bool(a == b)
+    column of type ``a`` (the same stored type, but for ``_aligned``'s, at any depth)."""
+    a, b = stored_type(a), stored_type(b)
+    return bool(a == _aligned(a, b))
 
 
 def _leaves(t: pa.DataType, leaf: Callable[[pa.DataType], pa.DataType]) -> pa.DataType:

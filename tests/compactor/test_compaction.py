@@ -940,3 +940,48 @@ def test_nested_date64_with_a_time_of_day_is_refused_naming_the_row_and_its_valu
         pa.list_(pa.date32())).to_pylist()
     assert actual.column("s").to_pylist() == [{"d": datetime.date(1970, 1, 2)}, None,
                                               {"d": datetime.date(1970, 1, 1)}]
+
+
+@pytest.mark.parametrize("table_unit", ["s", "ms"])
+def test_nested_timestamps_in_seconds_take_pyarrows_files_and_fit_milliseconds(
+        rt, tmp_path, table_unit):
+    """Timestamps in seconds inside a list, a struct and a map, as at the top level: a file
+    pyarrow wrote from them (Parquet holds milliseconds; pyarrow reads nested ones back so) is
+    taken by a table of seconds (it was refused: 'changes type from list<item: timestamp[s]>
+    (table) to list<element: timestamp[ms]>'), and seconds appended into a table of
+    milliseconds fit it at any depth (refused too); rounds against the oracle."""
+    def schema(unit: str) -> pa.Schema:
+        ts, zoned = pa.timestamp(unit), pa.timestamp(unit, "UTC")
+        return pa.schema([("id", pa.int64()), ("lsn", pa.int64()), ("top", ts),
+                          ("l", pa.list_(ts)), ("s", pa.struct([("t", zoned), ("n", pa.int32())])),
+                          ("m", pa.map_(pa.string(), ts))])
+
+    table = create_table(f"file://{tmp_path}/t", schema(table_unit), primary_key=["id"],
+                         ordering_column="lsn", bucket_count=2)
+    part = table.partition()
+    rng = np.random.default_rng(8)
+    deltas = []
+    for r in range(3):
+        n = 400
+        seconds = rng.integers(0, 2_000_000_000, (n, 3))
+        data = pa.table({
+            "id": rng.integers(0, 300, n), "lsn": rng.permutation(n) + r * n,
+            "top": pa.array(seconds[:, 0], pa.timestamp("s")),
+            "l": pa.array([None if i % 9 == 0 else [int(v) for v in seconds[i, :i % 3]]
+                           for i in range(n)], pa.list_(pa.timestamp("s"))),
+            "s": pa.array([{"t": int(seconds[i, 1]), "n": i} for i in range(n)],
+                          pa.struct([("t", pa.timestamp("s", "UTC")), ("n", pa.int32())])),
+            "m": pa.array([[("a", int(seconds[i, 2]))] for i in range(n)],
+                          pa.map_(pa.string(), pa.timestamp("s")))}, schema=schema("s"))
+        if r == 1:
+            part.append(data)
+        else:
+            path = tmp_path / f"written-{r}.parquet"
+            pq.write_table(data, path, row_group_size=150)
+            part.register([f"file://{path}"])
+        deltas.append(("upsert", data.cast(schema(table_unit))))
+        assert compact_partition(table, part, target_file_size=1).committed
+        actual = read_partition(table, part)
+        assert actual.schema == schema(table_unit)
+        assert_tables_equal(actual, expected_state(deltas, primary_key=["id"], order_by="lsn"),
+                            key="id")
