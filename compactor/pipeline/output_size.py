@@ -10,8 +10,9 @@ the plan, from an estimate of the bytes a row takes in a compacted file.
   a round records the bytes per row of the files it wrote (``ROW_BYTES_PROPERTY``), or
   carries the figure its state had where it wrote only smaller files (or, a state of at
   least ``SAMPLE_ROWS`` rows without one, records the figure it planned with: its sample's),
-  and the next round takes it. A state without the figure (written before it was recorded) gives its own bytes
-  over its rows, where it holds at least as many rows as the round brings in.
+  and the next round takes it. A state without the figure (written before it was recorded)
+  gives its own bytes over its rows, where it holds at least as many rows as the round brings
+  in.
 - Otherwise (a first round, a rebuild or rebase, a state small beside the round's input or of
   small files, another codec) the input's bytes per row can be far off: the demo's DMS-style
   export takes 55 bytes a row (dictionaries, snappy), its compacted files (zstd) 11, so files
