@@ -17,7 +17,6 @@ file rewritten for rows it lost in other row groups), is copied as its bytes
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator
@@ -318,7 +317,8 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
             g[np.flatnonzero(np.diff(g, prepend=-1))] for g in group_of.values()]))
         if not len(groups):
             return
-        names = [n for n in schema.names if n in parquet.schema_arrow.names and n != skip]
+        present = set(parquet.schema_arrow.names)  # (a property pyarrow builds each time)
+        names = [n for n in schema.names if n in present and n != skip]
         # each key's rows in the coordinates of the groups read, one after another
         unread = np.ones(len(sizes), dtype=bool)
         unread[groups] = False
@@ -329,15 +329,8 @@ def read_split(storage: Storage, file: DataFile, rows: dict[int, np.ndarray],
         at = 0
         # (a file read whole is small: decoding its columns in threads costs more than it
         # saves, 0.3 against 0.15-0.19 ms a 10-row file)
-        read = functools.partial(parquet.iter_batches, batch_size=step, columns=names,
-                                 use_threads=threads and not in_memory)
-        # a dictionary inside a nested column (list<dictionary<string>>), whose dictionaries
-        # differ between row groups, is read a row group at a time: Arrow reads it across
-        # them as chunks, which it cannot convert ('Nested data conversions not implemented
-        # for chunked array outputs')
-        nested = any(_nests_dictionary(parquet.schema_arrow.field(n).type) for n in names)
-        batches = itertools.chain.from_iterable(read(row_groups=[g]) for g in groups.tolist()) \
-            if nested else read(row_groups=groups.tolist())
+        batches = batches_of(parquet, groups.tolist(), names, batch_size=step,
+                             use_threads=threads and not in_memory)
         for batch in _named_errors(file, batches, in_memory=in_memory):
             # in the table's types first: a file's type may have no gather of its own
             # (string_view, binary_view)
@@ -370,7 +363,7 @@ def _named_errors(file: DataFile, batches: Iterator[pa.RecordBatch], in_memory: 
     except pa.ArrowInvalid as e:
         raise CorruptFile(f"file {file.url} is not valid Parquet ({e})") from None
     except pa.ArrowNotImplementedError as e:  # (valid, but not as Arrow reads it)
-        raise SchemaMismatch(f"file {file.url}: Arrow cannot read its columns ({e})") from None
+        raise SchemaMismatch(f"file {file.url}: Arrow cannot read it ({e})") from None
     except OSError as e:
         if in_memory:
             raise CorruptFile(f"file {file.url} is not valid Parquet ({e})") from None
@@ -441,6 +434,19 @@ def _used_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
     kept = dictionary.filter(pa.array(used))
     return pa.chunked_array([pa.DictionaryArray.from_arrays(renumbered.take(c.indices), kept)
                              for c in column.chunks], column.type)
+
+
+def batches_of(parquet: pq.ParquetFile, row_groups: list[int], columns: list[str],
+               **options: Any) -> Iterator[pa.RecordBatch]:
+    """``parquet.iter_batches`` of ``columns`` in ``row_groups``; a file with a dictionary
+    inside a nested column (list<dictionary<string>>) a row group at a time: each row group
+    has a dictionary of its own, and Arrow reads such a column across them as chunks it cannot
+    convert ('Nested data conversions not implemented for chunked array outputs')."""
+    schema = parquet.schema_arrow
+    if any(_nests_dictionary(schema.field(name).type) for name in columns):
+        return itertools.chain.from_iterable(
+            parquet.iter_batches(row_groups=[g], columns=columns, **options) for g in row_groups)
+    return parquet.iter_batches(row_groups=row_groups, columns=columns, **options)
 
 
 def _nests_dictionary(t: pa.DataType) -> bool:

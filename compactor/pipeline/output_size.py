@@ -36,6 +36,7 @@ from compactor import files
 from compactor.manifest import CompactedState, DataFile, DeltaKind
 from compactor.pipeline.materialize import (
     ROW_GROUP_ROWS,
+    batches_of,
     conform,
     delta_columns,
     dictionary_columns,
@@ -74,7 +75,8 @@ def sample_bytes_per_row(table: Table, file: DataFile, op_column: str | None,
             columns = [n for n in table.schema.names if n in present and n != op_column]
             reader = pq.ParquetFile(opened.source, metadata=meta, buffer_size=_READ_BUFFER,
                                     pre_buffer=False)
-            batch = next(reader.iter_batches(batch_size=rows, columns=columns), None)
+            batch = next(batches_of(reader, list(range(meta.num_row_groups)), columns,
+                                    batch_size=rows), None)
         finally:
             opened.close()
         if batch is None or batch.num_rows < 2:
@@ -101,31 +103,40 @@ def bytes_per_row(table: Table, base: CompactedState | None,
                   inputs: list[tuple[DataFile, DeltaKind, str | None]], codec: str) -> float:
     """Bytes a row takes in a compacted file written with ``codec``, for a round folding
     ``inputs`` (file, delta kind, op column) into ``base``: see the module's text."""
+    return estimate(table, base, inputs, codec)[0]
+
+
+def estimate(table: Table, base: CompactedState | None,
+             inputs: list[tuple[DataFile, DeltaKind, str | None]], codec: str
+             ) -> tuple[float, bool]:
+    """``bytes_per_row``, and whether it is a measure a later round may keep (recorded, the
+    state's own, or a sample's), not the stand-in of the inputs' bytes per row."""
     input_rows = sum(f.rows for f, _, _ in inputs)
     if base is not None and base.properties.get(CODEC_PROPERTY, codec) == codec:
         recorded = _figure(base.properties.get(ROW_BYTES_PROPERTY))
         if recorded is not None:
-            return recorded
+            return recorded, True
         if base.rows and base.rows >= input_rows \
                 and base.size >= BASE_FILE_BYTES * len(base.files):
-            return base.size / base.rows
+            return base.size / base.rows, True
     whole_rows = [(f, op) for f, kind, op in inputs if kind is not DeltaKind.DELETE]
     if whole_rows:
         file, op_column = max(whole_rows, key=lambda item: item[0].size)
         sampled = sample_bytes_per_row(table, file, op_column, codec)
         if sampled is not None:
-            return sampled
+            return sampled, True
     rows = input_rows + (base.rows if base is not None else 0)
     size = sum(f.size for f, _, _ in inputs) + (base.size if base is not None else 0)
-    return size / max(rows, 1)
+    return size / max(rows, 1), False
 
 
 def recorded(base: CompactedState | None, written: list[DataFile], codec: str,
-             planned: float, rows: int) -> dict[str, str]:
+             planned: float | None, rows: int) -> dict[str, str]:
     """The properties a round's compacted state of ``rows`` rows records for the next round's
     estimate: the codec, and the bytes per row of the files ``written`` with it where they are
     big enough to tell; else the figure ``base`` had, if of the same codec; else, for a state
-    of at least ``SAMPLE_ROWS`` rows, the figure the round planned with (its sample's: as good
+    of at least ``SAMPLE_ROWS`` rows, the figure the round ``planned`` with (its sample's, None
+    where it had only the inputs' bytes per row, which can be several times off: as good
     as a later round's sample of its own deltas, and the same each round, so rounds of small
     files keep one size: a 64 KiB target made 30,000 rows a file, then 20,000 and 18,750
     after rounds of 2,000 updates, each sized by its own delta's sample)."""
@@ -136,6 +147,6 @@ def recorded(base: CompactedState | None, written: list[DataFile], codec: str,
     elif base is not None and base.properties.get(CODEC_PROPERTY) == codec \
             and ROW_BYTES_PROPERTY in base.properties:
         out[ROW_BYTES_PROPERTY] = base.properties[ROW_BYTES_PROPERTY]
-    elif rows >= SAMPLE_ROWS:
+    elif planned is not None and rows >= SAMPLE_ROWS:
         out[ROW_BYTES_PROPERTY] = repr(planned)
     return out

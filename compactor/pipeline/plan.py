@@ -98,7 +98,9 @@ class RoundPlan:
     sources: dict[int, DataFile]  # ordinal -> file, for materialize
     high_watermark: int
     rows_per_file: int
-    file_row_bytes: float  # the bytes a row takes in a compacted file, rows_per_file's ground
+    # the bytes a row takes in a compacted file, rows_per_file's ground (None: the inputs'
+    # bytes per row stood in, no measure of it)
+    file_row_bytes: float | None
     row_bytes: float  # decoded (Arrow) bytes per row, for materialize memory requests
     dedupe_memory: int
     order_type: pa.DataType | None
@@ -238,10 +240,10 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         items += [(f, d.position, d.kind, d.cdc) for f in d.files]
     base = None if rebuild else compacted
     with ThreadPoolExecutor(1) as pool:  # (a sample, where one is needed, beside the footers)
-        per_row = pool.submit(output_size.bytes_per_row, table, base, [
+        per_row = pool.submit(output_size.estimate, table, base, [
             (f, kind, cdc.column if cdc else None) for f, _, kind, cdc in items], compression)
         stats = _all_footer_stats(table, items, key_cols)
-        bytes_per_row = per_row.result()
+        bytes_per_row, measured = per_row.result()
 
     tasks: list[HashTask] = []
     sources: dict[int, DataFile] = {}
@@ -297,7 +299,7 @@ def plan_round(table: Table, partition: Partition, *, target_file_size: int,
         tasks=tuple(batch_small(tasks)), sources=sources,
         high_watermark=snapshot.deltas[-1].position if snapshot.deltas else
         snapshot.high_watermark,
-        rows_per_file=rows_per_file, file_row_bytes=bytes_per_row,
+        rows_per_file=rows_per_file, file_row_bytes=bytes_per_row if measured else None,
         row_bytes=decoded / max(sum(f.rows for f, *_ in items), 1),
         dedupe_memory=max(MIN_TASK_MEMORY, int(3 * keys * RECORD_BYTES / groups)),
         order_type=order_type, tombstones=carried, tombstones_tolerant=unusable,

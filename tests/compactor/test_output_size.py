@@ -110,6 +110,37 @@ def test_rounds_of_files_under_a_mebibyte_keep_the_first_rounds_size(rt, tmp_pat
     assert max(sizes) < 1 << 20 and 0.6 * target <= np.median(sizes) <= 1.4 * target, sizes
 
 
+def test_a_sample_of_a_file_with_dictionaries_inside_lists_is_taken(tmp_path):
+    """Its first rows span row groups, each with a dictionary of its own, which Arrow cannot
+    read across as one column: the sample read a row group at a time (it failed, and the
+    inputs' own bytes per row, 22 against 12 bytes, sized the files and were recorded)."""
+    words = pa.dictionary(pa.int32(), pa.string())
+    data = _data(40_000)
+    data = data.append_column("tags", pa.array(
+        [[f"t{i % 7}", f"u{i % 3}"] for i in range(40_000)], pa.list_(pa.string())))
+    table, part = _table(tmp_path, data)
+    written = tmp_path / "tags.parquet"
+    pq.write_table(data.set_column(4, "tags", data.column("tags").cast(pa.list_(words))),
+                   written, row_group_size=5000)
+    part.register([str(written)])
+    file = part.snapshot().deltas[-1].files[0]
+    sampled = output_size.sample_bytes_per_row(table, file, None, "zstd")
+    assert sampled is not None and 0 < sampled < file.size / file.rows
+
+
+def test_a_stand_in_figure_is_not_recorded_for_later_rounds():
+    """A round sized by the inputs' bytes per row (no sample could be taken: can be several
+    times off) records none for its small files, so the next round measures again."""
+    from types import SimpleNamespace
+
+    small = [SimpleNamespace(size=40_000, rows=3_000) for _ in range(20)]
+    kept = output_size.recorded(None, small, "zstd", None, 60_000)  # type: ignore[arg-type]
+    assert kept == {"compression": "zstd"}
+    kept = output_size.recorded(None, small, "zstd", 12.5, 60_000)  # type: ignore[arg-type]
+    assert kept == {"compression": "zstd", "row_bytes": "12.5"}
+    assert "row_bytes" not in output_size.recorded(None, small, "zstd", 12.5, 2)  # type: ignore[arg-type]
+
+
 def test_a_compacted_state_small_beside_the_rounds_input_does_not_size_its_files(rt, tmp_path):
     """Two rows compacted first: a file of them is almost all footer, and would make the next
     round's files of a big delta hundreds of times too small."""
