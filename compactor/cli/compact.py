@@ -105,13 +105,19 @@ def _groups(backend: str | None, address: str | None, cpus: float | None = None)
     return os.cpu_count() or 1
 
 
+# a dry run warns from this share of MAX_FILES_PER_BUCKET files per bucket on average (a
+# bucket's share of the keys varies, and each task ends its own files)
+FILES_WARNING = 0.9
+
+
 def plan_info(table: Table, part: Partition, plan: RoundPlan, target_file_size: int
               ) -> dict[str, Any]:
     memory = [t.memory for t in plan.tasks]
     compacted = plan.snapshot.compacted
-    # at most every row compacted and every row folded in, spread over the buckets as
-    # hashing spreads keys: the files a bucket gets, of which a round writes no more than
-    # MAX_FILES_PER_BUCKET (it refuses before writing any)
+    # every row compacted and every row folded in (deletes and updates leave fewer), spread
+    # evenly over the buckets: about the files a bucket gets, of which a round writes no more
+    # than MAX_FILES_PER_BUCKET (it refuses before writing any); a bucket may get more (keys
+    # hash unevenly, each task ends its own files)
     rows = (compacted.rows if compacted else 0) + plan.rows_in
     files = math.ceil(math.ceil(rows / plan.bucket_count) / plan.rows_per_file)
     return {
@@ -129,7 +135,7 @@ def plan_info(table: Table, part: Partition, plan: RoundPlan, target_file_size: 
         "hash_task_memory": {"min": min(memory, default=0), "max": max(memory, default=0),
                              "total": sum(memory)},
         "target_file_size": target_file_size, "rows_per_output_file": plan.rows_per_file,
-        "files_per_bucket_up_to": files,
+        "files_per_bucket": files,
         "files_per_bucket_limit": locators.MAX_FILES_PER_BUCKET,
         "small_files_merged": {str(b): len(p) for b, p in sorted(plan.small.items())},
     }
@@ -157,14 +163,14 @@ def render_plan(info: dict[str, Any], out: Console) -> None:
                     f"{format_size(mem['min'])}..{format_size(mem['max'])} "
                     f"(total {format_size(mem['total'])})")
     figures.add_row("output", f"at most {info['rows_per_output_file']:,} rows per file "
-                    f"(target {format_size(info['target_file_size'])}), up to about "
-                    f"{info['files_per_bucket_up_to']:,} files per bucket")
+                    f"(target {format_size(info['target_file_size'])}), about "
+                    f"{info['files_per_bucket']:,} files per bucket")
     small = info["small_files_merged"]
     if small:
         figures.add_row("small files", f"{sum(small.values()):,} merged into fuller ones, "
                         f"in {len(small):,} bucket{'s' if len(small) != 1 else ''}")
     out.print(figures)
-    if info["files_per_bucket_up_to"] > info["files_per_bucket_limit"]:
+    if info["files_per_bucket"] > info["files_per_bucket_limit"] * FILES_WARNING:
         out.print(styled("warning:", "yellow bold"), f"a bucket may need more than "
                   f"{info['files_per_bucket_limit']:,} files, which the round refuses to "
                   "write (unless deletes and updates leave fewer rows): raise the target file "

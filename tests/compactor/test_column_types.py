@@ -264,6 +264,24 @@ def test_a_null_in_a_field_declared_not_nullable_inside_a_column_is_named(rt, tm
     assert _state(table) == data(good_s, good_l).to_pylist()
 
 
+def test_a_cdc_delete_may_leave_a_column_declared_not_nullable_null(rt, tmp_path) -> None:
+    """The data's own schema declaring the column not nullable too (the table's, plus the op
+    column): the Parquet writer refused the delete row's null, as an ArrowInvalid."""
+    schema = pa.schema([pa.field("k", pa.int64(), nullable=False),
+                        pa.field("v", pa.int64(), nullable=False)])
+    table = create_table(f"file://{tmp_path}/t", schema, primary_key=["k"])
+    part = table.partition()
+    part.append(pa.table({"k": [1, 2], "v": [10, 20]}, schema=schema))
+    cdc = pa.table([pa.array([1, 3], pa.int64()), pa.array([None, 30], pa.int64()),
+                    pa.array(["D", "I"])], schema=schema.append(pa.field("Op", pa.string())))
+    part.append(cdc, kind=DeltaKind.CDC)
+    with pytest.raises(NullValue, match=r"null at row 0 in column 'v', which the table "
+                                        "declares not nullable"):
+        part.append(cdc.set_column(2, "Op", pa.array(["I", "I"])), kind=DeltaKind.CDC)
+    _compact(table)
+    assert _state(table) == [{"k": 2, "v": 20}, {"k": 3, "v": 30}]
+
+
 def test_a_delete_may_repeat_a_column_it_ignores(rt, tmp_path) -> None:
     table = create_table(f"file://{tmp_path}/t", pa.schema([("k", pa.int64()),
                                                             ("v", pa.int64())]),
