@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from compactor.errors import ChangedFile, CorruptFile, ForeignFile, MissingFile
 from compactor.fs import Storage
 from compactor.manifest import DataFile
+from compactor.schema import nests, zip_types
 
 
 def fingerprint(info: Mapping[str, Any]) -> str:
@@ -69,7 +70,7 @@ def arrow_schema(parquet: pq.ParquetFile) -> pa.Schema:
     """
     schema = parquet.schema_arrow
     stored = (parquet.metadata.metadata or {}).get(b"ARROW:schema")
-    if stored is None or not any(_has_milliseconds(t) for t in schema.types):
+    if stored is None or not any(nests(t, _milliseconds) for t in schema.types):
         return schema
     try:
         written = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(stored)))
@@ -82,36 +83,21 @@ def arrow_schema(parquet: pq.ParquetFile) -> pa.Schema:
     return pa.schema(fields, metadata=schema.metadata)
 
 
-def _has_milliseconds(t: pa.DataType) -> bool:
-    """Whether ``t`` is, or nests, a timestamp in milliseconds."""
-    if pa.types.is_timestamp(t):
-        return t.unit == "ms"
-    return pa.types.is_nested(t) and any(_has_milliseconds(t.field(i).type)
-                                         for i in range(t.num_fields))
+def _milliseconds(t: pa.DataType) -> bool:
+    return pa.types.is_timestamp(t) and t.unit == "ms"
 
 
 def _seconds(read: pa.DataType, written: pa.DataType) -> pa.DataType:
     """Type ``read`` (as pyarrow reads it) with each timestamp in milliseconds that
-    ``written`` has in seconds, at the same place, in seconds (lists, maps and structs of the
-    same shape; a struct's fields matched by name)."""
-    if pa.types.is_timestamp(read) and pa.types.is_timestamp(written):
-        return pa.timestamp("s", read.tz) if (read.unit, written.unit) == ("ms", "s") \
-            and read.tz == written.tz else read
-    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
-    if any(is_list(read) for is_list in lists) and any(is_list(written) for is_list in lists):
-        value = read.value_field.with_type(_seconds(read.value_type, written.value_type))
-        if pa.types.is_large_list(read):
-            return pa.large_list(value)
-        return pa.list_(value, read.list_size if pa.types.is_fixed_size_list(read) else -1)
-    if pa.types.is_map(read) and pa.types.is_map(written):
-        return pa.map_(read.key_field.with_type(_seconds(read.key_type, written.key_type)),
-                       read.item_field.with_type(_seconds(read.item_type, written.item_type)),
-                       read.keys_sorted)
-    if pa.types.is_struct(read) and pa.types.is_struct(written):
-        names = [f.name for f in written]
-        return pa.struct([f.with_type(_seconds(f.type, written.field(f.name).type))
-                          if names.count(f.name) == 1 else f for f in read])
-    return read
+    ``written`` has in seconds, at the same place (``zip_types``), in seconds."""
+
+    def leaf(written: pa.DataType, read: pa.DataType) -> pa.DataType:
+        if pa.types.is_timestamp(read) and pa.types.is_timestamp(written) and \
+                (read.unit, written.unit) == ("ms", "s") and read.tz == written.tz:
+            return pa.timestamp("s", read.tz)
+        return read
+
+    return zip_types(written, read, leaf)
 
 
 @dataclass

@@ -99,26 +99,38 @@ def _aligned(a: pa.DataType, b: pa.DataType) -> pa.DataType:
     made ``a``'s, at any depth: the string flavours, the binary flavours, and timestamps in
     seconds where ``a`` has milliseconds (whole seconds are whole milliseconds: Parquet stores
     them so). Where their shapes differ, ``b`` as it is."""
-    if (_text(a) and _text(b)) or (_bytes(a) and _bytes(b)):
-        return a
-    if pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and (a.unit, b.unit) == ("ms", "s") \
-            and a.tz == b.tz:
-        return a
-    if pa.types.is_list(a) and pa.types.is_list(b):
-        return pa.list_(b.value_field.with_type(_aligned(a.value_type, b.value_type)))
-    if pa.types.is_large_list(a) and pa.types.is_large_list(b):
-        return pa.large_list(b.value_field.with_type(_aligned(a.value_type, b.value_type)))
-    if pa.types.is_fixed_size_list(a) and pa.types.is_fixed_size_list(b):
-        return pa.list_(b.value_field.with_type(_aligned(a.value_type, b.value_type)),
-                        b.list_size)
-    if pa.types.is_map(a) and pa.types.is_map(b):
-        return pa.map_(b.key_field.with_type(_aligned(a.key_type, b.key_type)),
-                       b.item_field.with_type(_aligned(a.item_type, b.item_type)), b.keys_sorted)
-    if pa.types.is_struct(a) and pa.types.is_struct(b) and \
-            [f.name for f in a] == [f.name for f in b]:
-        return pa.struct([g.with_type(_aligned(f.type, g.type)) for f, g in zip(a, b,
-                                                                                strict=True)])
-    return b
+
+    def leaf(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+        if (_text(a) and _text(b)) or (_bytes(a) and _bytes(b)):
+            return a
+        if pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and \
+                (a.unit, b.unit) == ("ms", "s") and a.tz == b.tz:
+            return a
+        return b
+
+    return zip_types(a, b, leaf)
+
+
+def zip_types(guide: pa.DataType, t: pa.DataType,
+              leaf: Callable[[pa.DataType, pa.DataType], pa.DataType]) -> pa.DataType:
+    """``t`` rebuilt with ``leaf(g, u)`` for each type ``u`` it nests and the type ``g`` at the
+    same place in ``guide`` (lists of any kind, maps, structs by field name), where the shapes
+    match; elsewhere ``t``'s own types."""
+    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if any(is_list(t) for is_list in lists) and any(is_list(guide) for is_list in lists):
+        value = t.value_field.with_type(zip_types(guide.value_type, t.value_type, leaf))
+        if pa.types.is_large_list(t):
+            return pa.large_list(value)
+        return pa.list_(value, t.list_size if pa.types.is_fixed_size_list(t) else -1)
+    if pa.types.is_map(t) and pa.types.is_map(guide):
+        return pa.map_(t.key_field.with_type(zip_types(guide.key_type, t.key_type, leaf)),
+                       t.item_field.with_type(zip_types(guide.item_type, t.item_type, leaf)),
+                       t.keys_sorted)
+    if pa.types.is_struct(t) and pa.types.is_struct(guide):
+        names = [f.name for f in guide]
+        return pa.struct([f.with_type(zip_types(guide.field(f.name).type, f.type, leaf))
+                          if names.count(f.name) == 1 else f for f in t])
+    return leaf(guide, t)
 
 
 def same_logical_type(a: pa.DataType, b: pa.DataType) -> bool:
@@ -146,6 +158,13 @@ def _leaves(t: pa.DataType, leaf: Callable[[pa.DataType], pa.DataType]) -> pa.Da
     if pa.types.is_struct(t):
         return pa.struct([f.with_type(_leaves(f.type, leaf)) for f in t])
     return leaf(t)
+
+
+def nests(t: pa.DataType, found: Callable[[pa.DataType], bool]) -> bool:
+    """Whether ``t`` or a type it nests (a list's items, a map's keys and items, a struct's
+    fields, at any depth) is one ``found`` says yes to."""
+    return found(t) or (pa.types.is_nested(t) and any(nests(t.field(i).type, found)
+                                                      for i in range(t.num_fields)))
 
 
 def _stored_leaf(t: pa.DataType) -> pa.DataType:

@@ -38,7 +38,7 @@ from compactor.manifest import DataFile
 from compactor.pipeline.dedupe import BucketPlan
 from compactor.pipeline.locators import SOURCE_BASE, compacted, file_count, file_rows
 from compactor.pipeline.row_sets import RowSet
-from compactor.schema import stored_type
+from compactor.schema import nests, stored_type
 from compactor.thrift_compact import Struct
 
 if TYPE_CHECKING:
@@ -443,16 +443,11 @@ def batches_of(parquet: pq.ParquetFile, row_groups: list[int], columns: list[str
     has a dictionary of its own, and Arrow reads such a column across them as chunks it cannot
     convert ('Nested data conversions not implemented for chunked array outputs')."""
     schema = parquet.schema_arrow
-    if any(_nests_dictionary(schema.field(name).type) for name in columns):
+    inside = [schema.field(name).type for name in columns]
+    if any(not pa.types.is_dictionary(t) and nests(t, pa.types.is_dictionary) for t in inside):
         return itertools.chain.from_iterable(
             parquet.iter_batches(row_groups=[g], columns=columns, **options) for g in row_groups)
     return parquet.iter_batches(row_groups=row_groups, columns=columns, **options)
-
-
-def _nests_dictionary(t: pa.DataType) -> bool:
-    """Whether a dictionary type lies inside the nested type ``t`` (not ``t`` itself)."""
-    children = [t.field(i).type for i in range(t.num_fields)] if pa.types.is_nested(t) else []
-    return any(pa.types.is_dictionary(c) or _nests_dictionary(c) for c in children)
 
 
 class _BucketWriter:
