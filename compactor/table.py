@@ -36,6 +36,7 @@ from compactor.layout import (
 )
 from compactor.manifest import DataFile
 from compactor.partition import Partition
+from compactor.pipeline.locators import MAX_BUCKETS
 from compactor.schema import (
     check_table_columns,
     evolve,
@@ -120,6 +121,9 @@ def create_table(
         raise InvalidTableSpec(f"partition columns {list(parts)} must be distinct and non-empty")
     if bucket_count < 1 or checkpoint_interval < 1:
         raise InvalidTableSpec("bucket_count and checkpoint_interval must be at least 1")
+    if bucket_count > MAX_BUCKETS:  # (a round refuses more: compacted files' ordinals)
+        raise InvalidTableSpec(f"table {url}: bucket_count {bucket_count} is more than the "
+                               f"{MAX_BUCKETS} a partition can be compacted into")
     storage = Storage(url, storage_options)
     metadata = TableMetadata(1, uuid.uuid4().hex, schema, key, ordering_column, parts,
                              bucket_count, hash_algorithm, checkpoint_interval, time.time())

@@ -11,6 +11,7 @@ from rich.table import Table as RichTable
 
 from compactor.cli.common import Session, command, styled, timestamp
 from compactor.cli.params import Columns, SchemaText
+from compactor.pipeline.locators import MAX_BUCKETS
 
 if TYPE_CHECKING:
     from compactor import Table
@@ -75,8 +76,9 @@ def _schema_from(session: Session, url: str, drop: tuple[str, ...]) -> pa.Schema
                    "Without one, the latest delta wins.")
 @click.option("--partition-by", type=Columns(), default=(),
               help="Partition column(s), comma separated.")
-@click.option("--buckets", type=click.IntRange(min=1), default=None,
-              help="Hash buckets of a compacted partition (default 16).")
+@click.option("--buckets", type=click.IntRange(min=1, max=MAX_BUCKETS), default=None,
+              help=f"Hash buckets of a compacted partition (default 16, at most "
+                   f"{MAX_BUCKETS}).")
 @click.option("--schema-from", metavar="FILE.parquet",
               help="Take the schema from this Parquet file (local or s3://).")
 @click.option("--drop-column", multiple=True, metavar="COL",

@@ -35,6 +35,8 @@ from tests.cli.conftest import SCHEMA, compactor, upserts, write_parquet
      "op value 'D' is given as both upsert and delete"),
     (["table", "create", "t", "-k", "id"], "exactly one of --schema and --schema-from"),
     (["table", "create", "t", "-k", "id", "--schema", "id:int65"], "unknown type 'int65'"),
+    (["table", "create", "t", "-k", "id", "--schema", "id:int64", "--buckets", "16385"],
+     "16385 is not in the range 1<=x<=16384"),
 ])
 def test_bad_arguments_exit_2_and_say_what_is_wrong(args: list[str], complaint: str,
                                                     tmp_path: Path) -> None:

@@ -82,6 +82,12 @@ def test_invalid_ordering_partition_and_bucket_settings(table_root: str) -> None
         new_table(table_root, partition_by=["d", "d"])
     with pytest.raises(InvalidTableSpec, match="at least 1"):
         new_table(table_root, bucket_count=0)
+    # more buckets than a round can compact into (compacted files' ordinals) was taken, and
+    # the second round failed: 'IndexError: index 1 is out of bounds for axis 0 with size 1'
+    with pytest.raises(InvalidTableSpec, match="bucket_count 16385 is more than the 16384 a "
+                                               "partition can be compacted into"):
+        new_table(table_root, bucket_count=16385)
+    assert new_table(table_root, bucket_count=16384).bucket_count == 16384
 
 
 KEY_TYPES: dict[str, tuple[list[tuple[str, pa.DataType]], list[list[Any]]]] = {
