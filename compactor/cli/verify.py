@@ -39,7 +39,7 @@ def check_partition(table: Table, part: Partition, limit: int = 20) -> dict[str,
     except NotVerifiable:  # (not a failure of the partition: it cannot be checked)
         raise
     except CompactorError as e:
-        return {**report, "ok": False, "error": str(e)}
+        return {**report, "ok": False, "error": str(e), "error_type": type(e).__name__}
     return {**report, **engine.compare(actual, limit).to_dict()}
 
 
@@ -100,6 +100,8 @@ def verify(session: Session, url: str, partition: dict[str, str] | None, limit: 
     table = session.open_table(url)
     part = session.partition(table, partition, existing=True)
     report = check_partition(table, part, limit)
+    if not report["ok"]:  # (as every command's --json failure says it)
+        report["exit_code"] = EXIT_FAILURE
     session.emit(report, lambda out: render_report(report, out))
     if not report["ok"]:
         if session.json:

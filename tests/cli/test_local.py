@@ -195,7 +195,7 @@ def test_verify_catches_corrupted_compacted_files(table_url: str, tmp_path: Path
     replace_keeping_fingerprint(first, data.set_column(0, "id", pa.array(ids))
                                 .set_column(1, "v", pa.array(values)))
     report = compactor("verify", table_url, "--json")
-    assert report.code == 1, report
+    assert report.code == 1 and report.json()["exit_code"] == 1, report
     found = {(d["kind"], d["key"]["id"]) for d in report.json()["differences"]}
     assert found == {("changed", changed), ("missing", replaced), ("unexpected", 10**9)}
     [diff] = [d for d in report.json()["differences"] if d["kind"] == "changed"]
@@ -209,6 +209,8 @@ def test_verify_catches_corrupted_compacted_files(table_url: str, tmp_path: Path
     report = compactor("verify", table_url, "--json")
     assert report.code == 1, report
     assert str(second) in report.json()["error"] and "changed" in report.json()["error"]
+    # (the keys of every command's --json failure)
+    assert (report.json()["error_type"], report.json()["exit_code"]) == ("ChangedFile", 1)
 
 
 def _compacted_and_verified(url: str) -> tuple[Path, pa.Table]:
