@@ -226,12 +226,15 @@ def compact(session: Session, url: str, partition: dict[str, str] | None, backen
       compactor compact s3://lake/orders -p day=2024-05-01 --backend ray --address auto \\
           --target-file-size 512MB
     """
-    from runtime.api import ADDRESS_BACKENDS, backend_name
+    from runtime.api import ADDRESS_BACKENDS, BACKENDS, ENV_BACKEND, backend_name
 
     if (cpus is not None or memory is not None) and address:
         raise click.UsageError("--cpus and --memory size the runtime a round starts; the "
                                f"cluster at --address {address} has its own")
     chosen = backend_name(backend)
+    if chosen not in BACKENDS:  # (--backend's choices are checked; the environment's not)
+        raise click.UsageError(f"${ENV_BACKEND}={chosen!r} is not a runtime backend: choose "
+                               f"{' or '.join(BACKENDS)}")
     if address and chosen not in ADDRESS_BACKENDS:
         raise click.UsageError(f"--address {address} joins a Ray cluster: add --backend ray "
                                f"(the {chosen} runtime takes no address)")

@@ -46,6 +46,15 @@ def test_bad_arguments_exit_2_and_say_what_is_wrong(args: list[str], complaint: 
     assert not (tmp_path / "t").exists()
 
 
+def test_an_unknown_backend_in_the_environment_is_a_usage_error(tmp_path: Path) -> None:
+    """It started 'the bogus runtime', then failed the partition: 'ValueError: unknown runtime
+    backend', exit 1, the variable not named."""
+    run = compactor("compact", "t", cwd=tmp_path, env={"COMPACTOR_BACKEND": "bogus"})
+    assert run.code == 2, run
+    assert "$COMPACTOR_BACKEND='bogus' is not a runtime backend: choose local or ray" in run.err
+    assert "starting" not in run.err
+
+
 def test_usage_errors_are_json_too_with_json(tmp_path: Path) -> None:
     run = compactor("compact", "t", "--target-file-size", "12XB", "--json", cwd=tmp_path)
     assert run.code == 2, run
