@@ -21,7 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from compactor import files
-from compactor.errors import CorruptFile, InvalidTableSpec, TableExists, TableNotFound
+from compactor.errors import (
+    CorruptFile,
+    InvalidPartition,
+    InvalidTableSpec,
+    TableExists,
+    TableNotFound,
+)
 from compactor.fs import Storage
 from compactor.hashing import HASH_ID
 from compactor.layout import (
@@ -258,7 +264,10 @@ class Table:
     # -- partitions ----------------------------------------------------------------------------
     def partition(self, values: Mapping[str, PartitionValue] | None = None) -> Partition:
         """The partition with these values (no I/O; it may not have commits yet)."""
-        return Partition(self, PartitionKey.of(self.partition_by, dict(values or {})))
+        try:
+            return Partition(self, PartitionKey.of(self.partition_by, dict(values or {})))
+        except InvalidPartition as e:
+            raise InvalidPartition(f"table {self.url}: {e}") from None
 
     def partitions(self) -> list[Partition]:
         """Every partition that has at least one commit, in path order."""

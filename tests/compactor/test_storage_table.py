@@ -122,7 +122,8 @@ def test_partition_values_are_typed_text_and_validated(table_root: str) -> None:
     table = new_table(table_root, partition_by=["day", "n", "flag"])
     part = table.partition({"day": dt.date(2024, 5, 1), "n": 7, "flag": True})
     assert part.values == {"day": "2024-05-01", "n": "7", "flag": "true"}
-    with pytest.raises(InvalidPartition, match=r"name columns \['day'\] but the table is "
+    with pytest.raises(InvalidPartition, match=rf"table {table.url}: partition values name "
+                                               r"columns \['day'\] but the table is "
                                                r"partitioned by \['day', 'n', 'flag'\]"):
         table.partition({"day": "x"})
     with pytest.raises(InvalidPartition, match=r"value 1\.5 of type float"):
