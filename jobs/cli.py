@@ -54,7 +54,7 @@ def jobs() -> None:
       compactor jobs validate jobs.yaml     # check the config, show what it means
       compactor jobs once jobs.yaml         # run what is due now, then exit
       compactor jobs run jobs.yaml          # keep running (SIGTERM/SIGINT to stop)
-      compactor jobs status                 # recent rounds (--json for tools)
+      compactor jobs status jobs.yaml       # recent rounds (--json for tools)
     """
 
 
@@ -180,7 +180,7 @@ def run(session: Session, config: str) -> None:
     Stopped so, it exits 0, as a service stopped on purpose does (unlike `once`, whose exit
     code tells a caller its work was cut short); how its rounds ended is in the history
     (`jobs status`). It logs to stderr (with --json: one JSON object per line, for log
-    shippers).
+    shippers; nothing goes to stdout).
     """
     session.where = f"config {config}"
     cfg = _config(session, config)
@@ -290,8 +290,12 @@ def status(session: Session, config: str | None, history_path: str | None, job: 
     if os.path.exists(path):
         with History(path) as history:
             runs = history.recent(limit, job)
+    empty = f"no runs of job {job!r} recorded in {path}" if job else \
+        f"no runs recorded in {path}"
+    if not os.path.exists(path):  # (a scheduler that never ran; or a mistyped path)
+        empty += " (no such file yet)"
     session.emit([r.to_dict() for r in runs],
-                 lambda out: _render_runs(runs, out, empty=f"no runs recorded in {path}"))
+                 lambda out: _render_runs(runs, out, empty=empty))
 
 
 def _render_runs(runs: list[Run], out: Console, *, empty: str) -> None:

@@ -84,11 +84,15 @@ def test_status_shows_recent_runs(tmp_path: Path) -> None:
     result = CliRunner().invoke(jobs, ["status", "--history", path, "--json", "--job", "orders"])
     (record,) = json.loads(result.output)
     assert record["error_type"] == "SchemaMismatch" and record["duration"] == 3.0
+    result = CliRunner().invoke(jobs, ["status", "--history", path, "--job", "nope"])
+    assert result.exit_code == 0 and f"no runs of job 'nope' recorded in {path}" in \
+        result.output, result.output
 
 
 def test_status_without_a_history(tmp_path: Path) -> None:
     result = CliRunner().invoke(jobs, ["status", "--history", str(tmp_path / "none.sqlite")])
     assert result.exit_code == 0 and "no runs recorded in" in result.output
+    assert "(no such file yet)" in result.output
     assert not (tmp_path / "none.sqlite").exists()
 
 
