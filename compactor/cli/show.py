@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from compactor import CompactedState, Partition, Snapshot, Table
 
 
+
+def _numbers(metrics: Mapping[str, float]) -> dict[str, int | float]:
+    """A round's metrics (a commit stores them as floats), counts as integers."""
+    return {k: int(v) if float(v).is_integer() else v for k, v in metrics.items()}
+
 def _compacted_info(c: CompactedState, with_files: bool) -> dict[str, Any]:
     buckets = []
     for b, files in enumerate(c.buckets):
@@ -31,7 +36,7 @@ def _compacted_info(c: CompactedState, with_files: bool) -> dict[str, Any]:
     return {"position": c.position, "committed_at": timestamp(c.committed_at),
             "high_watermark": c.high_watermark, "files": len(c.files), "rows": c.rows,
             "bytes": c.size, "bucket_count": c.bucket_count, "hash_algorithm": c.hash_algorithm,
-            "buckets": buckets, "metrics": dict(c.metrics)}
+            "buckets": buckets, "metrics": _numbers(c.metrics)}
 
 
 def partition_info(part: Partition, snap: Snapshot, with_files: bool = False) -> dict[str, Any]:
@@ -167,7 +172,7 @@ def _entry_info(number: int, entry: Mapping[str, Any]) -> dict[str, Any]:
             "committed_at": timestamp(state.committed_at),
             "high_watermark": state.high_watermark, "bucket_count": state.bucket_count,
             "files": len(state.files), "rows": state.rows, "bytes": state.size,
-            "metrics": dict(state.metrics)}
+            "metrics": _numbers(state.metrics)}
 
 
 def _render_history(view: dict[str, Any], out: Console) -> None:

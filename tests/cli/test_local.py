@@ -69,6 +69,8 @@ def test_workflow_create_append_compact_show_history_verify_read(tmp_path: Path)
                           "--compression", "snappy", "--json")
     assert compacted.code == 0, compacted
     files = compactor("show", table, "-p", DAY, "--files", "--json").json()
+    metrics = files["partitions"][0]["compacted"]["metrics"]
+    assert isinstance(metrics["rows_in"], int) and metrics["rows_in"] > 0, metrics  # (not 5.0)
     urls = [f["url"] for b in files["partitions"][0]["compacted"]["buckets"]
             for f in b["file_list"]]
     assert urls and {pq.ParquetFile(u.removeprefix("file://")).metadata.row_group(0).column(0)
