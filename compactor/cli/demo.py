@@ -203,5 +203,6 @@ def _next_steps(out: Console, table_url: str) -> None:
     where = where if not where.startswith("..") else table_url
     out.print("\nTry:")
     for line in (f"compactor show {where} --files", f"compactor history {where}",
-                 f"compactor verify {where}", f"compactor read {where} --to /tmp/orders-now"):
+                 f"compactor verify {where}",
+                 f"compactor read {where} --to {os.path.join(os.path.dirname(where), 'now')}"):
         out.print(f"  {line}")
