@@ -40,7 +40,7 @@ import psutil
 
 import runtime
 from compactor.compaction import compact_partition
-from compactor.errors import UnknownPartition
+from compactor.errors import InvalidPartition, UnknownPartition
 from compactor.layout import unescaped
 from compactor.partition import Partition
 from compactor.pipeline.tasks import PRELOAD
@@ -152,7 +152,13 @@ class Scheduler:
             try:
                 table = open_table(job.table, storage_options=job.storage_options)
                 if job.partitions.values is not None:
-                    parts = [_listed(table, v) for v in job.partitions.values]
+                    parts = []
+                    for values in job.partitions.values:
+                        try:
+                            parts.append(_listed(table, values))
+                        except InvalidPartition as e:  # (that entry only: the others run)
+                            entry = ",".join(f"{k}={v}" for k, v in values.items())
+                            self._error(job, InvalidPartition(f"listed partition {entry}: {e}"))
                 else:
                     every = table.partitions()
                     parts = [p for p in every if job.partitions.matches(p.key)]

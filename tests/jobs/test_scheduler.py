@@ -437,6 +437,23 @@ def test_a_cron_fire_that_meets_a_crashed_schedulers_lease_runs_once_it_expires(
     assert compactions(part) == 1
 
 
+def test_a_listed_partition_of_other_columns_is_an_error_of_its_own(tmp_path: Path) -> None:
+    """One entry naming columns the table is not partitioned by stopped every partition of the
+    job ('no round ran'); the others run, and the entry is an error naming it."""
+    table = make_table(f"file://{tmp_path}/t", DAYS[:2])
+    cfg = config(table.url, tmp_path, job='partitions: ["day=2024-05-01", '
+                                          '"day=2024-05-03,x=a", "day=2024-05-02"]')
+    scheduler = Scheduler(cfg)
+    try:
+        assert sorted((r.partition, r.outcome) for r in scheduler.run_once()) == [
+            ("day=2024-05-01", SUCCEEDED), ("day=2024-05-02", SUCCEEDED)]
+        assert scheduler.errors == [
+            f"job daily: listed partition day=2024-05-03,x=a: table {table.url}: partition "
+            "values name columns ['day', 'x'] but the table is partitioned by ['day']"]
+    finally:
+        scheduler.shutdown()
+
+
 def test_a_listed_partition_the_table_lacks_is_said_once_and_runs_once_it_comes(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     table = make_table(f"file://{tmp_path}/t", DAYS[:1])
