@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from compactor import CompactedState, Partition, Snapshot, Table
 
 
-
 def _numbers(metrics: Mapping[str, float]) -> dict[str, int | float]:
     """A round's metrics (a commit stores them as floats), counts as integers."""
     return {k: int(v) if float(v).is_integer() else v for k, v in metrics.items()}
+
 
 def _compacted_info(c: CompactedState, with_files: bool) -> dict[str, Any]:
     buckets = []
