@@ -30,7 +30,7 @@ from compactor.errors import (
 )
 from compactor.layout import PartitionKey
 from compactor.manifest import CdcOps, CompactedState, DataFile, Delta, DeltaKind
-from compactor.schema import dates_as_timestamps, evolve, plain_schema
+from compactor.schema import dates_as_timestamps, evolve, nests, plain_schema
 from compactor.snapshot import Snapshot, compaction_entry, delta_entry, is_compaction
 
 if TYPE_CHECKING:
@@ -243,6 +243,14 @@ def _plain_data(data: pa.Table, source: str) -> pa.Table:
     table holds, and that Parquet can write (pyarrow cannot write a dictionary with a null among
     its values, nor every nested dictionary or view). :class:`SchemaMismatch` naming a column
     that cannot be converted."""
+    for column, field in zip(data.columns, data.schema, strict=True):
+        # (a list view keeps its type, so no cast to date32 refuses a time of day under it:
+        # the writer drops it)
+        if nests(field.type, _is_list_view) and nests(field.type, pa.types.is_date64):
+            row = _first_failing_row(column, _whole_days)
+            if row is not None:
+                raise SchemaMismatch(f"{source}: column {field.name!r} ({field.type}) holds a "
+                                     f"date64 with a time of day at row {row}; {_WHOLE_DAYS}")
     target = plain_schema(data.schema)
     if target is data.schema:
         return data
@@ -303,6 +311,24 @@ def _check_nested_days(column: pa.ChunkedArray, want: pa.DataType, name: str,
         raise SchemaMismatch(
             f"{source}: column {name!r} ({column.type}) holds a date64 with a time of day at "
             f"row {row} ({value}); {_WHOLE_DAYS}")
+
+
+def _is_list_view(t: pa.DataType) -> bool:
+    return pa.types.is_list_view(t) or pa.types.is_large_list_view(t)
+
+
+def _whole_days(values: pa.Array) -> bool:
+    """Whether every date64 in ``values``, at any depth, is a whole day (nulls are)."""
+    t = values.type
+    if pa.types.is_date64(t):
+        return not bool(np.any(values.view(pa.int64()).fill_null(0).to_numpy() % 86_400_000))
+    if pa.types.is_struct(t):
+        return all(_whole_days(child) for child in values.flatten())
+    if pa.types.is_map(t):
+        return _whole_days(values.keys) and _whole_days(values.items)
+    if pa.types.is_nested(t):  # (lists and list views of every kind: their values)
+        return _whole_days(values.flatten())
+    return True
 
 
 def _first_failing_row(column: pa.ChunkedArray, ok: Callable[[pa.Array], bool]) -> int | None:

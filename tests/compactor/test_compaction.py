@@ -942,6 +942,31 @@ def test_nested_date64_with_a_time_of_day_is_refused_naming_the_row_and_its_valu
                                               {"d": datetime.date(1970, 1, 1)}]
 
 
+def test_a_date64_with_a_time_of_day_under_a_list_view_is_refused(tmp_path):
+    """A list view keeps its type (no cast to date32 refuses the time of day), and the writer
+    dropped it silently (found by helper 52)."""
+    day = 86_400_000
+    dates, structs = pa.list_view(pa.date64()), pa.list_view(pa.struct([("d", pa.date64())]))
+    table = create_table(f"file://{tmp_path}/t", pa.schema([("id", pa.int64()), ("l", dates),
+                                                            ("s", structs)]),
+                         primary_key=["id"])
+    part = table.partition()
+
+    def rows(lists: list, nested: list) -> pa.Table:
+        return pa.table({"id": range(3), "l": pa.array(lists, dates),
+                         "s": pa.array(nested, structs)})
+
+    with pytest.raises(SchemaMismatch, match=r"column 'l' \(list_view<item: date64\[ms\]>\) "
+                                             r"holds a date64 with a time of day at row 2; "):
+        part.append(rows([[day], None, [0, day + 3_600_000]], [[{"d": 0}]] * 3))
+    with pytest.raises(SchemaMismatch, match=r"column 's' .* holds a date64 with a time of day "
+                                             r"at row 1; a table stores dates as whole days"):
+        part.append(rows([[day]] * 3, [[{"d": 0}], [{"d": 5}], None]))
+    assert part.version() == 0
+    part.append(rows([[day], None, []], [[{"d": day}], None, [None]]))
+    assert part.version() == 1
+
+
 @pytest.mark.parametrize("table_unit", ["s", "ms"])
 def test_nested_timestamps_in_seconds_take_pyarrows_files_and_fit_milliseconds(
         rt, tmp_path, table_unit):
