@@ -278,7 +278,7 @@ def _check_whole_days(column: pa.ChunkedArray, name: str, source: str) -> None:
     at = 0
     for chunk in column.chunks:
         ms = chunk.view(pa.int64()).fill_null(0).to_numpy()
-        bad = np.flatnonzero(ms % 86_400_000)
+        bad = np.flatnonzero(ms % _MS_PER_DAY)
         if len(bad):
             row = at + int(bad[0])
             value = pa.scalar(int(ms[bad[0]]), pa.timestamp("ms")).as_py()
@@ -288,6 +288,7 @@ def _check_whole_days(column: pa.ChunkedArray, name: str, source: str) -> None:
         at += len(chunk)
 
 
+_MS_PER_DAY = 86_400_000
 _WHOLE_DAYS = ("a table stores dates as whole days: cast it to date32, or store a timestamp; "
                "nothing was committed")
 
@@ -321,7 +322,7 @@ def _whole_days(values: pa.Array) -> bool:
     """Whether every date64 in ``values``, at any depth, is a whole day (nulls are)."""
     t = values.type
     if pa.types.is_date64(t):
-        return not bool(np.any(values.view(pa.int64()).fill_null(0).to_numpy() % 86_400_000))
+        return not bool(np.any(values.view(pa.int64()).fill_null(0).to_numpy() % _MS_PER_DAY))
     if pa.types.is_struct(t):
         return all(_whole_days(child) for child in values.flatten())
     if pa.types.is_map(t):
